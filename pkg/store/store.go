@@ -1,0 +1,192 @@
+// Package store is the gateway's registry: the Store interface, the records it
+// holds, and (in sqlite.go) the embedded SQLite implementation. Any backend must
+// pass the conformance suite in pkg/store/storetest.
+//
+// Records hold personal data only in the forms the privacy policy allows for
+// the registry: blind indexes, sealed values, verifiers, pseudonyms,
+// truncated prefixes. Nothing here ever takes a raw SN, HWID or IP address.
+package store
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/planetxlabs/dasset-gateway/pkg/privacy"
+)
+
+// Errors every backend returns (wrapped, match with errors.Is).
+var (
+	ErrNotFound  = errors.New("not found")
+	ErrConflict  = errors.New("conflict")   // e.g. enrolling an SN again with another HWID
+	ErrKeyInUse  = errors.New("key in use") // a WireGuard key already owned by another peer
+	ErrKeyPinned = errors.New("key pinned") // device has another key pinned and ReplaceKey was false
+	ErrExhausted = errors.New("exhausted")  // no free address offset in the pool
+	ErrErased    = errors.New("erased")     // enrolment of an SN on the erasure ledger without AfterErasure
+	ErrRevoked   = errors.New("revoked")
+)
+
+// Key is a WireGuard public key.
+type Key [32]byte
+
+// KeyOwner says what kind of peer owns a WireGuard key.
+type KeyOwner string
+
+// Key owners.
+const (
+	OwnerGateway KeyOwner = "gateway"
+	OwnerDevice  KeyOwner = "device"
+	OwnerClient  KeyOwner = "client"
+)
+
+// Device is an enrolled device.
+type Device struct {
+	ID           int64
+	Index        privacy.BlindIndex
+	SealedSerial []byte // AEAD(K_seal, SN), AAD = Index
+	Verifier     privacy.Verifier
+	Key          Key // pinned WireGuard key; valid when KeyPinned
+	KeyPinned    bool
+	Offset       uint32 // address offset in the device pool; 0 = none yet
+	LastLoginDay string // UTC "2006-01-02"; "" = never
+	Revoked      bool
+	EnrolledAt   time.Time
+}
+
+// Enrollment is one device to add to the allow-list.
+type Enrollment struct {
+	Index        privacy.BlindIndex
+	SealedSerial []byte
+	Verifier     privacy.Verifier
+}
+
+// EnrollResult counts an enrolment batch.
+type EnrollResult struct {
+	Enrolled  int // new devices
+	Unchanged int // already enrolled with the same verifier
+}
+
+// Admission is what one successful device login writes, in one transaction.
+type Admission struct {
+	DeviceID int64
+	Key      Key
+	// ReplaceKey allows replacing a different pinned key (rekey: allow, or
+	// after reset). When false and another key is pinned: ErrKeyPinned.
+	ReplaceKey bool
+	// Offsets [First, Last] of the device pool, for a device without one yet.
+	First, Last uint32
+	Day         string // UTC day of this login
+	// TokenHash is SHA-256 of the new device token; it replaces the device's
+	// previous tokens.
+	TokenHash    [32]byte
+	TokenExpires time.Time
+}
+
+// Account is a client account.
+type Account struct {
+	ID           int64
+	NameIndex    privacy.BlindIndex // HMAC(K_index, "account" ‖ name)
+	SealedName   []byte
+	PasswordHash string // argon2id, PHC string form
+	CreatedAt    time.Time
+}
+
+// Session is a remote-control session of a client to a device.
+type Session struct {
+	ID           string
+	AccountID    int64
+	DeviceID     int64
+	ClientKey    Key
+	ClientOffset uint32 // offset in the client pool
+	OpenedAt     time.Time
+	ExpiresAt    time.Time
+	ClosedAt     time.Time // zero while open
+}
+
+// ConnLogEntry is one row of the minimal connection log.
+type ConnLogEntry struct {
+	Time         time.Time // truncated to the minute
+	Event        string    // login, logout, session_open, session_close, ...
+	Outcome      string    // from the one outcome list (pkg/gateway)
+	Pseudonym    privacy.Pseudonym
+	SourcePrefix string // truncated source IP prefix ("198.51.100.0/24"), or ""
+}
+
+// Table names, used by Prune and in erasure receipts.
+const (
+	TableDevices      = "devices"
+	TableDeviceTokens = "device_tokens"
+	TableAccounts     = "accounts"
+	TableAccessTokens = "access_tokens"
+	TableBindings     = "bindings"
+	TableBindingCodes = "binding_codes"
+	TableSessions     = "sessions"
+	TableConnLog      = "connection_log"
+	TableAuthFailures = "auth_failures"
+	TableAudit        = "audit_log"
+)
+
+// Store is the registry. Every method is safe for concurrent use; writes
+// go through one writer, reads do not wait for it.
+type Store interface {
+	// Devices.
+	EnrollDevices(ctx context.Context, batch []Enrollment) (EnrollResult, error) // all or nothing
+	DeviceByIndex(ctx context.Context, idx privacy.BlindIndex) (Device, error)
+	DeviceByID(ctx context.Context, id int64) (Device, error)
+	DeviceByKey(ctx context.Context, key Key) (Device, error)
+	ListDevices(ctx context.Context) ([]Device, error)
+	// AdmittedDevices are the devices with a pinned key and an address that
+	// are not revoked: the peers to re-add on start.
+	AdmittedDevices(ctx context.Context) ([]Device, error)
+	Admit(ctx context.Context, a Admission) (Device, error)
+	RevokeDevice(ctx context.Context, id int64) error   // sets Revoked, unpins key, deletes tokens
+	ResetDeviceKey(ctx context.Context, id int64) error // unpins key
+	DeviceByToken(ctx context.Context, hash [32]byte, now time.Time) (Device, error)
+	DeleteDeviceTokens(ctx context.Context, deviceID int64) error
+
+	// Reserved keys (the gateway's own key).
+	ReserveKey(ctx context.Context, key Key, owner KeyOwner) error // idempotent for the same owner
+
+	// Auth failures for lockout, by blind index (of unknown SNs too).
+	RecordAuthFailure(ctx context.Context, idx privacy.BlindIndex, at time.Time) error
+	CountAuthFailures(ctx context.Context, idx privacy.BlindIndex, since time.Time) (int, error)
+	ClearAuthFailures(ctx context.Context, idx privacy.BlindIndex) error
+
+	// Accounts and tokens.
+	CreateAccount(ctx context.Context, a Account) (Account, error) // ErrConflict if the name exists
+	AccountByName(ctx context.Context, nameIndex privacy.BlindIndex) (Account, error)
+	AccountByID(ctx context.Context, id int64) (Account, error)
+	SetPasswordHash(ctx context.Context, accountID int64, hash string) error
+	DeleteAccount(ctx context.Context, id int64) (map[string]int64, error) // receipt: rows per table
+	CreateAccessToken(ctx context.Context, hash [32]byte, accountID int64, expires time.Time) error
+	AccountByToken(ctx context.Context, hash [32]byte, now time.Time) (Account, error)
+	DeleteAccessTokens(ctx context.Context, accountID int64) error
+
+	// Bindings.
+	CreateBindingCode(ctx context.Context, hash [32]byte, deviceID int64, expires time.Time) error
+	// RedeemBindingCode deletes the code and binds its device to the account,
+	// in one transaction; ErrNotFound for unknown, used or expired codes.
+	RedeemBindingCode(ctx context.Context, hash [32]byte, accountID int64, now time.Time) (Device, error)
+	IsBound(ctx context.Context, accountID, deviceID int64) (bool, error)
+	BoundDevices(ctx context.Context, accountID int64) ([]Device, error)
+	Unbind(ctx context.Context, accountID, deviceID int64) (map[string]int64, error)
+
+	// Sessions. The client key is reserved in the same transaction (ErrKeyInUse);
+	// the client offset is allocated from [first, last] (ErrExhausted).
+	OpenSession(ctx context.Context, s Session, first, last uint32) (Session, error)
+	CloseSession(ctx context.Context, id string, at time.Time) (Session, error) // releases key and offset
+	SessionByID(ctx context.Context, id string) (Session, error)
+	OpenSessions(ctx context.Context) ([]Session, error)
+
+	// Connection log.
+	AppendConnLog(ctx context.Context, entries []ConnLogEntry) error
+	ConnLogByPseudonyms(ctx context.Context, ps []privacy.Pseudonym) ([]ConnLogEntry, error)
+
+	// Retention. Prune deletes at most limit rows of table older than before
+	// in one transaction and returns how many it deleted. OldestRecord is the
+	// time of the oldest prunable row (zero when empty).
+	Prune(ctx context.Context, table string, before time.Time, limit int) (int, error)
+	OldestRecord(ctx context.Context, table string) (time.Time, error)
+
+	Close() error
+}
