@@ -1,0 +1,303 @@
+// Package tlsutil builds the TLS material the gateway, the agent and
+// dassetctl share: a self-signed server certificate made on first start,
+// certificate pins (SHA-256 of the leaf), and client and server configs
+// with TLS 1.3 as the minimum.
+package tlsutil
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/sha256"
+	"crypto/subtle"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/hex"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"io/fs"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+)
+
+const (
+	// CertFileName and KeyFileName are the files EnsureSelfSigned keeps in its directory.
+	CertFileName = "tls.crt"
+	KeyFileName  = "tls.key"
+
+	selfSignedValidity = 2 * 365 * 24 * time.Hour
+)
+
+// EnsureSelfSigned returns the server certificate and key in dir
+// (dir/tls.crt, dir/tls.key). When neither exists it makes an ECDSA P-256
+// self-signed certificate valid for two years from now, for "localhost",
+// 127.0.0.1, ::1, the host name and every entry of hosts (a DNS name or an
+// IP address), and writes the key with mode 0600. fingerprint is the
+// lowercase hex SHA-256 of the leaf certificate's DER, the pin clients use.
+func EnsureSelfSigned(dir string, hosts []string, now time.Time) (certFile, keyFile, fingerprint string, err error) {
+	certFile = filepath.Join(dir, CertFileName)
+	keyFile = filepath.Join(dir, KeyFileName)
+	certExists, err := exists(certFile)
+	if err != nil {
+		return "", "", "", err
+	}
+	keyExists, err := exists(keyFile)
+	if err != nil {
+		return "", "", "", err
+	}
+	switch {
+	case certExists && keyExists:
+		pair, err := tls.LoadX509KeyPair(certFile, keyFile)
+		if err != nil {
+			return "", "", "", fmt.Errorf("tlsutil: load %s and %s: %w", certFile, keyFile, err)
+		}
+		return certFile, keyFile, Fingerprint(pair.Certificate[0]), nil
+	case certExists != keyExists:
+		missing := keyFile
+		if !certExists {
+			missing = certFile
+		}
+		return "", "", "", fmt.Errorf("tlsutil: %s is missing while its pair exists; remove both to make a new self-signed certificate", missing)
+	}
+
+	certPEM, keyPEM, der, err := selfSigned(hosts, now)
+	if err != nil {
+		return "", "", "", err
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", "", "", fmt.Errorf("tlsutil: create %s: %w", dir, err)
+	}
+	// Key first: a crash in between leaves a key without a certificate,
+	// which the check above reports instead of silently replacing.
+	if err := writeFileAtomic(keyFile, keyPEM, 0o600); err != nil {
+		return "", "", "", err
+	}
+	if err := writeFileAtomic(certFile, certPEM, 0o644); err != nil {
+		return "", "", "", err
+	}
+	return certFile, keyFile, Fingerprint(der), nil
+}
+
+func selfSigned(hosts []string, now time.Time) (certPEM, keyPEM, der []byte, err error) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("tlsutil: generate key: %w", err)
+	}
+	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 128))
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("tlsutil: serial number: %w", err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber:          serial,
+		Subject:               pkix.Name{CommonName: "dasset-gateway"},
+		NotBefore:             now.Add(-5 * time.Minute),
+		NotAfter:              now.Add(selfSignedValidity),
+		KeyUsage:              x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true,
+		DNSNames:              []string{"localhost"},
+		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
+	}
+	all := append([]string{}, hosts...)
+	if h, err := os.Hostname(); err == nil && h != "" {
+		all = append(all, h)
+	}
+	for _, h := range all {
+		h = strings.TrimSpace(h)
+		if h == "" {
+			continue
+		}
+		if ip := net.ParseIP(strings.Trim(h, "[]")); ip != nil {
+			if !containsIP(tmpl.IPAddresses, ip) {
+				tmpl.IPAddresses = append(tmpl.IPAddresses, ip)
+			}
+			continue
+		}
+		if !containsString(tmpl.DNSNames, h) {
+			tmpl.DNSNames = append(tmpl.DNSNames, h)
+		}
+	}
+	der, err = x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("tlsutil: create certificate: %w", err)
+	}
+	keyDER, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("tlsutil: marshal key: %w", err)
+	}
+	certPEM = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
+	keyPEM = pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
+	return certPEM, keyPEM, der, nil
+}
+
+func containsIP(ips []net.IP, ip net.IP) bool {
+	for _, x := range ips {
+		if x.Equal(ip) {
+			return true
+		}
+	}
+	return false
+}
+
+func containsString(ss []string, s string) bool {
+	for _, x := range ss {
+		if strings.EqualFold(x, s) {
+			return true
+		}
+	}
+	return false
+}
+
+func exists(path string) (bool, error) {
+	_, err := os.Stat(path)
+	if err == nil {
+		return true, nil
+	}
+	if errors.Is(err, fs.ErrNotExist) {
+		return false, nil
+	}
+	return false, fmt.Errorf("tlsutil: %w", err)
+}
+
+func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
+	if err != nil {
+		return fmt.Errorf("tlsutil: write %s: %w", path, err)
+	}
+	name := tmp.Name()
+	defer os.Remove(name)
+	if err := tmp.Chmod(mode); err != nil {
+		tmp.Close()
+		return fmt.Errorf("tlsutil: write %s: %w", path, err)
+	}
+	if _, err := tmp.Write(data); err != nil {
+		tmp.Close()
+		return fmt.Errorf("tlsutil: write %s: %w", path, err)
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return fmt.Errorf("tlsutil: write %s: %w", path, err)
+	}
+	if err := tmp.Close(); err != nil {
+		return fmt.Errorf("tlsutil: write %s: %w", path, err)
+	}
+	if err := os.Rename(name, path); err != nil {
+		return fmt.Errorf("tlsutil: write %s: %w", path, err)
+	}
+	return nil
+}
+
+// Fingerprint returns the lowercase hex SHA-256 of a certificate's DER.
+func Fingerprint(der []byte) string {
+	sum := sha256.Sum256(der)
+	return hex.EncodeToString(sum[:])
+}
+
+// ParsePin parses a certificate pin: 64 hex digits (either case), optionally
+// separated by colons, optionally prefixed by "sha256:".
+func ParsePin(s string) ([32]byte, error) {
+	var pin [32]byte
+	orig := s
+	s = strings.TrimSpace(s)
+	if len(s) >= 7 && strings.EqualFold(s[:7], "sha256:") {
+		s = s[7:]
+	}
+	offset := strings.Index(orig, s)
+	if s == "" {
+		return pin, errors.New("pin: empty; want the SHA-256 of the server certificate as 64 hex digits")
+	}
+	digits := make([]byte, 0, 64)
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c == ':':
+			continue
+		case c >= '0' && c <= '9', c >= 'a' && c <= 'f', c >= 'A' && c <= 'F':
+			digits = append(digits, c)
+		default:
+			return pin, fmt.Errorf("pin: invalid character %q at position %d of %q; want hex digits", c, offset+i, orig)
+		}
+	}
+	if len(digits) != 64 {
+		return pin, fmt.Errorf("pin: %d hex digits; want 64 (a SHA-256)", len(digits))
+	}
+	if _, err := hex.Decode(pin[:], digits); err != nil {
+		return pin, fmt.Errorf("pin: %w", err)
+	}
+	return pin, nil
+}
+
+// ClientConfig returns a TLS 1.3 client config. With pin, the server's leaf
+// certificate must have that SHA-256 (no chain or host name check: the pin
+// is stronger than both). With caFile, the chain must verify against the CA
+// certificates in that PEM file. With neither, the system roots are used.
+// serverName is sent as SNI and, without a pin, verified.
+func ClientConfig(caFile, pin, serverName string) (*tls.Config, error) {
+	if caFile != "" && pin != "" {
+		return nil, errors.New("tlsutil: give a CA file or a pin, not both")
+	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS13, ServerName: serverName}
+	switch {
+	case pin != "":
+		want, err := ParsePin(pin)
+		if err != nil {
+			return nil, err
+		}
+		cfg.InsecureSkipVerify = true // replaced by the pin check below
+		cfg.VerifyConnection = func(cs tls.ConnectionState) error {
+			if len(cs.PeerCertificates) == 0 {
+				return errors.New("tlsutil: server sent no certificate")
+			}
+			got := sha256.Sum256(cs.PeerCertificates[0].Raw)
+			if subtle.ConstantTimeCompare(got[:], want[:]) != 1 {
+				return fmt.Errorf("tlsutil: server certificate sha256 %s does not match the pin", hex.EncodeToString(got[:]))
+			}
+			return nil
+		}
+	case caFile != "":
+		pool, err := loadPool(caFile)
+		if err != nil {
+			return nil, err
+		}
+		cfg.RootCAs = pool
+	}
+	return cfg, nil
+}
+
+// ServerConfig returns a TLS 1.3 server config with the given key pair. With
+// clientCAFile, clients must present a certificate that verifies against it
+// (mutual TLS, for the admin listener).
+func ServerConfig(certFile, keyFile, clientCAFile string) (*tls.Config, error) {
+	pair, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return nil, fmt.Errorf("tlsutil: load %s and %s: %w", certFile, keyFile, err)
+	}
+	cfg := &tls.Config{MinVersion: tls.VersionTLS13, Certificates: []tls.Certificate{pair}}
+	if clientCAFile != "" {
+		pool, err := loadPool(clientCAFile)
+		if err != nil {
+			return nil, err
+		}
+		cfg.ClientCAs = pool
+		cfg.ClientAuth = tls.RequireAndVerifyClientCert
+	}
+	return cfg, nil
+}
+
+func loadPool(file string) (*x509.CertPool, error) {
+	data, err := os.ReadFile(file)
+	if err != nil {
+		return nil, fmt.Errorf("tlsutil: read CA file: %w", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(data) {
+		return nil, fmt.Errorf("tlsutil: CA file %s: no PEM certificate found", file)
+	}
+	return pool, nil
+}

@@ -1,0 +1,356 @@
+package tlsutil
+
+import (
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"io"
+	"math/big"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestEnsureSelfSignedCreatesThenReuses(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "tls")
+	now := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	cert, key, fp, err := EnsureSelfSigned(dir, []string{"gw.example.test", "192.0.2.7", "[2001:db8::1]"}, now)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := os.Stat(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode().Perm() != 0o600 {
+		t.Fatalf("key mode = %v, want 0600", st.Mode().Perm())
+	}
+	pair, err := tls.LoadX509KeyPair(cert, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := x509.ParseCertificate(pair.Certificate[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := Fingerprint(leaf.Raw); got != fp {
+		t.Fatalf("fingerprint %s, leaf hashes to %s", fp, got)
+	}
+	if len(fp) != 64 || strings.ToLower(fp) != fp {
+		t.Fatalf("fingerprint %q is not 64 lowercase hex digits", fp)
+	}
+	if _, ok := leaf.PublicKey.(*ecdsa.PublicKey); !ok {
+		t.Fatalf("key type %T, want ECDSA", leaf.PublicKey)
+	}
+	if !leaf.NotAfter.Equal(now.Add(2 * 365 * 24 * time.Hour)) {
+		t.Fatalf("NotAfter = %v", leaf.NotAfter)
+	}
+	for _, h := range []string{"localhost", "gw.example.test", "127.0.0.1", "::1", "192.0.2.7", "2001:db8::1"} {
+		if err := leaf.VerifyHostname(h); err != nil {
+			t.Errorf("certificate not valid for %s: %v", h, err)
+		}
+	}
+	if hn, err := os.Hostname(); err == nil && hn != "" {
+		if err := leaf.VerifyHostname(hn); err != nil {
+			t.Errorf("certificate not valid for the host name %s: %v", hn, err)
+		}
+	}
+
+	cert2, key2, fp2, err := EnsureSelfSigned(dir, nil, now.Add(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cert2 != cert || key2 != key || fp2 != fp {
+		t.Fatalf("second call made a new certificate: %s %s %s", cert2, key2, fp2)
+	}
+}
+
+func TestEnsureSelfSignedRefusesHalfPair(t *testing.T) {
+	dir := t.TempDir()
+	if _, _, _, err := EnsureSelfSigned(dir, nil, time.Now()); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(dir, CertFileName)); err != nil {
+		t.Fatal(err)
+	}
+	_, _, _, err := EnsureSelfSigned(dir, nil, time.Now())
+	if err == nil || !strings.Contains(err.Error(), CertFileName) {
+		t.Fatalf("want an error naming the missing %s, got %v", CertFileName, err)
+	}
+}
+
+func TestParsePin(t *testing.T) {
+	const hexPin = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
+	want := [32]byte{0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff,
+		0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff}
+	colons := ""
+	for i := 0; i < len(hexPin); i += 2 {
+		if i > 0 {
+			colons += ":"
+		}
+		colons += hexPin[i : i+2]
+	}
+	for _, in := range []string{hexPin, strings.ToUpper(hexPin), "sha256:" + hexPin, "SHA256:" + colons, colons, " " + hexPin + "\n"} {
+		got, err := ParsePin(in)
+		if err != nil {
+			t.Errorf("ParsePin(%q): %v", in, err)
+			continue
+		}
+		if got != want {
+			t.Errorf("ParsePin(%q) = %x", in, got)
+		}
+	}
+	for _, tc := range []struct{ in, wantErr string }{
+		{"", "empty"},
+		{"sha256:", "empty"},
+		{hexPin[:62], "62 hex digits; want 64"},
+		{hexPin + "00", "66 hex digits; want 64"},
+		{hexPin[:10] + "g" + hexPin[11:], `invalid character 'g' at position 10`},
+		{"sha256:" + hexPin[:3] + "-" + hexPin[4:], `invalid character '-' at position 10`},
+	} {
+		_, err := ParsePin(tc.in)
+		if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+			t.Errorf("ParsePin(%q) error = %v, want it to contain %q", tc.in, err, tc.wantErr)
+		}
+	}
+}
+
+// serve runs a TLS echo-once server on loopback with cfg and returns its address.
+func serve(t *testing.T, cfg *tls.Config) string {
+	t.Helper()
+	ln, err := tls.Listen("tcp", "127.0.0.1:0", cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+				if err := c.(*tls.Conn).Handshake(); err != nil {
+					return
+				}
+				_, _ = c.Write([]byte("ok"))
+			}()
+		}
+	}()
+	return ln.Addr().String()
+}
+
+// roundTrip dials addr, completes the handshake and reads the server's "ok".
+func roundTrip(addr string, cfg *tls.Config) error {
+	d := &net.Dialer{Timeout: 5 * time.Second}
+	c, err := tls.DialWithDialer(d, "tcp", addr, cfg)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 2)
+	if _, err := io.ReadFull(c, buf); err != nil {
+		return err
+	}
+	if string(buf) != "ok" {
+		return errors.New("unexpected reply " + string(buf))
+	}
+	if c.ConnectionState().Version != tls.VersionTLS13 {
+		return errors.New("not TLS 1.3")
+	}
+	return nil
+}
+
+func TestClientConfigPin(t *testing.T) {
+	dir := t.TempDir()
+	cert, key, fp, err := EnsureSelfSigned(dir, nil, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := ServerConfig(cert, key, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := serve(t, srv)
+
+	// The pin replaces host name checks: a name the certificate lacks still works.
+	good, err := ClientConfig("", "sha256:"+strings.ToUpper(fp), "not-in-the-cert.invalid")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := roundTrip(addr, good); err != nil {
+		t.Fatalf("good pin: %v", err)
+	}
+
+	wrongPin := []byte(fp)
+	if wrongPin[0] == '0' {
+		wrongPin[0] = '1'
+	} else {
+		wrongPin[0] = '0'
+	}
+	bad, err := ClientConfig("", string(wrongPin), "localhost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = roundTrip(addr, bad)
+	if err == nil || !strings.Contains(err.Error(), "does not match the pin") {
+		t.Fatalf("wrong pin: want a pin mismatch error, got %v", err)
+	}
+
+	if _, err := ClientConfig("", "xyz", "localhost"); err == nil {
+		t.Fatal("ClientConfig accepted a malformed pin")
+	}
+	if _, err := ClientConfig(filepath.Join(dir, CertFileName), fp, "localhost"); err == nil {
+		t.Fatal("ClientConfig accepted both a CA file and a pin")
+	}
+}
+
+func TestClientConfigCAFile(t *testing.T) {
+	dir := t.TempDir()
+	cert, key, _, err := EnsureSelfSigned(dir, nil, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := ServerConfig(cert, key, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := serve(t, srv)
+
+	// The self-signed certificate is its own CA.
+	withCA, err := ClientConfig(cert, "", "localhost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := roundTrip(addr, withCA); err != nil {
+		t.Fatalf("CA file: %v", err)
+	}
+	// Host name is checked with a CA.
+	wrongName, err := ClientConfig(cert, "", "other.invalid")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := roundTrip(addr, wrongName); err == nil {
+		t.Fatal("CA file: a name the certificate lacks was accepted")
+	}
+	// A different CA does not verify it.
+	otherCert, _, _, err := EnsureSelfSigned(t.TempDir(), nil, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	other, err := ClientConfig(otherCert, "", "localhost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := roundTrip(addr, other); err == nil {
+		t.Fatal("a certificate from another CA was accepted")
+	}
+	// System roots do not know a self-signed certificate.
+	sys, err := ClientConfig("", "", "localhost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := roundTrip(addr, sys); err == nil {
+		t.Fatal("system roots accepted a self-signed certificate")
+	}
+	if _, err := ClientConfig(filepath.Join(dir, "missing.pem"), "", "localhost"); err == nil {
+		t.Fatal("ClientConfig accepted a missing CA file")
+	}
+}
+
+// clientPKI writes a CA and a client certificate signed by it.
+func clientPKI(t *testing.T, dir string) (caFile string, clientCert tls.Certificate) {
+	t.Helper()
+	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caTmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "test admin CA"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign,
+	}
+	caDER, err := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	caCert, _ := x509.ParseCertificate(caDER)
+	caFile = filepath.Join(dir, "client-ca.pem")
+	if err := os.WriteFile(caFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: caDER}), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: "operator"},
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return caFile, tls.Certificate{Certificate: [][]byte{der}, PrivateKey: key}
+}
+
+func TestServerConfigMutualTLS(t *testing.T) {
+	dir := t.TempDir()
+	cert, key, fp, err := EnsureSelfSigned(dir, nil, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	caFile, clientCert := clientPKI(t, dir)
+	srv, err := ServerConfig(cert, key, caFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if srv.ClientAuth != tls.RequireAndVerifyClientCert {
+		t.Fatalf("ClientAuth = %v", srv.ClientAuth)
+	}
+	addr := serve(t, srv)
+
+	with, err := ClientConfig("", fp, "localhost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	with.Certificates = []tls.Certificate{clientCert}
+	if err := roundTrip(addr, with); err != nil {
+		t.Fatalf("with client certificate: %v", err)
+	}
+
+	without, err := ClientConfig("", fp, "localhost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := roundTrip(addr, without); err == nil {
+		t.Fatal("server accepted a client without a certificate")
+	}
+
+	// A client certificate from another CA is refused too.
+	_, strangerCert := clientPKI(t, t.TempDir())
+	stranger, err := ClientConfig("", fp, "localhost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	stranger.Certificates = []tls.Certificate{strangerCert}
+	if err := roundTrip(addr, stranger); err == nil {
+		t.Fatal("server accepted a client certificate from another CA")
+	}
+
+	if _, err := ServerConfig(cert, key, filepath.Join(dir, "nope.pem")); err == nil {
+		t.Fatal("ServerConfig accepted a missing client CA file")
+	}
+}
