@@ -78,7 +78,7 @@ func (s SerialNumber) String() string { return "[serial-number]" }
 func (s SerialNumber) GoString() string { return s.String() }
 
 // LogValue never shows the value: logs carry the pseudonym instead.
-func (s SerialNumber) LogValue() slog.Value { return slog.StringValue(s.String()) }
+func (s SerialNumber) LogValue() slog.Value { return logSafe(s.String()) }
 
 // Format never shows the value, whatever the verb.
 func (s SerialNumber) Format(f fmt.State, _ rune) { _, _ = f.Write([]byte(s.String())) }
@@ -105,7 +105,7 @@ func (h HardwareID) String() string { return "[hardware-id]" }
 func (h HardwareID) GoString() string { return h.String() }
 
 // LogValue never shows the value.
-func (h HardwareID) LogValue() slog.Value { return slog.StringValue(h.String()) }
+func (h HardwareID) LogValue() slog.Value { return logSafe(h.String()) }
 
 // Format never shows the value, whatever the verb.
 func (h HardwareID) Format(f fmt.State, _ rune) { _, _ = f.Write([]byte(h.String())) }
@@ -161,7 +161,7 @@ func (a Addr) String() string {
 }
 
 // LogValue gives the truncated prefix.
-func (a Addr) LogValue() slog.Value { return slog.StringValue(a.String()) }
+func (a Addr) LogValue() slog.Value { return logSafe(a.String()) }
 
 // Format gives the truncated prefix, whatever the verb.
 func (a Addr) Format(f fmt.State, _ rune) { _, _ = f.Write([]byte(a.String())) }
@@ -179,7 +179,7 @@ func (e Endpoint) Reveal() netip.AddrPort { return e.ap }
 func (e Endpoint) String() string { return "[endpoint]" }
 
 // LogValue never shows the value.
-func (e Endpoint) LogValue() slog.Value { return slog.StringValue(e.String()) }
+func (e Endpoint) LogValue() slog.Value { return logSafe(e.String()) }
 
 // Format never shows the value.
 func (e Endpoint) Format(f fmt.State, _ rune) { _, _ = f.Write([]byte(e.String())) }
@@ -191,8 +191,15 @@ type BlindIndex [32]byte
 // String is the hex form (not personal data on its own: it needs K_index).
 func (b BlindIndex) String() string { return hex.EncodeToString(b[:]) }
 
+// LogValue hides the index: it never changes, so in a log it would link a
+// subject's records across days. Log the day's Pseudonym instead.
+func (b BlindIndex) LogValue() slog.Value { return logSafe("[blind-index]") }
+
 // Verifier is HMAC(K_index, SN ‖ HWID): the only stored form of a HWID.
 type Verifier [32]byte
+
+// LogValue hides the verifier.
+func (v Verifier) LogValue() slog.Value { return logSafe("[verifier]") }
 
 // Pseudonym is HMAC(K_day, blind index) cut to 128 bits: links one
 // subject's records within one UTC day, and nothing after its key is gone.
@@ -202,4 +209,17 @@ type Pseudonym [16]byte
 func (p Pseudonym) String() string { return hex.EncodeToString(p[:]) }
 
 // LogValue is the hex form.
-func (p Pseudonym) LogValue() slog.Value { return slog.StringValue(p.String()) }
+func (p Pseudonym) LogValue() slog.Value { return logSafe(p.String()) }
+
+// safeText is a log value in the form the policy allows, made by a privacy
+// type's LogValue. ReplaceAttr lets it through under any key; any other
+// value under a personal-data key is redacted.
+type safeText string
+
+// String is the text.
+func (t safeText) String() string { return string(t) }
+
+// MarshalText is the text (the JSON and text handlers use it).
+func (t safeText) MarshalText() ([]byte, error) { return []byte(t), nil }
+
+func logSafe(s string) slog.Value { return slog.AnyValue(safeText(s)) }

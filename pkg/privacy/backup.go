@@ -1,0 +1,271 @@
+package privacy
+
+import (
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"golang.org/x/crypto/argon2"
+	"golang.org/x/crypto/chacha20poly1305"
+)
+
+// ErrWrongPassphrase is returned by RestoreKeystore when the backup does not
+// open with the passphrase (or was altered).
+var ErrWrongPassphrase = errors.New("wrong passphrase or damaged backup")
+
+const (
+	backupFormat  = "dasset-keystore-backup"
+	backupVersion = 1
+	// Argon2id parameters for new backups: a backup is made and restored
+	// rarely, so it can afford more than a login.
+	backupTime    = 3
+	backupMemory  = 64 * 1024 // KiB
+	backupThreads = 2
+	maxBackupSize = 16 << 20
+)
+
+// backupFile is the versioned envelope; every field but Ciphertext is bound
+// to it as associated data.
+type backupFile struct {
+	Format     string    `json:"format"`
+	Version    int       `json:"version"`
+	KDF        backupKDF `json:"kdf"`
+	Created    string    `json:"created"`
+	Ciphertext []byte    `json:"ciphertext"` // nonce ‖ XChaCha20-Poly1305(files)
+}
+
+type backupKDF struct {
+	Name      string `json:"name"`
+	Time      uint32 `json:"time"`
+	MemoryKiB uint32 `json:"memory_kib"`
+	Threads   uint8  `json:"threads"`
+	Salt      []byte `json:"salt"`
+}
+
+type backupPayload struct {
+	Files map[string][]byte `json:"files"` // path relative to the keystore → contents
+}
+
+func (b *backupFile) aad() []byte {
+	return fmt.Appendf(nil, "%s/v%d argon2id t=%d m=%d p=%d salt=%x created=%s",
+		b.Format, b.Version, b.KDF.Time, b.KDF.MemoryKiB, b.KDF.Threads, b.KDF.Salt, b.Created)
+}
+
+// Backup writes every key file of the keystore to w, encrypted under a key
+// derived from passphrase with argon2id (XChaCha20-Poly1305). Keep the
+// backup apart from database backups: together they undo the blinding.
+func (k *Keystore) Backup(w io.Writer, passphrase []byte) error {
+	if len(passphrase) == 0 {
+		return &FieldError{Field: "passphrase", Reason: "must not be empty"}
+	}
+	k.mu.RLock()
+	files, err := k.readAllFiles()
+	k.mu.RUnlock()
+	if err != nil {
+		return err
+	}
+	plain, err := json.Marshal(backupPayload{Files: files})
+	for _, b := range files {
+		clear(b)
+	}
+	if err != nil {
+		return fmt.Errorf("privacy: backup: %w", err)
+	}
+	defer clear(plain)
+
+	bf := backupFile{
+		Format:  backupFormat,
+		Version: backupVersion,
+		KDF:     backupKDF{Name: "argon2id", Time: backupTime, MemoryKiB: backupMemory, Threads: backupThreads, Salt: make([]byte, 16)},
+		Created: time.Now().UTC().Format(time.RFC3339),
+	}
+	if _, err := rand.Read(bf.KDF.Salt); err != nil {
+		return fmt.Errorf("privacy: backup: %w", err)
+	}
+	key := argon2.IDKey(passphrase, bf.KDF.Salt, bf.KDF.Time, bf.KDF.MemoryKiB, bf.KDF.Threads, chacha20poly1305.KeySize)
+	defer clear(key)
+	aead, err := chacha20poly1305.NewX(key)
+	if err != nil {
+		return fmt.Errorf("privacy: backup: %w", err)
+	}
+	nonce := make([]byte, aead.NonceSize(), aead.NonceSize()+len(plain)+aead.Overhead())
+	if _, err := rand.Read(nonce); err != nil {
+		return fmt.Errorf("privacy: backup: %w", err)
+	}
+	bf.Ciphertext = aead.Seal(nonce, nonce, plain, bf.aad())
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	if err := enc.Encode(bf); err != nil {
+		return fmt.Errorf("privacy: backup: write: %w", err)
+	}
+	return nil
+}
+
+// readAllFiles reads every file of the keystore (caller holds mu).
+func (k *Keystore) readAllFiles() (map[string][]byte, error) {
+	files := make(map[string][]byte)
+	for _, name := range []string{indexKeyFile, sealKeyFile, wireguardKeyFile, idFile, horizonFile} {
+		b, err := readPrivateFile(filepath.Join(k.dir, name))
+		if errors.Is(err, fs.ErrNotExist) && name == horizonFile {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		files[name] = b
+	}
+	for d := range k.dayKeys {
+		name := daysDir + "/" + d + ".key"
+		b, err := readKey(filepath.Join(k.dir, filepath.FromSlash(name)))
+		if err != nil {
+			return nil, err
+		}
+		files[name] = b
+	}
+	return files, nil
+}
+
+// RestoreKeystore restores a backup made by Backup into dir, which must not
+// exist or be empty. Nothing is written unless the whole backup opens and
+// checks: the files go to a temporary directory beside dir, renamed into
+// place at the end.
+func RestoreKeystore(r io.Reader, passphrase []byte, dir string) error {
+	raw, err := io.ReadAll(io.LimitReader(r, maxBackupSize+1))
+	if err != nil {
+		return fmt.Errorf("privacy: restore: read: %w", err)
+	}
+	if len(raw) > maxBackupSize {
+		return fmt.Errorf("privacy: restore: backup is larger than %d bytes", maxBackupSize)
+	}
+	var bf backupFile
+	dec := json.NewDecoder(strings.NewReader(string(raw)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&bf); err != nil {
+		return fmt.Errorf("privacy: restore: not a keystore backup: %w", err)
+	}
+	switch {
+	case bf.Format != backupFormat:
+		return fmt.Errorf("privacy: restore: format %q is not %q", bf.Format, backupFormat)
+	case bf.Version != backupVersion:
+		return fmt.Errorf("privacy: restore: backup version %d is not supported (want %d)", bf.Version, backupVersion)
+	case bf.KDF.Name != "argon2id":
+		return fmt.Errorf("privacy: restore: kdf.name %q is not supported", bf.KDF.Name)
+	case bf.KDF.Time < 1 || bf.KDF.Time > 16:
+		return fmt.Errorf("privacy: restore: kdf.time %d is out of range 1..16", bf.KDF.Time)
+	case bf.KDF.MemoryKiB < 8*1024 || bf.KDF.MemoryKiB > 1<<20:
+		return fmt.Errorf("privacy: restore: kdf.memory_kib %d is out of range 8192..1048576", bf.KDF.MemoryKiB)
+	case bf.KDF.Threads < 1 || bf.KDF.Threads > 16:
+		return fmt.Errorf("privacy: restore: kdf.threads %d is out of range 1..16", bf.KDF.Threads)
+	case len(bf.KDF.Salt) < 16:
+		return fmt.Errorf("privacy: restore: kdf.salt is %d bytes, want at least 16", len(bf.KDF.Salt))
+	}
+	if err := checkRestoreTarget(dir); err != nil {
+		return err
+	}
+
+	key := argon2.IDKey(passphrase, bf.KDF.Salt, bf.KDF.Time, bf.KDF.MemoryKiB, bf.KDF.Threads, chacha20poly1305.KeySize)
+	defer clear(key)
+	aead, err := chacha20poly1305.NewX(key)
+	if err != nil {
+		return fmt.Errorf("privacy: restore: %w", err)
+	}
+	if len(bf.Ciphertext) < aead.NonceSize()+aead.Overhead() {
+		return fmt.Errorf("privacy: restore: ciphertext is too short")
+	}
+	ns := aead.NonceSize()
+	plain, err := aead.Open(nil, bf.Ciphertext[:ns], bf.Ciphertext[ns:], bf.aad())
+	if err != nil {
+		return fmt.Errorf("privacy: restore: %w", ErrWrongPassphrase)
+	}
+	defer clear(plain)
+	var p backupPayload
+	if err := json.Unmarshal(plain, &p); err != nil {
+		return fmt.Errorf("privacy: restore: payload: %w", err)
+	}
+	defer func() {
+		for _, b := range p.Files {
+			clear(b)
+		}
+	}()
+	if err := checkPayload(p.Files); err != nil {
+		return err
+	}
+
+	parent := filepath.Dir(filepath.Clean(dir))
+	if err := os.MkdirAll(parent, 0o755); err != nil {
+		return fmt.Errorf("privacy: restore: %w", err)
+	}
+	stage, err := os.MkdirTemp(parent, ".keystore-restore-*") // 0700
+	if err != nil {
+		return fmt.Errorf("privacy: restore: %w", err)
+	}
+	defer os.RemoveAll(stage) // gone after the rename
+	if err := os.Mkdir(filepath.Join(stage, daysDir), 0o700); err != nil {
+		return fmt.Errorf("privacy: restore: %w", err)
+	}
+	for name, b := range p.Files {
+		d, base := filepath.Split(filepath.Join(stage, filepath.FromSlash(name)))
+		if err := writeAtomic(filepath.Clean(d), base, b, true); err != nil {
+			return fmt.Errorf("privacy: restore: %w", err)
+		}
+	}
+	if err := os.Remove(dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("privacy: restore: %w", err)
+	}
+	if err := os.Rename(stage, dir); err != nil {
+		return fmt.Errorf("privacy: restore: %w", err)
+	}
+	return syncDir(parent)
+}
+
+func checkRestoreTarget(dir string) error {
+	ents, err := os.ReadDir(dir)
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("privacy: restore: %w", err)
+	}
+	if len(ents) > 0 {
+		return fmt.Errorf("privacy: restore: refusing to restore over the non-empty directory %s (move it away first)", dir)
+	}
+	return nil
+}
+
+func checkPayload(files map[string][]byte) error {
+	for _, name := range []string{indexKeyFile, sealKeyFile, wireguardKeyFile, idFile} {
+		if _, ok := files[name]; !ok {
+			return fmt.Errorf("privacy: restore: backup lacks %s", name)
+		}
+	}
+	for name, b := range files {
+		switch name {
+		case indexKeyFile, sealKeyFile, wireguardKeyFile:
+		case idFile, horizonFile:
+			continue
+		default:
+			d, ok := strings.CutPrefix(name, daysDir+"/")
+			if ok {
+				d, ok = strings.CutSuffix(d, ".key")
+			}
+			if ok {
+				_, err := time.Parse(dayLayout, d)
+				ok = err == nil
+			}
+			if !ok {
+				return fmt.Errorf("privacy: restore: backup holds an unexpected file %q", name)
+			}
+		}
+		if len(b) != keyLen {
+			return fmt.Errorf("privacy: restore: %s holds %d bytes, want %d", name, len(b), keyLen)
+		}
+	}
+	return nil
+}
