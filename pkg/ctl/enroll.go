@@ -1,0 +1,171 @@
+package ctl
+
+import (
+	"encoding/csv"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/planetxlabs/dasset-gateway/pkg/privacy"
+	gatewayv1 "github.com/planetxlabs/dasset-gateway/proto/dasset/gateway/v1"
+)
+
+// enrollBatch bounds one EnrollDevices request (well under gRPC's 4 MiB).
+const enrollBatch = 1000
+
+func (a *app) enrollCommand() *cobra.Command {
+	var serial, hwid, file string
+	var afterErasure bool
+	cmd := &cobra.Command{
+		Use:   "enroll (--serial SN --hwid HWID | --file devices.csv)",
+		Short: "Enroll devices (one, or a batch from a CSV file)",
+		Long: `Enroll devices so that they may log in.
+
+A CSV file has two columns, serial_number,hardware_id, and may start with that
+header row; lines starting with '#' and blank lines are skipped. The whole file
+is checked before anything is sent: a bad line stops the command with its line
+number and reason, and no device is enrolled. "--file -" reads standard input.
+
+Enrolling a device again with the same hardware id changes nothing (it is
+counted as unchanged), so a batch can be re-run safely. A device whose data was
+erased is only enrolled again with --after-erasure.`,
+		Example: `  dassetctl enroll --serial DS-000123 --hwid 3c:52:82:aa:10:0f
+  dassetctl enroll --file devices.csv
+  dassetctl enroll --file returned.csv --after-erasure`,
+		Args: exactArgs(),
+		RunE: run(func(cmd *cobra.Command, _ []string) error {
+			var devices []*gatewayv1.DeviceEnrollment
+			if file != "" {
+				var err error
+				if devices, err = readDevicesFile(cmd, file); err != nil {
+					return err
+				}
+			} else {
+				d, err := enrollment(serial, hwid)
+				if err != nil {
+					return &usageError{err: err}
+				}
+				devices = []*gatewayv1.DeviceEnrollment{d}
+			}
+
+			ctx, client, conn, cancel, err := a.newClient(cmd)
+			if err != nil {
+				return err
+			}
+			defer cancel()
+			defer conn.Close()
+
+			total := &gatewayv1.EnrollDevicesResponse{}
+			for start := 0; start < len(devices); start += enrollBatch {
+				end := min(start+enrollBatch, len(devices))
+				resp, err := client.EnrollDevices(ctx, &gatewayv1.EnrollDevicesRequest{Devices: devices[start:end], AfterErasure: afterErasure})
+				if err != nil {
+					if start > 0 {
+						fmt.Fprintf(cmd.ErrOrStderr(), "%d of %d devices were sent before this error (%d enrolled, %d unchanged); re-running the file is safe.\n",
+							start, len(devices), total.Enrolled, total.Unchanged)
+					}
+					return err
+				}
+				total.Enrolled += resp.GetEnrolled()
+				total.Unchanged += resp.GetUnchanged()
+			}
+			return a.print(cmd, total, func(w io.Writer) {
+				fmt.Fprintf(w, "%d enrolled, %d unchanged\n", total.Enrolled, total.Unchanged)
+			})
+		}),
+	}
+	f := cmd.Flags()
+	f.StringVar(&serial, "serial", "", "serial number of one device")
+	f.StringVar(&hwid, "hwid", "", "hardware id of that device")
+	f.StringVarP(&file, "file", "f", "", "CSV file of serial_number,hardware_id lines (- for standard input)")
+	f.BoolVar(&afterErasure, "after-erasure", false, "also enroll devices whose data was erased before")
+	cmd.MarkFlagsRequiredTogether("serial", "hwid")
+	cmd.MarkFlagsMutuallyExclusive("serial", "file")
+	cmd.MarkFlagsMutuallyExclusive("hwid", "file")
+	cmd.MarkFlagsOneRequired("serial", "file")
+	return cmd
+}
+
+// enrollment validates one serial number and hardware id with the same rules
+// (and the same field errors) as the gateway.
+func enrollment(serial, hwid string) (*gatewayv1.DeviceEnrollment, error) {
+	sn, err := privacy.ParseSerialNumber(serial)
+	if err != nil {
+		return nil, err
+	}
+	hw, err := privacy.ParseHardwareID(hwid)
+	if err != nil {
+		return nil, err
+	}
+	return &gatewayv1.DeviceEnrollment{SerialNumber: sn.Reveal(), HardwareId: hw.Reveal()}, nil
+}
+
+func readDevicesFile(cmd *cobra.Command, path string) ([]*gatewayv1.DeviceEnrollment, error) {
+	if path == "-" {
+		return ParseDevicesCSV("<stdin>", cmd.InOrStdin())
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	return ParseDevicesCSV(path, f)
+}
+
+// ParseDevicesCSV reads serial_number,hardware_id lines from r: an optional
+// header row, '#' comments and blank lines are skipped. It checks every line
+// and returns the first problem as "NAME:LINE: reason", or the whole list.
+func ParseDevicesCSV(name string, r io.Reader) ([]*gatewayv1.DeviceEnrollment, error) {
+	cr := csv.NewReader(r)
+	cr.Comment = '#'
+	cr.FieldsPerRecord = -1 // counted below, with a better message
+	cr.TrimLeadingSpace = true
+	cr.ReuseRecord = true
+
+	var out []*gatewayv1.DeviceEnrollment
+	seen := map[string]int{} // serial number → line
+	first := true
+	for {
+		rec, err := cr.Read()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			var pe *csv.ParseError
+			if errors.As(err, &pe) {
+				return nil, fmt.Errorf("%s:%d: %w", name, pe.Line, pe.Err)
+			}
+			return nil, fmt.Errorf("%s: %w", name, err)
+		}
+		line, _ := cr.FieldPos(0)
+		for i := range rec {
+			rec[i] = strings.TrimSpace(rec[i])
+		}
+		if first {
+			first = false
+			if len(rec) == 2 && strings.EqualFold(rec[0], "serial_number") && strings.EqualFold(rec[1], "hardware_id") {
+				continue
+			}
+		}
+		if len(rec) != 2 {
+			return nil, fmt.Errorf("%s:%d: want 2 fields (serial_number,hardware_id), got %d", name, line, len(rec))
+		}
+		d, err := enrollment(rec[0], rec[1])
+		if err != nil {
+			return nil, fmt.Errorf("%s:%d: %w", name, line, err)
+		}
+		if prev, ok := seen[d.SerialNumber]; ok {
+			return nil, fmt.Errorf("%s:%d: serial_number: same as on line %d", name, line, prev)
+		}
+		seen[d.SerialNumber] = line
+		out = append(out, d)
+	}
+	if len(out) == 0 {
+		return nil, fmt.Errorf("%s: no devices in it", name)
+	}
+	return out, nil
+}

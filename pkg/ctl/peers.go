@@ -1,0 +1,43 @@
+package ctl
+
+import (
+	"io"
+
+	"github.com/spf13/cobra"
+
+	gatewayv1 "github.com/planetxlabs/dasset-gateway/proto/dasset/gateway/v1"
+)
+
+func (a *app) peersCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "peers",
+		Short: "List the gateway's WireGuard peers",
+		Long: `List the WireGuard peers of the gateway's interface: public key (shortened;
+-o json has it in full), kind (device or client), allowed IPs, time since the
+last handshake, and bytes received and sent.`,
+		Example: `  dassetctl peers
+  dassetctl peers -o json`,
+		Args: exactArgs(),
+		RunE: run(func(cmd *cobra.Command, _ []string) error {
+			ctx, client, conn, cancel, err := a.newClient(cmd)
+			if err != nil {
+				return err
+			}
+			defer cancel()
+			defer conn.Close()
+
+			resp, err := client.ListPeers(ctx, &gatewayv1.ListPeersRequest{})
+			if err != nil {
+				return err
+			}
+			now := a.env.Now()
+			return a.print(cmd, resp, func(w io.Writer) {
+				row(w, "PUBLIC KEY", "KIND", "ALLOWED IPS", "LAST HANDSHAKE", "RX", "TX")
+				for _, p := range resp.GetPeers() {
+					row(w, shortKey(p.GetPublicKey()), orNone(p.GetKind()), joinOrNone(p.GetAllowedIps()),
+						ago(now, p.GetLastHandshake()), bytesHuman(p.GetRxBytes()), bytesHuman(p.GetTxBytes()))
+				}
+			})
+		}),
+	}
+}

@@ -1,0 +1,88 @@
+package ctl
+
+import (
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	gatewayv1 "github.com/planetxlabs/dasset-gateway/proto/dasset/gateway/v1"
+)
+
+func (a *app) policyCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:     "policy",
+		Short:   "Show the privacy policy in force",
+		Example: `  dassetctl policy show`,
+	}
+	cmd.AddCommand(&cobra.Command{
+		Use:   "show",
+		Short: "Print the privacy policy the gateway runs with, as YAML",
+		Long: `Print the privacy policy the gateway loaded (fields, purposes, the form of each
+field in each sink, retention periods), as YAML; -o json wraps it in {"yaml": ...}.`,
+		Example: `  dassetctl policy show
+  dassetctl policy show > policy-in-force.yaml`,
+		Args: exactArgs(),
+		RunE: run(func(cmd *cobra.Command, _ []string) error {
+			ctx, client, conn, cancel, err := a.newClient(cmd)
+			if err != nil {
+				return err
+			}
+			defer cancel()
+			defer conn.Close()
+
+			resp, err := client.GetPolicy(ctx, &gatewayv1.GetPolicyRequest{})
+			if err != nil {
+				return err
+			}
+			return a.print(cmd, resp, func(w io.Writer) {
+				y := resp.GetYaml()
+				if !strings.HasSuffix(y, "\n") {
+					y += "\n"
+				}
+				io.WriteString(w, y)
+			})
+		}),
+	})
+	return cmd
+}
+
+func (a *app) retentionCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:     "retention",
+		Short:   "Run the retention pruner",
+		Example: `  dassetctl retention run`,
+	}
+	cmd.AddCommand(&cobra.Command{
+		Use:   "run",
+		Short: "Prune expired rows and destroy expired pseudonym keys now",
+		Long: `Run the retention pruner now instead of waiting for its schedule. Prints the
+rows pruned per table and how many daily pseudonym keys were destroyed.`,
+		Example: `  dassetctl retention run
+  dassetctl retention run -o json`,
+		Args: exactArgs(),
+		RunE: run(func(cmd *cobra.Command, _ []string) error {
+			ctx, client, conn, cancel, err := a.newClient(cmd)
+			if err != nil {
+				return err
+			}
+			defer cancel()
+			defer conn.Close()
+
+			resp, err := client.RunRetention(ctx, &gatewayv1.RunRetentionRequest{})
+			if err != nil {
+				return err
+			}
+			return a.print(cmd, resp, func(w io.Writer) {
+				if t := resp.GetRanAt(); t != nil {
+					fmt.Fprintf(w, "Retention ran at %s.\n", t.AsTime().UTC().Format(time.RFC3339))
+				}
+				printCounts(w, "ROWS PRUNED", resp.GetPruned())
+				fmt.Fprintf(w, "%d pseudonym key(s) destroyed.\n", resp.GetKeysDestroyed())
+			})
+		}),
+	})
+	return cmd
+}

@@ -1,0 +1,83 @@
+package ctl
+
+import (
+	"fmt"
+	"io"
+
+	"github.com/spf13/cobra"
+
+	gatewayv1 "github.com/planetxlabs/dasset-gateway/proto/dasset/gateway/v1"
+)
+
+func (a *app) sessionsCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "sessions",
+		Short: "List and close remote-control sessions",
+		Example: `  dassetctl sessions list
+  dassetctl sessions close 7f3c9a2e`,
+	}
+	cmd.AddCommand(a.sessionsListCommand(), a.sessionsCloseCommand())
+	return cmd
+}
+
+func (a *app) sessionsListCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "list",
+		Short: "List open sessions",
+		Long: `List open remote-control sessions: id, device (masked serial number), account,
+the client's and the device's virtual addresses, when it opened and when it expires.`,
+		Example: `  dassetctl sessions list
+  dassetctl sessions list -o json`,
+		Args: exactArgs(),
+		RunE: run(func(cmd *cobra.Command, _ []string) error {
+			ctx, client, conn, cancel, err := a.newClient(cmd)
+			if err != nil {
+				return err
+			}
+			defer cancel()
+			defer conn.Close()
+
+			resp, err := client.ListSessions(ctx, &gatewayv1.ListSessionsRequest{})
+			if err != nil {
+				return err
+			}
+			now := a.env.Now()
+			return a.print(cmd, resp, func(w io.Writer) {
+				row(w, "ID", "DEVICE", "ACCOUNT", "CLIENT ADDRESSES", "DEVICE ADDRESSES", "OPENED", "EXPIRES")
+				for _, s := range resp.GetSessions() {
+					row(w, s.GetSessionId(), orNone(s.GetSerialNumber()), orNone(s.GetAccount()),
+						joinOrNone(s.GetClientAddresses()), joinOrNone(s.GetDeviceAddresses()),
+						ago(now, s.GetOpenedAt()), until(now, s.GetExpiresAt()))
+				}
+			})
+		}),
+	}
+}
+
+func (a *app) sessionsCloseCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:     "close ID",
+		Short:   "Close a session: the client is removed from the tunnel",
+		Example: `  dassetctl sessions close 7f3c9a2e`,
+		Args:    exactArgs("ID"),
+		RunE: run(func(cmd *cobra.Command, args []string) error {
+			if args[0] == "" {
+				return usagef("session_id: must not be empty")
+			}
+			ctx, client, conn, cancel, err := a.newClient(cmd)
+			if err != nil {
+				return err
+			}
+			defer cancel()
+			defer conn.Close()
+
+			resp, err := client.CloseSession(ctx, &gatewayv1.AdminCloseSessionRequest{SessionId: args[0]})
+			if err != nil {
+				return err
+			}
+			return a.print(cmd, resp, func(w io.Writer) {
+				fmt.Fprintf(w, "Closed session %s.\n", args[0])
+			})
+		}),
+	}
+}
