@@ -1,0 +1,91 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+	"net"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/planetxlabs/dasset-gateway/pkg/tlsutil"
+)
+
+// TLSOptions says how to authenticate the gateway. At most one of CAFile,
+// Pin and Insecure may be set; none means the system roots.
+type TLSOptions struct {
+	// CAFile is a PEM file of CA certificates the gateway's chain must verify against.
+	CAFile string
+	// Pin is the SHA-256 of the gateway's certificate (see tlsutil.ParsePin).
+	Pin string
+	// Insecure turns TLS off (plaintext gRPC); for tests and labs only.
+	Insecure bool
+}
+
+// Validate reports conflicting options.
+func (o TLSOptions) Validate() error {
+	n := 0
+	for _, set := range []bool{o.CAFile != "", o.Pin != "", o.Insecure} {
+		if set {
+			n++
+		}
+	}
+	if n > 1 {
+		return errors.New("tls: give at most one of a CA file, a pin, or insecure")
+	}
+	if o.Pin != "" {
+		if _, err := tlsutil.ParsePin(o.Pin); err != nil {
+			return fmt.Errorf("tls: %w", err)
+		}
+	}
+	return nil
+}
+
+// Dial returns a gRPC client connection to gateway ("host:port"), over TLS
+// 1.3 as opts says, or plaintext with opts.Insecure. It does not block: the
+// connection is made by the first call. Shared by the device agent and the
+// client mode.
+func Dial(gateway string, opts TLSOptions, extra ...grpc.DialOption) (*grpc.ClientConn, error) {
+	host, err := splitGateway(gateway)
+	if err != nil {
+		return nil, err
+	}
+	if err := opts.Validate(); err != nil {
+		return nil, err
+	}
+	var creds credentials.TransportCredentials
+	if opts.Insecure {
+		creds = insecure.NewCredentials()
+	} else {
+		cfg, err := tlsutil.ClientConfig(opts.CAFile, opts.Pin, host)
+		if err != nil {
+			return nil, err
+		}
+		creds = credentials.NewTLS(cfg)
+	}
+	dialOpts := append([]grpc.DialOption{grpc.WithTransportCredentials(creds)}, extra...)
+	conn, err := grpc.NewClient(gateway, dialOpts...)
+	if err != nil {
+		return nil, fmt.Errorf("gateway %q: %w", gateway, err)
+	}
+	return conn, nil
+}
+
+// splitGateway checks that gateway is "host:port" and returns the host.
+func splitGateway(gateway string) (string, error) {
+	if gateway == "" {
+		return "", errors.New("gateway: empty; want host:port, e.g. gateway.example.com:8443")
+	}
+	host, port, err := net.SplitHostPort(gateway)
+	if err != nil {
+		return "", fmt.Errorf("gateway %q: want host:port: %w", gateway, err)
+	}
+	if host == "" {
+		return "", fmt.Errorf("gateway %q: host is empty", gateway)
+	}
+	if port == "" {
+		return "", fmt.Errorf("gateway %q: port is empty", gateway)
+	}
+	return host, nil
+}

@@ -1,0 +1,268 @@
+package agent
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.zx2c4.com/wireguard/conn"
+	"golang.zx2c4.com/wireguard/device"
+	"golang.zx2c4.com/wireguard/tun"
+	"golang.zx2c4.com/wireguard/tun/netstack"
+
+	gatewayv1 "github.com/planetxlabs/dasset-gateway/proto/dasset/gateway/v1"
+	"github.com/planetxlabs/dasset-gateway/tunnel/link"
+)
+
+// tunnel is the agent's wireguard-go device with the gateway as its one peer.
+type tunnel struct {
+	dev       *device.Device
+	net       *netstack.Net // netstack mode only
+	addrs     []netip.Prefix
+	mtu       int
+	peer      peerConfig
+	peerSince time.Time // when the peer was last (re)created
+}
+
+func (t *tunnel) close() { t.dev.Close() }
+
+// peerConfig is the gateway peer as the login response describes it.
+type peerConfig struct {
+	publicKey  [32]byte
+	endpoint   netip.AddrPort
+	allowedIPs []netip.Prefix
+	keepalive  uint32
+}
+
+func (p peerConfig) equal(q peerConfig) bool {
+	return p.publicKey == q.publicKey && p.endpoint == q.endpoint && p.keepalive == q.keepalive &&
+		slices.Equal(p.allowedIPs, q.allowedIPs)
+}
+
+// uapi renders the peer in wireguard-go's IpcSet form.
+func (p peerConfig) uapi() string {
+	var b strings.Builder
+	fmt.Fprintf(&b, "public_key=%s\n", hex.EncodeToString(p.publicKey[:]))
+	fmt.Fprintf(&b, "endpoint=%s\n", p.endpoint)
+	fmt.Fprintf(&b, "persistent_keepalive_interval=%d\n", p.keepalive)
+	b.WriteString("replace_allowed_ips=true\n")
+	for _, ip := range p.allowedIPs {
+		fmt.Fprintf(&b, "allowed_ip=%s\n", ip)
+	}
+	return b.String()
+}
+
+// loginConfig is a validated login response.
+type loginConfig struct {
+	addrs []netip.Prefix
+	mtu   int
+	peer  peerConfig
+}
+
+// parseLogin validates resp and resolves the gateway's WireGuard endpoint.
+func (a *Agent) parseLogin(ctx context.Context, resp *gatewayv1.DeviceLoginResponse) (loginConfig, error) {
+	var lc loginConfig
+	if len(resp.GetAddresses()) == 0 {
+		return lc, errors.New("addresses: none")
+	}
+	for i, s := range resp.GetAddresses() {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return lc, fmt.Errorf("addresses[%d]: %w", i, err)
+		}
+		lc.addrs = append(lc.addrs, p)
+	}
+	lc.mtu = int(resp.GetMtu())
+	if lc.mtu == 0 {
+		lc.mtu = defaultMTU
+	}
+	if lc.mtu < 576 || lc.mtu > 65535 {
+		return lc, fmt.Errorf("mtu: %d out of range", lc.mtu)
+	}
+	gw := resp.GetGateway()
+	if gw == nil {
+		return lc, errors.New("gateway: missing")
+	}
+	if len(gw.GetPublicKey()) != 32 {
+		return lc, fmt.Errorf("gateway.public_key: %d bytes, want 32", len(gw.GetPublicKey()))
+	}
+	copy(lc.peer.publicKey[:], gw.GetPublicKey())
+	if len(gw.GetAllowedIps()) == 0 {
+		return lc, errors.New("gateway.allowed_ips: none")
+	}
+	for i, s := range gw.GetAllowedIps() {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return lc, fmt.Errorf("gateway.allowed_ips[%d]: %w", i, err)
+		}
+		lc.peer.allowedIPs = append(lc.peer.allowedIPs, p.Masked())
+	}
+	lc.peer.keepalive = gw.GetPersistentKeepaliveSeconds()
+	ep, err := a.resolveEndpoint(ctx, gw.GetEndpoint())
+	if err != nil {
+		return lc, fmt.Errorf("gateway.endpoint: %w", err)
+	}
+	lc.peer.endpoint = ep
+	return lc, nil
+}
+
+// resolveEndpoint turns "host:port" into an address and port. An empty
+// endpoint means the gateway's gRPC host with the default WireGuard port.
+func (a *Agent) resolveEndpoint(ctx context.Context, endpoint string) (netip.AddrPort, error) {
+	var host, portStr string
+	if endpoint == "" {
+		h, err := splitGateway(a.cfg.Gateway)
+		if err != nil {
+			return netip.AddrPort{}, err
+		}
+		host, portStr = h, strconv.Itoa(DefaultWireGuardPort)
+	} else {
+		var err error
+		host, portStr, err = net.SplitHostPort(endpoint)
+		if err != nil {
+			return netip.AddrPort{}, fmt.Errorf("want host:port: %w", err)
+		}
+	}
+	port, err := strconv.ParseUint(portStr, 10, 16)
+	if err != nil || port == 0 {
+		return netip.AddrPort{}, fmt.Errorf("port %q: not a UDP port", portStr)
+	}
+	if ip, err := netip.ParseAddr(host); err == nil {
+		return netip.AddrPortFrom(ip.Unmap(), uint16(port)), nil
+	}
+	ips, err := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("resolve host: %w", err)
+	}
+	if len(ips) == 0 {
+		return netip.AddrPort{}, errors.New("resolve host: no address")
+	}
+	return netip.AddrPortFrom(ips[0].Unmap(), uint16(port)), nil
+}
+
+// configure makes the tunnel match a login response: it builds the
+// interface and wireguard-go device on the first call (or when addresses or
+// MTU changed) and otherwise just replaces the gateway peer.
+func (a *Agent) configure(ctx context.Context, resp *gatewayv1.DeviceLoginResponse) error {
+	lc, err := a.parseLogin(ctx, resp)
+	if err != nil {
+		return fmt.Errorf("gateway sent an unusable login response: %w", err)
+	}
+	a.mu.Lock()
+	t := a.tun
+	a.mu.Unlock()
+	if t != nil && slices.Equal(t.addrs, lc.addrs) && t.mtu == lc.mtu {
+		// Same interface: replacing the peer also starts a fresh handshake.
+		if err := t.dev.IpcSet("replace_peers=true\n" + lc.peer.uapi()); err != nil {
+			return fmt.Errorf("configure gateway peer: %w", err)
+		}
+		a.mu.Lock()
+		t.peer, t.peerSince = lc.peer, time.Now()
+		a.mu.Unlock()
+		a.afterPeerSet(t)
+		a.log.Info("tunnel reconfigured", "addresses", lc.addrs)
+		return nil
+	}
+	if t != nil {
+		a.teardown()
+	}
+	t, err = a.bringUp(lc)
+	if err != nil {
+		return err
+	}
+	a.mu.Lock()
+	a.tun = t
+	a.mu.Unlock()
+	mode := "tun"
+	if a.cfg.Netstack {
+		mode = "netstack"
+	}
+	a.log.Info("tunnel up", "mode", mode, "interface", a.cfg.Interface, "addresses", lc.addrs, "mtu", lc.mtu)
+	a.markReady()
+	return nil
+}
+
+func (a *Agent) bringUp(lc loginConfig) (*tunnel, error) {
+	t := &tunnel{addrs: lc.addrs, mtu: lc.mtu, peer: lc.peer}
+	var tdev tun.Device
+	if a.cfg.Netstack {
+		addrs := make([]netip.Addr, len(lc.addrs))
+		for i, p := range lc.addrs {
+			addrs[i] = p.Addr()
+		}
+		ns, err := link.CreateNetstack(addrs, lc.mtu)
+		if err != nil {
+			return nil, err
+		}
+		tdev, t.net = ns.Device, ns.Net
+	} else {
+		d, err := link.CreateTUN(link.Config{Name: a.cfg.Interface, MTU: lc.mtu, Addresses: lc.addrs, Routes: lc.peer.allowedIPs})
+		if err != nil {
+			return nil, err
+		}
+		tdev = d
+	}
+	t.dev = device.NewDevice(tdev, conn.NewDefaultBind(), wgLogger(a.log))
+	conf := "private_key=" + hex.EncodeToString(a.priv[:]) + "\nreplace_peers=true\n" + lc.peer.uapi()
+	if err := t.dev.IpcSet(conf); err != nil {
+		t.dev.Close()
+		return nil, fmt.Errorf("configure wireguard: %w", err)
+	}
+	if err := t.dev.Up(); err != nil {
+		t.dev.Close()
+		return nil, fmt.Errorf("wireguard up: %w", err)
+	}
+	t.peerSince = time.Now()
+	a.afterPeerSet(t)
+	return t, nil
+}
+
+// afterPeerSet starts a handshake at once when the peer has no persistent
+// keepalive (with one, wireguard-go already sent a keepalive and so a
+// handshake initiation when the peer was created).
+func (a *Agent) afterPeerSet(t *tunnel) {
+	if t.peer.keepalive != 0 {
+		return
+	}
+	if p := t.dev.LookupPeer(device.NoisePublicKey(t.peer.publicKey)); p != nil {
+		if err := p.SendHandshakeInitiation(false); err != nil {
+			a.log.Debug("handshake initiation", "error", err)
+		}
+	}
+}
+
+// forceHandshake removes the gateway peer and adds it again, which drops its
+// session keys and makes wireguard-go start a new handshake at once: the
+// gateway may have restarted and lost its keys, and WireGuard's own timers
+// would take up to minutes to notice.
+func (a *Agent) forceHandshake(why string) {
+	a.mu.Lock()
+	t := a.tun
+	if t == nil || time.Since(t.peerSince) < minHandshakeGap {
+		a.mu.Unlock()
+		return
+	}
+	t.peerSince = time.Now()
+	peer := t.peer
+	a.mu.Unlock()
+	conf := "public_key=" + hex.EncodeToString(peer.publicKey[:]) + "\nremove=true\n" + peer.uapi()
+	if err := t.dev.IpcSet(conf); err != nil {
+		a.log.Warn("forcing a WireGuard handshake failed", "reason", why, "error", err)
+		return
+	}
+	a.afterPeerSet(t)
+	a.log.Debug("forced a WireGuard handshake", "reason", why)
+}
+
+var addrRE = regexp.MustCompile(`\[[0-9A-Fa-f:.%a-z]+\](:\d+)?|\b\d{1,3}(\.\d{1,3}){3}(:\d+)?\b|\b[0-9A-Fa-f]{0,4}(:[0-9A-Fa-f]{0,4}){2,7}\b`)
+
+// scrubAddrs replaces IP addresses in a wireguard-go log line.
+func scrubAddrs(s string) string { return addrRE.ReplaceAllString(s, "[addr]") }
