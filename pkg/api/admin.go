@@ -1,0 +1,182 @@
+package api
+
+import (
+	"context"
+	"net/netip"
+	"strconv"
+	"time"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/planetxlabs/dasset-gateway/pkg/gateway"
+	"github.com/planetxlabs/dasset-gateway/pkg/privacy"
+	gatewayv1 "github.com/planetxlabs/dasset-gateway/proto/dasset/gateway/v1"
+)
+
+// PeerStatus is one WireGuard peer as operators see it.
+type PeerStatus struct {
+	Key           [32]byte
+	Kind          string // device, client, unknown
+	AllowedIPs    []netip.Prefix
+	LastHandshake time.Time
+	RxBytes       uint64
+	TxBytes       uint64
+}
+
+// PeerSource lists the live WireGuard peers.
+type PeerSource interface {
+	PeerStatuses(ctx context.Context) ([]PeerStatus, error)
+}
+
+// AdminServer serves AdminService (admin listener only).
+type AdminServer struct {
+	gatewayv1.UnimplementedAdminServiceServer
+	GW    *gateway.Gateway
+	Peers PeerSource
+}
+
+// EnrollDevices adds a batch of devices to the allow-list, all or nothing.
+func (s *AdminServer) EnrollDevices(ctx context.Context, req *gatewayv1.EnrollDevicesRequest) (*gatewayv1.EnrollDevicesResponse, error) {
+	if len(req.GetDevices()) == 0 {
+		return nil, invalid("devices", "must not be empty")
+	}
+	if len(req.GetDevices()) > 100_000 {
+		return nil, invalid("devices", "more than 100000 in one batch")
+	}
+	batch := make([]gateway.Enrollment, len(req.GetDevices()))
+	for i, d := range req.GetDevices() {
+		sn, err := privacy.ParseSerialNumber(d.GetSerialNumber())
+		if err != nil {
+			return nil, invalid("devices["+strconv.Itoa(i)+"]."+err.(*privacy.FieldError).Field, err.(*privacy.FieldError).Reason)
+		}
+		hw, err := privacy.ParseHardwareID(d.GetHardwareId())
+		if err != nil {
+			return nil, invalid("devices["+strconv.Itoa(i)+"]."+err.(*privacy.FieldError).Field, err.(*privacy.FieldError).Reason)
+		}
+		batch[i] = gateway.Enrollment{Serial: sn, Hardware: hw}
+	}
+	res, err := s.GW.Enroll(ctx, batch)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &gatewayv1.EnrollDevicesResponse{Enrolled: int64(res.Enrolled), Unchanged: int64(res.Unchanged)}, nil
+}
+
+// ListDevices lists the allow-list; serial numbers masked unless revealed.
+func (s *AdminServer) ListDevices(ctx context.Context, req *gatewayv1.ListDevicesRequest) (*gatewayv1.ListDevicesResponse, error) {
+	if req.GetReveal() && req.GetReason() == "" {
+		return nil, invalid("reason", "required with reveal")
+	}
+	devs, err := s.GW.ListDevices(ctx)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	out := &gatewayv1.ListDevicesResponse{}
+	for _, d := range devs {
+		sn := d.Serial.Masked()
+		if req.GetReveal() {
+			sn = d.Serial.Reveal()
+		}
+		out.Devices = append(out.Devices, &gatewayv1.Device{
+			SerialNumber: sn, Addresses: prefixStrings(d.Addresses), KeyPinned: d.KeyPinned,
+			LastLoginDay: d.LastLoginDay, Revoked: d.Revoked, Online: d.Online,
+		})
+	}
+	return out, nil
+}
+
+func parseSerial(s string) (privacy.SerialNumber, error) {
+	sn, err := privacy.ParseSerialNumber(s)
+	if err != nil {
+		return sn, toStatus(err)
+	}
+	return sn, nil
+}
+
+// RevokeDevice removes a device's peer and refuses its later logins.
+func (s *AdminServer) RevokeDevice(ctx context.Context, req *gatewayv1.RevokeDeviceRequest) (*gatewayv1.RevokeDeviceResponse, error) {
+	sn, err := parseSerial(req.GetSerialNumber())
+	if err != nil {
+		return nil, err
+	}
+	if err := s.GW.Revoke(ctx, sn); err != nil {
+		return nil, toStatus(err)
+	}
+	return &gatewayv1.RevokeDeviceResponse{}, nil
+}
+
+// ResetDeviceKey unpins a device's WireGuard key.
+func (s *AdminServer) ResetDeviceKey(ctx context.Context, req *gatewayv1.ResetDeviceKeyRequest) (*gatewayv1.ResetDeviceKeyResponse, error) {
+	sn, err := parseSerial(req.GetSerialNumber())
+	if err != nil {
+		return nil, err
+	}
+	if err := s.GW.ResetKey(ctx, sn); err != nil {
+		return nil, toStatus(err)
+	}
+	return &gatewayv1.ResetDeviceKeyResponse{}, nil
+}
+
+// CreateAccount adds a client account.
+func (s *AdminServer) CreateAccount(ctx context.Context, req *gatewayv1.CreateAccountRequest) (*gatewayv1.CreateAccountResponse, error) {
+	if n := len(req.GetPassword()); n > 1024 {
+		return nil, invalid("password", "longer than 1024 bytes")
+	}
+	id, err := s.GW.CreateAccount(ctx, req.GetName(), []byte(req.GetPassword()))
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &gatewayv1.CreateAccountResponse{AccountId: strconv.FormatInt(id, 10)}, nil
+}
+
+// DeleteAccount cancels an account.
+func (s *AdminServer) DeleteAccount(ctx context.Context, req *gatewayv1.DeleteAccountRequest) (*gatewayv1.DeleteAccountResponse, error) {
+	receipt, err := s.GW.DeleteAccount(ctx, req.GetName())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &gatewayv1.DeleteAccountResponse{Removed: receipt}, nil
+}
+
+// ListSessions lists open sessions.
+func (s *AdminServer) ListSessions(context.Context, *gatewayv1.ListSessionsRequest) (*gatewayv1.ListSessionsResponse, error) {
+	out := &gatewayv1.ListSessionsResponse{}
+	for _, ss := range s.GW.ListSessions() {
+		out.Sessions = append(out.Sessions, &gatewayv1.SessionInfo{
+			SessionId:       ss.ID,
+			ClientAddresses: prefixStrings(ss.ClientAddrs),
+			DeviceAddresses: prefixStrings(ss.DeviceAddrs),
+			OpenedAt:        timestamppb.New(ss.OpenedAt),
+			ExpiresAt:       timestamppb.New(ss.ExpiresAt),
+		})
+	}
+	return out, nil
+}
+
+// CloseSession closes any session.
+func (s *AdminServer) CloseSession(ctx context.Context, req *gatewayv1.AdminCloseSessionRequest) (*gatewayv1.AdminCloseSessionResponse, error) {
+	if req.GetSessionId() == "" {
+		return nil, invalid("session_id", "must not be empty")
+	}
+	if err := s.GW.CloseSession(ctx, nil, req.GetSessionId()); err != nil {
+		return nil, toStatus(err)
+	}
+	return &gatewayv1.AdminCloseSessionResponse{}, nil
+}
+
+// ListPeers shows the live WireGuard view.
+func (s *AdminServer) ListPeers(ctx context.Context, _ *gatewayv1.ListPeersRequest) (*gatewayv1.ListPeersResponse, error) {
+	ps, err := s.Peers.PeerStatuses(ctx)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	out := &gatewayv1.ListPeersResponse{}
+	for _, p := range ps {
+		pp := &gatewayv1.Peer{PublicKey: p.Key[:], Kind: p.Kind, AllowedIps: prefixStrings(p.AllowedIPs), RxBytes: p.RxBytes, TxBytes: p.TxBytes}
+		if !p.LastHandshake.IsZero() {
+			pp.LastHandshake = timestamppb.New(p.LastHandshake)
+		}
+		out.Peers = append(out.Peers, pp)
+	}
+	return out, nil
+}

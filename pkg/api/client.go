@@ -1,0 +1,141 @@
+package api
+
+import (
+	"context"
+
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	"github.com/planetxlabs/dasset-gateway/pkg/gateway"
+	"github.com/planetxlabs/dasset-gateway/pkg/privacy"
+	"github.com/planetxlabs/dasset-gateway/pkg/store"
+	gatewayv1 "github.com/planetxlabs/dasset-gateway/proto/dasset/gateway/v1"
+)
+
+// ClientServer serves ClientService.
+type ClientServer struct {
+	gatewayv1.UnimplementedClientServiceServer
+	GW *gateway.Gateway
+}
+
+// Login checks an account's password and returns an access token.
+func (s *ClientServer) Login(ctx context.Context, req *gatewayv1.ClientLoginRequest) (*gatewayv1.ClientLoginResponse, error) {
+	if req.GetAccount() == "" {
+		return nil, invalid("account", "must not be empty")
+	}
+	if n := len(req.GetPassword()); n == 0 || n > 1024 {
+		return nil, invalid("password", "must be 1 to 1024 bytes")
+	}
+	src, _ := peerAddrs(ctx)
+	tok, exp, err := s.GW.ClientLogin(ctx, req.GetAccount(), []byte(req.GetPassword()), src)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &gatewayv1.ClientLoginResponse{AccessToken: tok, ExpiresAt: timestamppb.New(exp)}, nil
+}
+
+func (s *ClientServer) account(ctx context.Context) (store.Account, error) {
+	tok, err := bearer(ctx)
+	if err != nil {
+		return store.Account{}, err
+	}
+	a, err := s.GW.AccountByToken(ctx, tok)
+	if err != nil {
+		return store.Account{}, toStatus(err)
+	}
+	return a, nil
+}
+
+// ListDevices lists the account's devices.
+func (s *ClientServer) ListDevices(ctx context.Context, _ *gatewayv1.ListBoundDevicesRequest) (*gatewayv1.ListBoundDevicesResponse, error) {
+	a, err := s.account(ctx)
+	if err != nil {
+		return nil, err
+	}
+	devs, err := s.GW.BoundDevices(ctx, a)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	out := &gatewayv1.ListBoundDevicesResponse{}
+	for _, d := range devs {
+		out.Devices = append(out.Devices, &gatewayv1.BoundDevice{
+			SerialNumber: d.Serial.Reveal(), Online: d.Online, Addresses: prefixStrings(d.Addresses),
+		})
+	}
+	return out, nil
+}
+
+// BindDevice redeems a binding code.
+func (s *ClientServer) BindDevice(ctx context.Context, req *gatewayv1.BindDeviceRequest) (*gatewayv1.BindDeviceResponse, error) {
+	a, err := s.account(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if req.GetCode() == "" {
+		return nil, invalid("code", "must not be empty")
+	}
+	sn, err := s.GW.BindDevice(ctx, a, req.GetCode())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &gatewayv1.BindDeviceResponse{SerialNumber: sn.Reveal()}, nil
+}
+
+// UnbindDevice removes a binding.
+func (s *ClientServer) UnbindDevice(ctx context.Context, req *gatewayv1.UnbindDeviceRequest) (*gatewayv1.UnbindDeviceResponse, error) {
+	a, err := s.account(ctx)
+	if err != nil {
+		return nil, err
+	}
+	sn, err := privacy.ParseSerialNumber(req.GetSerialNumber())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	receipt, err := s.GW.UnbindDevice(ctx, a, sn)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &gatewayv1.UnbindDeviceResponse{Removed: receipt}, nil
+}
+
+// OpenSession opens a remote-control session.
+func (s *ClientServer) OpenSession(ctx context.Context, req *gatewayv1.OpenSessionRequest) (*gatewayv1.OpenSessionResponse, error) {
+	a, err := s.account(ctx)
+	if err != nil {
+		return nil, err
+	}
+	sn, err := privacy.ParseSerialNumber(req.GetSerialNumber())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	if len(req.GetClientPublicKey()) != 32 {
+		return nil, invalid("client_public_key", "must be 32 bytes")
+	}
+	_, local := peerAddrs(ctx)
+	g, err := s.GW.OpenSession(ctx, a, sn, [32]byte(req.GetClientPublicKey()), local)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &gatewayv1.OpenSessionResponse{
+		SessionId:       g.ID,
+		ClientAddresses: prefixStrings(g.ClientAddrs),
+		DeviceAddresses: prefixStrings(g.DeviceAddrs),
+		Gateway:         gatewayPeer(g.GatewayKey, g.Endpoint, g.AllowedIPs, g.Keepalive),
+		ExpiresAt:       timestamppb.New(g.ExpiresAt),
+		Mtu:             uint32(g.MTU),
+	}, nil
+}
+
+// CloseSession closes one of the account's sessions.
+func (s *ClientServer) CloseSession(ctx context.Context, req *gatewayv1.CloseSessionRequest) (*gatewayv1.CloseSessionResponse, error) {
+	a, err := s.account(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if req.GetSessionId() == "" {
+		return nil, invalid("session_id", "must not be empty")
+	}
+	if err := s.GW.CloseSession(ctx, &a, req.GetSessionId()); err != nil {
+		return nil, toStatus(err)
+	}
+	return &gatewayv1.CloseSessionResponse{}, nil
+}

@@ -1,0 +1,60 @@
+// Package api is the gRPC edge: it turns protobuf requests into typed domain
+// values (and back), maps domain errors to status codes, and holds the
+// interceptors. Nothing else in the project knows about gRPC codes.
+package api
+
+import (
+	"context"
+	"errors"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/planetxlabs/dasset-gateway/pkg/gateway"
+	"github.com/planetxlabs/dasset-gateway/pkg/privacy"
+)
+
+// toStatus maps a domain error to a gRPC status with a message safe to send.
+func toStatus(err error) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	var fe *privacy.FieldError
+	if errors.As(err, &fe) {
+		return status.Error(codes.InvalidArgument, fe.Error())
+	}
+	msg := gateway.PublicMessage(err)
+	switch {
+	case errors.Is(err, gateway.ErrInvalid):
+		return status.Error(codes.InvalidArgument, msg)
+	case errors.Is(err, gateway.ErrUnauthenticated):
+		return status.Error(codes.Unauthenticated, msg)
+	case errors.Is(err, gateway.ErrPermission):
+		return status.Error(codes.PermissionDenied, msg)
+	case errors.Is(err, gateway.ErrRateLimited):
+		return status.Error(codes.ResourceExhausted, msg)
+	case errors.Is(err, gateway.ErrExhausted):
+		return status.Error(codes.ResourceExhausted, msg)
+	case errors.Is(err, gateway.ErrNotFound):
+		return status.Error(codes.NotFound, msg)
+	case errors.Is(err, gateway.ErrConflict):
+		return status.Error(codes.AlreadyExists, msg)
+	case errors.Is(err, gateway.ErrPrecondition):
+		return status.Error(codes.FailedPrecondition, msg)
+	case errors.Is(err, context.Canceled):
+		return status.Error(codes.Canceled, "cancelled")
+	case errors.Is(err, context.DeadlineExceeded):
+		return status.Error(codes.DeadlineExceeded, "deadline exceeded")
+	case errors.Is(err, gateway.ErrUnavailable):
+		return status.Error(codes.Unavailable, msg)
+	default:
+		return status.Error(codes.Internal, "internal error")
+	}
+}
+
+func invalid(field, reason string) error {
+	return status.Error(codes.InvalidArgument, field+": "+reason)
+}

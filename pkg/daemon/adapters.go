@@ -1,0 +1,121 @@
+package daemon
+
+import (
+	"context"
+	"time"
+
+	"github.com/planetxlabs/dasset-gateway/pkg/api"
+	"github.com/planetxlabs/dasset-gateway/pkg/gateway"
+	"github.com/planetxlabs/dasset-gateway/pkg/ipam"
+	"github.com/planetxlabs/dasset-gateway/pkg/metrics"
+	"github.com/planetxlabs/dasset-gateway/tunnel/router"
+	"github.com/planetxlabs/dasset-gateway/tunnel/wg"
+)
+
+// tunnelAdapter lets the domain drive tunnel/wg without importing it.
+type tunnelAdapter struct{ d *wg.Device }
+
+func (t tunnelAdapter) CheckKey(key [32]byte) error {
+	k := wg.Key(key)
+	if err := k.Validate(); err != nil {
+		return err
+	}
+	if k == t.d.PublicKey() {
+		return wg.ErrOwnKey
+	}
+	return nil
+}
+
+func (t tunnelAdapter) AddPeer(ctx context.Context, key [32]byte, allowed []netip.Prefix) error {
+	return t.d.AddPeer(ctx, wg.Peer{PublicKey: wg.Key(key), AllowedIPs: allowed})
+}
+
+func (t tunnelAdapter) AddPeers(ctx context.Context, ps []gateway.PeerSpec) error {
+	peers := make([]wg.Peer, len(ps))
+	for i, p := range ps {
+		peers[i] = wg.Peer{PublicKey: wg.Key(p.Key), AllowedIPs: p.Allowed}
+	}
+	return t.d.AddPeers(ctx, peers)
+}
+
+func (t tunnelAdapter) RemovePeer(ctx context.Context, key [32]byte) error {
+	return t.d.RemovePeer(ctx, wg.Key(key))
+}
+
+func (t tunnelAdapter) LastHandshakes(ctx context.Context) (map[[32]byte]time.Time, error) {
+	ps, err := t.d.Peers(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[[32]byte]time.Time, len(ps))
+	for _, p := range ps {
+		out[p.PublicKey] = p.LastHandshake
+	}
+	return out, nil
+}
+
+func (t tunnelAdapter) PublicKey() [32]byte { return t.d.PublicKey() }
+
+// aclAdapter feeds the domain's session pairs to the hub's filter.
+type aclAdapter struct{ r *router.Router }
+
+func (a aclAdapter) SetSessions(pairs []gateway.Pair) {
+	rp := make([]router.Pair, len(pairs))
+	for i, p := range pairs {
+		rp[i] = router.Pair{Client: p.Client, Device: p.Device}
+	}
+	a.r.SetSessions(rp)
+}
+
+// peerSource gives AdminService the live WireGuard view, with each peer's
+// kind told by its address.
+type peerSource struct {
+	d    *wg.Device
+	plan *ipam.Allocator
+}
+
+func (s peerSource) PeerStatuses(ctx context.Context) ([]api.PeerStatus, error) {
+	ps, err := s.d.Peers(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]api.PeerStatus, len(ps))
+	for i, p := range ps {
+		kind := "unknown"
+		if len(p.AllowedIPs) > 0 {
+			switch s.plan.Kind(p.AllowedIPs[0].Addr()) {
+			case ipam.KindDevice:
+				kind = "device"
+			case ipam.KindClient:
+				kind = "client"
+			}
+		}
+		out[i] = api.PeerStatus{Key: p.PublicKey, Kind: kind, AllowedIPs: p.AllowedIPs, LastHandshake: p.LastHandshake, RxBytes: p.RxBytes, TxBytes: p.TxBytes}
+	}
+	return out, nil
+}
+
+// state is read by the metrics collector at most once per cache period.
+func (d *Daemon) state(ctx context.Context) (metrics.Snapshot, error) {
+	st, err := d.dev.Stats(ctx)
+	if err != nil {
+		return metrics.Snapshot{}, err
+	}
+	devs, err := d.st.CountAdmitted(ctx)
+	if err != nil {
+		return metrics.Snapshot{}, err
+	}
+	online, _ := d.gw.OnlineCount(ctx)
+	rs := d.rt.Stats()
+	return metrics.Snapshot{
+		AdmittedDevices: devs,
+		OnlineDevices:   online,
+		OpenSessions:    d.gw.OpenSessionCount(),
+		Peers:           st.Peers,
+		HandshakeAges:   st.HandshakeAges,
+		RxBytes:         st.RxBytes,
+		TxBytes:         st.TxBytes,
+		RouterDropped:   rs.Dropped,
+		Hairpinned:      rs.Hairpinned,
+	}, nil
+}

@@ -1,0 +1,442 @@
+// Package daemon wires the gateway together: config → keystore, store, data
+// plane, domain, gRPC and HTTP listeners → run until the context ends. It is
+// the body of `dasset-gateway serve`, kept out of package main so tests can
+// run the real daemon in process (netstack mode, ephemeral ports).
+package daemon
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/credentials/insecure"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+
+	"github.com/planetxlabs/dasset-gateway/pkg/api"
+	"github.com/planetxlabs/dasset-gateway/pkg/config"
+	"github.com/planetxlabs/dasset-gateway/pkg/connlog"
+	"github.com/planetxlabs/dasset-gateway/pkg/gateway"
+	"github.com/planetxlabs/dasset-gateway/pkg/identity"
+	"github.com/planetxlabs/dasset-gateway/pkg/ipam"
+	"github.com/planetxlabs/dasset-gateway/pkg/metrics"
+	"github.com/planetxlabs/dasset-gateway/pkg/privacy"
+	"github.com/planetxlabs/dasset-gateway/pkg/store"
+	"github.com/planetxlabs/dasset-gateway/pkg/tlsutil"
+	"github.com/planetxlabs/dasset-gateway/tunnel/link"
+	"github.com/planetxlabs/dasset-gateway/tunnel/router"
+	"github.com/planetxlabs/dasset-gateway/tunnel/wg"
+	gatewayv1 "github.com/planetxlabs/dasset-gateway/proto/dasset/gateway/v1"
+)
+
+// Version is set by the build (-ldflags -X).
+var Version = "dev"
+
+// Daemon is a running gateway.
+type Daemon struct {
+	cfg  config.Config
+	log  *slog.Logger
+	keys *privacy.Keystore
+	st   *store.SQLite
+	plan *ipam.Allocator
+	dev  *wg.Device
+	rt   *router.Router
+	ns   *link.Netstack
+	gw   *gateway.Gateway
+	cl   *connlog.Recorder
+	reg  *prometheus.Registry
+	m    *metrics.Gateway
+
+	grpcLis, adminLis, httpLis net.Listener
+	grpcSrv, adminSrv         *grpc.Server
+	httpSrv                   *http.Server
+	uapi                      interface{ Close() error }
+	fingerprint               string
+	closers                   []func() error
+}
+
+// Options are test hooks; the zero value is production.
+type Options struct {
+	Logger *slog.Logger
+	Now    func() time.Time
+}
+
+// DataPlaneError is a failure to set up the tunnel, with the one-line hint an
+// operator needs (e.g. missing privilege).
+type DataPlaneError struct{ Err error }
+
+func (e *DataPlaneError) Error() string { return e.Err.Error() }
+func (e *DataPlaneError) Unwrap() error { return e.Err }
+
+// New builds everything and binds every listener, but serves nothing yet.
+// On error, whatever was built is closed again.
+func New(ctx context.Context, cfg config.Config, opt Options) (d *Daemon, err error) {
+	d = &Daemon{cfg: cfg, log: opt.Logger}
+	if d.log == nil {
+		lvl := slog.LevelInfo
+		_ = lvl.UnmarshalText([]byte(cfg.Log.Level))
+		d.log = privacy.NewLogger(os.Stderr, lvl, cfg.Log.Format)
+	}
+	defer func() {
+		if err != nil {
+			d.close()
+		}
+	}()
+	now := opt.Now
+	if now == nil {
+		now = time.Now
+	}
+
+	if d.keys, err = privacy.OpenKeystore(cfg.KeystorePath()); err != nil {
+		return nil, fmt.Errorf("keystore: %w", err)
+	}
+	d.reg = prometheus.NewRegistry()
+	d.m = metrics.New(d.reg, outcomeNames(), Version)
+
+	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
+		return nil, fmt.Errorf("data_dir: %w", err)
+	}
+	if d.st, err = store.OpenSQLite(ctx, filepath.Join(cfg.DataDir, "gateway.db"), store.WithObserver(d.m.ObserveStore)); err != nil {
+		return nil, fmt.Errorf("store: %w", err)
+	}
+	d.closers = append(d.closers, d.st.Close)
+
+	if d.plan, err = ipam.New(cfg.Network.IPAM()); err != nil {
+		return nil, fmt.Errorf("network: %w", err)
+	}
+	if err := d.buildDataPlane(); err != nil {
+		return nil, &DataPlaneError{Err: err}
+	}
+
+	d.cl = connlog.New(d.st, d.keys, connlog.Options{Logger: d.log, OnDrop: func(n int) { d.m.ConnLogDropped.Add(float64(n)) }})
+	verifier := identity.NewVerifier(d.keys, d.st, identity.Config{
+		LockoutAttempts: cfg.Device.LockoutAttempts, LockoutWindow: cfg.Device.LockoutWindow, Now: now,
+	})
+	instance := make([]byte, 8)
+	_, _ = rand.Read(instance)
+	d.gw, err = gateway.New(gateway.Config{
+		Rekey:         cfg.Device.Rekey == "allow",
+		TokenTTL:      cfg.Device.TokenTTL,
+		IdleTimeout:   cfg.Device.IdleTimeout,
+		Keepalive:     cfg.Tunnel.PersistentKeepalive,
+		MTU:           cfg.Tunnel.MTU,
+		Endpoint:      cfg.Tunnel.Endpoint,
+		ListenPort:    d.dev.ListenPort(),
+		MaxConcurrent: cfg.GRPC.MaxConcurrentLogins,
+		Now:           now,
+		InstanceID:    hex.EncodeToString(instance),
+		SessionOptions: gateway.SessionOptions{
+			MaxPerAccount:  cfg.Client.MaxSessionsPerAccount,
+			Duration:       cfg.Client.SessionDuration,
+			IdleTimeout:    cfg.Client.IdleTimeout,
+			BindingCodeTTL: cfg.Client.BindingCodeTTL,
+			TokenTTL:       cfg.Client.TokenTTL,
+		},
+	}, gateway.Deps{
+		Registry: d.st, Sessions: d.st, Verifier: verifier, Keys: d.keys, Accounts: d.keys,
+		Plan: d.plan, Tunnel: tunnelAdapter{d.dev}, ACL: aclAdapter{d.rt}, ConnLog: d.cl,
+		Observer: metrics.LoginObserver{M: d.m}, Logger: d.log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	n, err := d.gw.Start(ctx)
+	if err != nil {
+		return nil, err
+	}
+	d.log.Info("peers restored from the store", "devices", n)
+	metrics.RegisterState(d.reg, d.state, 5*time.Second, router.Reasons())
+
+	if err := d.listen(); err != nil {
+		return nil, err
+	}
+	return d, nil
+}
+
+func outcomeNames() []string {
+	var out []string
+	for _, o := range gateway.Outcomes() {
+		out = append(out, string(o))
+	}
+	return out
+}
+
+func (d *Daemon) buildDataPlane() error {
+	cfg := d.cfg
+	v4, v6 := d.plan.Gateway()
+	var inner interface{ Close() error }
+	switch cfg.Tunnel.Mode {
+	case "netstack":
+		ns, err := link.CreateNetstack([]netip.Addr{v4, v6}, cfg.Tunnel.MTU)
+		if err != nil {
+			return err
+		}
+		d.ns = ns
+		rt, err := router.New(ns.Device, routerConfig(d.plan))
+		if err != nil {
+			ns.Device.Close()
+			return err
+		}
+		d.rt = rt
+		inner = ns.Device
+	default:
+		dev, err := link.CreateTUN(link.Config{Name: cfg.Tunnel.Interface, MTU: cfg.Tunnel.MTU, Addresses: d.plan.GatewayPrefixes()})
+		if err != nil {
+			return err
+		}
+		rt, err := router.New(dev, routerConfig(d.plan))
+		if err != nil {
+			dev.Close()
+			return err
+		}
+		d.rt = rt
+		inner = dev
+	}
+	_ = inner
+	dev, err := wg.New(d.rt, nil, wg.Config{
+		PrivateKey:  wg.Key(d.keys.GatewayPrivateKey()),
+		ListenPort:  cfg.Tunnel.ListenPort,
+		Logger:      d.log.With("component", "wireguard"),
+		BatchWindow: cfg.Tunnel.BatchWindow,
+	})
+	if err != nil {
+		d.rt.Close()
+		return fmt.Errorf("wireguard: %w", err)
+	}
+	d.dev = dev
+	d.closers = append(d.closers, dev.Close)
+	if cfg.Tunnel.UAPI {
+		c, err := dev.ServeUAPI(cfg.Tunnel.Interface)
+		if err != nil {
+			return fmt.Errorf("wireguard UAPI socket: %w", err)
+		}
+		d.uapi = c
+		d.closers = append(d.closers, c.Close)
+	}
+	return nil
+}
+
+func routerConfig(plan *ipam.Allocator) router.Config {
+	v4, v6 := plan.Gateway()
+	return router.Config{Gateway: []netip.Addr{v4, v6}, Network: plan.Network(), ClientPrefixes: plan.ClientNetworks()}
+}
+
+func (d *Daemon) listen() error {
+	cfg := d.cfg
+	sm := api.ServerMetrics(d.reg)
+
+	// Device and client gRPC.
+	var creds credentials.TransportCredentials
+	if cfg.GRPC.Insecure {
+		d.log.Warn("grpc.insecure is true: device and client gRPC is served WITHOUT TLS; credentials and tokens cross the network in the clear")
+		creds = insecure.NewCredentials()
+	} else {
+		certFile, keyFile := cfg.GRPC.CertFile, cfg.GRPC.KeyFile
+		if certFile == "" {
+			var fp string
+			var err error
+			certFile, keyFile, fp, err = tlsutil.EnsureSelfSigned(cfg.DataDir, cfg.GRPC.Hosts, time.Now())
+			if err != nil {
+				return fmt.Errorf("grpc TLS certificate: %w", err)
+			}
+			d.fingerprint = fp
+			d.log.Info("serving gRPC with the gateway's own certificate; agents trust it with --pin", "sha256", fp, "cert_file", certFile)
+		}
+		tc, err := tlsutil.ServerConfig(certFile, keyFile, "")
+		if err != nil {
+			return fmt.Errorf("grpc TLS: %w", err)
+		}
+		creds = credentials.NewTLS(tc)
+	}
+	var err error
+	if d.grpcLis, err = net.Listen("tcp", cfg.GRPC.Listen); err != nil {
+		return fmt.Errorf("grpc.listen %s: %w", cfg.GRPC.Listen, err)
+	}
+	d.grpcSrv = api.NewServer(d.log.With("listener", "grpc"), sm, creds)
+	gatewayv1.RegisterDeviceServiceServer(d.grpcSrv, &api.DeviceServer{GW: d.gw, Log: d.log})
+	gatewayv1.RegisterClientServiceServer(d.grpcSrv, &api.ClientServer{GW: d.gw})
+	h := api.Finish(d.grpcSrv, sm)
+	h.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+
+	// Admin.
+	if cfg.Admin.Socket != "" {
+		if err := os.MkdirAll(filepath.Dir(cfg.Admin.Socket), 0o750); err != nil {
+			return fmt.Errorf("admin.socket: %w", err)
+		}
+		if err := removeStaleSocket(cfg.Admin.Socket); err != nil {
+			return fmt.Errorf("admin.socket: %w", err)
+		}
+		if d.adminLis, err = net.Listen("unix", cfg.Admin.Socket); err != nil {
+			return fmt.Errorf("admin.socket %s: %w", cfg.Admin.Socket, err)
+		}
+		if err := os.Chmod(cfg.Admin.Socket, 0o660); err != nil {
+			return fmt.Errorf("admin.socket: %w", err)
+		}
+		d.adminSrv = api.NewServer(d.log.With("listener", "admin"), sm, insecure.NewCredentials())
+		gatewayv1.RegisterAdminServiceServer(d.adminSrv, &api.AdminServer{GW: d.gw, Peers: peerSource{d.dev, d.plan}})
+		ah := api.Finish(d.adminSrv, sm)
+		ah.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	}
+
+	// Metrics and health.
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(d.reg, promhttp.HandlerOpts{Registry: d.reg}))
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = w.Write([]byte("ok\n")) })
+	mux.HandleFunc("/readyz", d.readyz)
+	if d.httpLis, err = net.Listen("tcp", cfg.Metrics.Listen); err != nil {
+		return fmt.Errorf("metrics.listen %s: %w", cfg.Metrics.Listen, err)
+	}
+	d.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	return nil
+}
+
+func removeStaleSocket(path string) error {
+	fi, err := os.Lstat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if fi.Mode()&os.ModeSocket == 0 {
+		return fmt.Errorf("%s exists and is not a socket", path)
+	}
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		c.Close()
+		return fmt.Errorf("%s is in use: is another dasset-gateway running?", path)
+	}
+	return os.Remove(path)
+}
+
+func (d *Daemon) readyz(w http.ResponseWriter, r *http.Request) {
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	var problems []string
+	if err := d.st.Ping(ctx); err != nil {
+		problems = append(problems, "store: "+err.Error())
+	}
+	if _, err := d.dev.Peers(ctx); err != nil {
+		problems = append(problems, "tunnel: "+err.Error())
+	}
+	if d.keys == nil {
+		problems = append(problems, "keystore: not loaded")
+	}
+	if len(problems) > 0 {
+		w.WriteHeader(http.StatusServiceUnavailable)
+		for _, p := range problems {
+			_, _ = fmt.Fprintln(w, p)
+		}
+		return
+	}
+	_, _ = w.Write([]byte("ready\n"))
+}
+
+// Run serves until ctx is done, then shuts everything down gracefully.
+func (d *Daemon) Run(ctx context.Context) error {
+	defer d.close()
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return d.cl.Run(gctx) })
+	g.Go(func() error { return serveGRPC(d.grpcSrv, d.grpcLis) })
+	if d.adminSrv != nil {
+		g.Go(func() error { return serveGRPC(d.adminSrv, d.adminLis) })
+	}
+	g.Go(func() error {
+		if err := d.httpSrv.Serve(d.httpLis); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("metrics listener: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-gctx.Done():
+				return nil
+			case <-t.C:
+				d.gw.ReapSessions(gctx)
+			}
+		}
+	})
+	g.Go(func() error {
+		<-gctx.Done()
+		d.log.Info("shutting down")
+		stopGRPC(d.grpcSrv)
+		if d.adminSrv != nil {
+			stopGRPC(d.adminSrv)
+		}
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = d.httpSrv.Shutdown(sctx)
+		return nil
+	})
+	d.log.Info("dasset-gateway serving",
+		"version", Version, "grpc", d.grpcLis.Addr().String(), "metrics", d.httpLis.Addr().String(),
+		"wireguard_port", d.dev.ListenPort(), "mode", d.cfg.Tunnel.Mode, "interface", d.cfg.Tunnel.Interface)
+	err := g.Wait()
+	if errors.Is(err, context.Canceled) {
+		err = nil
+	}
+	return err
+}
+
+func serveGRPC(s *grpc.Server, l net.Listener) error {
+	if err := s.Serve(l); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
+		return fmt.Errorf("gRPC listener %s: %w", l.Addr(), err)
+	}
+	return nil
+}
+
+// stopGRPC stops gracefully, but does not wait on Sync streams for ever.
+func stopGRPC(s *grpc.Server) {
+	done := make(chan struct{})
+	go func() { s.GracefulStop(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(3 * time.Second):
+		s.Stop()
+	}
+}
+
+func (d *Daemon) close() {
+	for i := len(d.closers) - 1; i >= 0; i-- {
+		if err := d.closers[i](); err != nil {
+			d.log.Warn("close", "err", err)
+		}
+	}
+	d.closers = nil
+	if d.cfg.Admin.Socket != "" && d.adminLis != nil {
+		_ = os.Remove(d.cfg.Admin.Socket)
+	}
+}
+
+// GRPCAddr is the bound device/client gRPC address.
+func (d *Daemon) GRPCAddr() net.Addr { return d.grpcLis.Addr() }
+
+// HTTPAddr is the bound metrics address.
+func (d *Daemon) HTTPAddr() net.Addr { return d.httpLis.Addr() }
+
+// WireGuardPort is the bound WireGuard UDP port.
+func (d *Daemon) WireGuardPort() int { return d.dev.ListenPort() }
+
+// Fingerprint is the SHA-256 of the self-made TLS certificate ("" otherwise).
+func (d *Daemon) Fingerprint() string { return d.fingerprint }
+
+// Netstack is the gateway's userspace stack in netstack mode (nil otherwise).
+func (d *Daemon) Netstack() *link.Netstack { return d.ns }
+
+// RouterStats are the hub's counters.
+func (d *Daemon) RouterStats() router.Stats { return d.rt.Stats() }

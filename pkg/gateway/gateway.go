@@ -1,0 +1,705 @@
+// Package gateway is the domain: device admission, the allow-list, and (with
+// sessions.go) accounts, bindings and remote-control sessions. It declares the
+// small interfaces it consumes; pkg/store, pkg/identity, pkg/connlog and the
+// tunnel satisfy them and cmd/dasset-gateway wires them together.
+package gateway
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/planetxlabs/dasset-gateway/pkg/identity"
+	"github.com/planetxlabs/dasset-gateway/pkg/ipam"
+	"github.com/planetxlabs/dasset-gateway/pkg/privacy"
+	"github.com/planetxlabs/dasset-gateway/pkg/store"
+)
+
+// Registry is the part of the store the gateway uses.
+type Registry interface {
+	EnrollDevices(ctx context.Context, batch []store.Enrollment) (store.EnrollResult, error)
+	DeviceByIndex(ctx context.Context, idx privacy.BlindIndex) (store.Device, error)
+	DeviceByID(ctx context.Context, id int64) (store.Device, error)
+	ListDevices(ctx context.Context) ([]store.Device, error)
+	AdmittedDevices(ctx context.Context) ([]store.Device, error)
+	Admit(ctx context.Context, a store.Admission) (store.Device, error)
+	RevokeDevice(ctx context.Context, id int64) error
+	ResetDeviceKey(ctx context.Context, id int64) error
+	DeviceByToken(ctx context.Context, hash [32]byte, now time.Time) (store.Device, error)
+	DeleteDeviceTokens(ctx context.Context, deviceID int64) error
+	ReserveKey(ctx context.Context, key store.Key, owner store.KeyOwner) error
+}
+
+// DeviceVerifier checks a device's credentials against the allow-list.
+type DeviceVerifier interface {
+	VerifyDevice(ctx context.Context, sn privacy.SerialNumber, hw privacy.HardwareID) (store.Device, error)
+}
+
+// Keys blinds and seals personal data.
+type Keys interface {
+	BlindIndex(privacy.SerialNumber) privacy.BlindIndex
+	Verifier(privacy.SerialNumber, privacy.HardwareID) privacy.Verifier
+	Seal(plaintext, aad []byte) []byte
+	Open(sealed, aad []byte) ([]byte, error)
+}
+
+// Tunnel is the WireGuard data plane as the gateway sees it.
+type Tunnel interface {
+	// CheckKey refuses keys that can never be a peer (all-zero, low order,
+	// the gateway's own).
+	CheckKey(key [32]byte) error
+	AddPeer(ctx context.Context, key [32]byte, allowed []netip.Prefix) error
+	AddPeers(ctx context.Context, peers []PeerSpec) error
+	RemovePeer(ctx context.Context, key [32]byte) error
+	// LastHandshakes returns the last handshake time per peer key, from a
+	// cached view of the device.
+	LastHandshakes(ctx context.Context) (map[[32]byte]time.Time, error)
+	PublicKey() [32]byte
+}
+
+// PeerSpec is a peer to add.
+type PeerSpec struct {
+	Key     [32]byte
+	Allowed []netip.Prefix
+}
+
+// ConnLog records connection-log events; it never blocks a login.
+type ConnLog interface {
+	Record(e ConnEvent)
+}
+
+// ConnEvent is one connection-log event before it is pseudonymised.
+type ConnEvent struct {
+	At      time.Time
+	Event   string
+	Outcome Outcome
+	Index   privacy.BlindIndex // subject; zero when unknown (invalid input)
+	Source  privacy.Addr
+}
+
+// Observer receives login measurements (metrics).
+type Observer interface {
+	Login(outcome string, d time.Duration)
+	AdmissionQueue(depth int)
+	AdmissionRejected()
+}
+
+// Config is what the gateway needs from the daemon's configuration.
+type Config struct {
+	Rekey          bool
+	TokenTTL       time.Duration
+	IdleTimeout    time.Duration
+	Keepalive      time.Duration
+	MTU            int
+	Endpoint       string // host:port; empty = the address the gRPC connection reached
+	ListenPort     int
+	MaxConcurrent  int // logins admitted at once
+	MaxQueued      int // logins waiting for a slot; beyond it: rate limited
+	Now            func() time.Time
+	InstanceID     string
+	SessionOptions SessionOptions
+}
+
+// Gateway is the domain service.
+type Gateway struct {
+	cfg      Config
+	reg      Registry
+	verifier DeviceVerifier
+	keys     Keys
+	plan     *ipam.Allocator
+	tun      Tunnel
+	connlog  ConnLog
+	obs      Observer
+	log      *slog.Logger
+
+	slots  chan struct{}
+	queued chan struct{}
+
+	hub *hub
+
+	sess *sessions
+
+	// keysMu guards devKeys: the pinned key of every admitted device, so
+	// online counts need no store read.
+	keysMu  sync.Mutex
+	devKeys map[[32]byte]int64
+}
+
+// Deps are the gateway's collaborators.
+type Deps struct {
+	Registry Registry
+	Sessions SessionRegistry
+	Verifier DeviceVerifier
+	Keys     Keys
+	Accounts AccountKeys
+	Plan     *ipam.Allocator
+	Tunnel   Tunnel
+	ACL      ACL
+	ConnLog  ConnLog
+	Observer Observer
+	Logger   *slog.Logger
+}
+
+// New builds a Gateway.
+func New(cfg Config, d Deps) (*Gateway, error) {
+	if d.Registry == nil || d.Verifier == nil || d.Keys == nil || d.Plan == nil || d.Tunnel == nil {
+		return nil, errors.New("gateway: registry, verifier, keys, address plan and tunnel are required")
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	if cfg.MaxConcurrent <= 0 {
+		cfg.MaxConcurrent = 256
+	}
+	if cfg.MaxQueued <= 0 {
+		cfg.MaxQueued = 16 * cfg.MaxConcurrent
+	}
+	if cfg.TokenTTL <= 0 {
+		cfg.TokenTTL = 30 * 24 * time.Hour
+	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = 3 * time.Minute
+	}
+	if d.Logger == nil {
+		d.Logger = slog.New(slog.DiscardHandler)
+	}
+	if d.ConnLog == nil {
+		d.ConnLog = nopConnLog{}
+	}
+	if d.Observer == nil {
+		d.Observer = nopObserver{}
+	}
+	g := &Gateway{
+		cfg: cfg, reg: d.Registry, verifier: d.Verifier, keys: d.Keys, plan: d.Plan, tun: d.Tunnel,
+		connlog: d.ConnLog, obs: d.Observer, log: d.Logger,
+		slots:  make(chan struct{}, cfg.MaxConcurrent),
+		queued: make(chan struct{}, cfg.MaxQueued),
+		hub:     newHub(),
+		devKeys: make(map[[32]byte]int64),
+	}
+	g.sess = newSessions(g, d.Sessions, d.Accounts, d.ACL, cfg.SessionOptions)
+	return g, nil
+}
+
+type nopConnLog struct{}
+
+func (nopConnLog) Record(ConnEvent) {}
+
+type nopObserver struct{}
+
+func (nopObserver) Login(string, time.Duration) {}
+func (nopObserver) AdmissionQueue(int)           {}
+func (nopObserver) AdmissionRejected()           {}
+
+// Start reserves the gateway's own key and re-adds every admitted device's
+// peer (and every open session's client peer) from the store, in one batch,
+// before anything is served.
+func (g *Gateway) Start(ctx context.Context) (int, error) {
+	if err := g.reg.ReserveKey(ctx, g.tun.PublicKey(), store.OwnerGateway); err != nil {
+		return 0, fmt.Errorf("gateway: reserve own WireGuard key: %w", err)
+	}
+	devs, err := g.reg.AdmittedDevices(ctx)
+	if err != nil {
+		return 0, fmt.Errorf("gateway: load admitted devices: %w", err)
+	}
+	peers := make([]PeerSpec, 0, len(devs))
+	for _, d := range devs {
+		pfx, err := g.devicePrefixes(d.Offset)
+		if err != nil {
+			g.log.Warn("skipping device with an address outside the configured network", "device_id", d.ID, "err", err)
+			continue
+		}
+		peers = append(peers, PeerSpec{Key: d.Key, Allowed: pfx})
+		g.setDeviceKey(d.ID, d.Key, true)
+	}
+	cps, err := g.sess.restore(ctx)
+	if err != nil {
+		return 0, err
+	}
+	peers = append(peers, cps...)
+	if err := g.tun.AddPeers(ctx, peers); err != nil {
+		return 0, fmt.Errorf("gateway: restore %d peers: %w", len(peers), err)
+	}
+	return len(devs), nil
+}
+
+func (g *Gateway) devicePrefixes(offset uint32) ([]netip.Prefix, error) {
+	return g.plan.DevicePrefixes(offset)
+}
+
+// LoginRequest is a device login, already parsed into typed values.
+type LoginRequest struct {
+	Serial   privacy.SerialNumber
+	Hardware privacy.HardwareID
+	Key      [32]byte
+	Source   privacy.Addr   // the device's source address (memory only)
+	Local    netip.AddrPort // the gateway address the gRPC connection reached
+}
+
+// Admission is what a device gets on login.
+type Admission struct {
+	Addresses    []netip.Prefix
+	GatewayKey   [32]byte
+	Endpoint     string
+	AllowedIPs   []netip.Prefix
+	Keepalive    time.Duration
+	MTU          int
+	Token        string
+	TokenExpires time.Time
+	Outcome      Outcome
+}
+
+// Admit verifies a device and adds it as a WireGuard peer.
+func (g *Gateway) Admit(ctx context.Context, req LoginRequest) (adm Admission, err error) {
+	start := g.cfg.Now()
+	var idx privacy.BlindIndex
+	outcome := OutcomeOK
+	defer func() {
+		if err != nil {
+			outcome = outcomeOf(err)
+		}
+		g.obs.Login(string(outcome), time.Since(start))
+		g.connlog.Record(ConnEvent{At: start, Event: EventLogin, Outcome: outcome, Index: idx, Source: req.Source})
+		if err != nil {
+			g.log.Info("device login refused", "outcome", string(outcome), "source", req.Source, "reason", err)
+		} else {
+			g.log.Info("device login", "outcome", string(outcome), "source", req.Source, "addresses", adm.Addresses)
+		}
+	}()
+
+	release, err := g.acquire(ctx)
+	if err != nil {
+		return Admission{}, err
+	}
+	defer release()
+
+	if err := g.tun.CheckKey(req.Key); err != nil {
+		return Admission{}, newErr(ErrInvalid, err, "public_key: %v", err)
+	}
+	idx = g.keys.BlindIndex(req.Serial)
+	dev, err := g.verifier.VerifyDevice(ctx, req.Serial, req.Hardware)
+	switch {
+	case errors.Is(err, identity.ErrLockedOut):
+		return Admission{}, newErr(ErrRateLimited, err, "too many failed logins for this device; try again later")
+	case errors.Is(err, identity.ErrRevoked):
+		return Admission{}, newErr(ErrPermission, err, "device revoked")
+	case errors.Is(err, identity.ErrUnauthenticated):
+		return Admission{}, newErr(ErrUnauthenticated, err, "device not enrolled or wrong hardware id")
+	case err != nil:
+		return Admission{}, newErr(ErrUnavailable, err, "verifying device failed")
+	}
+	replace, err := identity.CheckKey(dev, req.Key, g.cfg.Rekey)
+	if err != nil {
+		return Admission{}, newErr(ErrPermission, err, "public_key: another key is pinned for this device; an operator must reset it (dassetctl devices reset-key)")
+	}
+	token, hash, err := identity.NewToken()
+	if err != nil {
+		return Admission{}, newErr(ErrUnavailable, err, "making device token failed")
+	}
+	first, last := g.plan.DeviceRange()
+	expires := start.Add(g.cfg.TokenTTL)
+	oldKey, hadKey := dev.Key, dev.KeyPinned
+	dev, err = g.reg.Admit(ctx, store.Admission{
+		DeviceID: dev.ID, Key: req.Key, ReplaceKey: replace, First: first, Last: last,
+		Day: start.UTC().Format(time.DateOnly), TokenHash: hash, TokenExpires: expires,
+	})
+	switch {
+	case errors.Is(err, store.ErrKeyInUse):
+		return Admission{}, newErr(ErrConflict, err, "public_key: already in use by another peer")
+	case errors.Is(err, store.ErrKeyPinned):
+		return Admission{}, newErr(ErrPermission, err, "public_key: another key is pinned for this device")
+	case errors.Is(err, store.ErrExhausted):
+		return Admission{}, newErr(ErrExhausted, err, "no free virtual address in the device network")
+	case errors.Is(err, store.ErrRevoked):
+		return Admission{}, newErr(ErrPermission, err, "device revoked")
+	case err != nil:
+		return Admission{}, newErr(ErrUnavailable, err, "storing admission failed")
+	}
+	if replace && hadKey && oldKey != store.Key(req.Key) {
+		outcome = OutcomeRekeyed
+		if err := g.tun.RemovePeer(ctx, oldKey); err != nil {
+			return Admission{}, newErr(ErrUnavailable, err, "removing the old peer failed")
+		}
+	}
+	pfx, err := g.devicePrefixes(dev.Offset)
+	if err != nil {
+		return Admission{}, newErr(ErrUnavailable, err, "device address outside the configured network")
+	}
+	if err := g.tun.AddPeer(ctx, req.Key, pfx); err != nil {
+		return Admission{}, newErr(ErrUnavailable, err, "adding the WireGuard peer failed")
+	}
+	if replace && hadKey {
+		g.setDeviceKey(dev.ID, oldKey, false)
+	}
+	g.setDeviceKey(dev.ID, req.Key, true)
+	return Admission{
+		Addresses:    pfx,
+		GatewayKey:   g.tun.PublicKey(),
+		Endpoint:     g.endpoint(req.Local),
+		AllowedIPs:   g.plan.Network(),
+		Keepalive:    g.cfg.Keepalive,
+		MTU:          g.cfg.MTU,
+		Token:        token,
+		TokenExpires: expires,
+		Outcome:      outcome,
+	}, nil
+}
+
+// acquire takes an admission slot: a bounded number of logins run at once
+// and a bounded number wait; beyond that the login is refused at once.
+func (g *Gateway) acquire(ctx context.Context) (func(), error) {
+	select {
+	case g.slots <- struct{}{}:
+		return func() { <-g.slots }, nil
+	default:
+	}
+	select {
+	case g.queued <- struct{}{}:
+	default:
+		g.obs.AdmissionRejected()
+		return nil, newErr(ErrRateLimited, nil, "gateway busy: too many logins at once; retry with backoff")
+	}
+	g.obs.AdmissionQueue(len(g.queued))
+	defer func() { <-g.queued; g.obs.AdmissionQueue(len(g.queued)) }()
+	select {
+	case g.slots <- struct{}{}:
+		return func() { <-g.slots }, nil
+	case <-ctx.Done():
+		return nil, newErr(ErrUnavailable, ctx.Err(), "login cancelled while waiting")
+	}
+}
+
+func (g *Gateway) endpoint(local netip.AddrPort) string {
+	if g.cfg.Endpoint != "" {
+		return g.cfg.Endpoint
+	}
+	if !local.IsValid() {
+		return ""
+	}
+	return netip.AddrPortFrom(local.Addr().Unmap(), uint16(g.cfg.ListenPort)).String()
+}
+
+func outcomeOf(err error) Outcome {
+	switch {
+	case errors.Is(err, ErrInvalid):
+		return OutcomeInvalid
+	case errors.Is(err, ErrRateLimited):
+		return OutcomeRateLimited
+	default:
+		return OutcomeDenied
+	}
+}
+
+// RecordInvalidLogin counts a login the API edge refused as malformed before
+// it reached Admit (the connection log has no subject for it).
+func (g *Gateway) RecordInvalidLogin(source privacy.Addr, field string) {
+	now := g.cfg.Now()
+	g.obs.Login(string(OutcomeInvalid), 0)
+	g.connlog.Record(ConnEvent{At: now, Event: EventLogin, Outcome: OutcomeInvalid, Source: source})
+	g.log.Info("device login refused", "outcome", string(OutcomeInvalid), "source", source, "field", field)
+}
+
+// Enrollment is one device to enroll.
+type Enrollment struct {
+	Serial   privacy.SerialNumber
+	Hardware privacy.HardwareID
+}
+
+// Enroll adds devices to the allow-list, all or nothing.
+func (g *Gateway) Enroll(ctx context.Context, batch []Enrollment) (store.EnrollResult, error) {
+	rows := make([]store.Enrollment, len(batch))
+	for i, e := range batch {
+		idx := g.keys.BlindIndex(e.Serial)
+		rows[i] = store.Enrollment{
+			Index:        idx,
+			SealedSerial: g.keys.Seal([]byte(e.Serial.Reveal()), idx[:]),
+			Verifier:     g.keys.Verifier(e.Serial, e.Hardware),
+		}
+	}
+	res, err := g.reg.EnrollDevices(ctx, rows)
+	if errors.Is(err, store.ErrConflict) {
+		return res, newErr(ErrConflict, err, "%s", conflictMessage(err))
+	}
+	if err != nil {
+		return res, newErr(ErrUnavailable, err, "enrolling failed")
+	}
+	g.log.Info("devices enrolled", "enrolled", res.Enrolled, "unchanged", res.Unchanged)
+	return res, nil
+}
+
+func conflictMessage(err error) string {
+	// The store names the batch position ("device 3: ...") and no personal data.
+	return err.Error()
+}
+
+// DeviceView is a device as operators see it.
+type DeviceView struct {
+	ID           int64
+	Serial       privacy.SerialNumber
+	Addresses    []netip.Prefix
+	KeyPinned    bool
+	LastLoginDay string
+	Revoked      bool
+	Online       bool
+}
+
+// ListDevices lists the allow-list with each device's state.
+func (g *Gateway) ListDevices(ctx context.Context) ([]DeviceView, error) {
+	devs, err := g.reg.ListDevices(ctx)
+	if err != nil {
+		return nil, newErr(ErrUnavailable, err, "listing devices failed")
+	}
+	online := g.onlineSet(ctx)
+	out := make([]DeviceView, 0, len(devs))
+	for _, d := range devs {
+		v, err := g.view(d, online)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, nil
+}
+
+func (g *Gateway) view(d store.Device, online map[[32]byte]bool) (DeviceView, error) {
+	sn, err := g.openSerial(d)
+	if err != nil {
+		return DeviceView{}, err
+	}
+	v := DeviceView{ID: d.ID, Serial: sn, KeyPinned: d.KeyPinned, LastLoginDay: d.LastLoginDay, Revoked: d.Revoked}
+	if d.Offset != 0 {
+		v.Addresses, _ = g.devicePrefixes(d.Offset)
+	}
+	v.Online = !d.Revoked && d.KeyPinned && (online[d.Key] || g.hub.connected(d.ID))
+	return v, nil
+}
+
+func (g *Gateway) openSerial(d store.Device) (privacy.SerialNumber, error) {
+	raw, err := g.keys.Open(d.SealedSerial, d.Index[:])
+	if err != nil {
+		return privacy.SerialNumber{}, newErr(ErrUnavailable, err, "opening a sealed serial number failed (wrong keystore?)")
+	}
+	return privacy.ParseSerialNumber(string(raw))
+}
+
+// onlineSet is the set of peer keys that handshook within the idle timeout.
+func (g *Gateway) onlineSet(ctx context.Context) map[[32]byte]bool {
+	hs, err := g.tun.LastHandshakes(ctx)
+	if err != nil {
+		g.log.Warn("reading WireGuard handshakes failed", "err", err)
+		return nil
+	}
+	now := g.cfg.Now()
+	on := make(map[[32]byte]bool, len(hs))
+	for k, t := range hs {
+		if !t.IsZero() && now.Sub(t) < g.cfg.IdleTimeout {
+			on[k] = true
+		}
+	}
+	return on
+}
+
+func (g *Gateway) setDeviceKey(id int64, key [32]byte, on bool) {
+	g.keysMu.Lock()
+	defer g.keysMu.Unlock()
+	if on {
+		g.devKeys[key] = id
+	} else if g.devKeys[key] == id {
+		delete(g.devKeys, key)
+	}
+}
+
+// OnlineCount counts admitted devices that are online.
+func (g *Gateway) OnlineCount(ctx context.Context) (int, error) {
+	on := g.onlineSet(ctx)
+	g.keysMu.Lock()
+	defer g.keysMu.Unlock()
+	n := 0
+	for k, id := range g.devKeys {
+		if on[k] || g.hub.connected(id) {
+			n++
+		}
+	}
+	return n, nil
+}
+
+// Online reports whether a device is reachable: a live Sync stream or a
+// handshake within the idle timeout.
+func (g *Gateway) Online(ctx context.Context, d store.Device) bool {
+	if d.Revoked || !d.KeyPinned {
+		return false
+	}
+	if g.hub.connected(d.ID) {
+		return true
+	}
+	return g.onlineSet(ctx)[d.Key]
+}
+
+func (g *Gateway) deviceBySerial(ctx context.Context, sn privacy.SerialNumber) (store.Device, error) {
+	d, err := g.reg.DeviceByIndex(ctx, g.keys.BlindIndex(sn))
+	if errors.Is(err, store.ErrNotFound) {
+		return store.Device{}, newErr(ErrNotFound, err, "serial_number: no such device")
+	}
+	if err != nil {
+		return store.Device{}, newErr(ErrUnavailable, err, "looking up device failed")
+	}
+	return d, nil
+}
+
+// Revoke removes a device from the network: its peer, its sessions, its
+// tokens; later logins are refused.
+func (g *Gateway) Revoke(ctx context.Context, sn privacy.SerialNumber) error {
+	d, err := g.deviceBySerial(ctx, sn)
+	if err != nil {
+		return err
+	}
+	if err := g.reg.RevokeDevice(ctx, d.ID); err != nil {
+		return newErr(ErrUnavailable, err, "revoking failed")
+	}
+	g.setDeviceKey(d.ID, d.Key, false)
+	if err := g.sess.closeForDevice(ctx, d.ID, "device revoked"); err != nil {
+		return err
+	}
+	if d.KeyPinned {
+		if err := g.tun.RemovePeer(ctx, d.Key); err != nil {
+			return newErr(ErrUnavailable, err, "removing the WireGuard peer failed")
+		}
+	}
+	g.hub.publish(d.ID, Event{Kind: EventRevoked, Reason: "revoked by an operator"})
+	g.log.Info("device revoked", "device_id", d.ID)
+	return nil
+}
+
+// ResetKey unpins a device's key so its next login may pin a new one.
+func (g *Gateway) ResetKey(ctx context.Context, sn privacy.SerialNumber) error {
+	d, err := g.deviceBySerial(ctx, sn)
+	if err != nil {
+		return err
+	}
+	if err := g.reg.ResetDeviceKey(ctx, d.ID); err != nil {
+		return newErr(ErrUnavailable, err, "resetting key failed")
+	}
+	g.setDeviceKey(d.ID, d.Key, false)
+	if d.KeyPinned {
+		if err := g.tun.RemovePeer(ctx, d.Key); err != nil {
+			return newErr(ErrUnavailable, err, "removing the WireGuard peer failed")
+		}
+	}
+	g.log.Info("device key reset", "device_id", d.ID)
+	return nil
+}
+
+// DeviceByToken authenticates a device bearer token.
+func (g *Gateway) DeviceByToken(ctx context.Context, token string) (store.Device, error) {
+	h, err := identity.HashToken(token)
+	if err != nil {
+		return store.Device{}, newErr(ErrUnauthenticated, err, "malformed device token")
+	}
+	d, err := g.reg.DeviceByToken(ctx, h, g.cfg.Now())
+	if errors.Is(err, store.ErrNotFound) {
+		return store.Device{}, newErr(ErrUnauthenticated, err, "unknown or expired device token")
+	}
+	if err != nil {
+		return store.Device{}, newErr(ErrUnavailable, err, "checking token failed")
+	}
+	if d.Revoked {
+		return store.Device{}, newErr(ErrPermission, nil, "device revoked")
+	}
+	return d, nil
+}
+
+// Logout removes the device's peer and revokes its tokens.
+func (g *Gateway) Logout(ctx context.Context, d store.Device, source privacy.Addr) error {
+	if err := g.reg.DeleteDeviceTokens(ctx, d.ID); err != nil {
+		return newErr(ErrUnavailable, err, "revoking tokens failed")
+	}
+	if err := g.sess.closeForDevice(ctx, d.ID, "device logged out"); err != nil {
+		return err
+	}
+	if d.KeyPinned {
+		if err := g.tun.RemovePeer(ctx, d.Key); err != nil {
+			return newErr(ErrUnavailable, err, "removing the WireGuard peer failed")
+		}
+	}
+	g.connlog.Record(ConnEvent{At: g.cfg.Now(), Event: EventLogout, Outcome: OutcomeOK, Index: d.Index, Source: source})
+	g.hub.publish(d.ID, Event{Kind: EventRevoked, Reason: "logged out"})
+	return nil
+}
+
+// Subscribe registers a Sync stream for a device. The returned channel gets
+// the device's events; cancel unregisters it.
+func (g *Gateway) Subscribe(d store.Device) (<-chan Event, func()) {
+	return g.hub.subscribe(d.ID)
+}
+
+// InstanceID identifies this run of the gateway.
+func (g *Gateway) InstanceID() string { return g.cfg.InstanceID }
+
+// EventKind says what happened.
+type EventKind int
+
+// Event kinds.
+const (
+	EventSessionOpened EventKind = iota + 1
+	EventSessionClosed
+	EventRevoked
+)
+
+// Event is sent to a device's Sync stream.
+type Event struct {
+	Kind       EventKind
+	SessionID  string
+	ClientAddr []netip.Prefix
+	ExpiresAt  time.Time
+	Reason     string
+}
+
+// hub fans events out to the Sync streams of devices.
+type hub struct {
+	mu   sync.Mutex
+	subs map[int64]map[chan Event]struct{}
+}
+
+func newHub() *hub { return &hub{subs: make(map[int64]map[chan Event]struct{})} }
+
+func (h *hub) subscribe(id int64) (<-chan Event, func()) {
+	ch := make(chan Event, 16)
+	h.mu.Lock()
+	if h.subs[id] == nil {
+		h.subs[id] = make(map[chan Event]struct{})
+	}
+	h.subs[id][ch] = struct{}{}
+	h.mu.Unlock()
+	return ch, func() {
+		h.mu.Lock()
+		delete(h.subs[id], ch)
+		if len(h.subs[id]) == 0 {
+			delete(h.subs, id)
+		}
+		h.mu.Unlock()
+	}
+}
+
+// publish never blocks: a stream too slow to take 16 events loses the oldest
+// semantics to a reconnect (its channel is full; the event is dropped and
+// the device re-syncs its state on reconnect).
+func (h *hub) publish(id int64, e Event) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for ch := range h.subs[id] {
+		select {
+		case ch <- e:
+		default:
+		}
+	}
+}
+
+func (h *hub) connected(id int64) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.subs[id]) > 0
+}

@@ -1,0 +1,603 @@
+package gateway
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"net/netip"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/planetxlabs/dasset-gateway/pkg/identity"
+	"github.com/planetxlabs/dasset-gateway/pkg/privacy"
+	"github.com/planetxlabs/dasset-gateway/pkg/store"
+)
+
+// SessionRegistry is the part of the store that holds accounts, bindings and
+// sessions.
+type SessionRegistry interface {
+	CreateAccount(ctx context.Context, a store.Account) (store.Account, error)
+	AccountByName(ctx context.Context, nameIndex privacy.BlindIndex) (store.Account, error)
+	DeleteAccount(ctx context.Context, id int64) (map[string]int64, error)
+	CreateAccessToken(ctx context.Context, hash [32]byte, accountID int64, expires time.Time) error
+	AccountByToken(ctx context.Context, hash [32]byte, now time.Time) (store.Account, error)
+	CreateBindingCode(ctx context.Context, hash [32]byte, deviceID int64, expires time.Time) error
+	RedeemBindingCode(ctx context.Context, hash [32]byte, accountID int64, now time.Time) (store.Device, error)
+	IsBound(ctx context.Context, accountID, deviceID int64) (bool, error)
+	BoundDevices(ctx context.Context, accountID int64) ([]store.Device, error)
+	Unbind(ctx context.Context, accountID, deviceID int64) (map[string]int64, error)
+	OpenSession(ctx context.Context, s store.Session, first, last uint32) (store.Session, error)
+	CloseSession(ctx context.Context, id string, at time.Time) (store.Session, error)
+	OpenSessions(ctx context.Context) ([]store.Session, error)
+}
+
+// AccountKeys blinds account names.
+type AccountKeys interface {
+	AccountIndex(name string) privacy.BlindIndex
+}
+
+// Pair is one client↔device pair the hub lets through.
+type Pair struct{ Client, Device netip.Addr }
+
+// ACL is the hub's packet filter table.
+type ACL interface {
+	SetSessions(pairs []Pair)
+}
+
+// SessionOptions are the limits of remote-control sessions.
+type SessionOptions struct {
+	MaxPerAccount  int
+	Duration       time.Duration
+	IdleTimeout    time.Duration
+	BindingCodeTTL time.Duration
+	TokenTTL       time.Duration
+	BindURIBase    string // gateway address put into binding URIs
+}
+
+type openSession struct {
+	store.Session
+	clientAddrs []netip.Prefix
+	deviceAddrs []netip.Prefix
+}
+
+type sessions struct {
+	g    *Gateway
+	reg  SessionRegistry
+	keys AccountKeys
+	acl  ACL
+	opt  SessionOptions
+
+	mu   sync.Mutex
+	open map[string]*openSession
+}
+
+func newSessions(g *Gateway, reg SessionRegistry, keys AccountKeys, acl ACL, opt SessionOptions) *sessions {
+	if opt.MaxPerAccount <= 0 {
+		opt.MaxPerAccount = 4
+	}
+	if opt.Duration <= 0 {
+		opt.Duration = time.Hour
+	}
+	if opt.IdleTimeout <= 0 {
+		opt.IdleTimeout = 10 * time.Minute
+	}
+	if opt.BindingCodeTTL <= 0 {
+		opt.BindingCodeTTL = 5 * time.Minute
+	}
+	if opt.TokenTTL <= 0 {
+		opt.TokenTTL = 12 * time.Hour
+	}
+	return &sessions{g: g, reg: reg, keys: keys, acl: acl, opt: opt, open: make(map[string]*openSession)}
+}
+
+func (s *sessions) enabled() bool { return s.reg != nil && s.keys != nil && s.acl != nil }
+
+// restore loads open sessions on start and returns their client peers.
+func (s *sessions) restore(ctx context.Context) ([]PeerSpec, error) {
+	if !s.enabled() {
+		return nil, nil
+	}
+	list, err := s.reg.OpenSessions(ctx)
+	if err != nil {
+		return nil, newErr(ErrUnavailable, err, "loading open sessions failed")
+	}
+	var peers []PeerSpec
+	s.mu.Lock()
+	for _, ss := range list {
+		os, err := s.build(ctx, ss)
+		if err != nil {
+			s.g.log.Warn("skipping session that cannot be restored", "session", ss.ID, "err", err)
+			continue
+		}
+		s.open[ss.ID] = os
+		peers = append(peers, PeerSpec{Key: ss.ClientKey, Allowed: os.clientAddrs})
+	}
+	s.publishACLLocked()
+	s.mu.Unlock()
+	return peers, nil
+}
+
+func (s *sessions) build(ctx context.Context, ss store.Session) (*openSession, error) {
+	cp, err := s.g.plan.ClientPrefixes(ss.ClientOffset)
+	if err != nil {
+		return nil, err
+	}
+	d, err := s.g.reg.DeviceByID(ctx, ss.DeviceID)
+	if err != nil {
+		return nil, err
+	}
+	dp, err := s.g.devicePrefixes(d.Offset)
+	if err != nil {
+		return nil, err
+	}
+	return &openSession{Session: ss, clientAddrs: cp, deviceAddrs: dp}, nil
+}
+
+func (s *sessions) publishACLLocked() {
+	var pairs []Pair
+	for _, os := range s.open {
+		for _, c := range os.clientAddrs {
+			for _, d := range os.deviceAddrs {
+				if c.Addr().Is4() == d.Addr().Is4() {
+					pairs = append(pairs, Pair{Client: c.Addr(), Device: d.Addr()})
+				}
+			}
+		}
+	}
+	s.acl.SetSessions(pairs)
+}
+
+func (s *sessions) closeForDevice(ctx context.Context, deviceID int64, reason string) error {
+	return s.closeWhere(ctx, reason, func(os *openSession) bool { return os.DeviceID == deviceID })
+}
+
+func (s *sessions) closeWhere(ctx context.Context, reason string, match func(*openSession) bool) error {
+	if !s.enabled() {
+		return nil
+	}
+	s.mu.Lock()
+	var ids []string
+	for id, os := range s.open {
+		if match(os) {
+			ids = append(ids, id)
+		}
+	}
+	s.mu.Unlock()
+	var errs []error
+	for _, id := range ids {
+		if err := s.close(ctx, id, reason); err != nil && !errors.Is(err, ErrNotFound) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// close ends a session: store first (so a crash cannot resurrect it), then
+// the ACL (so packets stop at once), then the peer, then the device's stream.
+func (s *sessions) close(ctx context.Context, id, reason string) error {
+	s.mu.Lock()
+	os, ok := s.open[id]
+	if ok {
+		delete(s.open, id)
+		s.publishACLLocked()
+	}
+	s.mu.Unlock()
+	if !ok {
+		return newErr(ErrNotFound, nil, "session_id: no open session with this id")
+	}
+	now := s.g.cfg.Now()
+	if _, err := s.reg.CloseSession(ctx, id, now); err != nil && !errors.Is(err, store.ErrNotFound) {
+		return newErr(ErrUnavailable, err, "closing session failed")
+	}
+	if err := s.g.tun.RemovePeer(ctx, os.ClientKey); err != nil {
+		return newErr(ErrUnavailable, err, "removing the client peer failed")
+	}
+	d, _ := s.g.reg.DeviceByID(ctx, os.DeviceID)
+	s.g.connlog.Record(ConnEvent{At: now, Event: EventSessionClose, Outcome: OutcomeOK, Index: d.Index})
+	s.g.hub.publish(os.DeviceID, Event{Kind: EventSessionClosed, SessionID: id, Reason: reason})
+	s.g.log.Info("session closed", "session", id, "reason", reason)
+	return nil
+}
+
+// Account is a client account as the API sees it.
+type Account struct {
+	ID int64
+}
+
+// CreateAccount adds an account with an argon2id password hash.
+func (g *Gateway) CreateAccount(ctx context.Context, name string, password []byte) (int64, error) {
+	s := g.sess
+	if !s.enabled() {
+		return 0, newErr(ErrUnavailable, nil, "accounts are not configured")
+	}
+	if err := checkAccountName(name); err != nil {
+		return 0, err
+	}
+	if len(password) < 8 {
+		return 0, newErr(ErrInvalid, nil, "password: must be at least 8 characters")
+	}
+	hash, err := identity.HashPassword(password)
+	if err != nil {
+		return 0, newErr(ErrUnavailable, err, "hashing password failed")
+	}
+	idx := s.keys.AccountIndex(name)
+	a, err := s.reg.CreateAccount(ctx, store.Account{
+		NameIndex: idx, SealedName: g.keys.Seal([]byte(name), idx[:]), PasswordHash: hash, CreatedAt: g.cfg.Now(),
+	})
+	if errors.Is(err, store.ErrConflict) {
+		return 0, newErr(ErrConflict, err, "name: an account with this name exists")
+	}
+	if err != nil {
+		return 0, newErr(ErrUnavailable, err, "creating account failed")
+	}
+	return a.ID, nil
+}
+
+func checkAccountName(name string) error {
+	if name == "" || len(name) > 128 {
+		return newErr(ErrInvalid, nil, "name: must be 1 to 128 bytes")
+	}
+	for _, r := range name {
+		if r < ' ' || r == 0x7f {
+			return newErr(ErrInvalid, nil, "name: control characters are not allowed")
+		}
+	}
+	return nil
+}
+
+// ClientLogin checks an account's password and returns an access token.
+func (g *Gateway) ClientLogin(ctx context.Context, name string, password []byte, source privacy.Addr) (string, time.Time, error) {
+	s := g.sess
+	if !s.enabled() {
+		return "", time.Time{}, newErr(ErrUnavailable, nil, "accounts are not configured")
+	}
+	if err := checkAccountName(name); err != nil {
+		return "", time.Time{}, err
+	}
+	idx := s.keys.AccountIndex(name)
+	a, err := s.reg.AccountByName(ctx, idx)
+	ok := false
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		identity.DummyPasswordCheck()
+	case err != nil:
+		return "", time.Time{}, newErr(ErrUnavailable, err, "looking up account failed")
+	default:
+		ok, err = identity.CheckPassword(a.PasswordHash, password)
+		if err != nil {
+			return "", time.Time{}, newErr(ErrUnavailable, err, "checking password failed")
+		}
+	}
+	now := g.cfg.Now()
+	if !ok {
+		g.connlog.Record(ConnEvent{At: now, Event: EventClientLogin, Outcome: OutcomeDenied, Index: idx, Source: source})
+		return "", time.Time{}, newErr(ErrUnauthenticated, nil, "wrong account or password")
+	}
+	token, hash, err := identity.NewToken()
+	if err != nil {
+		return "", time.Time{}, newErr(ErrUnavailable, err, "making token failed")
+	}
+	exp := now.Add(s.opt.TokenTTL)
+	if err := s.reg.CreateAccessToken(ctx, hash, a.ID, exp); err != nil {
+		return "", time.Time{}, newErr(ErrUnavailable, err, "storing token failed")
+	}
+	g.connlog.Record(ConnEvent{At: now, Event: EventClientLogin, Outcome: OutcomeOK, Index: idx, Source: source})
+	return token, exp, nil
+}
+
+// AccountByToken authenticates a client access token.
+func (g *Gateway) AccountByToken(ctx context.Context, token string) (store.Account, error) {
+	s := g.sess
+	if !s.enabled() {
+		return store.Account{}, newErr(ErrUnavailable, nil, "accounts are not configured")
+	}
+	h, err := identity.HashToken(token)
+	if err != nil {
+		return store.Account{}, newErr(ErrUnauthenticated, err, "malformed access token")
+	}
+	a, err := s.reg.AccountByToken(ctx, h, g.cfg.Now())
+	if errors.Is(err, store.ErrNotFound) {
+		return store.Account{}, newErr(ErrUnauthenticated, err, "unknown or expired access token")
+	}
+	if err != nil {
+		return store.Account{}, newErr(ErrUnavailable, err, "checking token failed")
+	}
+	return a, nil
+}
+
+// DeleteAccount cancels an account: its sessions close, its peers go, its
+// tokens and bindings are deleted. Returns the erasure receipt.
+func (g *Gateway) DeleteAccount(ctx context.Context, name string) (map[string]int64, error) {
+	s := g.sess
+	if !s.enabled() {
+		return nil, newErr(ErrUnavailable, nil, "accounts are not configured")
+	}
+	if err := checkAccountName(name); err != nil {
+		return nil, err
+	}
+	a, err := s.reg.AccountByName(ctx, s.keys.AccountIndex(name))
+	if errors.Is(err, store.ErrNotFound) {
+		return nil, newErr(ErrNotFound, err, "name: no such account")
+	}
+	if err != nil {
+		return nil, newErr(ErrUnavailable, err, "looking up account failed")
+	}
+	if err := s.closeWhere(ctx, "account deleted", func(os *openSession) bool { return os.AccountID == a.ID }); err != nil {
+		return nil, err
+	}
+	receipt, err := s.reg.DeleteAccount(ctx, a.ID)
+	if err != nil {
+		return nil, newErr(ErrUnavailable, err, "deleting account failed")
+	}
+	return receipt, nil
+}
+
+// BindingCode is a short-lived single-use code a device shows as a QR code.
+type BindingCode struct {
+	Code    string
+	Expires time.Time
+	URI     string
+}
+
+// CreateBindingCode makes a binding code for a logged-in device.
+func (g *Gateway) CreateBindingCode(ctx context.Context, d store.Device) (BindingCode, error) {
+	s := g.sess
+	if !s.enabled() {
+		return BindingCode{}, newErr(ErrUnavailable, nil, "binding is not configured")
+	}
+	code, hash, err := identity.NewBindingCode()
+	if err != nil {
+		return BindingCode{}, newErr(ErrUnavailable, err, "making code failed")
+	}
+	exp := g.cfg.Now().Add(s.opt.BindingCodeTTL)
+	if err := s.reg.CreateBindingCode(ctx, hash, d.ID, exp); err != nil {
+		return BindingCode{}, newErr(ErrUnavailable, err, "storing code failed")
+	}
+	uri := "dasset://bind?code=" + code
+	if s.opt.BindURIBase != "" {
+		uri += "&gateway=" + s.opt.BindURIBase
+	}
+	return BindingCode{Code: code, Expires: exp, URI: uri}, nil
+}
+
+// BindDevice redeems a binding code for an account.
+func (g *Gateway) BindDevice(ctx context.Context, a store.Account, code string) (privacy.SerialNumber, error) {
+	s := g.sess
+	hash, err := identity.HashBindingCode(code)
+	if err != nil {
+		return privacy.SerialNumber{}, newErr(ErrInvalid, err, "code: %v", err)
+	}
+	d, err := s.reg.RedeemBindingCode(ctx, hash, a.ID, g.cfg.Now())
+	if errors.Is(err, store.ErrNotFound) {
+		return privacy.SerialNumber{}, newErr(ErrNotFound, err, "code: unknown, used or expired binding code")
+	}
+	if err != nil {
+		return privacy.SerialNumber{}, newErr(ErrUnavailable, err, "binding failed")
+	}
+	return g.openSerial(d)
+}
+
+// UnbindDevice removes a binding; open sessions of that pair close at once.
+func (g *Gateway) UnbindDevice(ctx context.Context, a store.Account, sn privacy.SerialNumber) (map[string]int64, error) {
+	s := g.sess
+	d, err := g.deviceBySerial(ctx, sn)
+	if err != nil {
+		return nil, err
+	}
+	bound, err := s.reg.IsBound(ctx, a.ID, d.ID)
+	if err != nil {
+		return nil, newErr(ErrUnavailable, err, "checking binding failed")
+	}
+	if !bound {
+		return nil, newErr(ErrNotFound, nil, "serial_number: device not bound to this account")
+	}
+	if err := s.closeWhere(ctx, "device unbound", func(os *openSession) bool { return os.AccountID == a.ID && os.DeviceID == d.ID }); err != nil {
+		return nil, err
+	}
+	receipt, err := s.reg.Unbind(ctx, a.ID, d.ID)
+	if err != nil {
+		return nil, newErr(ErrUnavailable, err, "unbinding failed")
+	}
+	return receipt, nil
+}
+
+// BoundDevice is a device as its account sees it.
+type BoundDevice struct {
+	Serial    privacy.SerialNumber
+	Online    bool
+	Addresses []netip.Prefix
+}
+
+// BoundDevices lists an account's devices with online state.
+func (g *Gateway) BoundDevices(ctx context.Context, a store.Account) ([]BoundDevice, error) {
+	devs, err := g.sess.reg.BoundDevices(ctx, a.ID)
+	if err != nil {
+		return nil, newErr(ErrUnavailable, err, "listing devices failed")
+	}
+	online := g.onlineSet(ctx)
+	out := make([]BoundDevice, 0, len(devs))
+	for _, d := range devs {
+		v, err := g.view(d, online)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, BoundDevice{Serial: v.Serial, Online: v.Online, Addresses: v.Addresses})
+	}
+	return out, nil
+}
+
+// SessionGrant is what a client gets when it opens a session.
+type SessionGrant struct {
+	ID          string
+	ClientAddrs []netip.Prefix
+	DeviceAddrs []netip.Prefix
+	GatewayKey  [32]byte
+	Endpoint    string
+	AllowedIPs  []netip.Prefix
+	Keepalive   time.Duration
+	MTU         int
+	ExpiresAt   time.Time
+}
+
+// OpenSession opens a remote-control session from an account's client to a
+// bound, online device.
+func (g *Gateway) OpenSession(ctx context.Context, a store.Account, sn privacy.SerialNumber, clientKey [32]byte, local netip.AddrPort) (SessionGrant, error) {
+	s := g.sess
+	if err := g.tun.CheckKey(clientKey); err != nil {
+		return SessionGrant{}, newErr(ErrInvalid, err, "client_public_key: %v", err)
+	}
+	d, err := g.deviceBySerial(ctx, sn)
+	if err != nil {
+		return SessionGrant{}, err
+	}
+	bound, err := s.reg.IsBound(ctx, a.ID, d.ID)
+	if err != nil {
+		return SessionGrant{}, newErr(ErrUnavailable, err, "checking binding failed")
+	}
+	if !bound {
+		return SessionGrant{}, newErr(ErrPermission, nil, "serial_number: device not bound to this account")
+	}
+	if d.Revoked {
+		return SessionGrant{}, newErr(ErrPermission, nil, "device revoked")
+	}
+	if !g.Online(ctx, d) {
+		return SessionGrant{}, newErr(ErrPrecondition, nil, "device offline")
+	}
+	s.mu.Lock()
+	n := 0
+	for _, os := range s.open {
+		if os.AccountID == a.ID {
+			n++
+		}
+	}
+	s.mu.Unlock()
+	if n >= s.opt.MaxPerAccount {
+		return SessionGrant{}, newErr(ErrExhausted, nil, "too many open sessions for this account (limit %d)", s.opt.MaxPerAccount)
+	}
+	id, err := newSessionID()
+	if err != nil {
+		return SessionGrant{}, newErr(ErrUnavailable, err, "making session id failed")
+	}
+	now := g.cfg.Now()
+	first, last := g.plan.ClientRange()
+	ss, err := s.reg.OpenSession(ctx, store.Session{
+		ID: id, AccountID: a.ID, DeviceID: d.ID, ClientKey: clientKey, OpenedAt: now, ExpiresAt: now.Add(s.opt.Duration),
+	}, first, last)
+	switch {
+	case errors.Is(err, store.ErrKeyInUse):
+		return SessionGrant{}, newErr(ErrConflict, err, "client_public_key: already in use by another peer")
+	case errors.Is(err, store.ErrExhausted):
+		return SessionGrant{}, newErr(ErrExhausted, err, "no free client address")
+	case err != nil:
+		return SessionGrant{}, newErr(ErrUnavailable, err, "storing session failed")
+	}
+	os, err := s.build(ctx, ss)
+	if err != nil {
+		_, _ = s.reg.CloseSession(ctx, id, now)
+		return SessionGrant{}, newErr(ErrUnavailable, err, "building session failed")
+	}
+	if err := g.tun.AddPeer(ctx, clientKey, os.clientAddrs); err != nil {
+		_, _ = s.reg.CloseSession(ctx, id, now)
+		return SessionGrant{}, newErr(ErrUnavailable, err, "adding the client peer failed")
+	}
+	s.mu.Lock()
+	s.open[id] = os
+	s.publishACLLocked()
+	s.mu.Unlock()
+	g.connlog.Record(ConnEvent{At: now, Event: EventSessionOpen, Outcome: OutcomeOK, Index: d.Index})
+	g.hub.publish(d.ID, Event{Kind: EventSessionOpened, SessionID: id, ClientAddr: os.clientAddrs, ExpiresAt: ss.ExpiresAt})
+	g.log.Info("session opened", "session", id, "client", os.clientAddrs, "device", os.deviceAddrs)
+	return SessionGrant{
+		ID: id, ClientAddrs: os.clientAddrs, DeviceAddrs: os.deviceAddrs, GatewayKey: g.tun.PublicKey(),
+		Endpoint: g.endpoint(local), AllowedIPs: g.plan.Network(), Keepalive: g.cfg.Keepalive, MTU: g.cfg.MTU,
+		ExpiresAt: ss.ExpiresAt,
+	}, nil
+}
+
+// CloseSession closes a session; a non-nil account must own it.
+func (g *Gateway) CloseSession(ctx context.Context, a *store.Account, id string) error {
+	s := g.sess
+	s.mu.Lock()
+	os, ok := s.open[id]
+	s.mu.Unlock()
+	if !ok || (a != nil && os.AccountID != a.ID) {
+		return newErr(ErrNotFound, nil, "session_id: no open session with this id")
+	}
+	reason := "closed by the client"
+	if a == nil {
+		reason = "closed by an operator"
+	}
+	return s.close(ctx, id, reason)
+}
+
+// SessionView is an open session as operators see it.
+type SessionView struct {
+	ID          string
+	DeviceID    int64
+	ClientAddrs []netip.Prefix
+	DeviceAddrs []netip.Prefix
+	OpenedAt    time.Time
+	ExpiresAt   time.Time
+}
+
+// ListSessions lists open sessions, oldest first.
+func (g *Gateway) ListSessions() []SessionView {
+	s := g.sess
+	s.mu.Lock()
+	out := make([]SessionView, 0, len(s.open))
+	for _, os := range s.open {
+		out = append(out, SessionView{ID: os.ID, DeviceID: os.DeviceID, ClientAddrs: os.clientAddrs, DeviceAddrs: os.deviceAddrs, OpenedAt: os.OpenedAt, ExpiresAt: os.ExpiresAt})
+	}
+	s.mu.Unlock()
+	sort.Slice(out, func(i, j int) bool { return out[i].OpenedAt.Before(out[j].OpenedAt) })
+	return out
+}
+
+// ReapSessions closes sessions past their expiry or idle longer than the
+// idle timeout (no handshake from the client peer). Run it periodically.
+func (g *Gateway) ReapSessions(ctx context.Context) {
+	s := g.sess
+	if !s.enabled() {
+		return
+	}
+	now := g.cfg.Now()
+	hs, _ := g.tun.LastHandshakes(ctx)
+	s.mu.Lock()
+	var expired, idle []string
+	for id, os := range s.open {
+		switch {
+		case !now.Before(os.ExpiresAt):
+			expired = append(expired, id)
+		case now.Sub(os.OpenedAt) > s.opt.IdleTimeout && (hs == nil || now.Sub(hs[os.ClientKey]) > s.opt.IdleTimeout):
+			idle = append(idle, id)
+		}
+	}
+	s.mu.Unlock()
+	for _, id := range expired {
+		if err := s.close(ctx, id, "expired"); err != nil && !errors.Is(err, ErrNotFound) {
+			g.log.Warn("closing expired session failed", "session", id, "err", err)
+		}
+	}
+	for _, id := range idle {
+		if err := s.close(ctx, id, "idle"); err != nil && !errors.Is(err, ErrNotFound) {
+			g.log.Warn("closing idle session failed", "session", id, "err", err)
+		}
+	}
+}
+
+// OpenSessionCount is the number of open sessions.
+func (g *Gateway) OpenSessionCount() int {
+	g.sess.mu.Lock()
+	defer g.sess.mu.Unlock()
+	return len(g.sess.open)
+}
+
+func newSessionID() (string, error) {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		return "", err
+	}
+	return hex.EncodeToString(b[:]), nil
+}

@@ -1,0 +1,169 @@
+// Package metrics builds the gateway's Prometheus metrics. Every constructor
+// takes a prometheus.Registerer; nothing here is global. No label ever holds a
+// per-device or per-person value: labels are outcomes, reasons, tables and
+// operation names, all from fixed lists.
+package metrics
+
+import (
+	"context"
+	"runtime/debug"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// Namespace prefixes every metric: dasset_gateway_.
+const Namespace = "dasset_gateway"
+
+// Gateway holds the metrics the gateway updates as things happen.
+type Gateway struct {
+	Logins            *prometheus.CounterVec
+	LoginDuration     prometheus.Histogram
+	AdmissionQueue    prometheus.Gauge
+	AdmissionRejected prometheus.Counter
+	StoreTx           *prometheus.HistogramVec
+	ConnLogDropped    prometheus.Counter
+}
+
+// New registers the gateway's event metrics, build info, and the Go and
+// process collectors on reg.
+func New(reg prometheus.Registerer, outcomes []string, version string) *Gateway {
+	m := &Gateway{
+		Logins: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "logins_total",
+			Help: "Device logins by outcome (ok, denied, invalid, rate_limited, rekeyed).",
+		}, []string{"outcome"}),
+		LoginDuration: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Namespace: Namespace, Name: "login_duration_seconds",
+			Help:    "Time to handle a device login, from request to answer.",
+			Buckets: []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
+		}),
+		AdmissionQueue: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: Namespace, Name: "admission_queue_depth",
+			Help: "Logins waiting for an admission slot.",
+		}),
+		AdmissionRejected: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "admission_rejections_total",
+			Help: "Logins refused at once because the admission queue was full.",
+		}),
+		StoreTx: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Namespace: Namespace, Name: "store_transaction_duration_seconds",
+			Help:    "Store transaction latency by operation.",
+			Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1},
+		}, []string{"op"}),
+		ConnLogDropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "connection_log_dropped_total",
+			Help: "Connection-log rows dropped because the write buffer was full.",
+		}),
+	}
+	for _, o := range outcomes {
+		m.Logins.WithLabelValues(o)
+	}
+	build := prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: Namespace, Name: "build_info",
+		Help: "Build information; the value is 1.",
+	}, []string{"version", "goversion"})
+	gov := "unknown"
+	if bi, ok := debug.ReadBuildInfo(); ok {
+		gov = bi.GoVersion
+	}
+	build.WithLabelValues(version, gov).Set(1)
+	reg.MustRegister(m.Logins, m.LoginDuration, m.AdmissionQueue, m.AdmissionRejected, m.StoreTx, m.ConnLogDropped, build,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+// ObserveStore records one store transaction (pkg/store's observer hook).
+func (m *Gateway) ObserveStore(op string, d time.Duration, _ error) {
+	m.StoreTx.WithLabelValues(op).Observe(d.Seconds())
+}
+
+// Snapshot is the gateway's live state, read at scrape time.
+type Snapshot struct {
+	AdmittedDevices int
+	OnlineDevices   int
+	OpenSessions    int
+	Peers           int
+	// HandshakeAges counts peers per last-handshake age bucket
+	// (le_2m, le_5m, le_1h, older, never).
+	HandshakeAges map[string]int
+	RxBytes       uint64
+	TxBytes       uint64
+	RouterDropped map[string]uint64
+	Hairpinned    uint64
+}
+
+// HandshakeBuckets are the age buckets of HandshakeAges, in order.
+var HandshakeBuckets = []string{"le_2m", "le_5m", "le_1h", "older", "never"}
+
+// StateFunc reads the live state.
+type StateFunc func(ctx context.Context) (Snapshot, error)
+
+// stateCollector reads the state at most once per maxAge, however often
+// Prometheus scrapes (reading WireGuard state locks every peer).
+type stateCollector struct {
+	fn      StateFunc
+	maxAge  time.Duration
+	reasons []string
+
+	mu   sync.Mutex
+	at   time.Time
+	last Snapshot
+
+	admitted, online, sessions, peers, hairpin *prometheus.Desc
+	ages, bytes, drops                         *prometheus.Desc
+}
+
+// RegisterState registers the live-state collector. reasons are all router
+// drop reasons, so every series exists from the first scrape.
+func RegisterState(reg prometheus.Registerer, fn StateFunc, maxAge time.Duration, reasons []string) {
+	d := func(name, help string, labels ...string) *prometheus.Desc {
+		return prometheus.NewDesc(prometheus.BuildFQName(Namespace, "", name), help, labels, nil)
+	}
+	reg.MustRegister(&stateCollector{
+		fn: fn, maxAge: maxAge, reasons: reasons,
+		admitted: d("admitted_devices", "Devices with a pinned key and an address (not revoked)."),
+		online:   d("online_devices", "Devices with a live Sync stream or a recent handshake."),
+		sessions: d("open_sessions", "Open remote-control sessions."),
+		peers:    d("wireguard_peers", "Active WireGuard peers."),
+		hairpin:  d("router_hairpinned_packets_total", "Client↔device packets the hub forwarded."),
+		ages:     d("wireguard_peers_by_handshake_age", "WireGuard peers by age of their last handshake.", "age"),
+		bytes:    d("wireguard_bytes_total", "WireGuard bytes over all peers.", "direction"),
+		drops:    d("router_dropped_packets_total", "Packets the hub dropped, by reason.", "reason"),
+	})
+}
+
+func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{c.admitted, c.online, c.sessions, c.peers, c.hairpin, c.ages, c.bytes, c.drops} {
+		ch <- d
+	}
+}
+
+func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
+	c.mu.Lock()
+	if time.Since(c.at) > c.maxAge {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		s, err := c.fn(ctx)
+		cancel()
+		if err == nil {
+			c.last, c.at = s, time.Now()
+		}
+	}
+	s := c.last
+	c.mu.Unlock()
+	ch <- prometheus.MustNewConstMetric(c.admitted, prometheus.GaugeValue, float64(s.AdmittedDevices))
+	ch <- prometheus.MustNewConstMetric(c.online, prometheus.GaugeValue, float64(s.OnlineDevices))
+	ch <- prometheus.MustNewConstMetric(c.sessions, prometheus.GaugeValue, float64(s.OpenSessions))
+	ch <- prometheus.MustNewConstMetric(c.peers, prometheus.GaugeValue, float64(s.Peers))
+	ch <- prometheus.MustNewConstMetric(c.hairpin, prometheus.CounterValue, float64(s.Hairpinned))
+	for _, b := range HandshakeBuckets {
+		ch <- prometheus.MustNewConstMetric(c.ages, prometheus.GaugeValue, float64(s.HandshakeAges[b]), b)
+	}
+	ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.CounterValue, float64(s.RxBytes), "rx")
+	ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.CounterValue, float64(s.TxBytes), "tx")
+	for _, r := range c.reasons {
+		ch <- prometheus.MustNewConstMetric(c.drops, prometheus.CounterValue, float64(s.RouterDropped[r]), r)
+	}
+}
