@@ -1,0 +1,182 @@
+package ctl
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"net"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
+	"google.golang.org/protobuf/proto"
+
+	gatewayv1 "github.com/planetxlabs/dasset-gateway/proto/dasset/gateway/v1"
+)
+
+// fakeAdmin is a fake AdminService: it records every request and answers
+// with canned responses, or with err when set.
+type fakeAdmin struct {
+	gatewayv1.UnimplementedAdminServiceServer
+
+	mu       sync.Mutex
+	requests []proto.Message // every request received, in order
+	err      error
+
+	devices  *gatewayv1.ListDevicesResponse
+	sessions *gatewayv1.ListSessionsResponse
+	peers    *gatewayv1.ListPeersResponse
+	removed  map[string]int64
+	export   string
+}
+
+func (f *fakeAdmin) record(req proto.Message) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.requests = append(f.requests, proto.Clone(req))
+	return f.err
+}
+
+// received returns the requests of type T received so far.
+func received[T proto.Message](f *fakeAdmin) []T {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []T
+	for _, r := range f.requests {
+		if t, ok := r.(T); ok {
+			out = append(out, t)
+		}
+	}
+	return out
+}
+
+func (f *fakeAdmin) total() int {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return len(f.requests)
+}
+
+func (f *fakeAdmin) EnrollDevices(_ context.Context, r *gatewayv1.EnrollDevicesRequest) (*gatewayv1.EnrollDevicesResponse, error) {
+	if err := f.record(r); err != nil {
+		return nil, err
+	}
+	// The first device of a batch counts as already enrolled, to see both
+	// counters summed.
+	return &gatewayv1.EnrollDevicesResponse{Enrolled: int64(len(r.Devices) - 1), Unchanged: 1}, nil
+}
+
+func (f *fakeAdmin) ListDevices(_ context.Context, r *gatewayv1.ListDevicesRequest) (*gatewayv1.ListDevicesResponse, error) {
+	if err := f.record(r); err != nil {
+		return nil, err
+	}
+	return f.devices, nil
+}
+
+func (f *fakeAdmin) RevokeDevice(_ context.Context, r *gatewayv1.RevokeDeviceRequest) (*gatewayv1.RevokeDeviceResponse, error) {
+	if err := f.record(r); err != nil {
+		return nil, err
+	}
+	return &gatewayv1.RevokeDeviceResponse{}, nil
+}
+
+func (f *fakeAdmin) CreateAccount(_ context.Context, r *gatewayv1.CreateAccountRequest) (*gatewayv1.CreateAccountResponse, error) {
+	if err := f.record(r); err != nil {
+		return nil, err
+	}
+	return &gatewayv1.CreateAccountResponse{AccountId: "acc-1"}, nil
+}
+
+func (f *fakeAdmin) ListSessions(_ context.Context, r *gatewayv1.ListSessionsRequest) (*gatewayv1.ListSessionsResponse, error) {
+	if err := f.record(r); err != nil {
+		return nil, err
+	}
+	return f.sessions, nil
+}
+
+func (f *fakeAdmin) ListPeers(_ context.Context, r *gatewayv1.ListPeersRequest) (*gatewayv1.ListPeersResponse, error) {
+	if err := f.record(r); err != nil {
+		return nil, err
+	}
+	return f.peers, nil
+}
+
+func (f *fakeAdmin) ExportSubject(_ context.Context, r *gatewayv1.ExportSubjectRequest) (*gatewayv1.ExportSubjectResponse, error) {
+	if err := f.record(r); err != nil {
+		return nil, err
+	}
+	return &gatewayv1.ExportSubjectResponse{Json: f.export}, nil
+}
+
+func (f *fakeAdmin) EraseSubject(_ context.Context, r *gatewayv1.EraseSubjectRequest) (*gatewayv1.EraseSubjectResponse, error) {
+	if err := f.record(r); err != nil {
+		return nil, err
+	}
+	return &gatewayv1.EraseSubjectResponse{Removed: f.removed}, nil
+}
+
+// serveUnix serves f on a unix socket in a temporary directory and returns
+// the socket's path.
+func serveUnix(t *testing.T, f *fakeAdmin) string {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "admin.sock")
+	lis, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	serve(t, f, lis)
+	return path
+}
+
+func serve(t *testing.T, f *fakeAdmin, lis net.Listener, opts ...grpc.ServerOption) {
+	t.Helper()
+	s := grpc.NewServer(opts...)
+	gatewayv1.RegisterAdminServiceServer(s, f)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		_ = s.Serve(lis)
+	}()
+	t.Cleanup(func() {
+		s.Stop()
+		<-done
+	})
+}
+
+// serveTLS serves f on a loopback TCP port with mutual TLS.
+func serveTLS(t *testing.T, f *fakeAdmin, tc *tls.Config) string {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	serve(t, f, lis, grpc.Creds(credentials.NewTLS(tc)))
+	return lis.Addr().String()
+}
+
+// testNow is the fixed clock of every test run.
+var testNow = time.Date(2025, 3, 14, 12, 0, 0, 0, time.UTC)
+
+type result struct {
+	stdout, stderr string
+	code           int
+}
+
+// runCLI runs the real command tree with args, stdin and environment env.
+func runCLI(t *testing.T, stdin string, env map[string]string, args ...string) result {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	var out, errb bytes.Buffer
+	code := Run(ctx, args, Env{
+		Stdin:  strings.NewReader(stdin),
+		Stdout: &out,
+		Stderr: &errb,
+		Getenv: func(k string) string { return env[k] },
+		Now:    func() time.Time { return testNow },
+	})
+	return result{stdout: out.String(), stderr: errb.String(), code: code}
+}
