@@ -24,10 +24,15 @@ import (
 func writeFile(t *testing.T, name, content string) string {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), name)
+	writeFileAt(t, path, content)
+	return path
+}
+
+func writeFileAt(t *testing.T, path, content string) {
+	t.Helper()
 	if err := os.WriteFile(path, []byte(content), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	return path
 }
 
 func TestEnrollCSVSendsExactlyTheRows(t *testing.T) {
