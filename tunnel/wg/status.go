@@ -1,0 +1,111 @@
+package wg
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"time"
+)
+
+// statusCache holds the last parsed IpcGet. IpcGet locks every peer while it
+// renders, so all status reads share one (never one per peer or per scrape).
+type statusCache struct {
+	lock  chan struct{} // cap 1: held while reading or refreshing
+	valid bool
+	at    time.Time
+	gen   uint64 // Device.gen when read
+	peers []PeerStatus
+}
+
+// status returns the cached peer list, refreshing it when older than
+// StatsMaxAge, or (if fresh is set) when a change was applied since. The
+// returned slice is shared: callers must not modify it.
+func (d *Device) status(ctx context.Context, fresh bool) ([]PeerStatus, error) {
+	d.mu.Lock()
+	closed := d.closed
+	d.mu.Unlock()
+	if closed {
+		return nil, ErrClosed
+	}
+	c := &d.stats
+	select {
+	case c.lock <- struct{}{}:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	defer func() { <-c.lock }()
+	gen := d.gen.Load()
+	if c.valid && time.Since(c.at) < d.cfg.StatsMaxAge && (!fresh || c.gen == gen) {
+		return c.peers, nil
+	}
+	st, err := d.get()
+	if err != nil {
+		return nil, err
+	}
+	c.valid, c.at, c.gen, c.peers = true, time.Now(), gen, st.peers
+	return c.peers, nil
+}
+
+// Peers returns every peer as the device reports it, from one IpcGet that
+// is reused for up to Config.StatsMaxAge unless peers were changed since.
+func (d *Device) Peers(ctx context.Context) ([]PeerStatus, error) {
+	peers, err := d.status(ctx, true)
+	if err != nil {
+		return nil, fmt.Errorf("wg: peers: %w", err)
+	}
+	out := make([]PeerStatus, len(peers))
+	for i, p := range peers {
+		out[i] = p
+		out[i].AllowedIPs = slices.Clone(p.AllowedIPs)
+	}
+	return out, nil
+}
+
+// HandshakeAges counts peers by the age of their last handshake. Each peer
+// is in exactly one bucket.
+type HandshakeAges struct {
+	Under2m      int // handshake less than 2 minutes ago (a live session)
+	Under5m      int // 2 to 5 minutes ago
+	Under1h      int // 5 minutes to 1 hour ago
+	OlderOrNever int // longer ago, or never
+}
+
+// Stats are device totals for metrics.
+type Stats struct {
+	Peers            int
+	RxBytes, TxBytes uint64
+	HandshakeAges    HandshakeAges
+}
+
+// Stats returns totals over all peers, from the same cached IpcGet as Peers
+// (at most one IpcGet per Config.StatsMaxAge, whatever the scrape rate).
+func (d *Device) Stats(ctx context.Context) (Stats, error) {
+	peers, err := d.status(ctx, false)
+	if err != nil {
+		return Stats{}, fmt.Errorf("wg: stats: %w", err)
+	}
+	return summarize(peers, time.Now()), nil
+}
+
+func summarize(peers []PeerStatus, now time.Time) Stats {
+	s := Stats{Peers: len(peers)}
+	for i := range peers {
+		p := &peers[i]
+		s.RxBytes += p.RxBytes
+		s.TxBytes += p.TxBytes
+		age := now.Sub(p.LastHandshake)
+		switch {
+		case p.LastHandshake.IsZero():
+			s.HandshakeAges.OlderOrNever++
+		case age < 2*time.Minute:
+			s.HandshakeAges.Under2m++
+		case age < 5*time.Minute:
+			s.HandshakeAges.Under5m++
+		case age < time.Hour:
+			s.HandshakeAges.Under1h++
+		default:
+			s.HandshakeAges.OlderOrNever++
+		}
+	}
+	return s
+}
