@@ -17,7 +17,7 @@ const Redacted = "[redacted]"
 var sensitiveTokens = map[string]bool{
 	"sn": true, "sns": true, "serial": true, "serials": true, "serialno": true, "serialnumber": true,
 	"hwid": true, "hwids": true, "hardware": true, "hardwareid": true,
-	"ip": true, "ips": true, "ipaddr": true, "ipaddress": true,
+	"ip": true, "ips": true, "ipv": true, "ipaddr": true, "ipaddress": true,
 	"addr": true, "addrs": true, "address": true, "addresses": true,
 	"remote": true, "remoteaddr": true, "peeraddr": true,
 	"source": true, "src": true, "sourceip": true, "srcip": true,
@@ -26,7 +26,7 @@ var sensitiveTokens = map[string]bool{
 
 // sensitiveParts mark personal data wherever they occur in a key written
 // without separators ("deviceSerialNumber", "clientipaddress").
-var sensitiveParts = []string{"serial", "hwid", "hardwareid", "endpoint", "ipaddr", "address", "remoteaddr", "peeraddr"}
+var sensitiveParts = []string{"serial", "hwid", "hardwareid", "endpoint", "ipaddr", "ipv4", "ipv6", "address", "remoteaddr", "peeraddr"}
 
 // ipOwners prefix "ip" in keys written without separators ("clientip").
 var ipOwners = []string{"client", "source", "src", "remote", "peer", "device", "public", "real", "origin", "user", "host", "local", "dst", "dest", "forwarded"}
@@ -63,8 +63,8 @@ func SensitiveKey(key string) bool {
 	return false
 }
 
-// splitKey lower-cases key and splits it on non-letters/digits and at
-// camelCase boundaries.
+// splitKey lower-cases key and splits it on non-letters/digits, between
+// letters and digits, and at camelCase boundaries.
 func splitKey(key string) []string {
 	var toks []string
 	var cur []rune
@@ -79,6 +79,10 @@ func splitKey(key string) []string {
 		switch {
 		case !unicode.IsLetter(r) && !unicode.IsDigit(r):
 			flush()
+		case i > 0 && unicode.IsDigit(r) != unicode.IsDigit(rs[i-1]):
+			// "ip6" → ip|6, "ipv4" → ipv|4.
+			flush()
+			cur = append(cur, unicode.ToLower(r))
 		case unicode.IsUpper(r):
 			// "remoteAddr" → remote|addr; "HWID" stays one token;
 			// "IPAddr" → ip|addr.
