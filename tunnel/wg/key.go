@@ -49,15 +49,17 @@ func ParseKey(s string) (Key, error) {
 		return Key{}, fmt.Errorf("%w: base64 key must be %d characters, got %d",
 			ErrInvalidKey, base64.StdEncoding.EncodedLen(KeySize), len(s))
 	}
-	var k Key
-	n, err := base64.StdEncoding.Strict().Decode(k[:], []byte(s))
+	// 44 characters without padding decode to 33 bytes: size the buffer
+	// for what the input could hold, then check the length.
+	var buf [KeySize + 1]byte
+	n, err := base64.StdEncoding.Strict().Decode(buf[:], []byte(s))
 	if err != nil {
 		return Key{}, fmt.Errorf("%w: not base64: %v", ErrInvalidKey, err)
 	}
 	if n != KeySize {
 		return Key{}, fmt.Errorf("%w: decodes to %d bytes, want %d", ErrInvalidKey, n, KeySize)
 	}
-	return k, nil
+	return Key(buf[:KeySize]), nil
 }
 
 // parseHexKey parses the lowercase hex form the UAPI protocol uses.

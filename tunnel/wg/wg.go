@@ -104,6 +104,7 @@ type Device struct {
 	// ipcSetFn applies UAPI configuration; tests wrap it to count or fail calls.
 	ipcSetFn func(string) error
 	ipcSets  atomic.Uint64 // IpcSet calls made, for tests and debugging
+	ipcGets  atomic.Uint64 // IpcGet calls made by this package
 
 	mu      sync.Mutex
 	closed  bool
@@ -232,6 +233,7 @@ func (d *Device) set(conf string) error {
 
 // get reads and parses the device state with one IpcGet.
 func (d *Device) get() (uapiState, error) {
+	d.ipcGets.Add(1)
 	s, err := d.dev.IpcGet()
 	if err != nil {
 		return uapiState{}, fmt.Errorf("IpcGet: %w", redactErr(err))
