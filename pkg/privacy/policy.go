@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"regexp"
 	"slices"
 	"strings"
 	"time"
@@ -126,10 +127,12 @@ type rawPolicy struct {
 	Fields               map[string]rawField `yaml:"fields"`
 	Retention            map[string]string   `yaml:"retention"`
 	PseudonymKeyLifetime string              `yaml:"pseudonym_key_lifetime"`
-	Truncation           struct {
-		IPv4 int `yaml:"ipv4"`
-		IPv6 int `yaml:"ipv6"`
-	} `yaml:"truncation"`
+	Truncation           rawTruncation       `yaml:"truncation"`
+}
+
+type rawTruncation struct {
+	IPv4 int `yaml:"ipv4"`
+	IPv6 int `yaml:"ipv6"`
 }
 
 type rawField struct {
@@ -147,7 +150,7 @@ func (f rawField) sinks() map[string][]string {
 // DefaultPolicy is the policy embedded in the binary (pkg/privacy/policy.yaml,
 // copied to configs/policy.yaml).
 func DefaultPolicy() *Policy {
-	p, err := ParsePolicy(defaultPolicyYAML)
+	p, err := parsePolicy(defaultPolicyYAML)
 	if err != nil {
 		panic("privacy: the embedded policy is invalid: " + err.Error()) // a test keeps it valid
 	}
@@ -160,9 +163,9 @@ func LoadPolicy(path string) (*Policy, error) {
 	if err != nil {
 		return nil, fmt.Errorf("privacy: policy: %w", err)
 	}
-	p, err := ParsePolicy(b)
+	p, err := parsePolicy(b)
 	if err != nil {
-		return nil, fmt.Errorf("%s: %w", path, err)
+		return nil, fmt.Errorf("privacy: policy %s: %w", path, err)
 	}
 	return p, nil
 }
@@ -171,18 +174,46 @@ func LoadPolicy(path string) (*Policy, error) {
 // fields, sinks or retention periods, unknown forms, and a policy that
 // forbids what the gateway does are errors naming the key.
 func ParsePolicy(b []byte) (*Policy, error) {
+	p, err := parsePolicy(b)
+	if err != nil {
+		return nil, fmt.Errorf("privacy: policy: %w", err)
+	}
+	return p, nil
+}
+
+var yamlUnknownField = regexp.MustCompile(`field (\S+) not found in type privacy\.raw(\w+)`)
+
+func parsePolicy(b []byte) (*Policy, error) {
 	dec := yaml.NewDecoder(bytes.NewReader(b))
 	dec.KnownFields(true)
 	var r rawPolicy
 	if err := dec.Decode(&r); err != nil {
 		if errors.Is(err, io.EOF) {
-			return nil, errors.New("privacy: policy: empty document")
+			return nil, errors.New("empty document")
 		}
-		return nil, fmt.Errorf("privacy: policy: %w", err)
+		var te *yaml.TypeError
+		if errors.As(err, &te) {
+			msgs := make([]string, len(te.Errors))
+			for i, m := range te.Errors {
+				msgs[i] = yamlUnknownField.ReplaceAllStringFunc(m, func(f string) string {
+					sub := yamlUnknownField.FindStringSubmatch(f)
+					where := "at the top level"
+					switch sub[2] {
+					case "Field":
+						where = "in a field (known: purpose, " + strings.Join(policySinks, ", ") + ")"
+					case "Truncation":
+						where = "in truncation (known: ipv4, ipv6)"
+					}
+					return fmt.Sprintf("unknown key %q %s", sub[1], where)
+				})
+			}
+			return nil, errors.New(strings.Join(msgs, "; "))
+		}
+		return nil, err
 	}
 	var extra any
 	if err := dec.Decode(&extra); !errors.Is(err, io.EOF) {
-		return nil, errors.New("privacy: policy: more than one YAML document")
+		return nil, errors.New("more than one YAML document")
 	}
 
 	p := &Policy{
@@ -296,7 +327,7 @@ func ParsePolicy(b []byte) (*Policy, error) {
 	}
 
 	if len(errs) > 0 {
-		return nil, fmt.Errorf("privacy: policy: %w", errors.Join(errs...))
+		return nil, errors.Join(errs...)
 	}
 	return p, nil
 }
