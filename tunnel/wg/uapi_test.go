@@ -167,10 +167,10 @@ func TestPrefixIndexOverlap(t *testing.T) {
 		owner Key
 		found bool
 	}{
-		{"100.80.0.2/32", a, true},   // same
-		{"100.80.0.0/24", a, true},   // contains a's
-		{"100.90.3.4/32", b, true},   // inside b's
-		{"100.90.0.0/15", b, true},   // contains b's
+		{"100.80.0.2/32", a, true}, // same
+		{"100.80.0.0/24", a, true}, // contains a's
+		{"100.90.3.4/32", b, true}, // inside b's
+		{"100.90.0.0/15", b, true}, // contains b's
 		{"100.80.0.3/32", Key{}, false},
 		{"fd00::/64", a, true},
 		{"fd00::3/128", Key{}, false},
