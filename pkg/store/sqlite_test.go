@@ -1,0 +1,363 @@
+package store_test
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"database/sql"
+	"errors"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/planetxlabs/dasset-gateway/pkg/privacy"
+	"github.com/planetxlabs/dasset-gateway/pkg/store"
+	"github.com/planetxlabs/dasset-gateway/pkg/store/storetest"
+)
+
+func openTemp(t testing.TB, opts ...store.Option) *store.SQLite {
+	t.Helper()
+	s, err := store.OpenSQLite(context.Background(), filepath.Join(t.TempDir(), "registry.db"), opts...)
+	if err != nil {
+		t.Fatalf("OpenSQLite: %v", err)
+	}
+	return s
+}
+
+func TestConformance(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) store.Store { return openTemp(t) })
+}
+
+func rnd32() [32]byte {
+	var b [32]byte
+	_, _ = rand.Read(b[:])
+	return b
+}
+
+func enroll(t testing.TB, s store.Store, n int) []store.Enrollment {
+	t.Helper()
+	batch := make([]store.Enrollment, n)
+	for i := range batch {
+		batch[i] = store.Enrollment{Index: rnd32(), SealedSerial: []byte("sealed"), Verifier: rnd32()}
+	}
+	if _, err := s.EnrollDevices(context.Background(), batch); err != nil {
+		t.Fatalf("EnrollDevices: %v", err)
+	}
+	return batch
+}
+
+func TestReopenKeepsData(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "sub", "dir", "registry.db")
+	s, err := store.OpenSQLite(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := enroll(t, s, 1)[0]
+	d, err := s.DeviceByIndex(ctx, e.Index)
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := store.Admission{DeviceID: d.ID, Key: rnd32(), First: 7, Last: 9, Day: "2030-01-02", TokenHash: rnd32(), TokenExpires: time.Now().Add(time.Hour)}
+	admitted, err := s.Admit(ctx, a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	s, err = store.OpenSQLite(ctx, path)
+	if err != nil {
+		t.Fatalf("reopen: %v", err)
+	}
+	defer s.Close()
+	got, err := s.DeviceByKey(ctx, a.Key)
+	if err != nil {
+		t.Fatalf("after reopen: %v", err)
+	}
+	if got.ID != d.ID || got.Offset != admitted.Offset || got.Index != e.Index || !got.EnrolledAt.Equal(admitted.EnrolledAt) {
+		t.Fatalf("after reopen %+v, before %+v", got, admitted)
+	}
+	if _, err := s.DeviceByToken(ctx, a.TokenHash, time.Now()); err != nil {
+		t.Fatalf("token after reopen: %v", err)
+	}
+	if s.Path() != path {
+		t.Fatalf("Path() = %q, want %q", s.Path(), path)
+	}
+	if fi, err := os.Stat(filepath.Dir(path)); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Fatalf("created directory: %v, %v; want mode 0700", fi.Mode(), err)
+	}
+}
+
+func userVersion(t *testing.T, path string) (int, *sql.DB) {
+	t.Helper()
+	db, err := sql.Open("sqlite", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var v int
+	if err := db.QueryRow("PRAGMA user_version").Scan(&v); err != nil {
+		t.Fatal(err)
+	}
+	return v, db
+}
+
+func TestSchemaVersion(t *testing.T) {
+	ctx := context.Background()
+	s := openTemp(t)
+	path := s.Path()
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	v, db := userVersion(t, path)
+	if v != store.SchemaVersion() || v < 1 {
+		t.Fatalf("user_version %d, want %d", v, store.SchemaVersion())
+	}
+	var mode string
+	if err := db.QueryRow("PRAGMA journal_mode").Scan(&mode); err != nil || mode != "wal" {
+		t.Fatalf("journal_mode %q, %v; want wal", mode, err)
+	}
+	// A database from a newer program is refused, not mangled.
+	if _, err := db.Exec("PRAGMA user_version = 999"); err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	if s, err := store.OpenSQLite(ctx, path); err == nil {
+		s.Close()
+		t.Fatal("opened a database with a newer schema")
+	}
+}
+
+func TestFileMode(t *testing.T) {
+	s := openTemp(t)
+	defer s.Close()
+	enroll(t, s, 3) // make the WAL exist
+	for _, p := range []string{s.Path(), s.Path() + "-wal"} {
+		fi, err := os.Stat(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fi.Mode().Perm() != 0o600 {
+			t.Fatalf("%s has mode %v, want 0600", filepath.Base(p), fi.Mode().Perm())
+		}
+	}
+	// An existing file with a broader mode is tightened.
+	path := filepath.Join(t.TempDir(), "loose.db")
+	if err := os.WriteFile(path, nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(path, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	s2, err := store.OpenSQLite(context.Background(), path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s2.Close()
+	if fi, _ := os.Stat(path); fi.Mode().Perm() != 0o600 {
+		t.Fatalf("existing file mode %v, want 0600", fi.Mode().Perm())
+	}
+}
+
+func TestBadPath(t *testing.T) {
+	for _, p := range []string{"", ":memory:", "file:x.db", filepath.Join(t.TempDir(), "a?b.db")} {
+		if s, err := store.OpenSQLite(context.Background(), p); !errors.Is(err, privacy.ErrInvalid) {
+			if s != nil {
+				s.Close()
+			}
+			t.Fatalf("OpenSQLite(%q): %v, want ErrInvalid", p, err)
+		}
+	}
+}
+
+// fileContains reports whether the database or its WAL holds needle.
+func fileContains(t *testing.T, path string, needle []byte) bool {
+	t.Helper()
+	found := false
+	for _, p := range []string{path, path + "-wal"} {
+		b, err := os.ReadFile(p)
+		if err != nil && !errors.Is(err, os.ErrNotExist) {
+			t.Fatal(err)
+		}
+		found = found || bytes.Contains(b, needle)
+	}
+	return found
+}
+
+func TestSecureDelete(t *testing.T) {
+	ctx := context.Background()
+	s := openTemp(t)
+	defer s.Close()
+	sealed := []byte("SEALED-NAME-" + rand.Text() + rand.Text())
+	nameIndex := privacy.BlindIndex(rnd32())
+	// Neighbours on the same pages, so the deleted row is not a whole page.
+	for range 5 {
+		if _, err := s.CreateAccount(ctx, store.Account{NameIndex: rnd32(), SealedName: []byte("other-" + rand.Text()), PasswordHash: "h"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	a, err := s.CreateAccount(ctx, store.Account{NameIndex: nameIndex, SealedName: sealed, PasswordHash: "h"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.CreateAccount(ctx, store.Account{NameIndex: rnd32(), SealedName: []byte("after"), PasswordHash: "h"}); err != nil {
+		t.Fatal(err)
+	}
+	if !fileContains(t, s.Path(), sealed) {
+		t.Fatal("planted sealed value not found in the files before deletion: the check cannot work")
+	}
+	if err := s.Checkpoint(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !fileContains(t, s.Path(), sealed) || !fileContains(t, s.Path(), nameIndex[:]) {
+		t.Fatal("planted values not found in the database after a checkpoint")
+	}
+	if _, err := s.DeleteAccount(ctx, a.ID); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Checkpoint(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if fileContains(t, s.Path(), sealed) {
+		t.Fatal("deleted sealed value still in the database files")
+	}
+	if fileContains(t, s.Path(), nameIndex[:]) {
+		t.Fatal("deleted name index still in the database files")
+	}
+	if fi, err := os.Stat(s.Path() + "-wal"); err == nil && fi.Size() != 0 {
+		t.Fatalf("WAL is %d bytes after a TRUNCATE checkpoint", fi.Size())
+	}
+}
+
+func TestObserver(t *testing.T) {
+	var (
+		mu  sync.Mutex
+		ops = map[string]int{}
+		bad = map[string]int{}
+	)
+	s := openTemp(t, store.WithObserver(func(op string, d time.Duration, err error) {
+		mu.Lock()
+		defer mu.Unlock()
+		ops[op]++
+		if err != nil {
+			bad[op]++
+		}
+	}))
+	defer s.Close()
+	ctx := context.Background()
+	enroll(t, s, 2)
+	if _, err := s.DeviceByID(ctx, 999); !errors.Is(err, store.ErrNotFound) {
+		t.Fatal(err)
+	}
+	if err := s.Checkpoint(ctx); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if ops["EnrollDevices"] != 1 || ops["DeviceByID"] != 1 || bad["DeviceByID"] != 1 || ops["Checkpoint"] != 1 || bad["EnrollDevices"] != 0 {
+		t.Fatalf("observed %v, errors %v", ops, bad)
+	}
+}
+
+func TestClock(t *testing.T) {
+	at := time.Date(2031, 5, 6, 7, 8, 9, 0, time.UTC)
+	s := openTemp(t, store.WithClock(func() time.Time { return at }))
+	defer s.Close()
+	e := enroll(t, s, 1)[0]
+	d, err := s.DeviceByIndex(context.Background(), e.Index)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !d.EnrolledAt.Equal(at) {
+		t.Fatalf("EnrolledAt %v, want the clock's %v", d.EnrolledAt, at)
+	}
+}
+
+// TestReadsDoNotWaitForWriter holds the database's write lock from another
+// connection and reads through the store meanwhile.
+func TestReadsDoNotWaitForWriter(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s := openTemp(t)
+	defer s.Close()
+	e := enroll(t, s, 1)[0]
+
+	other, err := sql.Open("sqlite", s.Path()+"?_txlock=immediate")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	tx, err := other.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec("UPDATE devices SET last_login_day = '2030-01-01'"); err != nil {
+		t.Fatal(err)
+	}
+	// The lock is released only after the read returns: a read that waited
+	// for the writer would fail with the context's deadline.
+	d, err := s.DeviceByIndex(ctx, e.Index)
+	if err != nil {
+		t.Fatalf("read while another connection writes: %v", err)
+	}
+	if d.LastLoginDay != "" {
+		t.Fatal("read saw an uncommitted write")
+	}
+	if err := tx.Rollback(); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func BenchmarkAdmit(b *testing.B) {
+	ctx := context.Background()
+	s := openTemp(b)
+	defer s.Close()
+	ids := make([]int64, 0, b.N)
+	for len(ids) < b.N {
+		batch := enroll(b, s, min(1000, b.N-len(ids)))
+		for _, e := range batch {
+			d, err := s.DeviceByIndex(ctx, e.Index)
+			if err != nil {
+				b.Fatal(err)
+			}
+			ids = append(ids, d.ID)
+		}
+	}
+	exp := time.Now().Add(time.Hour)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		if _, err := s.Admit(ctx, store.Admission{
+			DeviceID: ids[i], Key: rnd32(), First: 1, Last: 1 << 20, Day: "2030-01-02", TokenHash: rnd32(), TokenExpires: exp,
+		}); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkDeviceByIndex(b *testing.B) {
+	ctx := context.Background()
+	s := openTemp(b)
+	defer s.Close()
+	var idx []privacy.BlindIndex
+	for range 10 {
+		for _, e := range enroll(b, s, 1000) {
+			idx = append(idx, e.Index)
+		}
+	}
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		i := 0
+		for pb.Next() {
+			if _, err := s.DeviceByIndex(ctx, idx[i%len(idx)]); err != nil {
+				b.Error(err)
+				return
+			}
+			i += 7
+		}
+	})
+}
