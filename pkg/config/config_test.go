@@ -113,7 +113,7 @@ func TestGoodFileValues(t *testing.T) {
 	want.DataDir, want.KeystoreDir = "/tmp/dasset-test", "/tmp/dasset-test-keys"
 	want.Log = Log{Level: "debug", Format: "text"}
 	want.Tunnel.Mode, want.Tunnel.Interface, want.Tunnel.ListenPort = "netstack", "dasset-ns1", 51821
-	want.Tunnel.Endpoint, want.Tunnel.UAPI = "[::1]:51821", false
+	want.Tunnel.Endpoint, want.Tunnel.UAPI, want.Tunnel.BatchWindow = "[::1]:51821", false, 0
 	want.Network = Network{
 		IPv4:          netip.MustParsePrefix("10.99.0.0/24"),
 		IPv6:          netip.MustParsePrefix("fd00:99::/64"),

@@ -246,11 +246,14 @@ func decode(key string, raw any, typ reflect.Type) (reflect.Value, error) {
 }
 
 // strictHook refuses the conversions mapstructure would otherwise make
-// silently: a bare number as a duration (nanoseconds), a fraction as an
-// integer.
+// silently: a bare number other than 0 as a duration (nanoseconds), a
+// fraction as an integer, a number as a prefix.
 func strictHook(from, to reflect.Type, data any) (any, error) {
 	switch {
 	case to == durationType && from.Kind() != reflect.String && from != durationType:
+		if v := reflect.ValueOf(data); v.CanInt() && v.Int() == 0 {
+			return time.Duration(0), nil // 0 needs no unit
+		}
 		return nil, errors.New("a bare number has no unit")
 	case to.Kind() == reflect.Int && (from.Kind() == reflect.Float64 || from.Kind() == reflect.Float32):
 		f := reflect.ValueOf(data).Float()
