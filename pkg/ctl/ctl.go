@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
 
@@ -133,7 +134,11 @@ func (a *app) describe(err error) (string, int) {
 		if friendly := a.dial.explain(st); friendly != "" {
 			return friendly, ExitError
 		}
-		return fmt.Sprintf("%s: %s", st.Code(), st.Message()), ExitError
+		msg := fmt.Sprintf("%s: %s", st.Code(), st.Message())
+		if st.Code() == codes.DeadlineExceeded {
+			msg += fmt.Sprintf(" (no answer within --timeout %s)", a.timeout)
+		}
+		return msg, ExitError
 	}
 	return err.Error(), ExitError
 }

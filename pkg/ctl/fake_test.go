@@ -32,6 +32,10 @@ type fakeAdmin struct {
 	peers    *gatewayv1.ListPeersResponse
 	removed  map[string]int64
 	export   string
+	policy   string
+	pruned   *gatewayv1.RunRetentionResponse
+	// block makes GetPolicy wait until the caller gives up.
+	block bool
 }
 
 func (f *fakeAdmin) record(req proto.Message) error {
@@ -179,4 +183,43 @@ func runCLI(t *testing.T, stdin string, env map[string]string, args ...string) r
 		Now:    func() time.Time { return testNow },
 	})
 	return result{stdout: out.String(), stderr: errb.String(), code: code}
+}
+
+func (f *fakeAdmin) ResetDeviceKey(_ context.Context, r *gatewayv1.ResetDeviceKeyRequest) (*gatewayv1.ResetDeviceKeyResponse, error) {
+	if err := f.record(r); err != nil {
+		return nil, err
+	}
+	return &gatewayv1.ResetDeviceKeyResponse{}, nil
+}
+
+func (f *fakeAdmin) DeleteAccount(_ context.Context, r *gatewayv1.DeleteAccountRequest) (*gatewayv1.DeleteAccountResponse, error) {
+	if err := f.record(r); err != nil {
+		return nil, err
+	}
+	return &gatewayv1.DeleteAccountResponse{Removed: f.removed}, nil
+}
+
+func (f *fakeAdmin) CloseSession(_ context.Context, r *gatewayv1.AdminCloseSessionRequest) (*gatewayv1.AdminCloseSessionResponse, error) {
+	if err := f.record(r); err != nil {
+		return nil, err
+	}
+	return &gatewayv1.AdminCloseSessionResponse{}, nil
+}
+
+func (f *fakeAdmin) GetPolicy(ctx context.Context, r *gatewayv1.GetPolicyRequest) (*gatewayv1.GetPolicyResponse, error) {
+	if err := f.record(r); err != nil {
+		return nil, err
+	}
+	if f.block {
+		<-ctx.Done()
+		return nil, ctx.Err()
+	}
+	return &gatewayv1.GetPolicyResponse{Yaml: f.policy}, nil
+}
+
+func (f *fakeAdmin) RunRetention(_ context.Context, r *gatewayv1.RunRetentionRequest) (*gatewayv1.RunRetentionResponse, error) {
+	if err := f.record(r); err != nil {
+		return nil, err
+	}
+	return f.pruned, nil
 }

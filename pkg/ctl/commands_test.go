@@ -1,0 +1,92 @@
+package ctl
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
+
+	gatewayv1 "github.com/planetxlabs/dasset-gateway/proto/dasset/gateway/v1"
+)
+
+// TestSimpleCommands checks, for each remaining command, the request it
+// sends and what it prints.
+func TestSimpleCommands(t *testing.T) {
+	for _, tc := range []struct {
+		args    []string
+		request proto.Message
+		stdout  string
+	}{
+		{[]string{"devices", "revoke", "DS-000123"}, &gatewayv1.RevokeDeviceRequest{SerialNumber: "DS-000123"},
+			"Revoked device ****0123.\n"},
+		{[]string{"devices", "reset-key", "DS-000123"}, &gatewayv1.ResetDeviceKeyRequest{SerialNumber: "DS-000123"},
+			"Reset the pinned key of device ****0123; its next login pins a new one.\n"},
+		{[]string{"sessions", "close", "s-42"}, &gatewayv1.AdminCloseSessionRequest{SessionId: "s-42"},
+			"Closed session s-42.\n"},
+		{[]string{"accounts", "delete", "alice"}, &gatewayv1.DeleteAccountRequest{Name: "alice"},
+			"Deleted account alice.\nTABLE     ROWS REMOVED\nbindings  2\ndevices   1\ntotal     3\n"},
+		{[]string{"policy", "show"}, &gatewayv1.GetPolicyRequest{},
+			"fields:\n  serial_number: {}\n"},
+		{[]string{"retention", "run"}, &gatewayv1.RunRetentionRequest{},
+			// Tables are sorted by name.
+			"Retention ran at 2025-03-14T12:00:00Z.\nTABLE    ROWS PRUNED\naudit    0\nconnlog  1000\ntotal    1000\n2 pseudonym key(s) destroyed.\n"},
+	} {
+		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {
+			f := &fakeAdmin{
+				removed: map[string]int64{"devices": 1, "bindings": 2},
+				policy:  "fields:\n  serial_number: {}",
+				pruned:  &gatewayv1.RunRetentionResponse{Pruned: map[string]int64{"connlog": 1000, "audit": 0}, KeysDestroyed: 2, RanAt: timestamppb.New(testNow)},
+			}
+			sock := serveUnix(t, f)
+			r := runCLI(t, "", nil, append([]string{"--socket", sock}, tc.args...)...)
+			if r.code != ExitOK {
+				t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
+			}
+			f.mu.Lock()
+			reqs := f.requests
+			f.mu.Unlock()
+			if len(reqs) != 1 || !proto.Equal(reqs[0], tc.request) {
+				t.Fatalf("sent %v, want %v", reqs, tc.request)
+			}
+			if r.stdout != tc.stdout {
+				t.Fatalf("stdout %q, want %q", r.stdout, tc.stdout)
+			}
+		})
+	}
+}
+
+func TestSessionsList(t *testing.T) {
+	f := &fakeAdmin{sessions: &gatewayv1.ListSessionsResponse{Sessions: []*gatewayv1.SessionInfo{{
+		SessionId: "s-1", SerialNumber: "****0123", Account: "alice",
+		ClientAddresses: []string{"100.90.0.2"}, DeviceAddresses: []string{"100.80.0.2"},
+		OpenedAt: timestamppb.New(testNow.Add(-5 * time.Minute)), ExpiresAt: timestamppb.New(testNow.Add(55 * time.Minute)),
+	}}}}
+	sock := serveUnix(t, f)
+	r := runCLI(t, "", nil, "--socket", sock, "sessions", "list")
+	want := [][]string{
+		{"ID", "DEVICE", "ACCOUNT", "CLIENT", "ADDRESSES", "DEVICE", "ADDRESSES", "OPENED", "EXPIRES"},
+		{"s-1", "****0123", "alice", "100.90.0.2", "100.80.0.2", "5m", "ago", "in", "55m"},
+	}
+	if r.code != ExitOK || fmt.Sprint(tableRows(r.stdout)) != fmt.Sprint(want) {
+		t.Fatalf("exit %d, stdout\n%s\nstderr %q", r.code, r.stdout, r.stderr)
+	}
+	r = runCLI(t, "", nil, "--socket", sock, "sessions", "list", "-o", "json")
+	var got gatewayv1.ListSessionsResponse
+	if err := protojson.Unmarshal([]byte(r.stdout), &got); err != nil || !proto.Equal(&got, f.sessions) {
+		t.Fatalf("json %q: %v", r.stdout, err)
+	}
+}
+
+func TestTimeout(t *testing.T) {
+	f := &fakeAdmin{block: true}
+	sock := serveUnix(t, f)
+	r := runCLI(t, "", nil, "--socket", sock, "--timeout", "200ms", "policy", "show")
+	if r.code != ExitError || !strings.HasPrefix(r.stderr, "Error: DeadlineExceeded: ") ||
+		!strings.HasSuffix(r.stderr, "(no answer within --timeout 200ms)\n") {
+		t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
+	}
+}
