@@ -2,6 +2,7 @@ package daemon
 
 import (
 	"context"
+	"net/netip"
 	"time"
 
 	"github.com/planetxlabs/dasset-gateway/pkg/api"
@@ -101,21 +102,20 @@ func (d *Daemon) state(ctx context.Context) (metrics.Snapshot, error) {
 	if err != nil {
 		return metrics.Snapshot{}, err
 	}
-	devs, err := d.st.CountAdmitted(ctx)
-	if err != nil {
-		return metrics.Snapshot{}, err
-	}
 	online, _ := d.gw.OnlineCount(ctx)
 	rs := d.rt.Stats()
 	return metrics.Snapshot{
-		AdmittedDevices: devs,
+		AdmittedDevices: d.gw.AdmittedCount(),
 		OnlineDevices:   online,
 		OpenSessions:    d.gw.OpenSessionCount(),
 		Peers:           st.Peers,
-		HandshakeAges:   st.HandshakeAges,
-		RxBytes:         st.RxBytes,
-		TxBytes:         st.TxBytes,
-		RouterDropped:   rs.Dropped,
-		Hairpinned:      rs.Hairpinned,
+		HandshakeAges: map[string]int{
+			"le_2m": st.HandshakeAges.Under2m, "le_5m": st.HandshakeAges.Under5m,
+			"le_1h": st.HandshakeAges.Under1h, "older": st.HandshakeAges.OlderOrNever,
+		},
+		RxBytes:       st.RxBytes,
+		TxBytes:       st.TxBytes,
+		RouterDropped: rs.Dropped,
+		Hairpinned:    rs.Hairpinned,
 	}, nil
 }

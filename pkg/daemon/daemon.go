@@ -36,10 +36,10 @@ import (
 	"github.com/planetxlabs/dasset-gateway/pkg/privacy"
 	"github.com/planetxlabs/dasset-gateway/pkg/store"
 	"github.com/planetxlabs/dasset-gateway/pkg/tlsutil"
+	gatewayv1 "github.com/planetxlabs/dasset-gateway/proto/dasset/gateway/v1"
 	"github.com/planetxlabs/dasset-gateway/tunnel/link"
 	"github.com/planetxlabs/dasset-gateway/tunnel/router"
 	"github.com/planetxlabs/dasset-gateway/tunnel/wg"
-	gatewayv1 "github.com/planetxlabs/dasset-gateway/proto/dasset/gateway/v1"
 )
 
 // Version is set by the build (-ldflags -X).
@@ -61,11 +61,11 @@ type Daemon struct {
 	m    *metrics.Gateway
 
 	grpcLis, adminLis, httpLis net.Listener
-	grpcSrv, adminSrv         *grpc.Server
-	httpSrv                   *http.Server
-	uapi                      interface{ Close() error }
-	fingerprint               string
-	closers                   []func() error
+	grpcSrv, adminSrv          *grpc.Server
+	httpSrv                    *http.Server
+	uapi                       interface{ Close() error }
+	fingerprint                string
+	closers                    []func() error
 }
 
 // Options are test hooks; the zero value is production.

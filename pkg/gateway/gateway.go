@@ -176,8 +176,8 @@ func New(cfg Config, d Deps) (*Gateway, error) {
 	g := &Gateway{
 		cfg: cfg, reg: d.Registry, verifier: d.Verifier, keys: d.Keys, plan: d.Plan, tun: d.Tunnel,
 		connlog: d.ConnLog, obs: d.Observer, log: d.Logger,
-		slots:  make(chan struct{}, cfg.MaxConcurrent),
-		queued: make(chan struct{}, cfg.MaxQueued),
+		slots:   make(chan struct{}, cfg.MaxConcurrent),
+		queued:  make(chan struct{}, cfg.MaxQueued),
 		hub:     newHub(),
 		devKeys: make(map[[32]byte]int64),
 	}
@@ -192,8 +192,8 @@ func (nopConnLog) Record(ConnEvent) {}
 type nopObserver struct{}
 
 func (nopObserver) Login(string, time.Duration) {}
-func (nopObserver) AdmissionQueue(int)           {}
-func (nopObserver) AdmissionRejected()           {}
+func (nopObserver) AdmissionQueue(int)          {}
+func (nopObserver) AdmissionRejected()          {}
 
 // Start reserves the gateway's own key and re-adds every admitted device's
 // peer (and every open session's client peer) from the store, in one batch,
@@ -511,6 +511,13 @@ func (g *Gateway) setDeviceKey(id int64, key [32]byte, on bool) {
 	} else if g.devKeys[key] == id {
 		delete(g.devKeys, key)
 	}
+}
+
+// AdmittedCount counts devices with a pinned key that are not revoked.
+func (g *Gateway) AdmittedCount() int {
+	g.keysMu.Lock()
+	defer g.keysMu.Unlock()
+	return len(g.devKeys)
 }
 
 // OnlineCount counts admitted devices that are online.

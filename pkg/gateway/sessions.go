@@ -347,7 +347,7 @@ func (g *Gateway) CreateBindingCode(ctx context.Context, d store.Device) (Bindin
 	if !s.enabled() {
 		return BindingCode{}, newErr(ErrUnavailable, nil, "binding is not configured")
 	}
-	code, hash, err := identity.NewBindingCode()
+	code, hash, err := newBindingCode()
 	if err != nil {
 		return BindingCode{}, newErr(ErrUnavailable, err, "making code failed")
 	}
@@ -365,7 +365,7 @@ func (g *Gateway) CreateBindingCode(ctx context.Context, d store.Device) (Bindin
 // BindDevice redeems a binding code for an account.
 func (g *Gateway) BindDevice(ctx context.Context, a store.Account, code string) (privacy.SerialNumber, error) {
 	s := g.sess
-	hash, err := identity.HashBindingCode(code)
+	hash, err := hashBindingCode(code)
 	if err != nil {
 		return privacy.SerialNumber{}, newErr(ErrInvalid, err, "code: %v", err)
 	}

@@ -87,7 +87,7 @@ type Snapshot struct {
 	OpenSessions    int
 	Peers           int
 	// HandshakeAges counts peers per last-handshake age bucket
-	// (le_2m, le_5m, le_1h, older, never).
+	// (le_2m, le_5m, le_1h, older: longer ago or never).
 	HandshakeAges map[string]int
 	RxBytes       uint64
 	TxBytes       uint64
@@ -96,7 +96,7 @@ type Snapshot struct {
 }
 
 // HandshakeBuckets are the age buckets of HandshakeAges, in order.
-var HandshakeBuckets = []string{"le_2m", "le_5m", "le_1h", "older", "never"}
+var HandshakeBuckets = []string{"le_2m", "le_5m", "le_1h", "older"}
 
 // StateFunc reads the live state.
 type StateFunc func(ctx context.Context) (Snapshot, error)

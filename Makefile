@@ -1,0 +1,50 @@
+# DASSET gateway. `make run` starts the gateway on configs/gateway.yaml;
+# `make test` installs what the tests need (when missing) and runs them all.
+GO       ?= go
+BIN      := bin
+VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
+LDFLAGS  := -X github.com/planetxlabs/dasset-gateway/pkg/daemon.Version=$(VERSION)
+FUZZTIME ?= 60s
+
+.PHONY: all build run test deps vet check-generated generate unit e2e fuzz bench clean
+
+all: build
+
+build:
+	$(GO) build -ldflags "$(LDFLAGS)" -o $(BIN)/ ./cmd/...
+
+run: build
+	./$(BIN)/dasset-gateway serve --config configs/gateway.yaml
+
+# Everything CI runs. Root-only end-to-end tests skip themselves elsewhere.
+test: deps build vet check-generated unit e2e
+
+deps:
+	@bash scripts/install-deps.sh
+
+vet:
+	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$')); \
+	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+
+generate:
+	bash scripts/generate.sh
+
+check-generated:
+	bash scripts/check-generated
+
+unit:
+	$(GO) test -race -count=1 -timeout 600s $$($(GO) list ./... | grep -v /scripts/e2e)
+	$(GO) test -count=1 -run '^$$' -fuzz FuzzParse -fuzztime 10s ./tunnel/router
+
+e2e: build
+	DASSET_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 600s -v ./scripts/e2e/ 2>&1 | tee /tmp/dasset-e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|SKIP|\s+.*_test.go)' ; exit $${PIPESTATUS[0]}
+
+fuzz:
+	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME) ./tunnel/router
+
+bench: build
+	$(GO) test -run '^$$' -bench . -benchmem ./tunnel/... ./pkg/store/ ./pkg/identity/
+
+clean:
+	rm -rf $(BIN)

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what the tests need on a fresh Debian machine, only when missing.
+set -euo pipefail
+need=()
+have() { command -v "$1" >/dev/null 2>&1; }
+have ip        || need+=(iproute2)
+have ping      || need+=(iputils-ping)
+have wg        || need+=(wireguard-tools)
+have iperf3    || need+=(iperf3)
+have protoc    || need+=(protobuf-compiler)
+have prometheus || need+=(prometheus)
+have promtool  || need+=(prometheus)
+[ -e /usr/share/zoneinfo ] || true
+if [ ${#need[@]} -eq 0 ]; then exit 0; fi
+if [ "$(id -u)" != 0 ]; then
+  echo "missing packages (${need[*]}); install them as root: apt-get install ${need[*]}" >&2
+  exit 0
+fi
+echo "installing: ${need[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+# --no-install-recommends: wireguard-tools recommends a kernel module package.
+apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
