@@ -1,0 +1,209 @@
+// Command dasset-agent is the DASSET device agent: it logs the device in to
+// the gateway, keeps its WireGuard tunnel up and follows the gateway's
+// events. Only wiring: the work is in pkg/agent.
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/mdp/qrterminal/v3"
+	"github.com/spf13/cobra"
+
+	"github.com/planetxlabs/dasset-gateway/pkg/agent"
+	"github.com/planetxlabs/dasset-gateway/pkg/privacy"
+)
+
+// version is set at build time with -ldflags "-X main.version=...".
+var version = ""
+
+func agentVersion() string {
+	if version != "" {
+		return version
+	}
+	if bi, ok := debug.ReadBuildInfo(); ok && bi.Main.Version != "" && bi.Main.Version != "(devel)" {
+		return bi.Main.Version
+	}
+	return "dev"
+}
+
+func main() {
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
+	err := newRootCmd(os.Stdout, os.Stderr).ExecuteContext(ctx)
+	stop()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "dasset-agent: %s\n", oneLine(err))
+		os.Exit(1)
+	}
+}
+
+// oneLine keeps an error message on a single line.
+func oneLine(err error) string {
+	return strings.Join(strings.Fields(err.Error()), " ")
+}
+
+// connFlags are the flags shared by every command that talks to the gateway.
+type connFlags struct {
+	gateway  string
+	stateDir string
+	ca       string
+	pin      string
+	insecure bool
+}
+
+func (f *connFlags) add(cmd *cobra.Command) {
+	fl := cmd.Flags()
+	fl.StringVar(&f.gateway, "gateway", "", "gateway gRPC address, HOST:PORT (e.g. gateway.example.com:8443)")
+	fl.StringVar(&f.stateDir, "state-dir", agent.DefaultStateDir, "directory for the device's WireGuard key and token")
+	fl.StringVar(&f.ca, "ca", "", "PEM file of CA certificates that sign the gateway's certificate")
+	fl.StringVar(&f.pin, "pin", "", "SHA-256 of the gateway's certificate (64 hex digits, optional colons and \"sha256:\" prefix)")
+	fl.BoolVar(&f.insecure, "insecure", false, "talk to the gateway without TLS (labs and tests only)")
+	_ = cmd.MarkFlagRequired("gateway")
+	cmd.MarkFlagsMutuallyExclusive("ca", "pin", "insecure")
+}
+
+type logFlags struct {
+	level  string
+	format string
+}
+
+func (f *logFlags) add(cmd *cobra.Command) {
+	cmd.Flags().StringVar(&f.level, "log-level", "info", "log level: debug, info, warn or error")
+	cmd.Flags().StringVar(&f.format, "log-format", "text", "log format: text or json")
+}
+
+func (f *logFlags) logger(w io.Writer) (*slog.Logger, error) {
+	var lvl slog.Level
+	if err := lvl.UnmarshalText([]byte(f.level)); err != nil {
+		return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", f.level)
+	}
+	if f.format != "text" && f.format != "json" {
+		return nil, fmt.Errorf("--log-format %q: want text or json", f.format)
+	}
+	return privacy.NewLogger(w, lvl, f.format), nil
+}
+
+func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
+	root := &cobra.Command{
+		Use:           "dasset-agent",
+		Short:         "DASSET device agent: log in to the gateway and keep the WireGuard tunnel up",
+		SilenceUsage:  true,
+		SilenceErrors: true,
+	}
+	root.SetOut(stdout)
+	root.SetErr(stderr)
+	root.AddCommand(newUpCmd(stderr), newBindCodeCmd(stdout), newVersionCmd(stdout))
+	return root
+}
+
+func newUpCmd(logOut io.Writer) *cobra.Command {
+	var (
+		conn     connFlags
+		logs     logFlags
+		serial   string
+		hwid     string
+		iface    string
+		netstack bool
+	)
+	cmd := &cobra.Command{
+		Use:   "up",
+		Short: "Log in, bring the tunnel up and follow the gateway until stopped or revoked",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			logger, err := logs.logger(logOut)
+			if err != nil {
+				return err
+			}
+			a, err := agent.New(agent.Config{
+				Gateway:    conn.gateway,
+				Serial:     serial,
+				HardwareID: hwid,
+				Interface:  iface,
+				StateDir:   conn.stateDir,
+				CAFile:     conn.ca,
+				Pin:        conn.pin,
+				Insecure:   conn.insecure,
+				Netstack:   netstack,
+				Logger:     logger,
+				Version:    agentVersion(),
+			})
+			if err != nil {
+				return err
+			}
+			if err := a.Run(cmd.Context()); err != nil {
+				return err
+			}
+			logger.Info("stopped")
+			return nil
+		},
+	}
+	conn.add(cmd)
+	logs.add(cmd)
+	cmd.Flags().StringVar(&serial, "serial", "", "the device's serial number")
+	cmd.Flags().StringVar(&hwid, "hwid", "", "the device's hardware identifier")
+	cmd.Flags().StringVar(&iface, "interface", agent.DefaultInterface, "WireGuard TUN interface name (at most 15 bytes)")
+	cmd.Flags().BoolVar(&netstack, "netstack", false, "run the tunnel on a userspace network stack instead of a kernel TUN (no root needed; only this process can use it)")
+	_ = cmd.MarkFlagRequired("serial")
+	_ = cmd.MarkFlagRequired("hwid")
+	return cmd
+}
+
+func newBindCodeCmd(stdout io.Writer) *cobra.Command {
+	var conn connFlags
+	var noQR bool
+	cmd := &cobra.Command{
+		Use:   "bind-code",
+		Short: "Show a short-lived code (and its QR code) that binds this device to an app account",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
+			defer cancel()
+			code, uri, expires, err := agent.BindCode(ctx, agent.Config{
+				Gateway:  conn.gateway,
+				StateDir: conn.stateDir,
+				CAFile:   conn.ca,
+				Pin:      conn.pin,
+				Insecure: conn.insecure,
+			})
+			if err != nil {
+				if errors.Is(err, context.DeadlineExceeded) {
+					return errors.New("binding code: the gateway did not answer within 30s")
+				}
+				return err
+			}
+			fmt.Fprintf(stdout, "Binding code: %s\n", code)
+			fmt.Fprintf(stdout, "Expires:      %s (in %s)\n", expires.Local().Format(time.RFC1123), time.Until(expires).Round(time.Second))
+			if uri != "" {
+				fmt.Fprintf(stdout, "URI:          %s\n", uri)
+				if !noQR {
+					fmt.Fprintln(stdout)
+					qrterminal.GenerateHalfBlock(uri, qrterminal.M, stdout)
+				}
+			}
+			return nil
+		},
+	}
+	conn.add(cmd)
+	cmd.Flags().BoolVar(&noQR, "no-qr", false, "do not print the QR code")
+	return cmd
+}
+
+func newVersionCmd(stdout io.Writer) *cobra.Command {
+	return &cobra.Command{
+		Use:   "version",
+		Short: "Print the agent version",
+		Args:  cobra.NoArgs,
+		Run: func(*cobra.Command, []string) {
+			fmt.Fprintln(stdout, "dasset-agent", agentVersion())
+		},
+	}
+}
