@@ -8,10 +8,14 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/netip"
+	"os"
+	"os/exec"
 	"slices"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -688,5 +692,170 @@ func readAnswer(t *testing.T, r *bufio.Reader) string {
 	return ""
 }
 
-var _ = io.EOF
-var _ = fmt.Sprint
+func TestServeUAPI(t *testing.T) {
+	ctx := ctxT(t)
+	name := fmt.Sprintf("dwgtest%d", os.Getpid())
+	path := "/var/run/wireguard/" + name + ".sock"
+	priv, err := GeneratePrivateKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	gw := newNode(t, Config{PrivateKey: priv}, "100.80.0.1")
+	peer := pubKeys(t, 1)[0]
+	if err := gw.AddPeer(ctx, Peer{PublicKey: peer, AllowedIPs: prefixes("100.80.0.2/32"), PersistentKeepalive: 25 * time.Second}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := gw.ServeUAPI("../etc"); err == nil {
+		t.Fatal("ServeUAPI accepted a name with a path in it")
+	}
+	closer, err := gw.ServeUAPI(name)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { closer.Close() })
+
+	c, err := net.DialTimeout("unix", path, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if err := c.SetDeadline(time.Now().Add(20 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	r := bufio.NewReader(c)
+
+	// get=1: the state without the private key.
+	if _, err := io.WriteString(c, "get=1\n\n"); err != nil {
+		t.Fatal(err)
+	}
+	ans := readAnswer(t, r)
+	if strings.Contains(ans, "private_key") || strings.Contains(ans, priv.Hex()) {
+		t.Fatalf("get answer carries the private key:\n%s", ans)
+	}
+	for _, want := range []string{
+		fmt.Sprintf("listen_port=%d\n", gw.ListenPort()),
+		"public_key=" + peer.Hex() + "\n",
+		"allowed_ip=100.80.0.2/32\n",
+		"persistent_keepalive_interval=25\n",
+	} {
+		if !strings.Contains(ans, want) {
+			t.Fatalf("get answer lacks %q:\n%s", want, ans)
+		}
+	}
+	if !strings.HasSuffix(ans, "\nerrno=0\n") {
+		t.Fatalf("get answer does not end with errno=0:\n%s", ans)
+	}
+
+	// set=1 on the same connection: refused, nothing applied.
+	if _, err := io.WriteString(c, "set=1\npublic_key="+peer.Hex()+"\nremove=true\n\n"); err != nil {
+		t.Fatal(err)
+	}
+	if ans := readAnswer(t, r); ans != "errno=-1\n" {
+		t.Fatalf("set answer %q, want errno=-1 (EPERM)", ans)
+	}
+	if _, ok := devicePeers(t, gw.Device)[peer]; !ok || !gw.HasPeer(peer) {
+		t.Fatal("a refused set removed the peer")
+	}
+
+	// Anything else: EINVAL and the connection is closed.
+	if _, err := io.WriteString(c, "frobnicate=1\n\n"); err != nil {
+		t.Fatal(err)
+	}
+	if ans := readAnswer(t, r); ans != "errno=-22\n" {
+		t.Fatalf("unknown operation answer %q, want errno=-22", ans)
+	}
+	if _, err := r.ReadByte(); err != io.EOF {
+		t.Fatalf("connection not closed after an unknown operation: %v", err)
+	}
+
+	// An overlong line closes the connection without an answer.
+	c2, err := net.DialTimeout("unix", path, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	c2.SetDeadline(time.Now().Add(20 * time.Second))
+	go io.WriteString(c2, strings.Repeat("x", uapiMaxLine+10)+"\n")
+	// Closing with unread input resets the connection: that counts as closed.
+	if n, err := io.Copy(io.Discard, c2); n != 0 || (err != nil && !errors.Is(err, syscall.ECONNRESET)) {
+		t.Fatalf("overlong line: read %d bytes, %v; want a close without answer", n, err)
+	}
+
+	t.Run("wg", func(t *testing.T) {
+		if _, err := exec.LookPath("wg"); err != nil {
+			t.Skip("wg (wireguard-tools) is not installed")
+		}
+		out, err := exec.CommandContext(ctx, "wg", "show", name).CombinedOutput()
+		if err != nil {
+			t.Fatalf("wg show %s: %v\n%s", name, err, out)
+		}
+		for _, want := range []string{"peer: " + peer.String(), "allowed ips: 100.80.0.2/32", fmt.Sprintf("listening port: %d", gw.ListenPort())} {
+			if !strings.Contains(string(out), want) {
+				t.Fatalf("wg show lacks %q:\n%s", want, out)
+			}
+		}
+		if strings.Contains(string(out), priv.String()) || strings.Contains(string(out), "private key") {
+			t.Fatalf("wg show prints the private key:\n%s", out)
+		}
+		out, err = exec.CommandContext(ctx, "wg", "set", name, "peer", peer.String(), "remove").CombinedOutput()
+		if err == nil || !strings.Contains(string(out), "Operation not permitted") {
+			t.Fatalf("wg set: %v\n%s\nwant a failure with 'Operation not permitted'", err, out)
+		}
+		if _, ok := devicePeers(t, gw.Device)[peer]; !ok {
+			t.Fatal("wg set removed the peer")
+		}
+	})
+
+	if err := closer.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("socket still there after Close: %v", err)
+	}
+	// The name can be served again, and the Device's Close closes it.
+	if _, err := gw.ServeUAPI(name); err != nil {
+		t.Fatal(err)
+	}
+	gw.Close()
+	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("socket still there after Device.Close: %v", err)
+	}
+}
+
+// benchmarkAddPeer adds 1000 peers per op through concurrent AddPeer calls.
+func benchmarkAddPeer(b *testing.B, maxBatch int) {
+	const n = 1000
+	keys := pubKeys(b, n)
+	ctx := ctxT(b)
+	var sets uint64
+	b.ResetTimer()
+	for range b.N {
+		b.StopTimer()
+		gw := newNode(b, Config{MaxBatch: maxBatch}, "100.80.0.1")
+		before := gw.ipcSets.Load()
+		var wg sync.WaitGroup
+		var failed sync.Once
+		b.StartTimer()
+		for i := range n {
+			wg.Go(func() {
+				if err := gw.AddPeer(ctx, Peer{PublicKey: keys[i], AllowedIPs: []netip.Prefix{host(i)}}); err != nil {
+					failed.Do(func() { b.Error(err) })
+				}
+			})
+		}
+		wg.Wait()
+		b.StopTimer()
+		sets += gw.ipcSets.Load() - before
+		gw.Close()
+		b.StartTimer()
+	}
+	b.ReportMetric(float64(sets)/float64(b.N), "ipcsets/op")
+	b.ReportMetric(float64(n), "peers/op")
+}
+
+// BenchmarkAddPeerBatched: 1000 concurrent AddPeer calls, batched (defaults).
+func BenchmarkAddPeerBatched(b *testing.B) { benchmarkAddPeer(b, 0) }
+
+// BenchmarkAddPeerSerial: the same calls with one IpcSet per peer (MaxBatch 1),
+// the reference for BenchmarkAddPeerBatched.
+func BenchmarkAddPeerSerial(b *testing.B) { benchmarkAddPeer(b, 1) }
