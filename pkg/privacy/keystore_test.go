@@ -443,3 +443,45 @@ func TestBackupRestore(t *testing.T) {
 		t.Fatal("backup with an empty passphrase")
 	}
 }
+
+func TestPseudonymConcurrentFirstUse(t *testing.T) {
+	k, dir := openTestKeystore(t)
+	idx := k.BlindIndex(mustSN(t, "SN-RACE"))
+	const workers = 16
+	got := make([]Pseudonym, workers)
+	errs := make([]error, workers)
+	done := make(chan int, workers)
+	for i := range workers {
+		go func() {
+			got[i], errs[i] = k.Pseudonym(day("2025-04-01 08:00"), idx)
+			done <- i
+		}()
+	}
+	for range workers {
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+			t.Fatal("Pseudonym did not return")
+		}
+	}
+	for i := range workers {
+		if errs[i] != nil || got[i] != got[0] {
+			t.Fatalf("worker %d: %v %v (want %v)", i, got[i], errs[i], got[0])
+		}
+	}
+	ents, err := os.ReadDir(filepath.Join(dir, "days"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ents) != 1 {
+		t.Fatalf("%d files in days/, want 1", len(ents))
+	}
+	// A second process-level open sees the same key.
+	k2, err := OpenKeystore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if p, _ := k2.Pseudonym(day("2025-04-01 09:00"), idx); p != got[0] {
+		t.Fatal("reopened keystore gives another pseudonym")
+	}
+}
