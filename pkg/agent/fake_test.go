@@ -44,6 +44,9 @@ type fakeGateway struct {
 	t    *testing.T
 	addr string
 
+	// The virtual network the fake hands out.
+	gwAddr, devAddr, vnet string
+
 	wgPriv [32]byte
 	wgPub  [32]byte
 
@@ -64,7 +67,12 @@ type fakeGateway struct {
 
 func newFakeGateway(t *testing.T, creds credentials.TransportCredentials) *fakeGateway {
 	t.Helper()
-	g := &fakeGateway{t: t, peers: map[[32]byte]bool{}, tokens: map[string]bool{}}
+	return newFakeGatewayNet(t, creds, gatewayAddr, deviceAddr, virtualNetwork)
+}
+
+func newFakeGatewayNet(t *testing.T, creds credentials.TransportCredentials, gwAddr, devAddr, vnet string) *fakeGateway {
+	t.Helper()
+	g := &fakeGateway{t: t, peers: map[[32]byte]bool{}, tokens: map[string]bool{}, gwAddr: gwAddr, devAddr: devAddr, vnet: vnet}
 	if _, err := rand.Read(g.wgPriv[:]); err != nil {
 		t.Fatal(err)
 	}
@@ -102,7 +110,7 @@ func newFakeGateway(t *testing.T, creds credentials.TransportCredentials) *fakeG
 // would: its session keys are gone. Callers hold no lock.
 func (g *fakeGateway) startWireGuard(port int) {
 	g.t.Helper()
-	tdev, tnet, err := netstack.CreateNetTUN([]netip.Addr{netip.MustParseAddr(gatewayAddr)}, nil, 1420)
+	tdev, tnet, err := netstack.CreateNetTUN([]netip.Addr{netip.MustParseAddr(g.gwAddr)}, nil, 1420)
 	if err != nil {
 		g.t.Fatal(err)
 	}
@@ -110,7 +118,7 @@ func (g *fakeGateway) startWireGuard(port int) {
 	conf := fmt.Sprintf("private_key=%s\nlisten_port=%d\n", hex.EncodeToString(g.wgPriv[:]), port)
 	g.mu.Lock()
 	for k := range g.peers {
-		conf += fmt.Sprintf("public_key=%s\nallowed_ip=%s\n", hex.EncodeToString(k[:]), deviceAddr)
+		conf += fmt.Sprintf("public_key=%s\nallowed_ip=%s\n", hex.EncodeToString(k[:]), g.devAddr)
 	}
 	g.mu.Unlock()
 	if err := dev.IpcSet(conf); err != nil {
@@ -196,7 +204,7 @@ func (g *fakeGateway) Login(ctx context.Context, req *gatewayv1.DeviceLoginReque
 	var key [32]byte
 	copy(key[:], req.GetPublicKey())
 	if !g.peers[key] {
-		if err := g.wg.IpcSet(fmt.Sprintf("public_key=%s\nallowed_ip=%s\n", hex.EncodeToString(key[:]), deviceAddr)); err != nil {
+		if err := g.wg.IpcSet(fmt.Sprintf("public_key=%s\nallowed_ip=%s\n", hex.EncodeToString(key[:]), g.devAddr)); err != nil {
 			return nil, status.Error(codes.Internal, err.Error())
 		}
 		g.peers[key] = true
@@ -204,11 +212,11 @@ func (g *fakeGateway) Login(ctx context.Context, req *gatewayv1.DeviceLoginReque
 	token := fmt.Sprintf("token-%d", len(g.logins))
 	g.tokens[token] = true
 	return &gatewayv1.DeviceLoginResponse{
-		Addresses: []string{deviceAddr},
+		Addresses: []string{g.devAddr},
 		Gateway: &gatewayv1.GatewayPeer{
 			PublicKey:                  g.wgPub[:],
 			Endpoint:                   net.JoinHostPort("127.0.0.1", strconv.Itoa(g.wgPort)),
-			AllowedIps:                 []string{virtualNetwork},
+			AllowedIps:                 []string{g.vnet},
 			PersistentKeepaliveSeconds: 25,
 		},
 		Mtu:         1420,
