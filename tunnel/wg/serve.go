@@ -51,9 +51,13 @@ type uapiServer struct {
 
 // ServeUAPI serves a read-only UAPI socket at /var/run/wireguard/NAME.sock,
 // the place `wg show NAME` looks for a userspace interface. "get=1" answers
-// the device state without the private_key line; "set=1" is refused with
-// EPERM and nothing is applied; anything else is answered EINVAL and the
-// connection closed. Closing the returned Closer (or the Device) stops
+// the device state without the private_key line, then errno=0; "set=1" is
+// read to its blank line, nothing is applied, and it is answered errno=-1
+// (EPERM); anything else is answered errno=-22 (EINVAL) and the connection
+// closed. Errnos are negated as wireguard-go sends them and wg(8) reads them
+// (wg sets errno to minus the value, so `wg set` prints "Operation not
+// permitted"). Connections have a per-operation deadline and bounded lines
+// and requests. Closing the returned Closer (or the Device) stops
 // serving and removes the socket.
 func (d *Device) ServeUAPI(name string) (io.Closer, error) {
 	if err := checkIfaceName(name); err != nil {
