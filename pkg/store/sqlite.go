@@ -60,6 +60,8 @@ type SQLite struct {
 	path string
 	w    *sql.DB // exactly one connection
 	r    *sql.DB // read-only pool
+	ws   *stmtCache
+	rs   *stmtCache
 	opt  options
 }
 
@@ -102,7 +104,7 @@ func OpenSQLite(ctx context.Context, path string, opts ...Option) (*SQLite, erro
 	w.SetMaxIdleConns(1)
 	w.SetConnMaxLifetime(0)
 	w.SetConnMaxIdleTime(0)
-	s := &SQLite{path: path, w: w, opt: o}
+	s := &SQLite{path: path, w: w, ws: newStmtCache(w), opt: o}
 	if err := s.migrate(ctx); err != nil {
 		_ = w.Close()
 		return nil, err
@@ -122,7 +124,7 @@ func OpenSQLite(ctx context.Context, path string, opts ...Option) (*SQLite, erro
 		_ = w.Close()
 		return nil, fmt.Errorf("store: open: read pool: %w", err)
 	}
-	s.r = r
+	s.r, s.rs = r, newStmtCache(r)
 	return s, nil
 }
 
@@ -164,7 +166,9 @@ func (s *SQLite) Path() string { return s.path }
 // Close closes both connection pools.
 func (s *SQLite) Close() error {
 	var errs []error
+	s.ws.close()
 	if s.r != nil {
+		s.rs.close()
 		errs = append(errs, s.r.Close())
 	}
 	errs = append(errs, s.w.Close())
@@ -197,26 +201,28 @@ func (s *SQLite) observe(op string, start time.Time, err *error) {
 }
 
 // write runs fn in one write transaction on the writer connection.
-func (s *SQLite) write(ctx context.Context, op string, fn func(tx *sql.Tx) error) (err error) {
+func (s *SQLite) write(ctx context.Context, op string, fn func(tx *wtx) error) (err error) {
 	defer s.observe(op, time.Now(), &err)
-	tx, err := s.w.BeginTx(ctx, nil)
+	sqlTx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
 		return wrap(op, err)
 	}
+	tx := &wtx{tx: sqlTx, cache: s.ws}
+	defer tx.warm(ctx)
 	if err := fn(tx); err != nil {
-		_ = tx.Rollback()
+		_ = sqlTx.Rollback()
 		return wrap(op, err)
 	}
-	if err := tx.Commit(); err != nil {
+	if err := sqlTx.Commit(); err != nil {
 		return wrap(op, err)
 	}
 	return nil
 }
 
 // read runs fn on the read pool.
-func (s *SQLite) read(ctx context.Context, op string, fn func(db *sql.DB) error) (err error) {
+func (s *SQLite) read(ctx context.Context, op string, fn func(db *rdb) error) (err error) {
 	defer s.observe(op, time.Now(), &err)
-	if err := fn(s.r); err != nil {
+	if err := fn(&rdb{db: s.r, cache: s.rs}); err != nil {
 		return wrap(op, err)
 	}
 	return nil
@@ -340,7 +346,7 @@ func queryDevices(ctx context.Context, q interface {
 	return out, rows.Err()
 }
 
-func deviceByID(ctx context.Context, tx *sql.Tx, id int64) (Device, error) {
+func deviceByID(ctx context.Context, tx *wtx, id int64) (Device, error) {
 	d, err := scanDevice(tx.QueryRowContext(ctx, `SELECT `+deviceCols+` FROM devices d WHERE d.id = ?`, id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return Device{}, fmt.Errorf("device %d: %w", id, ErrNotFound)
@@ -374,14 +380,14 @@ func (s *SQLite) EnrollDevices(ctx context.Context, batch []Enrollment) (EnrollR
 		return res, nil
 	}
 	now := nanos(s.opt.now())
-	err := s.write(ctx, "EnrollDevices", func(tx *sql.Tx) error {
+	err := s.write(ctx, "EnrollDevices", func(tx *wtx) error {
 		res = EnrollResult{}
-		sel, err := tx.PrepareContext(ctx, `SELECT verifier FROM devices WHERE blind_index = ?`)
+		sel, err := tx.stmt(ctx, `SELECT verifier FROM devices WHERE blind_index = ?`)
 		if err != nil {
 			return err
 		}
 		defer sel.Close()
-		ins, err := tx.PrepareContext(ctx, `INSERT INTO devices (blind_index, sealed_serial, verifier, enrolled_at) VALUES (?, ?, ?, ?)`)
+		ins, err := tx.stmt(ctx, `INSERT INTO devices (blind_index, sealed_serial, verifier, enrolled_at) VALUES (?, ?, ?, ?)`)
 		if err != nil {
 			return err
 		}
@@ -414,7 +420,7 @@ func (s *SQLite) EnrollDevices(ctx context.Context, batch []Enrollment) (EnrollR
 
 // DeviceByIndex finds a device by its blind index.
 func (s *SQLite) DeviceByIndex(ctx context.Context, idx privacy.BlindIndex) (d Device, err error) {
-	err = s.read(ctx, "DeviceByIndex", func(db *sql.DB) error {
+	err = s.read(ctx, "DeviceByIndex", func(db *rdb) error {
 		d, err = scanDevice(db.QueryRowContext(ctx, `SELECT `+deviceCols+` FROM devices d WHERE d.blind_index = ?`, idx[:]))
 		return err
 	})
@@ -423,7 +429,7 @@ func (s *SQLite) DeviceByIndex(ctx context.Context, idx privacy.BlindIndex) (d D
 
 // DeviceByID finds a device by id.
 func (s *SQLite) DeviceByID(ctx context.Context, id int64) (d Device, err error) {
-	err = s.read(ctx, "DeviceByID", func(db *sql.DB) error {
+	err = s.read(ctx, "DeviceByID", func(db *rdb) error {
 		d, err = scanDevice(db.QueryRowContext(ctx, `SELECT `+deviceCols+` FROM devices d WHERE d.id = ?`, id))
 		return err
 	})
@@ -432,7 +438,7 @@ func (s *SQLite) DeviceByID(ctx context.Context, id int64) (d Device, err error)
 
 // DeviceByKey finds the device that has key pinned.
 func (s *SQLite) DeviceByKey(ctx context.Context, key Key) (d Device, err error) {
-	err = s.read(ctx, "DeviceByKey", func(db *sql.DB) error {
+	err = s.read(ctx, "DeviceByKey", func(db *rdb) error {
 		d, err = scanDevice(db.QueryRowContext(ctx, `SELECT `+deviceCols+` FROM devices d WHERE d.pinned_key = ?`, key[:]))
 		return err
 	})
@@ -441,7 +447,7 @@ func (s *SQLite) DeviceByKey(ctx context.Context, key Key) (d Device, err error)
 
 // ListDevices lists every device, by id.
 func (s *SQLite) ListDevices(ctx context.Context) (ds []Device, err error) {
-	err = s.read(ctx, "ListDevices", func(db *sql.DB) error {
+	err = s.read(ctx, "ListDevices", func(db *rdb) error {
 		ds, err = queryDevices(ctx, db, `SELECT `+deviceCols+` FROM devices d ORDER BY d.id`)
 		return err
 	})
@@ -451,7 +457,7 @@ func (s *SQLite) ListDevices(ctx context.Context) (ds []Device, err error) {
 // AdmittedDevices lists the devices with a pinned key and an address that
 // are not revoked, by id.
 func (s *SQLite) AdmittedDevices(ctx context.Context) (ds []Device, err error) {
-	err = s.read(ctx, "AdmittedDevices", func(db *sql.DB) error {
+	err = s.read(ctx, "AdmittedDevices", func(db *rdb) error {
 		ds, err = queryDevices(ctx, db, `SELECT `+deviceCols+` FROM devices d
 			WHERE d.pinned_key IS NOT NULL AND d.address_offset IS NOT NULL AND d.revoked = 0 ORDER BY d.id`)
 		return err
@@ -461,7 +467,7 @@ func (s *SQLite) AdmittedDevices(ctx context.Context) (ds []Device, err error) {
 
 // claimKey makes key owned by (kind, id) in wg_keys: ErrKeyInUse when
 // another owner has it.
-func claimKey(ctx context.Context, tx *sql.Tx, key Key, kind KeyOwner, id string) error {
+func claimKey(ctx context.Context, tx *wtx, key Key, kind KeyOwner, id string) error {
 	var k, o string
 	err := tx.QueryRowContext(ctx, `SELECT owner_kind, owner_id FROM wg_keys WHERE key = ?`, key[:]).Scan(&k, &o)
 	switch {
@@ -498,7 +504,7 @@ func (s *SQLite) Admit(ctx context.Context, a Admission) (Device, error) {
 		return Device{}, fmt.Errorf("store: Admit: %w", err)
 	}
 	var d Device
-	err := s.write(ctx, "Admit", func(tx *sql.Tx) error {
+	err := s.write(ctx, "Admit", func(tx *wtx) error {
 		var err error
 		if d, err = deviceByID(ctx, tx, a.DeviceID); err != nil {
 			return err
@@ -519,9 +525,6 @@ func (s *SQLite) Admit(ctx context.Context, a Admission) (Device, error) {
 			if err := claimKey(ctx, tx, a.Key, OwnerDevice, owner); err != nil {
 				return fmt.Errorf("device %d: %w", d.ID, err)
 			}
-			if _, err := tx.ExecContext(ctx, `UPDATE devices SET pinned_key = ? WHERE id = ?`, a.Key[:], d.ID); err != nil {
-				return err
-			}
 			d.Key, d.KeyPinned = a.Key, true
 		}
 		if d.Offset == 0 {
@@ -529,15 +532,13 @@ func (s *SQLite) Admit(ctx context.Context, a Admission) (Device, error) {
 			if err != nil {
 				return fmt.Errorf("device %d: %w", d.ID, err)
 			}
-			if _, err := tx.ExecContext(ctx, `UPDATE devices SET address_offset = ? WHERE id = ?`, off, d.ID); err != nil {
-				return err
-			}
 			d.Offset = off
 		}
-		if _, err := tx.ExecContext(ctx, `UPDATE devices SET last_login_day = ? WHERE id = ?`, a.Day, d.ID); err != nil {
+		d.LastLoginDay = a.Day
+		if _, err := tx.ExecContext(ctx, `UPDATE devices SET pinned_key = ?, address_offset = ?, last_login_day = ? WHERE id = ?`,
+			d.Key[:], d.Offset, d.LastLoginDay, d.ID); err != nil {
 			return err
 		}
-		d.LastLoginDay = a.Day
 		if _, err := tx.ExecContext(ctx, `DELETE FROM device_tokens WHERE device_id = ?`, d.ID); err != nil {
 			return err
 		}
@@ -552,7 +553,7 @@ func (s *SQLite) Admit(ctx context.Context, a Admission) (Device, error) {
 
 // allocDeviceOffset picks max+1 in [first, last] when that is free, else the
 // lowest gap.
-func allocDeviceOffset(ctx context.Context, tx *sql.Tx, first, last uint32) (uint32, error) {
+func allocDeviceOffset(ctx context.Context, tx *wtx, first, last uint32) (uint32, error) {
 	var hi sql.NullInt64
 	if err := tx.QueryRowContext(ctx, `SELECT MAX(address_offset) FROM devices WHERE address_offset BETWEEN ? AND ?`, first, last).Scan(&hi); err != nil {
 		return 0, err
@@ -574,7 +575,7 @@ func allocDeviceOffset(ctx context.Context, tx *sql.Tx, first, last uint32) (uin
 
 // allocClientOffset picks the lowest offset in [first, last] free among open
 // sessions.
-func allocClientOffset(ctx context.Context, tx *sql.Tx, first, last uint32) (uint32, error) {
+func allocClientOffset(ctx context.Context, tx *wtx, first, last uint32) (uint32, error) {
 	return lowestFree(ctx, tx, `
 		SELECT ?1 WHERE NOT EXISTS (SELECT 1 FROM sessions WHERE client_offset = ?1 AND closed_at IS NULL)
 		UNION ALL
@@ -584,7 +585,7 @@ func allocClientOffset(ctx context.Context, tx *sql.Tx, first, last uint32) (uin
 		ORDER BY 1 LIMIT 1`, first, last)
 }
 
-func lowestFree(ctx context.Context, tx *sql.Tx, query string, first, last uint32) (uint32, error) {
+func lowestFree(ctx context.Context, tx *wtx, query string, first, last uint32) (uint32, error) {
 	var off int64
 	err := tx.QueryRowContext(ctx, query, first, last).Scan(&off)
 	if errors.Is(err, sql.ErrNoRows) {
@@ -599,7 +600,7 @@ func lowestFree(ctx context.Context, tx *sql.Tx, query string, first, last uint3
 // RevokeDevice marks the device revoked, unpins and releases its key and
 // deletes its tokens and binding codes. Its address offset stays reserved.
 func (s *SQLite) RevokeDevice(ctx context.Context, id int64) error {
-	return s.write(ctx, "RevokeDevice", func(tx *sql.Tx) error {
+	return s.write(ctx, "RevokeDevice", func(tx *wtx) error {
 		if err := unpin(ctx, tx, id, true); err != nil {
 			return err
 		}
@@ -614,10 +615,10 @@ func (s *SQLite) RevokeDevice(ctx context.Context, id int64) error {
 
 // ResetDeviceKey unpins the device's key and releases it.
 func (s *SQLite) ResetDeviceKey(ctx context.Context, id int64) error {
-	return s.write(ctx, "ResetDeviceKey", func(tx *sql.Tx) error { return unpin(ctx, tx, id, false) })
+	return s.write(ctx, "ResetDeviceKey", func(tx *wtx) error { return unpin(ctx, tx, id, false) })
 }
 
-func unpin(ctx context.Context, tx *sql.Tx, id int64, revoke bool) error {
+func unpin(ctx context.Context, tx *wtx, id int64, revoke bool) error {
 	q := `UPDATE devices SET pinned_key = NULL WHERE id = ?`
 	if revoke {
 		q = `UPDATE devices SET pinned_key = NULL, revoked = 1 WHERE id = ?`
@@ -637,7 +638,7 @@ func unpin(ctx context.Context, tx *sql.Tx, id int64, revoke bool) error {
 
 // DeviceByToken finds the device holding an unexpired token (expires_at > now).
 func (s *SQLite) DeviceByToken(ctx context.Context, hash [32]byte, now time.Time) (d Device, err error) {
-	err = s.read(ctx, "DeviceByToken", func(db *sql.DB) error {
+	err = s.read(ctx, "DeviceByToken", func(db *rdb) error {
 		d, err = scanDevice(db.QueryRowContext(ctx, `SELECT `+deviceCols+` FROM device_tokens t JOIN devices d ON d.id = t.device_id
 			WHERE t.hash = ? AND t.expires_at > ?`, hash[:], nanos(now)))
 		return err
@@ -647,7 +648,7 @@ func (s *SQLite) DeviceByToken(ctx context.Context, hash [32]byte, now time.Time
 
 // DeleteDeviceTokens deletes every token of the device.
 func (s *SQLite) DeleteDeviceTokens(ctx context.Context, deviceID int64) error {
-	return s.write(ctx, "DeleteDeviceTokens", func(tx *sql.Tx) error {
+	return s.write(ctx, "DeleteDeviceTokens", func(tx *wtx) error {
 		_, err := tx.ExecContext(ctx, `DELETE FROM device_tokens WHERE device_id = ?`, deviceID)
 		return err
 	})
@@ -662,7 +663,7 @@ func (s *SQLite) ReserveKey(ctx context.Context, key Key, owner KeyOwner) error 
 	case owner != OwnerGateway && owner != OwnerDevice && owner != OwnerClient:
 		return fmt.Errorf("store: ReserveKey: %w", invalid("owner", fmt.Sprintf("unknown owner kind %q", owner)))
 	}
-	return s.write(ctx, "ReserveKey", func(tx *sql.Tx) error {
+	return s.write(ctx, "ReserveKey", func(tx *wtx) error {
 		var k string
 		err := tx.QueryRowContext(ctx, `SELECT owner_kind FROM wg_keys WHERE key = ?`, key[:]).Scan(&k)
 		switch {
@@ -686,7 +687,7 @@ func (s *SQLite) RecordAuthFailure(ctx context.Context, idx privacy.BlindIndex, 
 	if err := checkTime("at", at); err != nil {
 		return fmt.Errorf("store: RecordAuthFailure: %w", err)
 	}
-	return s.write(ctx, "RecordAuthFailure", func(tx *sql.Tx) error {
+	return s.write(ctx, "RecordAuthFailure", func(tx *wtx) error {
 		_, err := tx.ExecContext(ctx, `INSERT INTO auth_failures (blind_index, at) VALUES (?, ?)`, idx[:], nanos(at))
 		return err
 	})
@@ -694,7 +695,7 @@ func (s *SQLite) RecordAuthFailure(ctx context.Context, idx privacy.BlindIndex, 
 
 // CountAuthFailures counts the failures for idx at or after since.
 func (s *SQLite) CountAuthFailures(ctx context.Context, idx privacy.BlindIndex, since time.Time) (n int, err error) {
-	err = s.read(ctx, "CountAuthFailures", func(db *sql.DB) error {
+	err = s.read(ctx, "CountAuthFailures", func(db *rdb) error {
 		return db.QueryRowContext(ctx, `SELECT COUNT(*) FROM auth_failures WHERE blind_index = ? AND at >= ?`, idx[:], nanos(since)).Scan(&n)
 	})
 	return n, err
@@ -702,7 +703,7 @@ func (s *SQLite) CountAuthFailures(ctx context.Context, idx privacy.BlindIndex, 
 
 // ClearAuthFailures deletes every failure recorded for idx.
 func (s *SQLite) ClearAuthFailures(ctx context.Context, idx privacy.BlindIndex) error {
-	return s.write(ctx, "ClearAuthFailures", func(tx *sql.Tx) error {
+	return s.write(ctx, "ClearAuthFailures", func(tx *wtx) error {
 		_, err := tx.ExecContext(ctx, `DELETE FROM auth_failures WHERE blind_index = ?`, idx[:])
 		return err
 	})
@@ -743,7 +744,7 @@ func (s *SQLite) CreateAccount(ctx context.Context, a Account) (Account, error) 
 		a.CreatedAt = s.opt.now()
 	}
 	a.CreatedAt = fromNanos(nanos(a.CreatedAt))
-	err := s.write(ctx, "CreateAccount", func(tx *sql.Tx) error {
+	err := s.write(ctx, "CreateAccount", func(tx *wtx) error {
 		res, err := tx.ExecContext(ctx, `INSERT INTO accounts (name_index, sealed_name, password_hash, created_at) VALUES (?, ?, ?, ?)`,
 			a.NameIndex[:], a.SealedName, a.PasswordHash, nanos(a.CreatedAt))
 		if err != nil {
@@ -760,7 +761,7 @@ func (s *SQLite) CreateAccount(ctx context.Context, a Account) (Account, error) 
 
 // AccountByName finds an account by its name index.
 func (s *SQLite) AccountByName(ctx context.Context, nameIndex privacy.BlindIndex) (a Account, err error) {
-	err = s.read(ctx, "AccountByName", func(db *sql.DB) error {
+	err = s.read(ctx, "AccountByName", func(db *rdb) error {
 		a, err = scanAccount(db.QueryRowContext(ctx, `SELECT `+accountCols+` FROM accounts a WHERE a.name_index = ?`, nameIndex[:]))
 		return err
 	})
@@ -769,7 +770,7 @@ func (s *SQLite) AccountByName(ctx context.Context, nameIndex privacy.BlindIndex
 
 // AccountByID finds an account by id.
 func (s *SQLite) AccountByID(ctx context.Context, id int64) (a Account, err error) {
-	err = s.read(ctx, "AccountByID", func(db *sql.DB) error {
+	err = s.read(ctx, "AccountByID", func(db *rdb) error {
 		a, err = scanAccount(db.QueryRowContext(ctx, `SELECT `+accountCols+` FROM accounts a WHERE a.id = ?`, id))
 		return err
 	})
@@ -781,7 +782,7 @@ func (s *SQLite) SetPasswordHash(ctx context.Context, accountID int64, hash stri
 	if hash == "" {
 		return fmt.Errorf("store: SetPasswordHash: %w", invalid("password_hash", "must not be empty"))
 	}
-	return s.write(ctx, "SetPasswordHash", func(tx *sql.Tx) error {
+	return s.write(ctx, "SetPasswordHash", func(tx *wtx) error {
 		res, err := tx.ExecContext(ctx, `UPDATE accounts SET password_hash = ? WHERE id = ?`, hash, accountID)
 		return mustAffect(res, err, "account", accountID)
 	})
@@ -801,7 +802,7 @@ func mustAffect(res sql.Result, err error, what string, id int64) error {
 	return nil
 }
 
-func execCount(ctx context.Context, tx *sql.Tx, q string, args ...any) (int64, error) {
+func execCount(ctx context.Context, tx *wtx, q string, args ...any) (int64, error) {
 	res, err := tx.ExecContext(ctx, q, args...)
 	if err != nil {
 		return 0, err
@@ -811,7 +812,7 @@ func execCount(ctx context.Context, tx *sql.Tx, q string, args ...any) (int64, e
 
 // closeSessions closes the open sessions matching where (a condition on
 // sessions) and releases their client keys; it returns how many it closed.
-func closeSessions(ctx context.Context, tx *sql.Tx, at int64, where string, args ...any) (int64, error) {
+func closeSessions(ctx context.Context, tx *wtx, at int64, where string, args ...any) (int64, error) {
 	if _, err := tx.ExecContext(ctx, `DELETE FROM wg_keys WHERE owner_kind = 'client' AND owner_id IN
 		(SELECT id FROM sessions WHERE closed_at IS NULL AND `+where+`)`, args...); err != nil {
 		return 0, err
@@ -825,7 +826,7 @@ func closeSessions(ctx context.Context, tx *sql.Tx, at int64, where string, args
 func (s *SQLite) DeleteAccount(ctx context.Context, id int64) (map[string]int64, error) {
 	receipt := map[string]int64{}
 	at := nanos(s.opt.now())
-	err := s.write(ctx, "DeleteAccount", func(tx *sql.Tx) error {
+	err := s.write(ctx, "DeleteAccount", func(tx *wtx) error {
 		var one int
 		if err := tx.QueryRowContext(ctx, `SELECT 1 FROM accounts WHERE id = ?`, id).Scan(&one); err != nil {
 			if errors.Is(err, sql.ErrNoRows) {
@@ -858,7 +859,7 @@ func (s *SQLite) CreateAccessToken(ctx context.Context, hash [32]byte, accountID
 	if err := checkTime("expires", expires); err != nil {
 		return fmt.Errorf("store: CreateAccessToken: %w", err)
 	}
-	return s.write(ctx, "CreateAccessToken", func(tx *sql.Tx) error {
+	return s.write(ctx, "CreateAccessToken", func(tx *wtx) error {
 		_, err := tx.ExecContext(ctx, `INSERT INTO access_tokens (hash, account_id, expires_at) VALUES (?, ?, ?)`, hash[:], accountID, nanos(expires))
 		return err
 	})
@@ -866,7 +867,7 @@ func (s *SQLite) CreateAccessToken(ctx context.Context, hash [32]byte, accountID
 
 // AccountByToken finds the account holding an unexpired access token.
 func (s *SQLite) AccountByToken(ctx context.Context, hash [32]byte, now time.Time) (a Account, err error) {
-	err = s.read(ctx, "AccountByToken", func(db *sql.DB) error {
+	err = s.read(ctx, "AccountByToken", func(db *rdb) error {
 		a, err = scanAccount(db.QueryRowContext(ctx, `SELECT `+accountCols+` FROM access_tokens t JOIN accounts a ON a.id = t.account_id
 			WHERE t.hash = ? AND t.expires_at > ?`, hash[:], nanos(now)))
 		return err
@@ -876,7 +877,7 @@ func (s *SQLite) AccountByToken(ctx context.Context, hash [32]byte, now time.Tim
 
 // DeleteAccessTokens deletes every access token of the account.
 func (s *SQLite) DeleteAccessTokens(ctx context.Context, accountID int64) error {
-	return s.write(ctx, "DeleteAccessTokens", func(tx *sql.Tx) error {
+	return s.write(ctx, "DeleteAccessTokens", func(tx *wtx) error {
 		_, err := tx.ExecContext(ctx, `DELETE FROM access_tokens WHERE account_id = ?`, accountID)
 		return err
 	})
@@ -889,7 +890,7 @@ func (s *SQLite) CreateBindingCode(ctx context.Context, hash [32]byte, deviceID 
 	if err := checkTime("expires", expires); err != nil {
 		return fmt.Errorf("store: CreateBindingCode: %w", err)
 	}
-	return s.write(ctx, "CreateBindingCode", func(tx *sql.Tx) error {
+	return s.write(ctx, "CreateBindingCode", func(tx *wtx) error {
 		_, err := tx.ExecContext(ctx, `INSERT INTO binding_codes (hash, device_id, expires_at) VALUES (?, ?, ?)`, hash[:], deviceID, nanos(expires))
 		return err
 	})
@@ -903,7 +904,7 @@ func (s *SQLite) RedeemBindingCode(ctx context.Context, hash [32]byte, accountID
 		d       Device
 		expired bool
 	)
-	err := s.write(ctx, "RedeemBindingCode", func(tx *sql.Tx) error {
+	err := s.write(ctx, "RedeemBindingCode", func(tx *wtx) error {
 		var deviceID, expires int64
 		err := tx.QueryRowContext(ctx, `SELECT device_id, expires_at FROM binding_codes WHERE hash = ?`, hash[:]).Scan(&deviceID, &expires)
 		if errors.Is(err, sql.ErrNoRows) {
@@ -938,7 +939,7 @@ func (s *SQLite) RedeemBindingCode(ctx context.Context, hash [32]byte, accountID
 
 // IsBound reports whether the device is bound to the account.
 func (s *SQLite) IsBound(ctx context.Context, accountID, deviceID int64) (ok bool, err error) {
-	err = s.read(ctx, "IsBound", func(db *sql.DB) error {
+	err = s.read(ctx, "IsBound", func(db *rdb) error {
 		return db.QueryRowContext(ctx, `SELECT EXISTS (SELECT 1 FROM bindings WHERE account_id = ? AND device_id = ?)`, accountID, deviceID).Scan(&ok)
 	})
 	return ok, err
@@ -946,7 +947,7 @@ func (s *SQLite) IsBound(ctx context.Context, accountID, deviceID int64) (ok boo
 
 // BoundDevices lists the devices bound to the account, by id.
 func (s *SQLite) BoundDevices(ctx context.Context, accountID int64) (ds []Device, err error) {
-	err = s.read(ctx, "BoundDevices", func(db *sql.DB) error {
+	err = s.read(ctx, "BoundDevices", func(db *rdb) error {
 		ds, err = queryDevices(ctx, db, `SELECT `+deviceCols+` FROM bindings b JOIN devices d ON d.id = b.device_id
 			WHERE b.account_id = ? ORDER BY d.id`, accountID)
 		return err
@@ -960,7 +961,7 @@ func (s *SQLite) BoundDevices(ctx context.Context, accountID int64) (ds []Device
 func (s *SQLite) Unbind(ctx context.Context, accountID, deviceID int64) (map[string]int64, error) {
 	receipt := map[string]int64{}
 	at := nanos(s.opt.now())
-	err := s.write(ctx, "Unbind", func(tx *sql.Tx) error {
+	err := s.write(ctx, "Unbind", func(tx *wtx) error {
 		n, err := execCount(ctx, tx, `DELETE FROM bindings WHERE account_id = ? AND device_id = ?`, accountID, deviceID)
 		if err != nil {
 			return err
@@ -1040,7 +1041,7 @@ func (s *SQLite) OpenSession(ctx context.Context, sess Session, first, last uint
 		}
 	}
 	sess.OpenedAt, sess.ExpiresAt, sess.ClosedAt = fromNanos(nanos(sess.OpenedAt)), fromNanos(nanos(sess.ExpiresAt)), time.Time{}
-	err := s.write(ctx, "OpenSession", func(tx *sql.Tx) error {
+	err := s.write(ctx, "OpenSession", func(tx *wtx) error {
 		var one int
 		if err := tx.QueryRowContext(ctx, `SELECT 1 FROM sessions WHERE id = ?`, sess.ID).Scan(&one); err == nil {
 			return fmt.Errorf("session id: %w", ErrConflict)
@@ -1076,7 +1077,7 @@ func (s *SQLite) CloseSession(ctx context.Context, id string, at time.Time) (Ses
 		return Session{}, fmt.Errorf("store: CloseSession: %w", err)
 	}
 	var sess Session
-	err := s.write(ctx, "CloseSession", func(tx *sql.Tx) error {
+	err := s.write(ctx, "CloseSession", func(tx *wtx) error {
 		var err error
 		if sess, err = sessionByID(ctx, tx, id); err != nil || !sess.ClosedAt.IsZero() {
 			return err
@@ -1095,7 +1096,7 @@ func (s *SQLite) CloseSession(ctx context.Context, id string, at time.Time) (Ses
 
 // SessionByID finds a session, open or closed.
 func (s *SQLite) SessionByID(ctx context.Context, id string) (sess Session, err error) {
-	err = s.read(ctx, "SessionByID", func(db *sql.DB) error {
+	err = s.read(ctx, "SessionByID", func(db *rdb) error {
 		sess, err = sessionByID(ctx, db, id)
 		return err
 	})
@@ -1104,7 +1105,7 @@ func (s *SQLite) SessionByID(ctx context.Context, id string) (sess Session, err 
 
 // OpenSessions lists the sessions not closed, oldest first.
 func (s *SQLite) OpenSessions(ctx context.Context) (out []Session, err error) {
-	err = s.read(ctx, "OpenSessions", func(db *sql.DB) error {
+	err = s.read(ctx, "OpenSessions", func(db *rdb) error {
 		rows, err := db.QueryContext(ctx, `SELECT `+sessionCols+` FROM sessions WHERE closed_at IS NULL ORDER BY opened_at, id`)
 		if err != nil {
 			return err
@@ -1138,8 +1139,8 @@ func (s *SQLite) AppendConnLog(ctx context.Context, entries []ConnLogEntry) erro
 	if len(entries) == 0 {
 		return nil
 	}
-	return s.write(ctx, "AppendConnLog", func(tx *sql.Tx) error {
-		st, err := tx.PrepareContext(ctx, `INSERT INTO connection_log (time, event, outcome, pseudonym, source_prefix) VALUES (?, ?, ?, ?, ?)`)
+	return s.write(ctx, "AppendConnLog", func(tx *wtx) error {
+		st, err := tx.stmt(ctx, `INSERT INTO connection_log (time, event, outcome, pseudonym, source_prefix) VALUES (?, ?, ?, ?, ?)`)
 		if err != nil {
 			return err
 		}
@@ -1165,14 +1166,14 @@ func (s *SQLite) ConnLogByPseudonyms(ctx context.Context, ps []privacy.Pseudonym
 		e  ConnLogEntry
 	}
 	var rs []row
-	err := s.read(ctx, "ConnLogByPseudonyms", func(db *sql.DB) error {
+	err := s.read(ctx, "ConnLogByPseudonyms", func(db *rdb) error {
 		for start := 0; start < len(ps); start += chunk {
 			part := ps[start:min(start+chunk, len(ps))]
 			args := make([]any, len(part))
 			for i := range part {
 				args[i] = part[i][:]
 			}
-			rows, err := db.QueryContext(ctx, `SELECT id, time, event, outcome, pseudonym, source_prefix FROM connection_log
+			rows, err := db.db.QueryContext(ctx, `SELECT id, time, event, outcome, pseudonym, source_prefix FROM connection_log
 				WHERE pseudonym IN (?`+strings.Repeat(", ?", len(part)-1)+`)`, args...)
 			if err != nil {
 				return err
@@ -1254,7 +1255,7 @@ func (s *SQLite) Prune(ctx context.Context, table string, before time.Time, limi
 		return 0, fmt.Errorf("store: Prune: %w", err)
 	}
 	var n int64
-	err = s.write(ctx, "Prune", func(tx *sql.Tx) error {
+	err = s.write(ctx, "Prune", func(tx *wtx) error {
 		var err error
 		n, err = execCount(ctx, tx, `DELETE FROM `+table+` WHERE rowid IN
 			(SELECT rowid FROM `+table+` WHERE `+cond+col+` < ? ORDER BY `+col+` LIMIT ?)`, nanos(before), limit)
@@ -1273,7 +1274,7 @@ func (s *SQLite) OldestRecord(ctx context.Context, table string) (t time.Time, e
 	if err != nil {
 		return time.Time{}, fmt.Errorf("store: OldestRecord: %w", err)
 	}
-	err = s.read(ctx, "OldestRecord", func(db *sql.DB) error {
+	err = s.read(ctx, "OldestRecord", func(db *rdb) error {
 		var n sql.NullInt64
 		if err := db.QueryRowContext(ctx, `SELECT MIN(`+col+`) FROM `+table+` WHERE `+cond+`1`).Scan(&n); err != nil {
 			return fmt.Errorf("%s: %w", table, err)
