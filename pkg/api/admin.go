@@ -2,10 +2,13 @@ package api
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 	"strconv"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/planetxlabs/dasset-gateway/pkg/gateway"
@@ -31,8 +34,32 @@ type PeerSource interface {
 // AdminServer serves AdminService (admin listener only).
 type AdminServer struct {
 	gatewayv1.UnimplementedAdminServiceServer
-	GW    *gateway.Gateway
-	Peers PeerSource
+	GW        *gateway.Gateway
+	Peers     PeerSource
+	Policy    []byte // the policy in force, as YAML
+	Retention RetentionRunner
+}
+
+// RetentionRunner runs the pruner now.
+type RetentionRunner interface {
+	RunNow(ctx context.Context) (pruned map[string]int64, keysDestroyed int, at time.Time, err error)
+}
+
+// GetPolicy serves the privacy policy in force.
+func (s *AdminServer) GetPolicy(context.Context, *gatewayv1.GetPolicyRequest) (*gatewayv1.GetPolicyResponse, error) {
+	return &gatewayv1.GetPolicyResponse{Yaml: string(s.Policy)}, nil
+}
+
+// RunRetention runs the pruner now and reports what it removed.
+func (s *AdminServer) RunRetention(ctx context.Context, _ *gatewayv1.RunRetentionRequest) (*gatewayv1.RunRetentionResponse, error) {
+	if s.Retention == nil {
+		return nil, status.Error(codes.Unavailable, "the pruner is not running")
+	}
+	pruned, keys, at, err := s.Retention.RunNow(ctx)
+	if err != nil {
+		return nil, status.Error(codes.Internal, "retention run failed: "+err.Error())
+	}
+	return &gatewayv1.RunRetentionResponse{Pruned: pruned, KeysDestroyed: int64(keys), RanAt: timestamppb.New(at)}, nil
 }
 
 // EnrollDevices adds a batch of devices to the allow-list, all or nothing.
@@ -47,11 +74,11 @@ func (s *AdminServer) EnrollDevices(ctx context.Context, req *gatewayv1.EnrollDe
 	for i, d := range req.GetDevices() {
 		sn, err := privacy.ParseSerialNumber(d.GetSerialNumber())
 		if err != nil {
-			return nil, invalid("devices["+strconv.Itoa(i)+"]."+err.(*privacy.FieldError).Field, err.(*privacy.FieldError).Reason)
+			return nil, batchFieldError(i, err)
 		}
 		hw, err := privacy.ParseHardwareID(d.GetHardwareId())
 		if err != nil {
-			return nil, invalid("devices["+strconv.Itoa(i)+"]."+err.(*privacy.FieldError).Field, err.(*privacy.FieldError).Reason)
+			return nil, batchFieldError(i, err)
 		}
 		batch[i] = gateway.Enrollment{Serial: sn, Hardware: hw}
 	}
@@ -64,8 +91,13 @@ func (s *AdminServer) EnrollDevices(ctx context.Context, req *gatewayv1.EnrollDe
 
 // ListDevices lists the allow-list; serial numbers masked unless revealed.
 func (s *AdminServer) ListDevices(ctx context.Context, req *gatewayv1.ListDevicesRequest) (*gatewayv1.ListDevicesResponse, error) {
-	if req.GetReveal() && req.GetReason() == "" {
-		return nil, invalid("reason", "required with reveal")
+	if req.GetReveal() {
+		if req.GetReason() == "" {
+			return nil, invalid("reason", "required with reveal")
+		}
+		if _, err := requireRole(ctx, RolePrivacy); err != nil {
+			return nil, err
+		}
 	}
 	devs, err := s.GW.ListDevices(ctx)
 	if err != nil {
@@ -83,6 +115,14 @@ func (s *AdminServer) ListDevices(ctx context.Context, req *gatewayv1.ListDevice
 		})
 	}
 	return out, nil
+}
+
+func batchFieldError(i int, err error) error {
+	var fe *privacy.FieldError
+	if errors.As(err, &fe) {
+		return invalid("devices["+strconv.Itoa(i)+"]."+fe.Field, fe.Reason)
+	}
+	return toStatus(err)
 }
 
 func parseSerial(s string) (privacy.SerialNumber, error) {

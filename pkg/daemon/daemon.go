@@ -60,6 +60,8 @@ type Daemon struct {
 	reg  *prometheus.Registry
 	m    *metrics.Gateway
 
+	policy *privacy.Policy
+
 	grpcLis, adminLis, httpLis net.Listener
 	grpcSrv, adminSrv          *grpc.Server
 	httpSrv                    *http.Server
@@ -100,6 +102,9 @@ func New(ctx context.Context, cfg config.Config, opt Options) (d *Daemon, err er
 		now = time.Now
 	}
 
+	if d.policy, err = loadPolicy(cfg); err != nil {
+		return nil, err
+	}
 	if d.keys, err = privacy.OpenKeystore(cfg.KeystorePath()); err != nil {
 		return nil, fmt.Errorf("keystore: %w", err)
 	}
@@ -164,6 +169,51 @@ func New(ctx context.Context, cfg config.Config, opt Options) (d *Daemon, err er
 		return nil, err
 	}
 	return d, nil
+}
+
+// loadPolicy loads the privacy policy and refuses a configuration that asks
+// for more than it allows, naming the key.
+func loadPolicy(cfg config.Config) (*privacy.Policy, error) {
+	p := privacy.DefaultPolicy()
+	if cfg.Privacy.PolicyFile != "" {
+		var err error
+		if p, err = privacy.LoadPolicy(cfg.Privacy.PolicyFile); err != nil {
+			return nil, fmt.Errorf("privacy.policy_file: %w", err)
+		}
+	}
+	r := cfg.Retention
+	if err := p.Check(privacy.Requested{Retention: map[string]time.Duration{
+		privacy.RetentionConnectionLog: r.ConnectionLog,
+		privacy.RetentionSessions:      r.Sessions,
+		privacy.RetentionBindingCodes:  r.BindingCodes,
+		privacy.RetentionAuthFailures:  r.AuthFailures,
+		privacy.RetentionAuditLog:      r.AuditLog,
+		privacy.RetentionDeviceTokens:  cfg.Device.TokenTTL,
+		privacy.RetentionAccessTokens:  cfg.Client.TokenTTL,
+	}}); err != nil {
+		return nil, &PolicyError{Err: err}
+	}
+	return p, nil
+}
+
+// PolicyError is a configuration that asks for more than the privacy policy
+// allows.
+type PolicyError struct{ Err error }
+
+func (e *PolicyError) Error() string { return "configuration exceeds the privacy policy:\n" + e.Err.Error() }
+func (e *PolicyError) Unwrap() error { return e.Err }
+
+func operators(a config.Admin) api.Operators {
+	ops := api.Operators{ByUID: map[uint32]api.Operator{}, ByName: map[string]api.Operator{}}
+	for _, o := range a.EffectiveOperators() {
+		op := api.Operator{Name: o.Name}
+		for _, r := range o.Roles {
+			op.Roles = append(op.Roles, api.Role(r))
+		}
+		ops.ByUID[uint32(o.UID)] = op
+		ops.ByName[o.Name] = op
+	}
+	return ops
 }
 
 func outcomeNames() []string {
@@ -285,8 +335,11 @@ func (d *Daemon) listen() error {
 		if err := os.Chmod(cfg.Admin.Socket, 0o660); err != nil {
 			return fmt.Errorf("admin.socket: %w", err)
 		}
-		d.adminSrv = api.NewServer(d.log.With("listener", "admin"), sm, insecure.NewCredentials())
-		gatewayv1.RegisterAdminServiceServer(d.adminSrv, &api.AdminServer{GW: d.gw, Peers: peerSource{d.dev, d.plan}})
+		d.adminSrv = api.NewServer(d.log.With("listener", "admin"), sm, api.UnixPeerCredentials(),
+			grpc.ChainUnaryInterceptor(api.AdminAuth(operators(cfg.Admin))))
+		gatewayv1.RegisterAdminServiceServer(d.adminSrv, &api.AdminServer{
+			GW: d.gw, Peers: peerSource{d.dev, d.plan}, Policy: d.policy.YAML(),
+		})
 		ah := api.Finish(d.adminSrv, sm)
 		ah.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	}
