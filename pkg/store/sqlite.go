@@ -6,6 +6,7 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -1135,6 +1136,9 @@ func (s *SQLite) AppendConnLog(ctx context.Context, entries []ConnLogEntry) erro
 		if e.Event == "" {
 			return fmt.Errorf("store: AppendConnLog: entry %d: %w", i, invalid("event", "must not be empty"))
 		}
+		if err := checkSourcePrefix(e.SourcePrefix); err != nil {
+			return fmt.Errorf("store: AppendConnLog: entry %d: %w", i, err)
+		}
 	}
 	if len(entries) == 0 {
 		return nil
@@ -1152,6 +1156,26 @@ func (s *SQLite) AppendConnLog(ctx context.Context, entries []ConnLogEntry) erro
 		}
 		return nil
 	})
+}
+
+// checkSourcePrefix accepts "" or a masked prefix no longer than /24 (IPv4)
+// or /48 (IPv6): a full source address must never reach the database.
+func checkSourcePrefix(v string) error {
+	if v == "" {
+		return nil
+	}
+	p, err := netip.ParsePrefix(v)
+	if err != nil {
+		return invalid("source_prefix", "not a prefix")
+	}
+	maxBits := 48
+	if p.Addr().Is4() {
+		maxBits = 24
+	}
+	if p.Bits() > maxBits || p.Masked() != p {
+		return invalid("source_prefix", fmt.Sprintf("must be a masked prefix of at most /%d", maxBits))
+	}
+	return nil
 }
 
 // ConnLogByPseudonyms returns the entries of any of the pseudonyms, oldest

@@ -1084,6 +1084,14 @@ func testConnLog(t *h) {
 	t.must(t.s.AppendConnLog(t.ctx, entries), "AppendConnLog")
 	t.must(t.s.AppendConnLog(t.ctx, nil), "AppendConnLog(nil)")
 	t.wantErr(t.s.AppendConnLog(t.ctx, []store.ConnLogEntry{{Time: t0, Outcome: "ok", Pseudonym: p1}}), privacy.ErrInvalid, "entry without event")
+	// A full source address never reaches the log: only truncated prefixes.
+	for _, raw := range []string{"198.51.100.7", "198.51.100.7/32", "198.51.100.7/24", "2001:db8::1/128", "2001:db8:1::/64"} {
+		bad := []store.ConnLogEntry{{Time: t0, Event: "login", Outcome: "ok", Pseudonym: pseudonym()}, {Time: t0, Event: "login", Outcome: "ok", Pseudonym: p2, SourcePrefix: raw}}
+		t.wantErr(t.s.AppendConnLog(t.ctx, bad), privacy.ErrInvalid, "source prefix "+raw)
+		if got, err := t.s.ConnLogByPseudonyms(t.ctx, []privacy.Pseudonym{bad[0].Pseudonym}); err != nil || len(got) != 0 {
+			t.Fatalf("a refused batch wrote %d entries (%v)", len(got), err)
+		}
+	}
 	got, err := t.s.ConnLogByPseudonyms(t.ctx, []privacy.Pseudonym{p1, p3})
 	t.must(err, "ConnLogByPseudonyms")
 	want := []store.ConnLogEntry{entries[1], entries[3], entries[0]}
