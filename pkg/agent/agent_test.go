@@ -270,6 +270,33 @@ func TestForcedHandshakeAfterGatewayRestart(t *testing.T) {
 	}
 }
 
+// The whole gateway restarts: its gRPC server goes away for a moment and
+// comes back on the same address with a new instance id, and its WireGuard
+// device has lost every session key. The agent reconnects on its own, keeps
+// its token, and handshakes with the new WireGuard device at once.
+func TestGatewayProcessRestart(t *testing.T) {
+	g := newFakeGateway(t, nil)
+	r := start(t, testConfig(t, g, t.TempDir()))
+	r.waitReady(t)
+	pingEventually(t, r.a)
+	waitFor(t, 5*time.Second, "the first Sync", func() bool { return g.syncCount() >= 1 })
+	time.Sleep(minHandshakeGap + 100*time.Millisecond)
+	key := r.a.PublicKey()
+
+	g.mu.Lock()
+	g.instance = "instance-2"
+	g.mu.Unlock()
+	g.restartWireGuard()
+	g.restartGRPC(300 * time.Millisecond)
+
+	waitFor(t, 10*time.Second, "a Sync with the restarted gateway", func() bool { return g.syncCount() >= 2 })
+	waitFor(t, 8*time.Second, "a handshake with the restarted gateway", func() bool { return !g.lastHandshake(key).IsZero() })
+	pingEventually(t, r.a)
+	if n := g.loginCount(); n != 1 {
+		t.Fatalf("%d logins, want 1 (the token survived the restart)", n)
+	}
+}
+
 func TestSyncUnauthenticatedLogsInAgain(t *testing.T) {
 	g := newFakeGateway(t, nil)
 	drop := make(chan struct{})

@@ -4,8 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"time"
 
 	"google.golang.org/grpc"
+	grpcbackoff "google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 
@@ -45,7 +47,7 @@ func (o TLSOptions) Validate() error {
 // Dial returns a gRPC client connection to gateway ("host:port"), over TLS
 // 1.3 as opts says, or plaintext with opts.Insecure. It does not block: the
 // connection is made by the first call. Shared by the device agent and the
-// client mode.
+// client mode. extra options come last and so override the defaults.
 func Dial(gateway string, opts TLSOptions, extra ...grpc.DialOption) (*grpc.ClientConn, error) {
 	host, err := splitGateway(gateway)
 	if err != nil {
@@ -64,7 +66,15 @@ func Dial(gateway string, opts TLSOptions, extra ...grpc.DialOption) (*grpc.Clie
 		}
 		creds = credentials.NewTLS(cfg)
 	}
-	dialOpts := append([]grpc.DialOption{grpc.WithTransportCredentials(creds)}, extra...)
+	dialOpts := append([]grpc.DialOption{
+		grpc.WithTransportCredentials(creds),
+		// grpc-go's own reconnect backoff grows to 120s; a fleet must come
+		// back within seconds of a gateway restart.
+		grpc.WithConnectParams(grpc.ConnectParams{
+			Backoff:           grpcbackoff.Config{BaseDelay: DefaultMinBackoff, Multiplier: 1.6, Jitter: 0.2, MaxDelay: DefaultMaxBackoff},
+			MinConnectTimeout: 10 * time.Second,
+		}),
+	}, extra...)
 	conn, err := grpc.NewClient(gateway, dialOpts...)
 	if err != nil {
 		return nil, fmt.Errorf("gateway %q: %w", gateway, err)

@@ -41,8 +41,10 @@ const (
 // wireguard-go peer on netstack behind it.
 type fakeGateway struct {
 	gatewayv1.UnimplementedDeviceServiceServer
-	t    *testing.T
-	addr string
+	t       *testing.T
+	addr    string
+	srv     *grpc.Server
+	srvOpts []grpc.ServerOption
 
 	// The virtual network the fake hands out.
 	gwAddr, devAddr, vnet string
@@ -63,6 +65,7 @@ type fakeGateway struct {
 	// keepalive, then block until the stream's context ends.
 	syncFn    func(n int, stream gatewayv1.DeviceService_SyncServer) error
 	bindCalls int
+	instance  string // gateway_instance of the default Sync
 }
 
 func newFakeGateway(t *testing.T, creds credentials.TransportCredentials) *fakeGateway {
@@ -89,20 +92,42 @@ func newFakeGatewayNet(t *testing.T, creds credentials.TransportCredentials, gwA
 		g.wg.Close()
 	})
 
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var opts []grpc.ServerOption
 	if creds != nil {
-		opts = append(opts, grpc.Creds(creds))
+		g.srvOpts = append(g.srvOpts, grpc.Creds(creds))
 	}
-	srv := grpc.NewServer(opts...)
+	g.serveGRPC("127.0.0.1:0")
+	t.Cleanup(func() {
+		g.mu.Lock()
+		defer g.mu.Unlock()
+		g.srv.Stop()
+	})
+	return g
+}
+
+// serveGRPC starts the gRPC server on addr.
+func (g *fakeGateway) serveGRPC(addr string) {
+	g.t.Helper()
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		g.t.Fatal(err)
+	}
+	srv := grpc.NewServer(g.srvOpts...)
 	gatewayv1.RegisterDeviceServiceServer(srv, g)
 	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(srv.Stop)
-	g.addr = ln.Addr().String()
-	return g
+	g.mu.Lock()
+	g.srv, g.addr = srv, ln.Addr().String()
+	g.mu.Unlock()
+}
+
+// restartGRPC stops the gRPC server (dropping every stream and connection)
+// and starts a new one on the same address after pause.
+func (g *fakeGateway) restartGRPC(pause time.Duration) {
+	g.mu.Lock()
+	srv, addr := g.srv, g.addr
+	g.mu.Unlock()
+	srv.Stop()
+	time.Sleep(pause)
+	g.serveGRPC(addr)
 }
 
 // startWireGuard (re)creates the gateway's WireGuard device on port (0 =
@@ -249,7 +274,13 @@ func (g *fakeGateway) Sync(_ *gatewayv1.SyncRequest, stream gatewayv1.DeviceServ
 	if fn != nil {
 		return fn(n, stream)
 	}
-	if err := stream.Send(keepalive("instance-1")); err != nil {
+	g.mu.Lock()
+	inst := g.instance
+	g.mu.Unlock()
+	if inst == "" {
+		inst = "instance-1"
+	}
+	if err := stream.Send(keepalive(inst)); err != nil {
 		return err
 	}
 	<-stream.Context().Done()

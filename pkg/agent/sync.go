@@ -100,8 +100,10 @@ func (a *Agent) syncLoop(ctx context.Context, client gatewayv1.DeviceServiceClie
 		if time.Since(started) > stableStreamTime {
 			bo.reset()
 		}
-		if status.Code(err) == codes.Unauthenticated {
-			a.log.Warn("the gateway no longer knows the device token; logging in again", "error", status.Convert(err).Message())
+		if c := status.Code(err); c == codes.Unauthenticated || c == codes.PermissionDenied {
+			// The token is unknown (a wiped or replaced gateway) or no longer
+			// good: a fresh login says whether the device is still welcome.
+			a.log.Warn("the gateway refused the device token; logging in again", "code", c.String(), "error", status.Convert(err).Message())
 			if reloginPending {
 				// The last fresh token was refused too: do not spin.
 				if err := sleep(ctx, bo.next()); err != nil {
