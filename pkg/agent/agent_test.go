@@ -5,10 +5,12 @@ import (
 	"context"
 	"encoding/base64"
 	"errors"
+	"log/slog"
 	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -82,7 +84,10 @@ func TestKeyPersistedAcrossRunsAndTunnelWorks(t *testing.T) {
 	g := newFakeGateway(t, nil)
 	state := filepath.Join(t.TempDir(), "state")
 
-	r1 := start(t, testConfig(t, g, state))
+	logs := &lockedBuffer{}
+	cfg1 := testConfig(t, g, state)
+	cfg1.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	r1 := start(t, cfg1)
 	r1.waitReady(t)
 	key1 := r1.a.PublicKey()
 
@@ -144,6 +149,18 @@ func TestKeyPersistedAcrossRunsAndTunnelWorks(t *testing.T) {
 	if r1.a.Net() != nil || r1.a.Addresses() != nil {
 		t.Fatal("tunnel still up after Run returned")
 	}
+	// Even the debug log holds neither the serial number nor the hardware id.
+	out := logs.String()
+	for _, want := range []string{"logged in", "tunnel up", "sync stream connected", "tunnel down"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("log lacks %q", want)
+		}
+	}
+	for _, leak := range []string{testSerial, testHWID, "127.0.0.1"} {
+		if strings.Contains(out, leak) {
+			t.Errorf("log leaks %q", leak)
+		}
+	}
 
 	r2 := start(t, testConfig(t, g, state))
 	r2.waitReady(t)
@@ -165,6 +182,24 @@ func TestKeyPersistedAcrossRunsAndTunnelWorks(t *testing.T) {
 		}
 	}
 	pingEventually(t, r2.a)
+}
+
+// lockedBuffer is a bytes.Buffer for concurrent writers.
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (l *lockedBuffer) Write(p []byte) (int, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.Write(p)
+}
+
+func (l *lockedBuffer) String() string {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.b.String()
 }
 
 func TestSyncReconnectsAfterStreamDrops(t *testing.T) {
@@ -458,19 +493,26 @@ func TestTransientLoginErrorsAreRetried(t *testing.T) {
 }
 
 func TestGatewayDownThenUp(t *testing.T) {
-	// Nothing listens at first: Login fails with Unavailable and is retried.
+	// The gateway is down when the device boots: Login fails with
+	// Unavailable and is retried until the gateway is back.
 	g := newFakeGateway(t, nil)
-	cfg := testConfig(t, g, t.TempDir())
-	cfg.Gateway = "127.0.0.1:1" // refused at once
-	a, err := New(cfg)
-	if err != nil {
-		t.Fatal(err)
+	g.mu.Lock()
+	g.srv.Stop()
+	addr := g.addr
+	g.mu.Unlock()
+	r := start(t, testConfig(t, g, t.TempDir()))
+	time.Sleep(500 * time.Millisecond)
+	select {
+	case <-r.a.Ready():
+		t.Fatal("Ready while the gateway is down")
+	default:
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), 700*time.Millisecond)
-	defer cancel()
-	if err := a.Run(ctx); err != nil {
-		t.Fatalf("Run against an unreachable gateway = %v, want nil after cancel (retrying)", err)
+	g.serveGRPC(addr)
+	r.waitReady(t)
+	if n := g.loginCount(); n != 1 {
+		t.Fatalf("%d logins reached the gateway, want 1", n)
 	}
+	pingEventually(t, r.a)
 }
 
 func TestPinnedTLSAndBindCode(t *testing.T) {

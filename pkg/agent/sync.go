@@ -44,7 +44,7 @@ func (a *Agent) login(ctx context.Context, client gatewayv1.DeviceServiceClient)
 			return nil, ferr
 		}
 		d := bo.next()
-		a.log.Warn("login failed; retrying", "code", status.Code(err).String(), "error", status.Convert(err).Message(), "attempt", attempt, "retry_in", d)
+		a.log.Warn("login failed; retrying", "code", status.Code(err).String(), "error", scrubAddrs(status.Convert(err).Message()), "attempt", attempt, "retry_in", d)
 		if err := sleep(ctx, d); err != nil {
 			return nil, err
 		}
@@ -103,7 +103,7 @@ func (a *Agent) syncLoop(ctx context.Context, client gatewayv1.DeviceServiceClie
 		if c := status.Code(err); c == codes.Unauthenticated || c == codes.PermissionDenied {
 			// The token is unknown (a wiped or replaced gateway) or no longer
 			// good: a fresh login says whether the device is still welcome.
-			a.log.Warn("the gateway refused the device token; logging in again", "code", c.String(), "error", status.Convert(err).Message())
+			a.log.Warn("the gateway refused the device token; logging in again", "code", c.String(), "error", scrubAddrs(status.Convert(err).Message()))
 			if reloginPending {
 				// The last fresh token was refused too: do not spin.
 				if err := sleep(ctx, bo.next()); err != nil {
@@ -134,9 +134,9 @@ func errorMessage(err error) string {
 		return "end of stream"
 	}
 	if s, ok := status.FromError(err); ok {
-		return s.Message()
+		return scrubAddrs(s.Message())
 	}
-	return err.Error()
+	return scrubAddrs(err.Error())
 }
 
 // syncOnce opens one Sync stream and handles its events until it ends.
