@@ -104,8 +104,13 @@ func selfSigned(hosts []string, now time.Time) (certPEM, keyPEM, der []byte, err
 		DNSNames:              []string{"localhost"},
 		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
 	}
+	for i, h := range hosts {
+		if err := checkHost(strings.TrimSpace(h)); err != nil {
+			return nil, nil, nil, fmt.Errorf("tlsutil: hosts[%d] %q: %w", i, h, err)
+		}
+	}
 	all := append([]string{}, hosts...)
-	if h, err := os.Hostname(); err == nil && h != "" {
+	if h, err := os.Hostname(); err == nil && checkHost(h) == nil {
 		all = append(all, h)
 	}
 	for _, h := range all {
@@ -134,6 +139,32 @@ func selfSigned(hosts []string, now time.Time) (certPEM, keyPEM, der []byte, err
 	certPEM = pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der})
 	keyPEM = pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER})
 	return certPEM, keyPEM, der, nil
+}
+
+// checkHost accepts an IP address (optionally in brackets) or a DNS name
+// (letters, digits, '-', '.', and a leading "*." wildcard).
+func checkHost(h string) error {
+	if h == "" {
+		return errors.New("empty")
+	}
+	if net.ParseIP(strings.Trim(h, "[]")) != nil {
+		return nil
+	}
+	name := strings.TrimPrefix(h, "*.")
+	if len(name) > 253 {
+		return errors.New("DNS name longer than 253 bytes")
+	}
+	for _, label := range strings.Split(strings.TrimSuffix(name, "."), ".") {
+		if label == "" || len(label) > 63 {
+			return errors.New("not an IP address, and not a DNS name (empty or over-long label)")
+		}
+		for _, r := range label {
+			if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-') {
+				return fmt.Errorf("not an IP address, and %q is not allowed in a DNS name (give a host without a port)", r)
+			}
+		}
+	}
+	return nil
 }
 
 func containsIP(ips []net.IP, ip net.IP) bool {

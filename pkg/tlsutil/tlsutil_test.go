@@ -87,6 +87,24 @@ func TestEnsureSelfSignedRefusesHalfPair(t *testing.T) {
 	}
 }
 
+func TestEnsureSelfSignedRejectsBadHosts(t *testing.T) {
+	for _, tc := range []struct{ host, want string }{
+		{"gw.example.test:8443", "hosts[0] \"gw.example.test:8443\": not an IP address, and ':' is not allowed"},
+		{"two words", "' ' is not allowed"},
+		{"a..b", "empty or over-long label"},
+		{"", "empty"},
+	} {
+		dir := t.TempDir()
+		_, _, _, err := EnsureSelfSigned(dir, []string{tc.host}, time.Now())
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("host %q: error %v, want %q", tc.host, err, tc.want)
+		}
+		if _, err := os.Stat(filepath.Join(dir, KeyFileName)); err == nil {
+			t.Errorf("host %q: a key was written although the request was refused", tc.host)
+		}
+	}
+}
+
 func TestParsePin(t *testing.T) {
 	const hexPin = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff"
 	want := [32]byte{0x00, 0x11, 0x22, 0x33, 0x44, 0x55, 0x66, 0x77, 0x88, 0x99, 0xaa, 0xbb, 0xcc, 0xdd, 0xee, 0xff,
