@@ -13,6 +13,7 @@ import (
 
 	"github.com/planetxlabs/dasset-gateway/pkg/gateway"
 	"github.com/planetxlabs/dasset-gateway/pkg/privacy"
+	"github.com/planetxlabs/dasset-gateway/pkg/store"
 	gatewayv1 "github.com/planetxlabs/dasset-gateway/proto/dasset/gateway/v1"
 )
 
@@ -38,6 +39,7 @@ type AdminServer struct {
 	Peers     PeerSource
 	Policy    []byte // the policy in force, as YAML
 	Retention RetentionRunner
+	Audit     AuditLog
 }
 
 // RetentionRunner runs the pruner now.
@@ -82,7 +84,12 @@ func (s *AdminServer) EnrollDevices(ctx context.Context, req *gatewayv1.EnrollDe
 		}
 		batch[i] = gateway.Enrollment{Serial: sn, Hardware: hw}
 	}
-	res, err := s.GW.Enroll(ctx, batch)
+	var res store.EnrollResult
+	err := s.audited(ctx, "enroll_devices", privacy.BlindIndex{}, "", false, func() error {
+		var err error
+		res, err = s.GW.Enroll(ctx, batch, req.GetAfterErasure())
+		return err
+	})
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -96,6 +103,9 @@ func (s *AdminServer) ListDevices(ctx context.Context, req *gatewayv1.ListDevice
 			return nil, invalid("reason", "required with reveal")
 		}
 		if _, err := requireRole(ctx, RolePrivacy); err != nil {
+			return nil, err
+		}
+		if err := s.audited(ctx, "reveal_devices", privacy.BlindIndex{}, req.GetReason(), true, func() error { return nil }); err != nil {
 			return nil, err
 		}
 	}
@@ -139,7 +149,7 @@ func (s *AdminServer) RevokeDevice(ctx context.Context, req *gatewayv1.RevokeDev
 	if err != nil {
 		return nil, err
 	}
-	if err := s.GW.Revoke(ctx, sn); err != nil {
+	if err := s.audited(ctx, "revoke_device", s.GW.SubjectIndex(gateway.Subject{Serial: sn}), "", false, func() error { return s.GW.Revoke(ctx, sn) }); err != nil {
 		return nil, toStatus(err)
 	}
 	return &gatewayv1.RevokeDeviceResponse{}, nil
@@ -151,7 +161,7 @@ func (s *AdminServer) ResetDeviceKey(ctx context.Context, req *gatewayv1.ResetDe
 	if err != nil {
 		return nil, err
 	}
-	if err := s.GW.ResetKey(ctx, sn); err != nil {
+	if err := s.audited(ctx, "reset_device_key", s.GW.SubjectIndex(gateway.Subject{Serial: sn}), "", false, func() error { return s.GW.ResetKey(ctx, sn) }); err != nil {
 		return nil, toStatus(err)
 	}
 	return &gatewayv1.ResetDeviceKeyResponse{}, nil
@@ -162,7 +172,12 @@ func (s *AdminServer) CreateAccount(ctx context.Context, req *gatewayv1.CreateAc
 	if n := len(req.GetPassword()); n > 1024 {
 		return nil, invalid("password", "longer than 1024 bytes")
 	}
-	id, err := s.GW.CreateAccount(ctx, req.GetName(), []byte(req.GetPassword()))
+	var id int64
+	err := s.audited(ctx, "create_account", s.GW.SubjectIndex(gateway.Subject{Account: req.GetName()}), "", false, func() error {
+		var err error
+		id, err = s.GW.CreateAccount(ctx, req.GetName(), []byte(req.GetPassword()))
+		return err
+	})
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -171,7 +186,12 @@ func (s *AdminServer) CreateAccount(ctx context.Context, req *gatewayv1.CreateAc
 
 // DeleteAccount cancels an account.
 func (s *AdminServer) DeleteAccount(ctx context.Context, req *gatewayv1.DeleteAccountRequest) (*gatewayv1.DeleteAccountResponse, error) {
-	receipt, err := s.GW.DeleteAccount(ctx, req.GetName())
+	var receipt map[string]int64
+	err := s.audited(ctx, "delete_account", s.GW.SubjectIndex(gateway.Subject{Account: req.GetName()}), "", false, func() error {
+		var err error
+		receipt, err = s.GW.DeleteAccount(ctx, req.GetName())
+		return err
+	})
 	if err != nil {
 		return nil, toStatus(err)
 	}

@@ -27,6 +27,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 
 	"github.com/planetxlabs/dasset-gateway/pkg/api"
+	"github.com/planetxlabs/dasset-gateway/pkg/audit"
 	"github.com/planetxlabs/dasset-gateway/pkg/config"
 	"github.com/planetxlabs/dasset-gateway/pkg/connlog"
 	"github.com/planetxlabs/dasset-gateway/pkg/gateway"
@@ -61,6 +62,8 @@ type Daemon struct {
 	m    *metrics.Gateway
 
 	policy *privacy.Policy
+	ledger *privacy.Ledger
+	audit  *audit.Log
 
 	grpcLis, adminLis, httpLis net.Listener
 	grpcSrv, adminSrv          *grpc.Server
@@ -119,6 +122,16 @@ func New(ctx context.Context, cfg config.Config, opt Options) (d *Daemon, err er
 	}
 	d.closers = append(d.closers, d.st.Close)
 
+	if err := checkKeystoreID(ctx, d.st, d.keys); err != nil {
+		return nil, err
+	}
+	if d.ledger, err = privacy.OpenLedger(d.keys.Dir()); err != nil {
+		return nil, err
+	}
+	if d.audit, err = audit.Open(filepath.Join(cfg.DataDir, "audit.log"), filepath.Join(d.keys.Dir(), "audit.head")); err != nil {
+		return nil, fmt.Errorf("audit log: %w (dassetctl audit verify explains; restore the matching audit.log or move it aside)", err)
+	}
+
 	if d.plan, err = ipam.New(cfg.Network.IPAM()); err != nil {
 		return nil, fmt.Errorf("network: %w", err)
 	}
@@ -154,9 +167,15 @@ func New(ctx context.Context, cfg config.Config, opt Options) (d *Daemon, err er
 		Registry: d.st, Sessions: d.st, Verifier: verifier, Keys: d.keys, Accounts: d.keys,
 		Plan: d.plan, Tunnel: tunnelAdapter{d.dev}, ACL: aclAdapter{d.rt}, ConnLog: d.cl,
 		Observer: metrics.LoginObserver{M: d.m}, Logger: d.log,
+		Subjects: d.st, Pseudonyms: d.keys, Ledger: d.ledger,
 	})
 	if err != nil {
 		return nil, err
+	}
+	if n, err := d.gw.ReplayErasures(ctx); err != nil {
+		return nil, fmt.Errorf("replaying the erasure ledger: %w", err)
+	} else if n > 0 {
+		d.log.Warn("erased devices found in the database (an older copy restored?) and erased again", "devices", n)
 	}
 	n, err := d.gw.Start(ctx)
 	if err != nil {
@@ -196,11 +215,31 @@ func loadPolicy(cfg config.Config) (*privacy.Policy, error) {
 	return p, nil
 }
 
+// checkKeystoreID refuses a database written with another keystore: its
+// sealed values and blind indexes would be unreadable.
+func checkKeystoreID(ctx context.Context, st *store.SQLite, ks *privacy.Keystore) error {
+	id, err := st.Meta(ctx, "keystore_id")
+	if err != nil {
+		return fmt.Errorf("store: %w", err)
+	}
+	switch id {
+	case ks.ID():
+		return nil
+	case "":
+		return st.SetMeta(ctx, "keystore_id", ks.ID())
+	default:
+		return fmt.Errorf("the database was written with keystore %s but keystore_dir %s holds keystore %s: "+
+			"its keys are missing. Restore the keystore from its backup (dasset-gateway keys restore) or point keystore_dir at it", id, ks.Dir(), ks.ID())
+	}
+}
+
 // PolicyError is a configuration that asks for more than the privacy policy
 // allows.
 type PolicyError struct{ Err error }
 
-func (e *PolicyError) Error() string { return "configuration exceeds the privacy policy:\n" + e.Err.Error() }
+func (e *PolicyError) Error() string {
+	return "configuration exceeds the privacy policy:\n" + e.Err.Error()
+}
 func (e *PolicyError) Unwrap() error { return e.Err }
 
 func operators(a config.Admin) api.Operators {
@@ -338,7 +377,7 @@ func (d *Daemon) listen() error {
 		d.adminSrv = api.NewServer(d.log.With("listener", "admin"), sm, api.UnixPeerCredentials(),
 			grpc.ChainUnaryInterceptor(api.AdminAuth(operators(cfg.Admin))))
 		gatewayv1.RegisterAdminServiceServer(d.adminSrv, &api.AdminServer{
-			GW: d.gw, Peers: peerSource{d.dev, d.plan}, Policy: d.policy.YAML(),
+			GW: d.gw, Peers: peerSource{d.dev, d.plan}, Policy: d.policy.YAML(), Audit: d.audit,
 		})
 		ah := api.Finish(d.adminSrv, sm)
 		ah.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)

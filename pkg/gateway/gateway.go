@@ -122,6 +122,7 @@ type Gateway struct {
 	hub *hub
 
 	sess *sessions
+	subj *subjects
 
 	// keysMu guards devKeys: the pinned key of every admitted device, so
 	// online counts need no store read.
@@ -142,6 +143,11 @@ type Deps struct {
 	ConnLog  ConnLog
 	Observer Observer
 	Logger   *slog.Logger
+
+	// Subject rights (optional): export and erasure.
+	Subjects   SubjectStore
+	Pseudonyms PseudonymKeys
+	Ledger     ErasureLedger
 }
 
 // New builds a Gateway.
@@ -182,6 +188,9 @@ func New(cfg Config, d Deps) (*Gateway, error) {
 		devKeys: make(map[[32]byte]int64),
 	}
 	g.sess = newSessions(g, d.Sessions, d.Accounts, d.ACL, cfg.SessionOptions)
+	if d.Subjects != nil && d.Pseudonyms != nil && d.Ledger != nil {
+		g.subj = &subjects{st: d.Subjects, keys: d.Pseudonyms, ledger: d.Ledger}
+	}
 	return g, nil
 }
 
@@ -409,11 +418,20 @@ type Enrollment struct {
 	Hardware privacy.HardwareID
 }
 
-// Enroll adds devices to the allow-list, all or nothing.
-func (g *Gateway) Enroll(ctx context.Context, batch []Enrollment) (store.EnrollResult, error) {
+// Enroll adds devices to the allow-list, all or nothing. A device on the
+// erasure ledger is refused unless afterErasure says the re-enrolment is
+// intended.
+func (g *Gateway) Enroll(ctx context.Context, batch []Enrollment, afterErasure bool) (store.EnrollResult, error) {
 	rows := make([]store.Enrollment, len(batch))
+	var erased []privacy.BlindIndex
 	for i, e := range batch {
 		idx := g.keys.BlindIndex(e.Serial)
+		if g.subj != nil && g.subj.ledger.Contains(idx) {
+			if !afterErasure {
+				return store.EnrollResult{}, newErr(ErrPrecondition, nil, "devices[%d]: this device was erased; re-enroll it explicitly with after_erasure (dassetctl enroll --after-erasure)", i)
+			}
+			erased = append(erased, idx)
+		}
 		rows[i] = store.Enrollment{
 			Index:        idx,
 			SealedSerial: g.keys.Seal([]byte(e.Serial.Reveal()), idx[:]),
@@ -426,6 +444,11 @@ func (g *Gateway) Enroll(ctx context.Context, batch []Enrollment) (store.EnrollR
 	}
 	if err != nil {
 		return res, newErr(ErrUnavailable, err, "enrolling failed")
+	}
+	for _, idx := range erased {
+		if err := g.subj.ledger.Remove(idx); err != nil {
+			return res, newErr(ErrUnavailable, err, "updating the erasure ledger failed")
+		}
 	}
 	g.log.Info("devices enrolled", "enrolled", res.Enrolled, "unchanged", res.Unchanged)
 	return res, nil
@@ -642,6 +665,9 @@ func (g *Gateway) Logout(ctx context.Context, d store.Device, source privacy.Add
 func (g *Gateway) Subscribe(d store.Device) (<-chan Event, func()) {
 	return g.hub.subscribe(d.ID)
 }
+
+// Now is the gateway's clock.
+func (g *Gateway) Now() time.Time { return g.cfg.Now() }
 
 // InstanceID identifies this run of the gateway.
 func (g *Gateway) InstanceID() string { return g.cfg.InstanceID }

@@ -106,4 +106,11 @@ CREATE TABLE connection_log (
 CREATE INDEX connection_log_time ON connection_log (time);
 CREATE INDEX connection_log_pseudonym ON connection_log (pseudonym, time);
 `,
+	// 2: store metadata (e.g. the id of the keystore the data was written with).
+	`
+CREATE TABLE meta (
+	key   TEXT NOT NULL PRIMARY KEY,
+	value TEXT NOT NULL
+) WITHOUT ROWID;
+`,
 }

@@ -1479,6 +1479,103 @@ func (x *RunRetentionResponse) GetRanAt() *timestamppb.Timestamp {
 	return nil
 }
 
+type VerifyAuditRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VerifyAuditRequest) Reset() {
+	*x = VerifyAuditRequest{}
+	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VerifyAuditRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VerifyAuditRequest) ProtoMessage() {}
+
+func (x *VerifyAuditRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VerifyAuditRequest.ProtoReflect.Descriptor instead.
+func (*VerifyAuditRequest) Descriptor() ([]byte, []int) {
+	return file_dasset_gateway_v1_admin_proto_rawDescGZIP(), []int{29}
+}
+
+type VerifyAuditResponse struct {
+	state   protoimpl.MessageState `protogen:"open.v1"`
+	Entries int64                  `protobuf:"varint,1,opt,name=entries,proto3" json:"entries,omitempty"`
+	Ok      bool                   `protobuf:"varint,2,opt,name=ok,proto3" json:"ok,omitempty"`
+	// Why the chain does not verify (empty when ok).
+	Problem       string `protobuf:"bytes,3,opt,name=problem,proto3" json:"problem,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *VerifyAuditResponse) Reset() {
+	*x = VerifyAuditResponse{}
+	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VerifyAuditResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VerifyAuditResponse) ProtoMessage() {}
+
+func (x *VerifyAuditResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VerifyAuditResponse.ProtoReflect.Descriptor instead.
+func (*VerifyAuditResponse) Descriptor() ([]byte, []int) {
+	return file_dasset_gateway_v1_admin_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *VerifyAuditResponse) GetEntries() int64 {
+	if x != nil {
+		return x.Entries
+	}
+	return 0
+}
+
+func (x *VerifyAuditResponse) GetOk() bool {
+	if x != nil {
+		return x.Ok
+	}
+	return false
+}
+
+func (x *VerifyAuditResponse) GetProblem() string {
+	if x != nil {
+		return x.Problem
+	}
+	return ""
+}
+
 var File_dasset_gateway_v1_admin_proto protoreflect.FileDescriptor
 
 const file_dasset_gateway_v1_admin_proto_rawDesc = "" +
@@ -1572,7 +1669,12 @@ const file_dasset_gateway_v1_admin_proto_rawDesc = "" +
 	"\x06ran_at\x18\x03 \x01(\v2\x1a.google.protobuf.TimestampR\x05ranAt\x1a9\n" +
 	"\vPrunedEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x012\x82\n" +
+	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"\x14\n" +
+	"\x12VerifyAuditRequest\"Y\n" +
+	"\x13VerifyAuditResponse\x12\x18\n" +
+	"\aentries\x18\x01 \x01(\x03R\aentries\x12\x0e\n" +
+	"\x02ok\x18\x02 \x01(\bR\x02ok\x12\x18\n" +
+	"\aproblem\x18\x03 \x01(\tR\aproblem2\xe0\n" +
 	"\n" +
 	"\fAdminService\x12b\n" +
 	"\rEnrollDevices\x12'.dasset.gateway.v1.EnrollDevicesRequest\x1a(.dasset.gateway.v1.EnrollDevicesResponse\x12\\\n" +
@@ -1587,7 +1689,8 @@ const file_dasset_gateway_v1_admin_proto_rawDesc = "" +
 	"\rExportSubject\x12'.dasset.gateway.v1.ExportSubjectRequest\x1a(.dasset.gateway.v1.ExportSubjectResponse\x12_\n" +
 	"\fEraseSubject\x12&.dasset.gateway.v1.EraseSubjectRequest\x1a'.dasset.gateway.v1.EraseSubjectResponse\x12V\n" +
 	"\tGetPolicy\x12#.dasset.gateway.v1.GetPolicyRequest\x1a$.dasset.gateway.v1.GetPolicyResponse\x12_\n" +
-	"\fRunRetention\x12&.dasset.gateway.v1.RunRetentionRequest\x1a'.dasset.gateway.v1.RunRetentionResponseBIZGgithub.com/planetxlabs/dasset-gateway/proto/dasset/gateway/v1;gatewayv1b\x06proto3"
+	"\fRunRetention\x12&.dasset.gateway.v1.RunRetentionRequest\x1a'.dasset.gateway.v1.RunRetentionResponse\x12\\\n" +
+	"\vVerifyAudit\x12%.dasset.gateway.v1.VerifyAuditRequest\x1a&.dasset.gateway.v1.VerifyAuditResponseBIZGgithub.com/planetxlabs/dasset-gateway/proto/dasset/gateway/v1;gatewayv1b\x06proto3"
 
 var (
 	file_dasset_gateway_v1_admin_proto_rawDescOnce sync.Once
@@ -1601,7 +1704,7 @@ func file_dasset_gateway_v1_admin_proto_rawDescGZIP() []byte {
 	return file_dasset_gateway_v1_admin_proto_rawDescData
 }
 
-var file_dasset_gateway_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
+var file_dasset_gateway_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_dasset_gateway_v1_admin_proto_goTypes = []any{
 	(*DeviceEnrollment)(nil),          // 0: dasset.gateway.v1.DeviceEnrollment
 	(*EnrollDevicesRequest)(nil),      // 1: dasset.gateway.v1.EnrollDevicesRequest
@@ -1632,22 +1735,24 @@ var file_dasset_gateway_v1_admin_proto_goTypes = []any{
 	(*GetPolicyResponse)(nil),         // 26: dasset.gateway.v1.GetPolicyResponse
 	(*RunRetentionRequest)(nil),       // 27: dasset.gateway.v1.RunRetentionRequest
 	(*RunRetentionResponse)(nil),      // 28: dasset.gateway.v1.RunRetentionResponse
-	nil,                               // 29: dasset.gateway.v1.DeleteAccountResponse.RemovedEntry
-	nil,                               // 30: dasset.gateway.v1.EraseSubjectResponse.RemovedEntry
-	nil,                               // 31: dasset.gateway.v1.RunRetentionResponse.PrunedEntry
-	(*SessionInfo)(nil),               // 32: dasset.gateway.v1.SessionInfo
-	(*timestamppb.Timestamp)(nil),     // 33: google.protobuf.Timestamp
+	(*VerifyAuditRequest)(nil),        // 29: dasset.gateway.v1.VerifyAuditRequest
+	(*VerifyAuditResponse)(nil),       // 30: dasset.gateway.v1.VerifyAuditResponse
+	nil,                               // 31: dasset.gateway.v1.DeleteAccountResponse.RemovedEntry
+	nil,                               // 32: dasset.gateway.v1.EraseSubjectResponse.RemovedEntry
+	nil,                               // 33: dasset.gateway.v1.RunRetentionResponse.PrunedEntry
+	(*SessionInfo)(nil),               // 34: dasset.gateway.v1.SessionInfo
+	(*timestamppb.Timestamp)(nil),     // 35: google.protobuf.Timestamp
 }
 var file_dasset_gateway_v1_admin_proto_depIdxs = []int32{
 	0,  // 0: dasset.gateway.v1.EnrollDevicesRequest.devices:type_name -> dasset.gateway.v1.DeviceEnrollment
 	4,  // 1: dasset.gateway.v1.ListDevicesResponse.devices:type_name -> dasset.gateway.v1.Device
-	29, // 2: dasset.gateway.v1.DeleteAccountResponse.removed:type_name -> dasset.gateway.v1.DeleteAccountResponse.RemovedEntry
-	32, // 3: dasset.gateway.v1.ListSessionsResponse.sessions:type_name -> dasset.gateway.v1.SessionInfo
-	33, // 4: dasset.gateway.v1.Peer.last_handshake:type_name -> google.protobuf.Timestamp
+	31, // 2: dasset.gateway.v1.DeleteAccountResponse.removed:type_name -> dasset.gateway.v1.DeleteAccountResponse.RemovedEntry
+	34, // 3: dasset.gateway.v1.ListSessionsResponse.sessions:type_name -> dasset.gateway.v1.SessionInfo
+	35, // 4: dasset.gateway.v1.Peer.last_handshake:type_name -> google.protobuf.Timestamp
 	19, // 5: dasset.gateway.v1.ListPeersResponse.peers:type_name -> dasset.gateway.v1.Peer
-	30, // 6: dasset.gateway.v1.EraseSubjectResponse.removed:type_name -> dasset.gateway.v1.EraseSubjectResponse.RemovedEntry
-	31, // 7: dasset.gateway.v1.RunRetentionResponse.pruned:type_name -> dasset.gateway.v1.RunRetentionResponse.PrunedEntry
-	33, // 8: dasset.gateway.v1.RunRetentionResponse.ran_at:type_name -> google.protobuf.Timestamp
+	32, // 6: dasset.gateway.v1.EraseSubjectResponse.removed:type_name -> dasset.gateway.v1.EraseSubjectResponse.RemovedEntry
+	33, // 7: dasset.gateway.v1.RunRetentionResponse.pruned:type_name -> dasset.gateway.v1.RunRetentionResponse.PrunedEntry
+	35, // 8: dasset.gateway.v1.RunRetentionResponse.ran_at:type_name -> google.protobuf.Timestamp
 	1,  // 9: dasset.gateway.v1.AdminService.EnrollDevices:input_type -> dasset.gateway.v1.EnrollDevicesRequest
 	3,  // 10: dasset.gateway.v1.AdminService.ListDevices:input_type -> dasset.gateway.v1.ListDevicesRequest
 	6,  // 11: dasset.gateway.v1.AdminService.RevokeDevice:input_type -> dasset.gateway.v1.RevokeDeviceRequest
@@ -1661,21 +1766,23 @@ var file_dasset_gateway_v1_admin_proto_depIdxs = []int32{
 	23, // 19: dasset.gateway.v1.AdminService.EraseSubject:input_type -> dasset.gateway.v1.EraseSubjectRequest
 	25, // 20: dasset.gateway.v1.AdminService.GetPolicy:input_type -> dasset.gateway.v1.GetPolicyRequest
 	27, // 21: dasset.gateway.v1.AdminService.RunRetention:input_type -> dasset.gateway.v1.RunRetentionRequest
-	2,  // 22: dasset.gateway.v1.AdminService.EnrollDevices:output_type -> dasset.gateway.v1.EnrollDevicesResponse
-	5,  // 23: dasset.gateway.v1.AdminService.ListDevices:output_type -> dasset.gateway.v1.ListDevicesResponse
-	7,  // 24: dasset.gateway.v1.AdminService.RevokeDevice:output_type -> dasset.gateway.v1.RevokeDeviceResponse
-	9,  // 25: dasset.gateway.v1.AdminService.ResetDeviceKey:output_type -> dasset.gateway.v1.ResetDeviceKeyResponse
-	11, // 26: dasset.gateway.v1.AdminService.CreateAccount:output_type -> dasset.gateway.v1.CreateAccountResponse
-	13, // 27: dasset.gateway.v1.AdminService.DeleteAccount:output_type -> dasset.gateway.v1.DeleteAccountResponse
-	15, // 28: dasset.gateway.v1.AdminService.ListSessions:output_type -> dasset.gateway.v1.ListSessionsResponse
-	17, // 29: dasset.gateway.v1.AdminService.CloseSession:output_type -> dasset.gateway.v1.AdminCloseSessionResponse
-	20, // 30: dasset.gateway.v1.AdminService.ListPeers:output_type -> dasset.gateway.v1.ListPeersResponse
-	22, // 31: dasset.gateway.v1.AdminService.ExportSubject:output_type -> dasset.gateway.v1.ExportSubjectResponse
-	24, // 32: dasset.gateway.v1.AdminService.EraseSubject:output_type -> dasset.gateway.v1.EraseSubjectResponse
-	26, // 33: dasset.gateway.v1.AdminService.GetPolicy:output_type -> dasset.gateway.v1.GetPolicyResponse
-	28, // 34: dasset.gateway.v1.AdminService.RunRetention:output_type -> dasset.gateway.v1.RunRetentionResponse
-	22, // [22:35] is the sub-list for method output_type
-	9,  // [9:22] is the sub-list for method input_type
+	29, // 22: dasset.gateway.v1.AdminService.VerifyAudit:input_type -> dasset.gateway.v1.VerifyAuditRequest
+	2,  // 23: dasset.gateway.v1.AdminService.EnrollDevices:output_type -> dasset.gateway.v1.EnrollDevicesResponse
+	5,  // 24: dasset.gateway.v1.AdminService.ListDevices:output_type -> dasset.gateway.v1.ListDevicesResponse
+	7,  // 25: dasset.gateway.v1.AdminService.RevokeDevice:output_type -> dasset.gateway.v1.RevokeDeviceResponse
+	9,  // 26: dasset.gateway.v1.AdminService.ResetDeviceKey:output_type -> dasset.gateway.v1.ResetDeviceKeyResponse
+	11, // 27: dasset.gateway.v1.AdminService.CreateAccount:output_type -> dasset.gateway.v1.CreateAccountResponse
+	13, // 28: dasset.gateway.v1.AdminService.DeleteAccount:output_type -> dasset.gateway.v1.DeleteAccountResponse
+	15, // 29: dasset.gateway.v1.AdminService.ListSessions:output_type -> dasset.gateway.v1.ListSessionsResponse
+	17, // 30: dasset.gateway.v1.AdminService.CloseSession:output_type -> dasset.gateway.v1.AdminCloseSessionResponse
+	20, // 31: dasset.gateway.v1.AdminService.ListPeers:output_type -> dasset.gateway.v1.ListPeersResponse
+	22, // 32: dasset.gateway.v1.AdminService.ExportSubject:output_type -> dasset.gateway.v1.ExportSubjectResponse
+	24, // 33: dasset.gateway.v1.AdminService.EraseSubject:output_type -> dasset.gateway.v1.EraseSubjectResponse
+	26, // 34: dasset.gateway.v1.AdminService.GetPolicy:output_type -> dasset.gateway.v1.GetPolicyResponse
+	28, // 35: dasset.gateway.v1.AdminService.RunRetention:output_type -> dasset.gateway.v1.RunRetentionResponse
+	30, // 36: dasset.gateway.v1.AdminService.VerifyAudit:output_type -> dasset.gateway.v1.VerifyAuditResponse
+	23, // [23:37] is the sub-list for method output_type
+	9,  // [9:23] is the sub-list for method input_type
 	9,  // [9:9] is the sub-list for extension type_name
 	9,  // [9:9] is the sub-list for extension extendee
 	0,  // [0:9] is the sub-list for field type_name
@@ -1701,7 +1808,7 @@ func file_dasset_gateway_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_dasset_gateway_v1_admin_proto_rawDesc), len(file_dasset_gateway_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   32,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

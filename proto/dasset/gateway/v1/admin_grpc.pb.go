@@ -32,6 +32,7 @@ const (
 	AdminService_EraseSubject_FullMethodName   = "/dasset.gateway.v1.AdminService/EraseSubject"
 	AdminService_GetPolicy_FullMethodName      = "/dasset.gateway.v1.AdminService/GetPolicy"
 	AdminService_RunRetention_FullMethodName   = "/dasset.gateway.v1.AdminService/RunRetention"
+	AdminService_VerifyAudit_FullMethodName    = "/dasset.gateway.v1.AdminService/VerifyAudit"
 )
 
 // AdminServiceClient is the client API for AdminService service.
@@ -53,6 +54,9 @@ type AdminServiceClient interface {
 	EraseSubject(ctx context.Context, in *EraseSubjectRequest, opts ...grpc.CallOption) (*EraseSubjectResponse, error)
 	GetPolicy(ctx context.Context, in *GetPolicyRequest, opts ...grpc.CallOption) (*GetPolicyResponse, error)
 	RunRetention(ctx context.Context, in *RunRetentionRequest, opts ...grpc.CallOption) (*RunRetentionResponse, error)
+	// VerifyAudit checks the audit log's hash chain against the head kept in
+	// the keystore.
+	VerifyAudit(ctx context.Context, in *VerifyAuditRequest, opts ...grpc.CallOption) (*VerifyAuditResponse, error)
 }
 
 type adminServiceClient struct {
@@ -193,6 +197,16 @@ func (c *adminServiceClient) RunRetention(ctx context.Context, in *RunRetentionR
 	return out, nil
 }
 
+func (c *adminServiceClient) VerifyAudit(ctx context.Context, in *VerifyAuditRequest, opts ...grpc.CallOption) (*VerifyAuditResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(VerifyAuditResponse)
+	err := c.cc.Invoke(ctx, AdminService_VerifyAudit_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // AdminServiceServer is the server API for AdminService service.
 // All implementations must embed UnimplementedAdminServiceServer
 // for forward compatibility.
@@ -212,6 +226,9 @@ type AdminServiceServer interface {
 	EraseSubject(context.Context, *EraseSubjectRequest) (*EraseSubjectResponse, error)
 	GetPolicy(context.Context, *GetPolicyRequest) (*GetPolicyResponse, error)
 	RunRetention(context.Context, *RunRetentionRequest) (*RunRetentionResponse, error)
+	// VerifyAudit checks the audit log's hash chain against the head kept in
+	// the keystore.
+	VerifyAudit(context.Context, *VerifyAuditRequest) (*VerifyAuditResponse, error)
 	mustEmbedUnimplementedAdminServiceServer()
 }
 
@@ -260,6 +277,9 @@ func (UnimplementedAdminServiceServer) GetPolicy(context.Context, *GetPolicyRequ
 }
 func (UnimplementedAdminServiceServer) RunRetention(context.Context, *RunRetentionRequest) (*RunRetentionResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method RunRetention not implemented")
+}
+func (UnimplementedAdminServiceServer) VerifyAudit(context.Context, *VerifyAuditRequest) (*VerifyAuditResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method VerifyAudit not implemented")
 }
 func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
 func (UnimplementedAdminServiceServer) testEmbeddedByValue()                      {}
@@ -516,6 +536,24 @@ func _AdminService_RunRetention_Handler(srv interface{}, ctx context.Context, de
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_VerifyAudit_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(VerifyAuditRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).VerifyAudit(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_VerifyAudit_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).VerifyAudit(ctx, req.(*VerifyAuditRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // AdminService_ServiceDesc is the grpc.ServiceDesc for AdminService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -574,6 +612,10 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RunRetention",
 			Handler:    _AdminService_RunRetention_Handler,
+		},
+		{
+			MethodName: "VerifyAudit",
+			Handler:    _AdminService_VerifyAudit_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

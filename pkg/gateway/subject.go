@@ -1,0 +1,290 @@
+package gateway
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"sort"
+	"time"
+
+	"github.com/planetxlabs/dasset-gateway/pkg/privacy"
+	"github.com/planetxlabs/dasset-gateway/pkg/store"
+)
+
+// SubjectStore is what subject rights (export, erasure) need of the store.
+type SubjectStore interface {
+	SessionsOf(ctx context.Context, deviceID, accountID int64) ([]store.Session, error)
+	BindingCount(ctx context.Context, deviceID int64) (int, error)
+	BoundDevices(ctx context.Context, accountID int64) ([]store.Device, error)
+	AccountByName(ctx context.Context, nameIndex privacy.BlindIndex) (store.Account, error)
+	ConnLogByPseudonyms(ctx context.Context, ps []privacy.Pseudonym) ([]store.ConnLogEntry, error)
+	EraseDevice(ctx context.Context, id int64, pseudonyms []privacy.Pseudonym) (map[string]int64, error)
+	EraseAccount(ctx context.Context, id int64, pseudonyms []privacy.Pseudonym) (map[string]int64, error)
+}
+
+// PseudonymKeys lists a subject's pseudonym for every retained day.
+type PseudonymKeys interface {
+	PseudonymsFor(idx privacy.BlindIndex) map[string]privacy.Pseudonym
+}
+
+// ErasureLedger remembers erased devices outside the database.
+type ErasureLedger interface {
+	Contains(privacy.BlindIndex) bool
+	Add(privacy.BlindIndex) error
+	Remove(privacy.BlindIndex) error
+	All() []privacy.BlindIndex
+}
+
+// Subject names a data subject: a device by serial number, or an account.
+type Subject struct {
+	Serial  privacy.SerialNumber
+	Account string
+}
+
+// SubjectIndex is the blind index a subject is audited under.
+func (g *Gateway) SubjectIndex(s Subject) privacy.BlindIndex {
+	if !s.Serial.IsZero() {
+		return g.keys.BlindIndex(s.Serial)
+	}
+	if g.sess.keys != nil {
+		return g.sess.keys.AccountIndex(s.Account)
+	}
+	return privacy.BlindIndex{}
+}
+
+func (g *Gateway) pseudonymList(idx privacy.BlindIndex) []privacy.Pseudonym {
+	m := g.subj.keys.PseudonymsFor(idx)
+	out := make([]privacy.Pseudonym, 0, len(m))
+	for _, p := range m {
+		out = append(out, p)
+	}
+	return out
+}
+
+type exportSession struct {
+	ID        string    `json:"id"`
+	OpenedAt  time.Time `json:"opened_at"`
+	ExpiresAt time.Time `json:"expires_at"`
+	ClosedAt  time.Time `json:"closed_at,omitzero"`
+	ClientKey string    `json:"client_public_key"`
+}
+
+type exportConnLog struct {
+	Time         time.Time `json:"time"`
+	Event        string    `json:"event"`
+	Outcome      string    `json:"outcome"`
+	Pseudonym    string    `json:"pseudonym"`
+	SourcePrefix string    `json:"source_prefix,omitempty"`
+}
+
+type exportDevice struct {
+	SerialNumber string    `json:"serial_number"`
+	Addresses    []string  `json:"addresses"`
+	PublicKey    string    `json:"public_key,omitempty"`
+	LastLoginDay string    `json:"last_login_day,omitempty"`
+	Revoked      bool      `json:"revoked"`
+	EnrolledAt   time.Time `json:"enrolled_at"`
+}
+
+type export struct {
+	Kind          string          `json:"kind"`
+	ExportedAt    time.Time       `json:"exported_at"`
+	Device        *exportDevice   `json:"device,omitempty"`
+	BoundAccounts *int            `json:"bound_accounts,omitempty"`
+	Account       *exportAccount  `json:"account,omitempty"`
+	Devices       []exportDevice  `json:"devices,omitempty"`
+	Sessions      []exportSession `json:"sessions"`
+	ConnectionLog []exportConnLog `json:"connection_log"`
+}
+
+type exportAccount struct {
+	Name      string    `json:"name"`
+	CreatedAt time.Time `json:"created_at"`
+}
+
+func (g *Gateway) exportDevice(d store.Device) (exportDevice, error) {
+	sn, err := g.openSerial(d)
+	if err != nil {
+		return exportDevice{}, err
+	}
+	e := exportDevice{SerialNumber: sn.Reveal(), LastLoginDay: d.LastLoginDay, Revoked: d.Revoked, EnrolledAt: d.EnrolledAt, Addresses: []string{}}
+	if d.Offset != 0 {
+		ps, _ := g.devicePrefixes(d.Offset)
+		for _, p := range ps {
+			e.Addresses = append(e.Addresses, p.String())
+		}
+	}
+	if d.KeyPinned {
+		e.PublicKey = base64.StdEncoding.EncodeToString(d.Key[:])
+	}
+	return e, nil
+}
+
+// Export returns every stored row about one subject, as JSON, and nothing
+// about anyone else (a device's export says how many accounts it is bound
+// to, not which).
+func (g *Gateway) Export(ctx context.Context, s Subject) ([]byte, error) {
+	if g.subj == nil {
+		return nil, newErr(ErrUnavailable, nil, "subject rights are not configured")
+	}
+	out := export{ExportedAt: g.cfg.Now().UTC(), Sessions: []exportSession{}, ConnectionLog: []exportConnLog{}}
+	var idx privacy.BlindIndex
+	var deviceID, accountID int64
+	if !s.Serial.IsZero() {
+		d, err := g.deviceBySerial(ctx, s.Serial)
+		if err != nil {
+			return nil, err
+		}
+		ed, err := g.exportDevice(d)
+		if err != nil {
+			return nil, err
+		}
+		n, err := g.subj.st.BindingCount(ctx, d.ID)
+		if err != nil {
+			return nil, newErr(ErrUnavailable, err, "reading bindings failed")
+		}
+		out.Kind, out.Device, out.BoundAccounts, idx, deviceID = "device", &ed, &n, d.Index, d.ID
+	} else {
+		a, err := g.accountByName(ctx, s.Account)
+		if err != nil {
+			return nil, err
+		}
+		name, err := g.keys.Open(a.SealedName, a.NameIndex[:])
+		if err != nil {
+			return nil, newErr(ErrUnavailable, err, "opening a sealed account name failed")
+		}
+		out.Kind, out.Account, idx, accountID = "account", &exportAccount{Name: string(name), CreatedAt: a.CreatedAt}, a.NameIndex, a.ID
+		devs, err := g.subj.st.BoundDevices(ctx, a.ID)
+		if err != nil {
+			return nil, newErr(ErrUnavailable, err, "reading bound devices failed")
+		}
+		for _, d := range devs {
+			ed, err := g.exportDevice(d)
+			if err != nil {
+				return nil, err
+			}
+			out.Devices = append(out.Devices, ed)
+		}
+	}
+	sess, err := g.subj.st.SessionsOf(ctx, deviceID, accountID)
+	if err != nil {
+		return nil, newErr(ErrUnavailable, err, "reading sessions failed")
+	}
+	for _, ss := range sess {
+		out.Sessions = append(out.Sessions, exportSession{ID: ss.ID, OpenedAt: ss.OpenedAt, ExpiresAt: ss.ExpiresAt, ClosedAt: ss.ClosedAt,
+			ClientKey: base64.StdEncoding.EncodeToString(ss.ClientKey[:])})
+	}
+	rows, err := g.subj.st.ConnLogByPseudonyms(ctx, g.pseudonymList(idx))
+	if err != nil {
+		return nil, newErr(ErrUnavailable, err, "reading the connection log failed")
+	}
+	sort.Slice(rows, func(i, j int) bool { return rows[i].Time.Before(rows[j].Time) })
+	for _, r := range rows {
+		out.ConnectionLog = append(out.ConnectionLog, exportConnLog{Time: r.Time, Event: r.Event, Outcome: r.Outcome, Pseudonym: r.Pseudonym.String(), SourcePrefix: r.SourcePrefix})
+	}
+	b, err := json.MarshalIndent(out, "", "  ")
+	if err != nil {
+		return nil, newErr(ErrUnavailable, err, "encoding export failed")
+	}
+	return b, nil
+}
+
+func (g *Gateway) accountByName(ctx context.Context, name string) (store.Account, error) {
+	if err := checkAccountName(name); err != nil {
+		return store.Account{}, err
+	}
+	if g.sess.keys == nil {
+		return store.Account{}, newErr(ErrUnavailable, nil, "accounts are not configured")
+	}
+	a, err := g.subj.st.AccountByName(ctx, g.sess.keys.AccountIndex(name))
+	if errors.Is(err, store.ErrNotFound) {
+		return store.Account{}, newErr(ErrNotFound, err, "account: no such account")
+	}
+	if err != nil {
+		return store.Account{}, newErr(ErrUnavailable, err, "looking up account failed")
+	}
+	return a, nil
+}
+
+// Erase deletes everything about a subject and takes it off the network at
+// once: open sessions close, peers go, tokens are revoked. An erased device
+// goes on the erasure ledger so a restored older database cannot bring it
+// back. Returns the receipt: rows removed per table.
+func (g *Gateway) Erase(ctx context.Context, s Subject) (map[string]int64, error) {
+	if g.subj == nil {
+		return nil, newErr(ErrUnavailable, nil, "subject rights are not configured")
+	}
+	if !s.Serial.IsZero() {
+		d, err := g.deviceBySerial(ctx, s.Serial)
+		if err != nil {
+			return nil, err
+		}
+		return g.eraseDevice(ctx, d)
+	}
+	a, err := g.accountByName(ctx, s.Account)
+	if err != nil {
+		return nil, err
+	}
+	if err := g.sess.closeWhere(ctx, "account erased", func(os *openSession) bool { return os.AccountID == a.ID }); err != nil {
+		return nil, err
+	}
+	receipt, err := g.subj.st.EraseAccount(ctx, a.ID, g.pseudonymList(a.NameIndex))
+	if err != nil {
+		return nil, newErr(ErrUnavailable, err, "erasing account failed")
+	}
+	g.log.Info("account erased", "rows", receipt)
+	return receipt, nil
+}
+
+func (g *Gateway) eraseDevice(ctx context.Context, d store.Device) (map[string]int64, error) {
+	// Ledger first: if anything below fails, a restart finishes the job.
+	if err := g.subj.ledger.Add(d.Index); err != nil {
+		return nil, newErr(ErrUnavailable, err, "recording the erasure failed")
+	}
+	if err := g.sess.closeForDevice(ctx, d.ID, "device erased"); err != nil {
+		return nil, err
+	}
+	if d.KeyPinned {
+		if err := g.tun.RemovePeer(ctx, d.Key); err != nil {
+			return nil, newErr(ErrUnavailable, err, "removing the WireGuard peer failed")
+		}
+		g.setDeviceKey(d.ID, d.Key, false)
+	}
+	g.hub.publish(d.ID, Event{Kind: EventRevoked, Reason: "erased"})
+	receipt, err := g.subj.st.EraseDevice(ctx, d.ID, g.pseudonymList(d.Index))
+	if err != nil {
+		return nil, newErr(ErrUnavailable, err, "erasing device failed")
+	}
+	g.log.Info("device erased", "device_id", d.ID, "rows", receipt)
+	return receipt, nil
+}
+
+// ReplayErasures erases again every device on the ledger that the database
+// still holds (an older database was restored). Run it before serving.
+func (g *Gateway) ReplayErasures(ctx context.Context) (int, error) {
+	if g.subj == nil {
+		return 0, nil
+	}
+	n := 0
+	for _, idx := range g.subj.ledger.All() {
+		d, err := g.reg.DeviceByIndex(ctx, idx)
+		if errors.Is(err, store.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return n, err
+		}
+		if _, err := g.eraseDevice(ctx, d); err != nil {
+			return n, err
+		}
+		n++
+	}
+	return n, nil
+}
+
+type subjects struct {
+	st     SubjectStore
+	keys   PseudonymKeys
+	ledger ErasureLedger
+}
