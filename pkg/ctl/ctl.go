@@ -204,6 +204,7 @@ or $` + EnvSocket + `), or to its TCP admin listener with mutual TLS
 		a.subjectCommand(),
 		a.policyCommand(),
 		a.retentionCommand(),
+		a.auditCommand(),
 		a.statusCommand(),
 		a.versionCommand(),
 	)
