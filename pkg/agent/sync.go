@@ -61,6 +61,8 @@ func loginRefusal(err error) error {
 		return fmt.Errorf("%w: device not enrolled or wrong hardware id (gateway said: %s)", ErrLoginRefused, msg)
 	case codes.PermissionDenied:
 		return fmt.Errorf("%w: device revoked, locked out, or enrolled with another WireGuard key (gateway said: %s)", ErrLoginRefused, msg)
+	case codes.AlreadyExists:
+		return fmt.Errorf("%w: this device's WireGuard key belongs to another device or client (gateway said: %s)", ErrLoginRefused, msg)
 	case codes.InvalidArgument:
 		return fmt.Errorf("%w: invalid login request (gateway said: %s)", ErrLoginRefused, msg)
 	case codes.FailedPrecondition:
