@@ -1,7 +1,10 @@
 package ctl
 
 import (
+	"bytes"
+	"context"
 	"fmt"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -10,6 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/planetxlabs/dasset-gateway/pkg/privacy"
 	gatewayv1 "github.com/planetxlabs/dasset-gateway/proto/dasset/gateway/v1"
 )
 
@@ -88,5 +92,36 @@ func TestTimeout(t *testing.T) {
 	if r.code != ExitError || !strings.HasPrefix(r.stderr, "Error: DeadlineExceeded: ") ||
 		!strings.HasSuffix(r.stderr, "(no answer within --timeout 200ms)\n") {
 		t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
+	}
+}
+
+func TestKeysBackupRestoreRoundTrip(t *testing.T) {
+	dir := t.TempDir()
+	ks := filepath.Join(dir, "keystore")
+	k, err := privacy.OpenKeystore(ks)
+	if err != nil {
+		t.Fatal(err)
+	}
+	backup := filepath.Join(dir, "ks.backup")
+	var out, errb bytes.Buffer
+	env := Env{Stdin: strings.NewReader("correct horse battery\n"), Stdout: &out, Stderr: &errb, Getenv: func(string) string { return "" }}
+	if code := Run(context.Background(), []string{"keys", "backup", "--keystore", ks, "--out", backup, "--passphrase-stdin"}, env); code != 0 {
+		t.Fatalf("backup exit %d: %s", code, errb.String())
+	}
+	restored := filepath.Join(dir, "restored")
+	env.Stdin = strings.NewReader("wrong passphrase\n")
+	if code := Run(context.Background(), []string{"keys", "restore", "--keystore", restored, "--in", backup, "--passphrase-stdin"}, env); code == 0 {
+		t.Fatal("restore with a wrong passphrase succeeded")
+	}
+	env.Stdin = strings.NewReader("correct horse battery\n")
+	if code := Run(context.Background(), []string{"keys", "restore", "--keystore", restored, "--in", backup, "--passphrase-stdin"}, env); code != 0 {
+		t.Fatalf("restore exit %d: %s", code, errb.String())
+	}
+	k2, err := privacy.OpenKeystore(restored)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if k2.ID() != k.ID() || k2.GatewayPrivateKey() != k.GatewayPrivateKey() {
+		t.Fatal("restored keystore differs from the original")
 	}
 }

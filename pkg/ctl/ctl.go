@@ -205,6 +205,7 @@ or $` + EnvSocket + `), or to its TCP admin listener with mutual TLS
 		a.policyCommand(),
 		a.retentionCommand(),
 		a.auditCommand(),
+		a.keysCommand(),
 		a.statusCommand(),
 		a.versionCommand(),
 	)

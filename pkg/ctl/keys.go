@@ -1,0 +1,101 @@
+package ctl
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/spf13/cobra"
+
+	"github.com/planetxlabs/dasset-gateway/pkg/privacy"
+)
+
+// keysCommand works on the keystore directory directly (run it on the
+// gateway host, as the user that owns the keystore): the keystore is the one
+// thing the data cannot be read without, and a restore must work while the
+// daemon refuses to start for want of it.
+func (a *app) keysCommand() *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "keys",
+		Short: "Back up and restore the gateway's keystore (local, on the gateway host)",
+		Long: `The keystore (keystore_dir, default /var/lib/dasset-gateway/keystore) holds the keys
+that blind, seal and pseudonymise personal data, and the gateway's WireGuard key. Database
+backups never contain it, and the database cannot be read without it. These commands work on
+the directory directly, not through the gateway.`,
+		Example: `  dassetctl keys backup --keystore /var/lib/dasset-gateway/keystore --out keystore.backup
+  dassetctl keys restore --keystore /var/lib/dasset-gateway/keystore --in keystore.backup`,
+	}
+	var dir, out, in string
+	var stdinPass bool
+	passphrase := func(cmd *cobra.Command) (string, error) {
+		if stdinPass {
+			return readPasswordStdin(cmd)
+		}
+		return readNewPassword(cmd)
+	}
+	backup := &cobra.Command{
+		Use:     "backup",
+		Short:   "Write the keystore, encrypted under a passphrase (argon2id + XChaCha20-Poly1305)",
+		Example: `  dassetctl keys backup --keystore /var/lib/dasset-gateway/keystore --out keystore.backup`,
+		Args:    exactArgs(),
+		RunE: run(func(cmd *cobra.Command, _ []string) error {
+			if out == "" {
+				return usagef("--out is required")
+			}
+			ks, err := privacy.OpenKeystore(dir)
+			if err != nil {
+				return err
+			}
+			pw, err := passphrase(cmd)
+			if err != nil {
+				return err
+			}
+			var buf bytes.Buffer
+			if err := ks.Backup(&buf, []byte(pw)); err != nil {
+				return err
+			}
+			if err := os.WriteFile(out, buf.Bytes(), 0o600); err != nil {
+				return fmt.Errorf("write backup: %w", err)
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "keystore %s backed up to %s\n", ks.ID(), out)
+			return nil
+		}),
+	}
+	restore := &cobra.Command{
+		Use:     "restore",
+		Short:   "Restore a keystore backup into an empty keystore directory",
+		Example: `  dassetctl keys restore --keystore /var/lib/dasset-gateway/keystore --in keystore.backup`,
+		Args:    exactArgs(),
+		RunE: run(func(cmd *cobra.Command, _ []string) error {
+			if in == "" {
+				return usagef("--in is required")
+			}
+			f, err := os.Open(in)
+			if err != nil {
+				return fmt.Errorf("read backup: %w", err)
+			}
+			defer f.Close()
+			pw, err := passphrase(cmd)
+			if err != nil {
+				return err
+			}
+			if err := os.MkdirAll(filepath.Dir(filepath.Clean(dir)), 0o700); err != nil {
+				return err
+			}
+			if err := privacy.RestoreKeystore(f, []byte(pw), dir); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "keystore restored into %s\n", dir)
+			return nil
+		}),
+	}
+	for _, c := range []*cobra.Command{backup, restore} {
+		c.Flags().StringVar(&dir, "keystore", "/var/lib/dasset-gateway/keystore", "keystore directory (the gateway's keystore_dir)")
+		c.Flags().BoolVar(&stdinPass, "passphrase-stdin", false, "read the passphrase from standard input")
+	}
+	backup.Flags().StringVar(&out, "out", "", "backup file to write (0600)")
+	restore.Flags().StringVar(&in, "in", "", "backup file to read")
+	cmd.AddCommand(backup, restore)
+	return cmd
+}
