@@ -9,6 +9,7 @@ import (
 	"github.com/planetxlabs/dasset-gateway/pkg/gateway"
 	"github.com/planetxlabs/dasset-gateway/pkg/ipam"
 	"github.com/planetxlabs/dasset-gateway/pkg/metrics"
+	"github.com/planetxlabs/dasset-gateway/pkg/store"
 	"github.com/planetxlabs/dasset-gateway/tunnel/router"
 	"github.com/planetxlabs/dasset-gateway/tunnel/wg"
 )
@@ -118,4 +119,57 @@ func (d *Daemon) state(ctx context.Context) (metrics.Snapshot, error) {
 		RouterDropped: rs.Dropped,
 		Hairpinned:    rs.Hairpinned,
 	}, nil
+}
+
+// endpointForgetter clears the remembered WireGuard endpoint of peers idle
+// longer than the idle timeout (the policy keeps endpoints in memory only
+// while needed). wireguard-go cannot unset an endpoint, so the peer is
+// removed and re-added with the same allowed IPs.
+type endpointForgetter struct{ d *wg.Device }
+
+func (e endpointForgetter) ForgetIdleEndpoints(ctx context.Context, idle time.Duration) (int, error) {
+	ps, err := e.d.Peers(ctx)
+	if err != nil {
+		return 0, err
+	}
+	n := 0
+	now := time.Now()
+	for _, p := range ps {
+		if !p.Endpoint.IsValid() || (!p.LastHandshake.IsZero() && now.Sub(p.LastHandshake) < idle) {
+			continue
+		}
+		if err := e.d.RemovePeer(ctx, p.PublicKey); err != nil {
+			return n, err
+		}
+		if err := e.d.AddPeer(ctx, wg.Peer{PublicKey: p.PublicKey, AllowedIPs: p.AllowedIPs}); err != nil {
+			return n, err
+		}
+		n++
+	}
+	return n, nil
+}
+
+// retentionRunner runs the pruner (and the audit log's own pruning) for
+// AdminService.RunRetention.
+type retentionRunner struct{ d *Daemon }
+
+func (r retentionRunner) RunNow(ctx context.Context) (map[string]int64, int, time.Time, error) {
+	res, err := r.d.pruner.RunOnce(ctx)
+	if n := r.d.pruneAudit(); n > 0 {
+		if res.Pruned == nil {
+			res.Pruned = map[string]int64{}
+		}
+		res.Pruned[store.TableAudit] = int64(n)
+	}
+	return res.Pruned, res.KeysDestroyed, res.RanAt, err
+}
+
+// pruneAudit drops audit entries past their retention, keeping the chain's
+// anchor.
+func (d *Daemon) pruneAudit() int {
+	n, err := d.audit.Prune(time.Now().Add(-d.cfg.Retention.AuditLog))
+	if err != nil {
+		d.log.Error("pruning the audit log failed", "err", err)
+	}
+	return n
 }

@@ -35,6 +35,7 @@ import (
 	"github.com/planetxlabs/dasset-gateway/pkg/ipam"
 	"github.com/planetxlabs/dasset-gateway/pkg/metrics"
 	"github.com/planetxlabs/dasset-gateway/pkg/privacy"
+	"github.com/planetxlabs/dasset-gateway/pkg/retention"
 	"github.com/planetxlabs/dasset-gateway/pkg/store"
 	"github.com/planetxlabs/dasset-gateway/pkg/tlsutil"
 	gatewayv1 "github.com/planetxlabs/dasset-gateway/proto/dasset/gateway/v1"
@@ -64,6 +65,7 @@ type Daemon struct {
 	policy *privacy.Policy
 	ledger *privacy.Ledger
 	audit  *audit.Log
+	pruner *retention.Pruner
 
 	grpcLis, adminLis, httpLis net.Listener
 	grpcSrv, adminSrv          *grpc.Server
@@ -183,6 +185,26 @@ func New(ctx context.Context, cfg config.Config, opt Options) (d *Daemon, err er
 	}
 	d.log.Info("peers restored from the store", "devices", n)
 	metrics.RegisterState(d.reg, d.state, 5*time.Second, router.Reasons())
+
+	r := cfg.Retention
+	if d.pruner, err = retention.New(d.st, d.keys, endpointForgetter{d.dev}, retention.Config{
+		Interval:  r.Interval,
+		BatchSize: r.BatchSize,
+		Tables: map[string]time.Duration{
+			store.TableConnLog:      r.ConnectionLog,
+			store.TableSessions:     r.Sessions,
+			store.TableBindingCodes: r.BindingCodes,
+			store.TableAuthFailures: r.AuthFailures,
+			store.TableDeviceTokens: 0, // pruned as soon as expired
+			store.TableAccessTokens: 0,
+		},
+		KeyRetention: r.ConnectionLog,
+		IdleTimeout:  cfg.Device.IdleTimeout,
+		Now:          now,
+		Logger:       d.log.With("component", "retention"),
+	}, d.reg); err != nil {
+		return nil, fmt.Errorf("retention: %w", err)
+	}
 
 	if err := d.listen(); err != nil {
 		return nil, err
@@ -378,6 +400,7 @@ func (d *Daemon) listen() error {
 			grpc.ChainUnaryInterceptor(api.AdminAuth(operators(cfg.Admin))))
 		gatewayv1.RegisterAdminServiceServer(d.adminSrv, &api.AdminServer{
 			GW: d.gw, Peers: peerSource{d.dev, d.plan}, Policy: d.policy.YAML(), Audit: d.audit,
+			Retention: retentionRunner{d},
 		})
 		ah := api.Finish(d.adminSrv, sm)
 		ah.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
@@ -441,6 +464,19 @@ func (d *Daemon) Run(ctx context.Context) error {
 	defer d.close()
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return d.cl.Run(gctx) })
+	g.Go(func() error { return d.pruner.Run(gctx) })
+	g.Go(func() error {
+		t := time.NewTicker(d.pruner.Interval())
+		defer t.Stop()
+		for {
+			select {
+			case <-gctx.Done():
+				return nil
+			case <-t.C:
+				d.pruneAudit()
+			}
+		}
+	})
 	g.Go(func() error { return serveGRPC(d.grpcSrv, d.grpcLis) })
 	if d.adminSrv != nil {
 		g.Go(func() error { return serveGRPC(d.adminSrv, d.adminLis) })
