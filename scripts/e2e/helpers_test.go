@@ -255,29 +255,30 @@ func (p *proc) exited() bool {
 	}
 }
 
-// wait waits up to d for the process to end; ok is false on timeout.
-func (p *proc) wait(d time.Duration) (err error, ok bool) {
+// wait waits up to d for the process to end; ok is false on timeout, else
+// err is how it ended.
+func (p *proc) wait(d time.Duration) (ok bool, err error) {
 	select {
 	case <-p.done:
-		return p.err, true
+		return true, p.err
 	case <-time.After(d):
-		return nil, false
+		return false, nil
 	}
 }
 
-// stop sends SIGTERM, waits up to grace, then kills. It returns the exit
-// error, and whether the process ended on SIGTERM alone.
-func (p *proc) stop(grace time.Duration) (error, bool) {
+// stop sends SIGTERM, waits up to grace, then kills. It returns whether the
+// process ended on SIGTERM alone, and how it ended.
+func (p *proc) stop(grace time.Duration) (graceful bool, err error) {
 	if p.exited() {
-		return p.err, true
+		return true, p.err
 	}
 	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	if err, ok := p.wait(grace); ok {
-		return err, true
+	if ok, err := p.wait(grace); ok {
+		return true, err
 	}
 	_ = p.cmd.Process.Kill()
-	err, _ := p.wait(5 * time.Second)
-	return err, false
+	_, err = p.wait(5 * time.Second)
+	return false, err
 }
 
 // logText is the process's output so far.

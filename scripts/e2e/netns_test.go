@@ -179,6 +179,14 @@ func TestNetns(t *testing.T) {
 		t.Fatalf("device 1 after refused wg set: %v", err)
 	}
 
+	// Devices never reach each other through the hub.
+	for _, c := range []struct{ ns, dst string }{{d2NS, addr1}, {d1NS, addr2}} {
+		dst := strings.TrimSuffix(c.dst, "/32")
+		if out, err := nsRun(c.ns, "ping", "-c", "2", "-W", "1", dst); err == nil {
+			t.Fatalf("%s reaches the other device %s: %s", c.ns, dst, out)
+		}
+	}
+
 	// Restart: both devices come back without logging in again.
 	okBefore := g.loginsOK()
 	linesBefore := g.countMsg("device login")
@@ -186,7 +194,7 @@ func TestNetns(t *testing.T) {
 		t.Fatalf("before restart: logins_total{outcome=ok}=%v, %d \"device login\" lines; want ≥ 2 each", okBefore, linesBefore)
 	}
 	t.Logf("before restart: logins_total{outcome=ok}=%v, %d \"device login\" log lines", okBefore, linesBefore)
-	stopErr, graceful := g.p.stop(15 * time.Second)
+	graceful, stopErr := g.p.stop(15 * time.Second)
 	if !graceful || stopErr != nil {
 		t.Fatalf("gateway stop on SIGTERM: graceful=%v, %v", graceful, stopErr)
 	}
@@ -225,7 +233,7 @@ func TestNetns(t *testing.T) {
 
 	// Revocation: device 2 is cut off, device 1 carries on.
 	g.mustCtl("devices", "revoke", sn2)
-	if err, ok := a2.wait(15 * time.Second); !ok {
+	if ok, err := a2.wait(15 * time.Second); !ok {
 		t.Fatalf("device 2's agent still runs 15s after revocation")
 	} else if err == nil {
 		t.Fatalf("device 2's agent exited 0 after revocation; want non-zero")
@@ -264,7 +272,7 @@ func TestNetns(t *testing.T) {
 // with a one-line reason.
 func expectRefused(t *testing.T, p *proc) {
 	t.Helper()
-	err, ok := p.wait(30 * time.Second)
+	ok, err := p.wait(30 * time.Second)
 	if !ok {
 		t.Fatalf("%s: still running after 30s; want a refusal and exit", p.name)
 	}
