@@ -67,12 +67,13 @@ type Daemon struct {
 	audit  *audit.Log
 	pruner *retention.Pruner
 
-	grpcLis, adminLis, httpLis net.Listener
-	grpcSrv, adminSrv          *grpc.Server
-	httpSrv                    *http.Server
-	uapi                       interface{ Close() error }
-	fingerprint                string
-	closers                    []func() error
+	grpcLis, adminLis, httpLis     net.Listener
+	grpcSrv, adminSrv, adminTCPSrv *grpc.Server
+	adminTCPLis                    net.Listener
+	httpSrv                        *http.Server
+	uapi                           interface{ Close() error }
+	fingerprint                    string
+	closers                        []func() error
 }
 
 // Options are test hooks; the zero value is production.
@@ -382,7 +383,18 @@ func (d *Daemon) listen() error {
 	h := api.Finish(d.grpcSrv, sm)
 	h.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 
-	// Admin.
+	// Admin: the unix socket (operators by uid) and, optionally, TCP with
+	// mutual TLS (operators by certificate common name).
+	admin := &api.AdminServer{
+		GW: d.gw, Peers: peerSource{d.dev, d.plan}, Policy: d.policy.YAML(), Audit: d.audit,
+		Retention: retentionRunner{d},
+	}
+	newAdmin := func(creds credentials.TransportCredentials, name string) *grpc.Server {
+		s := api.NewServer(d.log.With("listener", name), sm, creds, grpc.ChainUnaryInterceptor(api.AdminAuth(operators(cfg.Admin))))
+		gatewayv1.RegisterAdminServiceServer(s, admin)
+		api.Finish(s, sm).SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+		return s
+	}
 	if cfg.Admin.Socket != "" {
 		if err := os.MkdirAll(filepath.Dir(cfg.Admin.Socket), 0o750); err != nil {
 			return fmt.Errorf("admin.socket: %w", err)
@@ -396,14 +408,17 @@ func (d *Daemon) listen() error {
 		if err := os.Chmod(cfg.Admin.Socket, 0o660); err != nil {
 			return fmt.Errorf("admin.socket: %w", err)
 		}
-		d.adminSrv = api.NewServer(d.log.With("listener", "admin"), sm, api.UnixPeerCredentials(),
-			grpc.ChainUnaryInterceptor(api.AdminAuth(operators(cfg.Admin))))
-		gatewayv1.RegisterAdminServiceServer(d.adminSrv, &api.AdminServer{
-			GW: d.gw, Peers: peerSource{d.dev, d.plan}, Policy: d.policy.YAML(), Audit: d.audit,
-			Retention: retentionRunner{d},
-		})
-		ah := api.Finish(d.adminSrv, sm)
-		ah.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+		d.adminSrv = newAdmin(api.UnixPeerCredentials(), "admin")
+	}
+	if cfg.Admin.Listen != "" {
+		tc, err := tlsutil.ServerConfig(cfg.Admin.CertFile, cfg.Admin.KeyFile, cfg.Admin.ClientCAFile)
+		if err != nil {
+			return fmt.Errorf("admin TLS: %w", err)
+		}
+		if d.adminTCPLis, err = net.Listen("tcp", cfg.Admin.Listen); err != nil {
+			return fmt.Errorf("admin.listen %s: %w", cfg.Admin.Listen, err)
+		}
+		d.adminTCPSrv = newAdmin(credentials.NewTLS(tc), "admin-tls")
 	}
 
 	// Metrics and health.
@@ -481,6 +496,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 	if d.adminSrv != nil {
 		g.Go(func() error { return serveGRPC(d.adminSrv, d.adminLis) })
 	}
+	if d.adminTCPSrv != nil {
+		g.Go(func() error { return serveGRPC(d.adminTCPSrv, d.adminTCPLis) })
+	}
 	g.Go(func() error {
 		if err := d.httpSrv.Serve(d.httpLis); !errors.Is(err, http.ErrServerClosed) {
 			return fmt.Errorf("metrics listener: %w", err)
@@ -505,6 +523,9 @@ func (d *Daemon) Run(ctx context.Context) error {
 		stopGRPC(d.grpcSrv)
 		if d.adminSrv != nil {
 			stopGRPC(d.adminSrv)
+		}
+		if d.adminTCPSrv != nil {
+			stopGRPC(d.adminTCPSrv)
 		}
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
