@@ -7,6 +7,7 @@ package daemon
 import (
 	"context"
 	"crypto/rand"
+	"crypto/x509"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -370,6 +371,11 @@ func (d *Daemon) listen() error {
 		tc, err := tlsutil.ServerConfig(certFile, keyFile, "")
 		if err != nil {
 			return fmt.Errorf("grpc TLS: %w", err)
+		}
+		if len(tc.Certificates) > 0 {
+			if leaf, err := x509.ParseCertificate(tc.Certificates[0].Certificate[0]); err == nil {
+				d.m.CertExpiry.Set(float64(leaf.NotAfter.Unix()))
+			}
 		}
 		creds = credentials.NewTLS(tc)
 	}

@@ -25,6 +25,7 @@ type Gateway struct {
 	AdmissionRejected prometheus.Counter
 	StoreTx           *prometheus.HistogramVec
 	ConnLogDropped    prometheus.Counter
+	CertExpiry        prometheus.Gauge
 }
 
 // New registers the gateway's event metrics, build info, and the Go and
@@ -57,6 +58,10 @@ func New(reg prometheus.Registerer, outcomes []string, version string) *Gateway 
 			Namespace: Namespace, Name: "connection_log_dropped_total",
 			Help: "Connection-log rows dropped because the write buffer was full.",
 		}),
+		CertExpiry: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: Namespace, Name: "tls_certificate_expiry_timestamp_seconds",
+			Help: "When the device/client gRPC TLS certificate expires (Unix time).",
+		}),
 	}
 	for _, o := range outcomes {
 		m.Logins.WithLabelValues(o)
@@ -70,7 +75,7 @@ func New(reg prometheus.Registerer, outcomes []string, version string) *Gateway 
 		gov = bi.GoVersion
 	}
 	build.WithLabelValues(version, gov).Set(1)
-	reg.MustRegister(m.Logins, m.LoginDuration, m.AdmissionQueue, m.AdmissionRejected, m.StoreTx, m.ConnLogDropped, build,
+	reg.MustRegister(m.Logins, m.LoginDuration, m.AdmissionQueue, m.AdmissionRejected, m.StoreTx, m.ConnLogDropped, m.CertExpiry, build,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
