@@ -1,0 +1,121 @@
+package daemon_test
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"io"
+	"net/http"
+	"path/filepath"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+	"golang.org/x/crypto/curve25519"
+
+	"github.com/planetxlabs/dasset-gateway/pkg/agent"
+	gatewayv1 "github.com/planetxlabs/dasset-gateway/proto/dasset/gateway/v1"
+)
+
+func scrapeSeries(t *testing.T, addr string) map[string]int {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := p.TextToMetricFamilies(strings.NewReader(string(body)))
+	if err != nil {
+		t.Fatalf("parse /metrics: %v", err)
+	}
+	out := map[string]int{}
+	for name, f := range fams {
+		out[name] = len(f.GetMetric())
+	}
+	return out
+}
+
+func loginMany(t *testing.T, g *testGateway, from, to int) {
+	t.Helper()
+	conn, err := agent.Dial(g.d.GRPCAddr().String(), agent.TLSOptions{Pin: g.d.Fingerprint()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	dev := gatewayv1.NewDeviceServiceClient(conn)
+	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
+	defer cancel()
+	req := &gatewayv1.EnrollDevicesRequest{}
+	for i := from; i < to; i++ {
+		req.Devices = append(req.Devices, &gatewayv1.DeviceEnrollment{SerialNumber: fmt.Sprintf("DS-CARD-%05d", i), HardwareId: fmt.Sprintf("HW-%05d", i)})
+	}
+	if _, err := g.admin.EnrollDevices(ctx, req); err != nil {
+		t.Fatal(err)
+	}
+	sem := make(chan struct{}, 32)
+	errs := make(chan error, to-from)
+	for i := from; i < to; i++ {
+		sem <- struct{}{}
+		go func(i int) {
+			defer func() { <-sem }()
+			var priv [32]byte
+			_, _ = rand.Read(priv[:])
+			pub, _ := curve25519.X25519(priv[:], curve25519.Basepoint)
+			_, err := dev.Login(ctx, &gatewayv1.DeviceLoginRequest{SerialNumber: fmt.Sprintf("DS-CARD-%05d", i), HardwareId: fmt.Sprintf("HW-%05d", i), PublicKey: pub})
+			errs <- err
+		}(i)
+	}
+	for i := from; i < to; i++ {
+		if err := <-errs; err != nil {
+			t.Fatalf("login: %v", err)
+		}
+	}
+	// One refused login per phase, so the same outcome and code series exist.
+	_, _ = dev.Login(ctx, &gatewayv1.DeviceLoginRequest{SerialNumber: fmt.Sprintf("DS-CARD-%05d", from), HardwareId: "HW-WRONG", PublicKey: make32(3)})
+}
+
+// TestMetricCardinalityIndependentOfFleetSize: no label carries a
+// per-device value, so every family has as many series with 1,000 admitted
+// devices as with 10.
+func TestMetricCardinalityIndependentOfFleetSize(t *testing.T) {
+	if testing.Short() {
+		t.Skip("admits 1,000 devices")
+	}
+	dir := t.TempDir()
+	cfg := testConfig(t, filepath.Join(dir))
+	g := startGateway(t, cfg)
+	loginMany(t, g, 0, 10)
+	time.Sleep(6 * time.Second) // past the state collector's cache
+	at10 := scrapeSeries(t, g.d.HTTPAddr().String())
+	loginMany(t, g, 10, 1000)
+	time.Sleep(6 * time.Second)
+	at1000 := scrapeSeries(t, g.d.HTTPAddr().String())
+
+	if n := at1000["dasset_gateway_admitted_devices"]; n != 1 {
+		t.Fatalf("admitted_devices has %d series", n)
+	}
+	var diffs []string
+	for name, n := range at1000 {
+		if strings.HasPrefix(name, "go_") || strings.HasPrefix(name, "process_") {
+			continue
+		}
+		if at10[name] != n {
+			diffs = append(diffs, fmt.Sprintf("%s: %d series at 10 devices, %d at 1000", name, at10[name], n))
+		}
+	}
+	sort.Strings(diffs)
+	if len(diffs) > 0 {
+		t.Fatalf("series counts depend on the fleet size:\n%s", strings.Join(diffs, "\n"))
+	}
+	if len(at1000) < 15 {
+		t.Fatalf("only %d metric families exported", len(at1000))
+	}
+}
