@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"net/netip"
 	"regexp"
@@ -69,25 +70,31 @@ type loginConfig struct {
 
 // parseLogin validates resp and resolves the gateway's WireGuard endpoint.
 func (a *Agent) parseLogin(ctx context.Context, resp *gatewayv1.DeviceLoginResponse) (loginConfig, error) {
+	return parseTunnelConfig(ctx, a.cfg.Gateway, resp.GetAddresses(), resp.GetMtu(), resp.GetGateway())
+}
+
+// parseTunnelConfig validates the tunnel part of a device login or a client
+// session grant and resolves the gateway's WireGuard endpoint; gateway is
+// the gRPC address, whose host stands in for an empty endpoint.
+func parseTunnelConfig(ctx context.Context, gateway string, addresses []string, mtu uint32, gw *gatewayv1.GatewayPeer) (loginConfig, error) {
 	var lc loginConfig
-	if len(resp.GetAddresses()) == 0 {
+	if len(addresses) == 0 {
 		return lc, errors.New("addresses: none")
 	}
-	for i, s := range resp.GetAddresses() {
+	for i, s := range addresses {
 		p, err := netip.ParsePrefix(s)
 		if err != nil {
 			return lc, fmt.Errorf("addresses[%d]: %w", i, err)
 		}
 		lc.addrs = append(lc.addrs, p)
 	}
-	lc.mtu = int(resp.GetMtu())
+	lc.mtu = int(mtu)
 	if lc.mtu == 0 {
 		lc.mtu = defaultMTU
 	}
 	if lc.mtu < 576 || lc.mtu > 65535 {
 		return lc, fmt.Errorf("mtu: %d out of range", lc.mtu)
 	}
-	gw := resp.GetGateway()
 	if gw == nil {
 		return lc, errors.New("gateway: missing")
 	}
@@ -106,7 +113,7 @@ func (a *Agent) parseLogin(ctx context.Context, resp *gatewayv1.DeviceLoginRespo
 		lc.peer.allowedIPs = append(lc.peer.allowedIPs, p.Masked())
 	}
 	lc.peer.keepalive = gw.GetPersistentKeepaliveSeconds()
-	ep, err := a.resolveEndpoint(ctx, gw.GetEndpoint())
+	ep, err := resolveEndpoint(ctx, gateway, gw.GetEndpoint())
 	if err != nil {
 		return lc, fmt.Errorf("gateway.endpoint: %w", err)
 	}
@@ -116,10 +123,10 @@ func (a *Agent) parseLogin(ctx context.Context, resp *gatewayv1.DeviceLoginRespo
 
 // resolveEndpoint turns "host:port" into an address and port. An empty
 // endpoint means the gateway's gRPC host with the default WireGuard port.
-func (a *Agent) resolveEndpoint(ctx context.Context, endpoint string) (netip.AddrPort, error) {
+func resolveEndpoint(ctx context.Context, gateway, endpoint string) (netip.AddrPort, error) {
 	var host, portStr string
 	if endpoint == "" {
-		h, err := splitGateway(a.cfg.Gateway)
+		h, err := splitGateway(gateway)
 		if err != nil {
 			return netip.AddrPort{}, err
 		}
@@ -191,9 +198,17 @@ func (a *Agent) configure(ctx context.Context, resp *gatewayv1.DeviceLoginRespon
 }
 
 func (a *Agent) bringUp(lc loginConfig) (*tunnel, error) {
+	return newTunnel(lc, a.priv, a.cfg.Netstack, a.cfg.Interface, a.log)
+}
+
+// newTunnel builds a wireguard-go device with private key priv and the
+// gateway as its one peer, on a userspace netstack or on a kernel TUN named
+// iface (addressed with lc.addrs, routed to the peer's allowed IPs), and
+// starts the first handshake. Shared by the device agent and client sessions.
+func newTunnel(lc loginConfig, priv [32]byte, useNetstack bool, iface string, log *slog.Logger) (*tunnel, error) {
 	t := &tunnel{addrs: lc.addrs, mtu: lc.mtu, peer: lc.peer}
 	var tdev tun.Device
-	if a.cfg.Netstack {
+	if useNetstack {
 		addrs := make([]netip.Addr, len(lc.addrs))
 		for i, p := range lc.addrs {
 			addrs[i] = p.Addr()
@@ -204,14 +219,14 @@ func (a *Agent) bringUp(lc loginConfig) (*tunnel, error) {
 		}
 		tdev, t.net = ns.Device, ns.Net
 	} else {
-		d, err := link.CreateTUN(link.Config{Name: a.cfg.Interface, MTU: lc.mtu, Addresses: lc.addrs, Routes: lc.peer.allowedIPs})
+		d, err := link.CreateTUN(link.Config{Name: iface, MTU: lc.mtu, Addresses: lc.addrs, Routes: lc.peer.allowedIPs})
 		if err != nil {
 			return nil, err
 		}
 		tdev = d
 	}
-	t.dev = device.NewDevice(tdev, conn.NewDefaultBind(), wgLogger(a.log))
-	conf := "private_key=" + hex.EncodeToString(a.priv[:]) + "\nreplace_peers=true\n" + lc.peer.uapi()
+	t.dev = device.NewDevice(tdev, conn.NewDefaultBind(), wgLogger(log))
+	conf := "private_key=" + hex.EncodeToString(priv[:]) + "\nreplace_peers=true\n" + lc.peer.uapi()
 	if err := t.dev.IpcSet(conf); err != nil {
 		t.dev.Close()
 		return nil, fmt.Errorf("configure wireguard: %w", err)
@@ -221,20 +236,24 @@ func (a *Agent) bringUp(lc loginConfig) (*tunnel, error) {
 		return nil, fmt.Errorf("wireguard up: %w", err)
 	}
 	t.peerSince = time.Now()
-	a.afterPeerSet(t)
+	startHandshake(t, log)
 	return t, nil
 }
 
 // afterPeerSet starts a handshake at once when the peer has no persistent
+// keepalive (see startHandshake).
+func (a *Agent) afterPeerSet(t *tunnel) { startHandshake(t, a.log) }
+
+// startHandshake starts a handshake at once when the peer has no persistent
 // keepalive (with one, wireguard-go already sent a keepalive and so a
 // handshake initiation when the peer was created).
-func (a *Agent) afterPeerSet(t *tunnel) {
+func startHandshake(t *tunnel, log *slog.Logger) {
 	if t.peer.keepalive != 0 {
 		return
 	}
 	if p := t.dev.LookupPeer(device.NoisePublicKey(t.peer.publicKey)); p != nil {
 		if err := p.SendHandshakeInitiation(false); err != nil {
-			a.log.Debug("handshake initiation", "error", err)
+			log.Debug("handshake initiation", "error", err)
 		}
 	}
 }

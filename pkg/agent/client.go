@@ -1,0 +1,618 @@
+package agent
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.zx2c4.com/wireguard/tun/netstack"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+
+	"github.com/planetxlabs/dasset-gateway/pkg/privacy"
+	gatewayv1 "github.com/planetxlabs/dasset-gateway/proto/dasset/gateway/v1"
+)
+
+// Client mode defaults.
+const (
+	// DefaultClientStateDir holds the client's access token and gateway settings.
+	DefaultClientStateDir = "/var/lib/dasset-agent-client"
+	// DefaultClientInterface is the kernel TUN of a client session.
+	DefaultClientInterface = "dasset-c0"
+	// DefaultPollInterval is how often an open session checks with the gateway.
+	DefaultPollInterval = 2 * time.Second
+
+	accessTokenFileName   = "access-token"
+	clientGatewayFileName = "gateway.json"
+	clientCallTimeout     = 15 * time.Second
+	// handshakeStaleAfter: WireGuard rejects a keypair 180 s after its
+	// handshake (RejectAfterTime) and a live peer with a persistent
+	// keepalive re-handshakes every 120 s, so no handshake for longer than
+	// this means the gateway no longer has our peer.
+	handshakeStaleAfter = 180*time.Second + 15*time.Second
+)
+
+// Errors of the client mode; the error returned wraps one of these together
+// with the gateway's message.
+var (
+	// ErrNotLoggedIn: no access token, or the gateway no longer accepts it.
+	ErrNotLoggedIn = errors.New("not logged in or the access token expired (run `dasset-agent login`)")
+	// ErrNotFound: unknown, used or expired binding code; unknown session or device.
+	ErrNotFound = errors.New("not found")
+	// ErrPermissionDenied: the device is not bound to this account, or revoked.
+	ErrPermissionDenied = errors.New("permission denied")
+	// ErrInvalidArgument: the gateway refused the request's content.
+	ErrInvalidArgument = errors.New("invalid argument")
+	// ErrUnavailable: the gateway cannot serve the call now (device offline,
+	// limits reached, gateway down); trying again later may work.
+	ErrUnavailable = errors.New("unavailable")
+	// ErrSessionEnded is wrapped by Session.Wait when the session ended
+	// without Close: the gateway closed it, the device was unbound, the
+	// session expired, or the gateway stopped answering.
+	ErrSessionEnded = errors.New("session ended")
+)
+
+// ClientConfig configures the client mode (an end user's machine opening
+// remote-control sessions to its devices).
+type ClientConfig struct {
+	// Gateway is the gateway's gRPC address, host:port.
+	Gateway string
+	// TLS says how to authenticate the gateway.
+	TLS TLSOptions
+	// Account and Password are used by ClientLogin only.
+	Account, Password string
+	// Token is the access token; when empty it is read from StateDir.
+	Token string
+	// Netstack runs session tunnels on a userspace netstack (no root).
+	Netstack bool
+	// Interface is the kernel TUN of a session (default dasset-c0).
+	Interface string
+	// StateDir, when set, is where ClientLogin stores the access token
+	// (0600) and the gateway settings, and where Token is read from.
+	StateDir string
+	// Logger receives the log (default slog.Default()).
+	Logger *slog.Logger
+	// PollInterval is how often an open session checks with the gateway
+	// that it still stands (default 2s).
+	PollInterval time.Duration
+}
+
+func (c ClientConfig) withDefaults() (ClientConfig, error) {
+	if _, err := splitGateway(c.Gateway); err != nil {
+		return c, err
+	}
+	if err := c.TLS.Validate(); err != nil {
+		return c, err
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+	if c.PollInterval <= 0 {
+		c.PollInterval = DefaultPollInterval
+	}
+	if !c.Netstack && c.Interface == "" {
+		c.Interface = DefaultClientInterface
+	}
+	if len(c.Interface) > 15 {
+		return c, fmt.Errorf("interface %q: longer than 15 bytes", c.Interface)
+	}
+	return c, nil
+}
+
+// clientGateway is what ClientLogin remembers besides the token.
+type clientGateway struct {
+	Gateway  string `json:"gateway"`
+	CAFile   string `json:"ca_file,omitempty"`
+	Pin      string `json:"pin,omitempty"`
+	Insecure bool   `json:"insecure,omitempty"`
+}
+
+// LoadClientConfig returns the gateway address and TLS settings the last
+// ClientLogin stored in dir, with StateDir set to dir. The token is read
+// when a call needs it.
+func LoadClientConfig(dir string) (ClientConfig, error) {
+	cfg := ClientConfig{StateDir: dir}
+	data, err := os.ReadFile(filepath.Join(dir, clientGatewayFileName))
+	if errors.Is(err, fs.ErrNotExist) {
+		return cfg, fmt.Errorf("%s: no gateway stored: %w", dir, ErrNotLoggedIn)
+	}
+	if err != nil {
+		return cfg, fmt.Errorf("client state: %w", err)
+	}
+	var g clientGateway
+	if err := json.Unmarshal(data, &g); err != nil {
+		return cfg, fmt.Errorf("client state %s: %w", filepath.Join(dir, clientGatewayFileName), err)
+	}
+	cfg.Gateway = g.Gateway
+	cfg.TLS = TLSOptions{CAFile: g.CAFile, Pin: g.Pin, Insecure: g.Insecure}
+	return cfg, nil
+}
+
+func (c ClientConfig) token() (string, error) {
+	if c.Token != "" {
+		return c.Token, nil
+	}
+	if c.StateDir == "" {
+		return "", ErrNotLoggedIn
+	}
+	path := filepath.Join(c.StateDir, accessTokenFileName)
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) {
+		return "", fmt.Errorf("%s: %w", path, ErrNotLoggedIn)
+	}
+	if err != nil {
+		return "", fmt.Errorf("access token: %w", err)
+	}
+	tok := strings.TrimSpace(string(data))
+	if tok == "" {
+		return "", fmt.Errorf("%s is empty: %w", path, ErrNotLoggedIn)
+	}
+	return tok, nil
+}
+
+// clientError turns a ClientService error into one wrapping a package
+// sentinel, naming op and keeping the gateway's message.
+func clientError(op string, err error) error {
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		return fmt.Errorf("%s: %w", op, err)
+	}
+	st := status.Convert(err)
+	var kind error
+	switch st.Code() {
+	case codes.Unauthenticated:
+		if op == "login" {
+			return fmt.Errorf("login: wrong account or password (gateway said: %s)", st.Message())
+		}
+		kind = ErrNotLoggedIn
+	case codes.NotFound:
+		kind = ErrNotFound
+	case codes.PermissionDenied:
+		kind = ErrPermissionDenied
+	case codes.InvalidArgument, codes.AlreadyExists:
+		kind = ErrInvalidArgument
+	case codes.DeadlineExceeded:
+		return fmt.Errorf("%s: %w", op, context.DeadlineExceeded)
+	case codes.Canceled:
+		return fmt.Errorf("%s: %w", op, context.Canceled)
+	case codes.Unimplemented:
+		return fmt.Errorf("%s: this gateway has no ClientService (is the address right?)", op)
+	default:
+		kind = ErrUnavailable
+	}
+	return fmt.Errorf("%s: %w: %s", op, kind, scrubAddrs(st.Message()))
+}
+
+// call dials the gateway and runs f with a ClientService client and a
+// context carrying the access token (none for login).
+func call(ctx context.Context, cfg ClientConfig, withToken bool, f func(context.Context, gatewayv1.ClientServiceClient) error) error {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return err
+	}
+	if withToken {
+		tok, err := cfg.token()
+		if err != nil {
+			return err
+		}
+		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+tok)
+	}
+	conn, err := Dial(cfg.Gateway, cfg.TLS)
+	if err != nil {
+		return err
+	}
+	defer conn.Close()
+	return f(ctx, gatewayv1.NewClientServiceClient(conn))
+}
+
+// ClientLogin logs in with cfg.Account and cfg.Password and returns the
+// access token. With cfg.StateDir set it also stores the token (0600) and
+// the gateway settings there, for later calls and LoadClientConfig.
+func ClientLogin(ctx context.Context, cfg ClientConfig) (token string, expires time.Time, err error) {
+	if cfg.Account == "" {
+		return "", time.Time{}, errors.New("account: empty")
+	}
+	if cfg.Password == "" {
+		return "", time.Time{}, errors.New("password: empty")
+	}
+	err = call(ctx, cfg, false, func(ctx context.Context, c gatewayv1.ClientServiceClient) error {
+		resp, err := c.Login(ctx, &gatewayv1.ClientLoginRequest{Account: cfg.Account, Password: cfg.Password})
+		if err != nil {
+			return clientError("login", err)
+		}
+		if resp.GetAccessToken() == "" {
+			return errors.New("login: the gateway sent an empty access token")
+		}
+		token, expires = resp.GetAccessToken(), resp.GetExpiresAt().AsTime()
+		return nil
+	})
+	if err != nil {
+		return "", time.Time{}, err
+	}
+	if cfg.StateDir != "" {
+		if err := saveClientState(cfg, token); err != nil {
+			return "", time.Time{}, err
+		}
+	}
+	return token, expires, nil
+}
+
+func saveClientState(cfg ClientConfig, token string) error {
+	if err := ensureStateDir(cfg.StateDir); err != nil {
+		return err
+	}
+	g, err := json.Marshal(clientGateway{Gateway: cfg.Gateway, CAFile: cfg.TLS.CAFile, Pin: cfg.TLS.Pin, Insecure: cfg.TLS.Insecure})
+	if err != nil {
+		return fmt.Errorf("client state: %w", err)
+	}
+	if err := writeFileAtomic(filepath.Join(cfg.StateDir, clientGatewayFileName), append(g, '\n'), 0o600); err != nil {
+		return fmt.Errorf("client state: %w", err)
+	}
+	if err := writeFileAtomic(filepath.Join(cfg.StateDir, accessTokenFileName), []byte(token+"\n"), 0o600); err != nil {
+		return fmt.Errorf("access token: %w", err)
+	}
+	return nil
+}
+
+// Bind redeems a binding code shown by a device and returns the serial
+// number of the device now bound to the account.
+func Bind(ctx context.Context, cfg ClientConfig, code string) (serial string, err error) {
+	if strings.TrimSpace(code) == "" {
+		return "", errors.New("code: empty")
+	}
+	err = call(ctx, cfg, true, func(ctx context.Context, c gatewayv1.ClientServiceClient) error {
+		resp, err := c.BindDevice(ctx, &gatewayv1.BindDeviceRequest{Code: strings.TrimSpace(code)})
+		if err != nil {
+			return clientError("bind", err)
+		}
+		serial = resp.GetSerialNumber()
+		return nil
+	})
+	return serial, err
+}
+
+// Unbind removes the binding of the device with serial number serial from
+// the account (closing its open sessions) and returns the gateway's erasure
+// receipt: rows removed per table.
+func Unbind(ctx context.Context, cfg ClientConfig, serial string) (removed map[string]int64, err error) {
+	if _, err := privacy.ParseSerialNumber(serial); err != nil {
+		return nil, err
+	}
+	err = call(ctx, cfg, true, func(ctx context.Context, c gatewayv1.ClientServiceClient) error {
+		resp, err := c.UnbindDevice(ctx, &gatewayv1.UnbindDeviceRequest{SerialNumber: serial})
+		if err != nil {
+			return clientError("unbind", err)
+		}
+		removed = resp.GetRemoved()
+		return nil
+	})
+	return removed, err
+}
+
+// BoundDevice is a device bound to the account.
+type BoundDevice struct {
+	Serial    string
+	Online    bool
+	Addresses []netip.Prefix
+}
+
+// ListDevices lists the devices bound to the account.
+func ListDevices(ctx context.Context, cfg ClientConfig) ([]BoundDevice, error) {
+	var out []BoundDevice
+	err := call(ctx, cfg, true, func(ctx context.Context, c gatewayv1.ClientServiceClient) error {
+		var err error
+		out, err = listDevices(ctx, c)
+		return err
+	})
+	return out, err
+}
+
+func listDevices(ctx context.Context, c gatewayv1.ClientServiceClient) ([]BoundDevice, error) {
+	resp, err := c.ListDevices(ctx, &gatewayv1.ListBoundDevicesRequest{})
+	if err != nil {
+		return nil, clientError("list devices", err)
+	}
+	out := make([]BoundDevice, 0, len(resp.GetDevices()))
+	for i, d := range resp.GetDevices() {
+		bd := BoundDevice{Serial: d.GetSerialNumber(), Online: d.GetOnline()}
+		for j, s := range d.GetAddresses() {
+			p, err := netip.ParsePrefix(s)
+			if err != nil {
+				return nil, fmt.Errorf("list devices: devices[%d].addresses[%d]: %w", i, j, err)
+			}
+			bd.Addresses = append(bd.Addresses, p)
+		}
+		out = append(out, bd)
+	}
+	return out, nil
+}
+
+// CloseSession closes one of the account's sessions by id (for a session
+// opened by another process; a *Session closes itself with Close).
+func CloseSession(ctx context.Context, cfg ClientConfig, id string) error {
+	if id == "" {
+		return errors.New("session id: empty")
+	}
+	return call(ctx, cfg, true, func(ctx context.Context, c gatewayv1.ClientServiceClient) error {
+		if _, err := c.CloseSession(ctx, &gatewayv1.CloseSessionRequest{SessionId: id}); err != nil {
+			return clientError("close session", err)
+		}
+		return nil
+	})
+}
+
+// Session is an open remote-control session: a wireguard-go device of its
+// own, with a fresh key, whose one peer is the gateway. The gateway lets it
+// reach only the session's device.
+type Session struct {
+	cfg     ClientConfig
+	log     *slog.Logger
+	conn    *grpc.ClientConn
+	token   string
+	serial  privacy.SerialNumber
+	id      string
+	client  []netip.Prefix
+	device  []netip.Prefix
+	expires time.Time
+	opened  time.Time
+	tun     *tunnel
+
+	ended     chan struct{} // closed when the watcher saw the session end
+	endErr    error         // why; set before ended is closed
+	stopWatch context.CancelFunc
+	watchDone chan struct{}
+
+	closeOnce sync.Once
+	closeErr  error
+	closed    chan struct{}
+}
+
+// OpenSession opens a session to the bound device with serial number
+// serial: it makes a fresh WireGuard key, asks the gateway for the session,
+// brings up a tunnel (kernel TUN cfg.Interface routed to the gateway's
+// allowed IPs, or a netstack) and starts watching that the session still
+// stands. Call Close when done.
+func OpenSession(ctx context.Context, cfg ClientConfig, serial string) (*Session, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	sn, err := privacy.ParseSerialNumber(serial)
+	if err != nil {
+		return nil, err
+	}
+	tok, err := cfg.token()
+	if err != nil {
+		return nil, err
+	}
+	var priv [32]byte
+	if _, err := rand.Read(priv[:]); err != nil {
+		return nil, fmt.Errorf("session key: %w", err)
+	}
+	clamp(&priv)
+	pub, err := publicKey(priv)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := Dial(cfg.Gateway, cfg.TLS)
+	if err != nil {
+		return nil, err
+	}
+	s := &Session{
+		cfg: cfg, log: cfg.Logger, conn: conn, token: tok, serial: sn,
+		ended: make(chan struct{}), watchDone: make(chan struct{}), closed: make(chan struct{}),
+	}
+	resp, err := gatewayv1.NewClientServiceClient(conn).OpenSession(s.authCtx(ctx),
+		&gatewayv1.OpenSessionRequest{SerialNumber: serial, ClientPublicKey: pub[:]})
+	if err != nil {
+		conn.Close()
+		return nil, clientError("open session", err)
+	}
+	s.id, s.expires, s.opened = resp.GetSessionId(), resp.GetExpiresAt().AsTime(), time.Now()
+	fail := func(err error) (*Session, error) {
+		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), clientCallTimeout)
+		defer cancel()
+		if _, cerr := gatewayv1.NewClientServiceClient(conn).CloseSession(s.authCtx(cctx), &gatewayv1.CloseSessionRequest{SessionId: s.id}); cerr != nil {
+			s.log.Warn("closing the session after a failed start", "session", s.id, "error", errorMessage(cerr))
+		}
+		conn.Close()
+		return nil, err
+	}
+	if s.id == "" {
+		conn.Close()
+		return nil, errors.New("open session: the gateway sent an empty session id")
+	}
+	lc, err := parseTunnelConfig(ctx, cfg.Gateway, resp.GetClientAddresses(), resp.GetMtu(), resp.GetGateway())
+	if err != nil {
+		return fail(fmt.Errorf("gateway sent an unusable session: %w", err))
+	}
+	for i, a := range resp.GetDeviceAddresses() {
+		p, err := netip.ParsePrefix(a)
+		if err != nil {
+			return fail(fmt.Errorf("gateway sent an unusable session: device_addresses[%d]: %w", i, err))
+		}
+		s.device = append(s.device, p)
+	}
+	s.client = lc.addrs
+	t, err := newTunnel(lc, priv, cfg.Netstack, cfg.Interface, s.log)
+	if err != nil {
+		return fail(fmt.Errorf("session tunnel: %w", err))
+	}
+	s.tun = t
+	mode := "tun"
+	if cfg.Netstack {
+		mode = "netstack"
+	}
+	s.log.Info("session open", "session", s.id, "mode", mode, "interface", cfg.Interface,
+		"client_addresses", s.client, "device_addresses", s.device, "expires_at", s.expires)
+	wctx, cancel := context.WithCancel(context.Background())
+	s.stopWatch = cancel
+	go s.watch(wctx)
+	return s, nil
+}
+
+func (s *Session) authCtx(ctx context.Context) context.Context {
+	return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+s.token)
+}
+
+// ID returns the session id.
+func (s *Session) ID() string { return s.id }
+
+// ClientAddresses returns this end's virtual addresses.
+func (s *Session) ClientAddresses() []netip.Prefix { return slices.Clone(s.client) }
+
+// DeviceAddresses returns the device's virtual addresses.
+func (s *Session) DeviceAddresses() []netip.Prefix { return slices.Clone(s.device) }
+
+// ExpiresAt is when the gateway ends the session.
+func (s *Session) ExpiresAt() time.Time { return s.expires }
+
+// Net returns the userspace network stack in netstack mode (nil otherwise).
+func (s *Session) Net() *netstack.Net { return s.tun.net }
+
+// Wait blocks until the session ends without Close (it returns an error
+// wrapping ErrSessionEnded with the reason), Close is called (nil), or ctx
+// is done (ctx.Err()).
+//
+// How the end is noticed: every PollInterval the session lists the
+// account's devices (ClientService has no per-session query), which catches
+// an unbound device and a revoked or expired access token at once; the
+// expiry time is checked locally; and a session whose gateway peer has had
+// no WireGuard handshake for longer than WireGuard accepts a key (about 3
+// minutes, with the gateway's persistent keepalive on) has been closed by
+// the gateway (CloseSession from elsewhere, an operator, the idle reaper)
+// or lost the gateway.
+func (s *Session) Wait(ctx context.Context) error {
+	select {
+	case <-s.closed:
+		return nil
+	default:
+	}
+	select {
+	case <-s.closed:
+		return nil
+	case <-s.ended:
+		return s.endErr
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// Close closes the session on the gateway (a session the gateway already
+// ended is not an error) and tears the tunnel down. It is safe to call more
+// than once; later calls return the first result.
+func (s *Session) Close(ctx context.Context) error {
+	s.closeOnce.Do(func() {
+		s.stopWatch()
+		<-s.watchDone
+		var err error
+		_, rerr := gatewayv1.NewClientServiceClient(s.conn).CloseSession(s.authCtx(ctx), &gatewayv1.CloseSessionRequest{SessionId: s.id})
+		if rerr != nil && status.Code(rerr) != codes.NotFound {
+			err = clientError("close session", rerr)
+		}
+		s.tun.close()
+		s.conn.Close()
+		s.log.Info("session closed", "session", s.id)
+		s.closeErr = err
+		close(s.closed)
+	})
+	return s.closeErr
+}
+
+// watch polls until the session ends or stopWatch is called.
+func (s *Session) watch(ctx context.Context) {
+	defer close(s.watchDone)
+	client := gatewayv1.NewClientServiceClient(s.conn)
+	tick := time.NewTicker(s.cfg.PollInterval)
+	defer tick.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-tick.C:
+		}
+		if why := s.check(ctx, client); why != "" {
+			s.endErr = fmt.Errorf("%w: %s", ErrSessionEnded, why)
+			s.log.Warn("session ended", "session", s.id, "reason", why)
+			close(s.ended)
+			return
+		}
+	}
+}
+
+// check returns why the session has ended, or "" while it stands.
+func (s *Session) check(ctx context.Context, client gatewayv1.ClientServiceClient) string {
+	now := time.Now()
+	if !s.expires.IsZero() && !now.Before(s.expires) {
+		return "expired"
+	}
+	cctx, cancel := context.WithTimeout(ctx, min(clientCallTimeout, max(s.cfg.PollInterval, time.Second)))
+	devs, err := listDevices(s.authCtx(cctx), client)
+	cancel()
+	switch {
+	case ctx.Err() != nil:
+		return ""
+	case errors.Is(err, ErrNotLoggedIn):
+		return "the gateway no longer accepts the access token"
+	case err != nil:
+		s.log.Debug("session check", "session", s.id, "error", err)
+	default:
+		bound := false
+		for _, d := range devs {
+			if d.Serial == s.serial.Reveal() {
+				bound = true
+			}
+		}
+		if !bound {
+			return "the device is no longer bound to this account"
+		}
+	}
+	if s.tun.peer.keepalive != 0 {
+		last := lastHandshake(s.tun)
+		if last.Before(s.opened) {
+			last = s.opened
+		}
+		if now.Sub(last) > handshakeStaleAfter {
+			return fmt.Sprintf("no WireGuard handshake with the gateway for %v: the gateway closed the session or is unreachable", now.Sub(last).Round(time.Second))
+		}
+	}
+	return ""
+}
+
+// lastHandshake reads the gateway peer's last handshake time (zero if none).
+func lastHandshake(t *tunnel) time.Time {
+	conf, err := t.dev.IpcGet()
+	if err != nil {
+		return time.Time{}
+	}
+	var sec, nsec int64
+	for _, line := range strings.Split(conf, "\n") {
+		k, v, ok := strings.Cut(line, "=")
+		if !ok {
+			continue
+		}
+		switch k {
+		case "last_handshake_time_sec":
+			sec, _ = strconv.ParseInt(v, 10, 64)
+		case "last_handshake_time_nsec":
+			nsec, _ = strconv.ParseInt(v, 10, 64)
+		}
+	}
+	if sec == 0 && nsec == 0 {
+		return time.Time{}
+	}
+	return time.Unix(sec, nsec)
+}
