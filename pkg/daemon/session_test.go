@@ -1,0 +1,446 @@
+package daemon_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"golang.org/x/net/icmp"
+	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
+	"golang.zx2c4.com/wireguard/tun/netstack"
+
+	"github.com/planetxlabs/dasset-gateway/pkg/agent"
+	gatewayv1 "github.com/planetxlabs/dasset-gateway/proto/dasset/gateway/v1"
+)
+
+// eventLog records a device agent's Sync events with the time each arrived.
+type eventLog struct {
+	mu     sync.Mutex
+	events []seenEvent
+	notify chan struct{}
+}
+
+type seenEvent struct {
+	at time.Time
+	ev *gatewayv1.SyncEvent
+}
+
+func newEventLog() *eventLog { return &eventLog{notify: make(chan struct{}, 1)} }
+
+func (l *eventLog) record(ev *gatewayv1.SyncEvent) {
+	l.mu.Lock()
+	l.events = append(l.events, seenEvent{at: time.Now(), ev: ev})
+	l.mu.Unlock()
+	select {
+	case l.notify <- struct{}{}:
+	default:
+	}
+}
+
+// find returns when the first event matching f arrived.
+func (l *eventLog) find(f func(*gatewayv1.SyncEvent) bool) (time.Time, bool) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, e := range l.events {
+		if f(e.ev) {
+			return e.at, true
+		}
+	}
+	return time.Time{}, false
+}
+
+// waitFor waits up to within for an event matching f and returns when it
+// arrived.
+func (l *eventLog) waitFor(t *testing.T, what string, within time.Duration, f func(*gatewayv1.SyncEvent) bool) time.Time {
+	t.Helper()
+	deadline := time.NewTimer(within)
+	defer deadline.Stop()
+	for {
+		if at, ok := l.find(f); ok {
+			return at
+		}
+		select {
+		case <-l.notify:
+		case <-deadline.C:
+			t.Fatalf("device did not see %s within %v", what, within)
+		}
+	}
+}
+
+func opened(id string) func(*gatewayv1.SyncEvent) bool {
+	return func(ev *gatewayv1.SyncEvent) bool { return ev.GetSessionOpened().GetSessionId() == id }
+}
+
+func closed(id string) func(*gatewayv1.SyncEvent) bool {
+	return func(ev *gatewayv1.SyncEvent) bool { return ev.GetSessionClosed().GetSessionId() == id }
+}
+
+// startEventAgent is startAgent with the agent's Sync events recorded.
+func startEventAgent(t *testing.T, g *testGateway, sn, hwid, stateDir string) (*agent.Agent, *eventLog) {
+	t.Helper()
+	events := newEventLog()
+	a, err := agent.New(agent.Config{
+		Gateway: g.d.GRPCAddr().String(), Serial: sn, HardwareID: hwid,
+		StateDir: stateDir, Pin: g.d.Fingerprint(), Netstack: true,
+		Logger:     slog.New(slog.NewTextHandler(testWriter{t}, nil)).With("agent", sn[len(sn)-2:]),
+		MinBackoff: 50 * time.Millisecond, MaxBackoff: 500 * time.Millisecond,
+		OnEvent: events.record,
+	})
+	if err != nil {
+		t.Fatalf("agent.New: %v", err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		select {
+		case <-done:
+		case <-time.After(10 * time.Second):
+		}
+	})
+	waitReady(t, a, done)
+	return a, events
+}
+
+// pingFrom sends one ICMP echo from the netstack n (source: its address of
+// dst's family among addrs) to dst and waits up to a second for the reply.
+func pingFrom(n *netstack.Net, addrs []netip.Prefix, dst netip.Addr) error {
+	if n == nil {
+		return errors.New("no netstack")
+	}
+	var src netip.Addr
+	for _, p := range addrs {
+		if p.Addr().Is4() == dst.Is4() {
+			src = p.Addr()
+		}
+	}
+	c, err := n.DialPingAddr(src, dst)
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	var typ, reply icmp.Type = ipv4.ICMPTypeEcho, ipv4.ICMPTypeEchoReply
+	proto := 1
+	if dst.Is6() {
+		typ, reply, proto = ipv6.ICMPTypeEchoRequest, ipv6.ICMPTypeEchoReply, 58
+	}
+	b, err := (&icmp.Message{Type: typ, Body: &icmp.Echo{ID: 4321, Seq: 1, Data: []byte("dasset-session")}}).Marshal(nil)
+	if err != nil {
+		return err
+	}
+	_ = c.SetDeadline(time.Now().Add(time.Second))
+	if _, err := c.Write(b); err != nil {
+		return err
+	}
+	buf := make([]byte, 1500)
+	nr, err := c.Read(buf)
+	if err != nil {
+		return err
+	}
+	m, err := icmp.ParseMessage(proto, buf[:nr])
+	if err != nil {
+		return err
+	}
+	if m.Type != reply {
+		return fmt.Errorf("got ICMP %v, want echo reply", m.Type)
+	}
+	return nil
+}
+
+// pingUntil pings until a reply comes (nil) or within passes.
+func pingUntil(n *netstack.Net, addrs []netip.Prefix, dst netip.Addr, within time.Duration) error {
+	deadline := time.Now().Add(within)
+	var last error
+	for i := 0; i < 50 && time.Now().Before(deadline); i++ {
+		if last = pingFrom(n, addrs, dst); last == nil {
+			return nil
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return fmt.Errorf("no echo reply from %s within %v: %w", dst, within, last)
+}
+
+// addrOf returns the address of the given family among ps.
+func addrOf(t *testing.T, ps []netip.Prefix, v4 bool) netip.Addr {
+	t.Helper()
+	for _, p := range ps {
+		if p.Addr().Is4() == v4 {
+			return p.Addr()
+		}
+	}
+	t.Fatalf("no IPv4=%v address in %v", v4, ps)
+	return netip.Addr{}
+}
+
+// expectDropped runs f (which must fail to get through: its error is
+// required) and checks that the router's drop counter for reason rose.
+func expectDropped(t *testing.T, g *testGateway, reason, what string, f func() error) {
+	t.Helper()
+	before := g.d.RouterStats().Dropped[reason]
+	if err := f(); err == nil {
+		t.Fatalf("%s: got through, want it dropped", what)
+	}
+	// The drop happens before the echo deadline; the counter is read after.
+	after := g.d.RouterStats().Dropped[reason]
+	if after <= before {
+		t.Fatalf("%s: router %s drops %d → %d, want a rise (all drops: %v)", what, reason, before, after, g.d.RouterStats().Dropped)
+	}
+}
+
+// TestClientSessions runs the remote-control flow in process over netstack:
+// accounts, binding codes, sessions, isolation in the hub, close and unbind.
+func TestClientSessions(t *testing.T) {
+	dir := t.TempDir()
+	cfg := testConfig(t, dir)
+	g := startGateway(t, cfg)
+	const (
+		sn1, hw1 = "DS-SESSION-0001", "HW-S001-ABCDEF"
+		sn2, hw2 = "DS-SESSION-0002", "HW-S002-ABCDEF"
+	)
+	g.enroll(t, [2]string{sn1, hw1}, [2]string{sn2, hw2})
+	dev1Dir, dev2Dir := filepath.Join(dir, "dev1"), filepath.Join(dir, "dev2")
+	a1, ev1 := startEventAgent(t, g, sn1, hw1, dev1Dir)
+	a2, ev2 := startEventAgent(t, g, sn2, hw2, dev2Dir)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	for _, acc := range [][2]string{{"alice", "alice-password-1"}, {"bob", "bob-password-22"}} {
+		if _, err := g.admin.CreateAccount(ctx, &gatewayv1.CreateAccountRequest{Name: acc[0], Password: acc[1]}); err != nil {
+			t.Fatalf("create account %s: %v", acc[0], err)
+		}
+	}
+	clientLog := slog.New(slog.NewTextHandler(testWriter{t}, nil))
+	client := func(name, account, password string) agent.ClientConfig {
+		c := agent.ClientConfig{
+			Gateway: g.d.GRPCAddr().String(), TLS: agent.TLSOptions{Pin: g.d.Fingerprint()},
+			Account: account, Password: password, Netstack: true,
+			StateDir: filepath.Join(dir, name), Logger: clientLog.With("client", name),
+			PollInterval: 200 * time.Millisecond,
+		}
+		if _, _, err := agent.ClientLogin(ctx, c); err != nil {
+			t.Fatalf("%s login: %v", name, err)
+		}
+		// Later calls use only what login stored.
+		stored, err := agent.LoadClientConfig(c.StateDir)
+		if err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		stored.Netstack, stored.Logger, stored.PollInterval = true, c.Logger, c.PollInterval
+		return stored
+	}
+	c1 := client("client1", "alice", "alice-password-1")
+	c2 := client("client2", "bob", "bob-password-22")
+	if st, err := os.Stat(filepath.Join(c1.StateDir, "access-token")); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("access token file: %v, mode %v; want 0600", err, st.Mode().Perm())
+	}
+	if _, _, err := agent.ClientLogin(ctx, agent.ClientConfig{Gateway: c1.Gateway, TLS: c1.TLS, Account: "alice", Password: "wrong-password"}); err == nil {
+		t.Fatal("login with a wrong password succeeded")
+	}
+
+	bindCode := func(stateDir string) string {
+		code, _, _, err := agent.BindCode(ctx, agent.Config{Gateway: g.d.GRPCAddr().String(), StateDir: stateDir, Pin: g.d.Fingerprint()})
+		if err != nil {
+			t.Fatalf("binding code: %v", err)
+		}
+		return code
+	}
+	code1 := bindCode(dev1Dir)
+	if sn, err := agent.Bind(ctx, c1, code1); err != nil || sn != sn1 {
+		t.Fatalf("bind: %q, %v; want %q", sn, err, sn1)
+	}
+	// A used code, an unknown one and garbage bind nothing.
+	if _, err := agent.Bind(ctx, c2, code1); !errors.Is(err, agent.ErrNotFound) {
+		t.Fatalf("reused code: %v, want ErrNotFound", err)
+	}
+	if _, err := agent.Bind(ctx, c2, "0000000000"); !errors.Is(err, agent.ErrNotFound) {
+		t.Fatalf("unknown code: %v, want ErrNotFound", err)
+	}
+	if _, err := agent.Bind(ctx, c2, "not a code!"); !errors.Is(err, agent.ErrInvalidArgument) {
+		t.Fatalf("garbage code: %v, want ErrInvalidArgument", err)
+	}
+	if devs, err := agent.ListDevices(ctx, c2); err != nil || len(devs) != 0 {
+		t.Fatalf("client 2 devices after failed binds: %v, %v; want none", devs, err)
+	}
+	devs, err := agent.ListDevices(ctx, c1)
+	if err != nil || len(devs) != 1 || devs[0].Serial != sn1 || !devs[0].Online || len(devs[0].Addresses) != 2 {
+		t.Fatalf("client 1 devices: %+v, %v; want device 1 online with 2 addresses", devs, err)
+	}
+	if sn, err := agent.Bind(ctx, c2, bindCode(dev2Dir)); err != nil || sn != sn2 {
+		t.Fatalf("client 2 bind: %q, %v", sn, err)
+	}
+
+	// Client 1 opens a session to device 1.
+	s1, err := agent.OpenSession(ctx, c1, sn1)
+	if err != nil {
+		t.Fatalf("open session: %v", err)
+	}
+	returned := time.Now()
+	defer s1.Close(context.Background())
+	at := ev1.waitFor(t, "SessionOpened", 5*time.Second, opened(s1.ID()))
+	if at.After(returned.Add(time.Second)) {
+		t.Fatalf("device 1 saw SessionOpened %v after OpenSession returned, want within 1s", at.Sub(returned))
+	}
+	if _, ok := ev2.find(opened(s1.ID())); ok {
+		t.Fatal("device 2 was told of device 1's session")
+	}
+	c1Addr4 := addrOf(t, s1.ClientAddresses(), true)
+	if !netip.MustParsePrefix("100.95.0.0/16").Contains(c1Addr4) || !netip.MustParsePrefix("fdda:55e7:0:ff::/64").Contains(addrOf(t, s1.ClientAddresses(), false)) {
+		t.Fatalf("client addresses %v outside the client prefixes", s1.ClientAddresses())
+	}
+	if fmt.Sprint(s1.DeviceAddresses()) != fmt.Sprint(a1.Addresses()) {
+		t.Fatalf("session device addresses %v, device 1 has %v", s1.DeviceAddresses(), a1.Addresses())
+	}
+	dev1v4, dev1v6 := addrOf(t, a1.Addresses(), true), addrOf(t, a1.Addresses(), false)
+	dev2v4 := addrOf(t, a2.Addresses(), true)
+	for _, dst := range []netip.Addr{dev1v4, dev1v6} {
+		if err := pingUntil(s1.Net(), s1.ClientAddresses(), dst, 10*time.Second); err != nil {
+			t.Fatalf("client 1 → device 1: %v", err)
+		}
+	}
+
+	// A TCP connection to a listener on device 1, with bytes both ways and
+	// the client's own address seen by the device (no NAT in the hub).
+	ln, err := a1.Net().ListenTCP(&net.TCPAddr{IP: dev1v4.AsSlice(), Port: 7000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	remote := make(chan string, 1)
+	go func() {
+		c, err := ln.Accept()
+		if err != nil {
+			remote <- "accept: " + err.Error()
+			return
+		}
+		defer c.Close()
+		remote <- c.RemoteAddr().String()
+		_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+		buf := make([]byte, 64)
+		n, _ := io.ReadAtLeast(c, buf, len("hello device"))
+		_, _ = c.Write(append([]byte("device got: "), buf[:n]...))
+	}()
+	dctx, dcancel := context.WithTimeout(ctx, 10*time.Second)
+	conn, err := s1.Net().DialContextTCP(dctx, &net.TCPAddr{IP: dev1v4.AsSlice(), Port: 7000})
+	dcancel()
+	if err != nil {
+		t.Fatalf("TCP client 1 → device 1: %v", err)
+	}
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := conn.Write([]byte("hello device")); err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(conn)
+	conn.Close()
+	if err != nil || string(got) != "device got: hello device" {
+		t.Fatalf("TCP reply %q, %v", got, err)
+	}
+	if r := <-remote; func() bool { ap, err := netip.ParseAddrPort(r); return err != nil || ap.Addr() != c1Addr4 }() {
+		t.Fatalf("device saw the connection from %s, want client 1's address %s", r, c1Addr4)
+	}
+
+	// Client 2 has its own session, to device 2.
+	s2, err := agent.OpenSession(ctx, c2, sn2)
+	if err != nil {
+		t.Fatalf("client 2 open session: %v", err)
+	}
+	defer s2.Close(context.Background())
+	if err := pingUntil(s2.Net(), s2.ClientAddresses(), dev2v4, 10*time.Second); err != nil {
+		t.Fatalf("client 2 → device 2: %v", err)
+	}
+	ev2.waitFor(t, "client 2's SessionOpened", 5*time.Second, opened(s2.ID()))
+
+	// The hub lets client 1 reach only its session's device.
+	expectDropped(t, g, "no_session", "client 1 → device 2", func() error { return pingFrom(s1.Net(), s1.ClientAddresses(), dev2v4) })
+	expectDropped(t, g, "client_to_client", "client 1 → client 2", func() error {
+		return pingFrom(s1.Net(), s1.ClientAddresses(), addrOf(t, s2.ClientAddresses(), true))
+	})
+	expectDropped(t, g, "device_to_device", "device 1 → device 2", func() error { return pingFrom(a1.Net(), a1.Addresses(), dev2v4) })
+	if _, err := agent.OpenSession(ctx, c1, sn2); !errors.Is(err, agent.ErrPermissionDenied) {
+		t.Fatalf("client 1 opening a session to device 2 (not bound): %v, want ErrPermissionDenied", err)
+	}
+	if err := pingFrom(s1.Net(), s1.ClientAddresses(), dev1v4); err != nil {
+		t.Fatalf("client 1 → device 1 after the refused attempts: %v", err)
+	}
+
+	// Closing the session (as `session close --id` does, while this end's
+	// tunnel stays up) tells device 1 and cuts client 1 off.
+	if err := agent.CloseSession(ctx, c1, s1.ID()); err != nil {
+		t.Fatalf("close session: %v", err)
+	}
+	ev1.waitFor(t, "SessionClosed", time.Second, closed(s1.ID()))
+	if err := pingFrom(s1.Net(), s1.ClientAddresses(), dev1v4); err == nil {
+		t.Fatal("client 1 reached device 1 after its session closed")
+	}
+	expectDropped(t, g, "no_session", "device 1 → client 1 after close", func() error { return pingFrom(a1.Net(), a1.Addresses(), c1Addr4) })
+	if err := agent.CloseSession(ctx, c1, s1.ID()); !errors.Is(err, agent.ErrNotFound) {
+		t.Fatalf("closing a closed session: %v, want ErrNotFound", err)
+	}
+	if err := s1.Close(ctx); err != nil {
+		t.Fatalf("Session.Close after the gateway closed it: %v", err)
+	}
+	if err := s1.Wait(ctx); err != nil {
+		t.Fatalf("Wait after Close: %v", err)
+	}
+	// Client 2 is not disturbed.
+	if err := pingFrom(s2.Net(), s2.ClientAddresses(), dev2v4); err != nil {
+		t.Fatalf("client 2 → device 2 after client 1's close: %v", err)
+	}
+
+	// Re-open; unbinding during the session cuts the client off at once.
+	s3, err := agent.OpenSession(ctx, c1, sn1)
+	if err != nil {
+		t.Fatalf("re-open: %v", err)
+	}
+	defer s3.Close(context.Background())
+	if s3.ID() == s1.ID() {
+		t.Fatal("re-opened session has the old id")
+	}
+	if err := pingUntil(s3.Net(), s3.ClientAddresses(), dev1v4, 10*time.Second); err != nil {
+		t.Fatalf("client 1 → device 1 in the re-opened session: %v", err)
+	}
+	if _, err := agent.Unbind(ctx, c1, sn1); err != nil {
+		t.Fatalf("unbind: %v", err)
+	}
+	unbound := time.Now()
+	// pingFrom waits at most 1s for the reply.
+	if err := pingFrom(s3.Net(), s3.ClientAddresses(), dev1v4); err == nil {
+		t.Fatal("client 1 reached device 1 after unbinding it")
+	}
+	ev1.waitFor(t, "SessionClosed after unbind", time.Second, closed(s3.ID()))
+	expectDropped(t, g, "no_session", "device 1 → client 1 after unbind", func() error {
+		return pingFrom(a1.Net(), a1.Addresses(), addrOf(t, s3.ClientAddresses(), true))
+	})
+	wctx, wcancel := context.WithTimeout(ctx, 5*time.Second)
+	err = s3.Wait(wctx)
+	wcancel()
+	if !errors.Is(err, agent.ErrSessionEnded) {
+		t.Fatalf("Wait after unbind: %v, want ErrSessionEnded", err)
+	}
+	t.Logf("client noticed the end %v after unbind (two 1s pings included): %v", time.Since(unbound).Round(time.Millisecond), err)
+	if _, err := agent.OpenSession(ctx, c1, sn1); !errors.Is(err, agent.ErrPermissionDenied) {
+		t.Fatalf("open session after unbind: %v, want ErrPermissionDenied", err)
+	}
+	if devs, err := agent.ListDevices(ctx, c1); err != nil || len(devs) != 0 {
+		t.Fatalf("client 1 devices after unbind: %v, %v; want none", devs, err)
+	}
+	if _, err := agent.Unbind(ctx, c1, sn1); !errors.Is(err, agent.ErrNotFound) {
+		t.Fatalf("second unbind: %v, want ErrNotFound", err)
+	}
+	if err := s3.Close(ctx); err != nil {
+		t.Fatalf("Session.Close after unbind: %v", err)
+	}
+	if err := pingFrom(s2.Net(), s2.ClientAddresses(), dev2v4); err != nil {
+		t.Fatalf("client 2 → device 2 at the end: %v", err)
+	}
+}
