@@ -240,6 +240,7 @@ func loadDashboard(t *testing.T, path string) ([]query, string) {
 	}
 	var qs []query
 	ids := map[int]string{}
+	checkLayout(t, d.Panels)
 	var walk func(ps []panel)
 	walk = func(ps []panel) {
 		for _, p := range ps {
@@ -279,6 +280,36 @@ func loadDashboard(t *testing.T, path string) ([]query, string) {
 		}
 	}
 	return qs, instanceMetric
+}
+
+// checkLayout reports top-level panels that overlap on Grafana's 24-column
+// grid.
+func checkLayout(t *testing.T, panels []panel) {
+	t.Helper()
+	cells := map[[2]int]string{} // grid cell → the panel on it
+	for _, p := range panels {
+		if p.GridPos == nil {
+			continue
+		}
+		if other := claim(cells, p); other != "" {
+			t.Errorf("panel %q overlaps panel %q", p.Title, other)
+		}
+	}
+}
+
+// claim marks p's cells as taken, or returns the title of a panel that
+// already holds one of them.
+func claim(cells map[[2]int]string, p panel) string {
+	g := p.GridPos
+	for x := g.X; x < g.X+g.W && x < 24; x++ {
+		for y := g.Y; y < g.Y+min(g.H, 100); y++ {
+			if other, taken := cells[[2]int{x, y}]; taken {
+				return other
+			}
+			cells[[2]int{x, y}] = p.Title
+		}
+	}
+	return ""
 }
 
 // substitute replaces Grafana's variables as Grafana would for one gateway.
