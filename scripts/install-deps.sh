@@ -10,7 +10,17 @@ have iperf3    || need+=(iperf3)
 have protoc    || need+=(protobuf-compiler)
 have prometheus || need+=(prometheus)
 have promtool  || need+=(prometheus)
-[ -e /usr/share/zoneinfo ] || true
+
+# Go-module tools the tests drive (pinned), into the repo's .bin.
+root=$(cd "$(dirname "$0")/.." && pwd)
+gotool() { # name module@version
+  [ -x "$root/.bin/$1" ] && return 0
+  echo "installing $2"
+  GOBIN="$root/.bin" GOFLAGS=-mod=mod go install "$2"
+}
+gotool grpcurl github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.4
+gotool grpc-health-probe github.com/grpc-ecosystem/grpc-health-probe@v0.4.63
+
 if [ ${#need[@]} -eq 0 ]; then exit 0; fi
 if [ "$(id -u)" != 0 ]; then
   echo "missing packages (${need[*]}); install them as root: apt-get install ${need[*]}" >&2
