@@ -95,13 +95,14 @@ func (f *logFlags) logger(w io.Writer) (*slog.Logger, error) {
 func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 	root := &cobra.Command{
 		Use:           "dasset-agent",
-		Short:         "DASSET device agent: log in to the gateway and keep the WireGuard tunnel up",
+		Short:         "DASSET agent: a device's tunnel to the gateway (up, bind-code), or a client's remote-control sessions (login, bind, devices, session)",
 		SilenceUsage:  true,
 		SilenceErrors: true,
 	}
 	root.SetOut(stdout)
 	root.SetErr(stderr)
-	root.AddCommand(newUpCmd(stderr), newBindCodeCmd(stdout), newVersionCmd(stdout))
+	root.AddCommand(newUpCmd(stderr), newBindCodeCmd(stdout), newVersionCmd(stdout),
+		newLoginCmd(stdout), newBindCmd(stdout), newUnbindCmd(stdout), newDevicesCmd(stdout), newSessionCmd(stdout, stderr))
 	return root
 }
 

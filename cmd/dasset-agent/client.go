@@ -1,0 +1,389 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/term"
+
+	"github.com/planetxlabs/dasset-gateway/pkg/agent"
+)
+
+// callTimeout bounds every one-shot client command's talk with the gateway.
+const callTimeout = 30 * time.Second
+
+// clientFlags are the flags of the client-mode commands. login stores the
+// gateway address and TLS choice with the token; the other commands use
+// what it stored unless a flag here overrides it.
+type clientFlags struct {
+	gateway  string
+	stateDir string
+	ca       string
+	pin      string
+	insecure bool
+}
+
+func (f *clientFlags) add(cmd *cobra.Command, gatewayRequired bool) {
+	fl := cmd.Flags()
+	usage := "gateway gRPC address, HOST:PORT (default: the one stored by login)"
+	if gatewayRequired {
+		usage = "gateway gRPC address, HOST:PORT (e.g. gateway.example.com:8443)"
+	}
+	fl.StringVar(&f.gateway, "gateway", "", usage)
+	fl.StringVar(&f.stateDir, "state-dir", agent.DefaultClientStateDir, "directory for the client's access token and gateway settings")
+	fl.StringVar(&f.ca, "ca", "", "PEM file of CA certificates that sign the gateway's certificate")
+	fl.StringVar(&f.pin, "pin", "", "SHA-256 of the gateway's certificate (64 hex digits, optional colons and \"sha256:\" prefix)")
+	fl.BoolVar(&f.insecure, "insecure", false, "talk to the gateway without TLS (labs and tests only)")
+	if gatewayRequired {
+		_ = cmd.MarkFlagRequired("gateway")
+	}
+	cmd.MarkFlagsMutuallyExclusive("ca", "pin", "insecure")
+}
+
+func (f *clientFlags) tls() agent.TLSOptions {
+	return agent.TLSOptions{CAFile: f.ca, Pin: f.pin, Insecure: f.insecure}
+}
+
+// config is the stored client configuration with the flags given on top.
+func (f *clientFlags) config(cmd *cobra.Command) (agent.ClientConfig, error) {
+	cfg, err := agent.LoadClientConfig(f.stateDir)
+	if err != nil && f.gateway == "" {
+		if errors.Is(err, agent.ErrNotLoggedIn) {
+			return cfg, fmt.Errorf("not logged in (nothing in %s): run `dasset-agent login --gateway HOST:PORT --account NAME` first", f.stateDir)
+		}
+		return cfg, err
+	}
+	cfg.StateDir = f.stateDir
+	if f.gateway != "" {
+		cfg.Gateway = f.gateway
+	}
+	if cmd.Flags().Changed("ca") || cmd.Flags().Changed("pin") || cmd.Flags().Changed("insecure") {
+		cfg.TLS = f.tls()
+	}
+	return cfg, nil
+}
+
+// callErr makes a timeout readable.
+func callErr(err error) error {
+	if errors.Is(err, context.DeadlineExceeded) {
+		return fmt.Errorf("%w: the gateway did not answer within %v", err, callTimeout)
+	}
+	if errors.Is(err, agent.ErrNotLoggedIn) && !strings.Contains(err.Error(), "dasset-agent login") {
+		return fmt.Errorf("%w (run `dasset-agent login`)", err)
+	}
+	return err
+}
+
+func newLoginCmd(stdout io.Writer) *cobra.Command {
+	var (
+		flags         clientFlags
+		account       string
+		passwordStdin bool
+	)
+	cmd := &cobra.Command{
+		Use:   "login",
+		Short: "Client mode: log in to an app account and store the access token (0600) in --state-dir",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var password string
+			var err error
+			if passwordStdin {
+				password, err = readPasswordStdin(cmd.InOrStdin())
+			} else {
+				password, err = promptPassword(cmd)
+			}
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), callTimeout)
+			defer cancel()
+			_, expires, err := agent.ClientLogin(ctx, agent.ClientConfig{
+				Gateway: flags.gateway, TLS: flags.tls(), Account: account, Password: password, StateDir: flags.stateDir,
+			})
+			if err != nil {
+				return callErr(err)
+			}
+			fmt.Fprintf(stdout, "Logged in. Access token stored in %s (expires %s).\n",
+				filepath.Join(flags.stateDir, "access-token"), expires.Local().Format(time.RFC1123))
+			return nil
+		},
+	}
+	flags.add(cmd, true)
+	cmd.Flags().StringVar(&account, "account", "", "account name")
+	cmd.Flags().BoolVar(&passwordStdin, "password-stdin", false, "read the password from standard input instead of prompting")
+	_ = cmd.MarkFlagRequired("account")
+	return cmd
+}
+
+// promptPassword asks on the terminal without echo.
+func promptPassword(cmd *cobra.Command) (string, error) {
+	f, ok := cmd.InOrStdin().(interface{ Fd() uintptr })
+	if !ok || !term.IsTerminal(int(f.Fd())) {
+		return "", errors.New("standard input is not a terminal: pass the password with --password-stdin")
+	}
+	fmt.Fprint(cmd.ErrOrStderr(), "Password: ")
+	b, err := term.ReadPassword(int(f.Fd()))
+	fmt.Fprintln(cmd.ErrOrStderr())
+	if err != nil {
+		return "", fmt.Errorf("read password: %w", err)
+	}
+	if len(b) == 0 {
+		return "", errors.New("password: empty")
+	}
+	return string(b), nil
+}
+
+// readPasswordStdin reads standard input, less one trailing newline.
+func readPasswordStdin(r io.Reader) (string, error) {
+	b, err := io.ReadAll(io.LimitReader(r, 4096))
+	if err != nil {
+		return "", fmt.Errorf("read password from standard input: %w", err)
+	}
+	p := strings.TrimSuffix(strings.TrimSuffix(string(b), "\n"), "\r")
+	if p == "" {
+		return "", errors.New("password: standard input was empty")
+	}
+	return p, nil
+}
+
+func newBindCmd(stdout io.Writer) *cobra.Command {
+	var (
+		flags clientFlags
+		code  string
+	)
+	cmd := &cobra.Command{
+		Use:   "bind",
+		Short: "Client mode: bind a device to the account with the code it shows (`dasset-agent bind-code` on the device)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := flags.config(cmd)
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), callTimeout)
+			defer cancel()
+			sn, err := agent.Bind(ctx, cfg, code)
+			if err != nil {
+				return callErr(err)
+			}
+			fmt.Fprintf(stdout, "Bound device %s.\n", sn)
+			return nil
+		},
+	}
+	flags.add(cmd, false)
+	cmd.Flags().StringVar(&code, "code", "", "binding code shown by the device")
+	_ = cmd.MarkFlagRequired("code")
+	return cmd
+}
+
+func newUnbindCmd(stdout io.Writer) *cobra.Command {
+	var (
+		flags  clientFlags
+		serial string
+	)
+	cmd := &cobra.Command{
+		Use:   "unbind",
+		Short: "Client mode: remove a device from the account (its open sessions close at once)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := flags.config(cmd)
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), callTimeout)
+			defer cancel()
+			removed, err := agent.Unbind(ctx, cfg, serial)
+			if err != nil {
+				return callErr(err)
+			}
+			fmt.Fprintf(stdout, "Unbound device %s.", serial)
+			if len(removed) > 0 {
+				tables := make([]string, 0, len(removed))
+				for t := range removed {
+					tables = append(tables, t)
+				}
+				sort.Strings(tables)
+				parts := make([]string, len(tables))
+				for i, t := range tables {
+					parts[i] = fmt.Sprintf("%s=%d", t, removed[t])
+				}
+				fmt.Fprintf(stdout, " Removed: %s.", strings.Join(parts, " "))
+			}
+			fmt.Fprintln(stdout)
+			return nil
+		},
+	}
+	flags.add(cmd, false)
+	cmd.Flags().StringVar(&serial, "serial", "", "serial number of the device")
+	_ = cmd.MarkFlagRequired("serial")
+	return cmd
+}
+
+func newDevicesCmd(stdout io.Writer) *cobra.Command {
+	var flags clientFlags
+	cmd := &cobra.Command{
+		Use:   "devices",
+		Short: "Client mode: list the devices bound to the account",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := flags.config(cmd)
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), callTimeout)
+			defer cancel()
+			devs, err := agent.ListDevices(ctx, cfg)
+			if err != nil {
+				return callErr(err)
+			}
+			if len(devs) == 0 {
+				fmt.Fprintln(stdout, "No devices bound to this account.")
+				return nil
+			}
+			w := tabwriter.NewWriter(stdout, 0, 4, 2, ' ', 0)
+			fmt.Fprintln(w, "SERIAL\tONLINE\tADDRESSES")
+			for _, d := range devs {
+				online := "no"
+				if d.Online {
+					online = "yes"
+				}
+				fmt.Fprintf(w, "%s\t%s\t%s\n", d.Serial, online, joinPrefixes(d.Addresses))
+			}
+			return w.Flush()
+		},
+	}
+	flags.add(cmd, false)
+	return cmd
+}
+
+func joinPrefixes[T fmt.Stringer](ps []T) string {
+	s := make([]string, len(ps))
+	for i, p := range ps {
+		s[i] = p.String()
+	}
+	return strings.Join(s, " ")
+}
+
+func newSessionCmd(stdout, logOut io.Writer) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "session",
+		Short: "Client mode: open or close a remote-control session to a bound device",
+		Args:  cobra.NoArgs,
+	}
+	cmd.AddCommand(newSessionOpenCmd(stdout, logOut), newSessionCloseCmd(stdout))
+	return cmd
+}
+
+func newSessionOpenCmd(stdout, logOut io.Writer) *cobra.Command {
+	var (
+		flags    clientFlags
+		logs     logFlags
+		serial   string
+		iface    string
+		netstack bool
+		poll     time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "open",
+		Short: "Open a session and keep its tunnel up until interrupted or the gateway ends it",
+		Long: `Open a session to a bound device: a fresh WireGuard key, a TUN interface with the
+session's client addresses and routes to the virtual network, the gateway as the one peer.
+Prints the session id and the client and device addresses, then runs until SIGINT or
+SIGTERM (it closes the session and exits 0) or until the session ends without it (exit 1
+with the reason).
+
+How the end is noticed: every --poll the command lists the account's devices, which
+catches an unbound device and a refused access token within one interval; the expiry is
+checked locally; a session closed by an operator, by ` + "`session close`" + ` from elsewhere or by the
+idle reaper shows as WireGuard handshakes failing and is noticed within about 3 minutes.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			logger, err := logs.logger(logOut)
+			if err != nil {
+				return err
+			}
+			cfg, err := flags.config(cmd)
+			if err != nil {
+				return err
+			}
+			cfg.Interface, cfg.Netstack, cfg.Logger, cfg.PollInterval = iface, netstack, logger, poll
+			if netstack {
+				cfg.Interface = ""
+			}
+			octx, cancel := context.WithTimeout(cmd.Context(), callTimeout)
+			s, err := agent.OpenSession(octx, cfg, serial)
+			cancel()
+			if err != nil {
+				return callErr(err)
+			}
+			fmt.Fprintf(stdout, "Session:   %s\n", s.ID())
+			if !netstack {
+				fmt.Fprintf(stdout, "Interface: %s\n", cfg.Interface)
+			}
+			fmt.Fprintf(stdout, "Client:    %s\n", joinPrefixes(s.ClientAddresses()))
+			fmt.Fprintf(stdout, "Device:    %s\n", joinPrefixes(s.DeviceAddresses()))
+			fmt.Fprintf(stdout, "Expires:   %s\n", s.ExpiresAt().Local().Format(time.RFC1123))
+			if f, ok := stdout.(*os.File); ok {
+				_ = f.Sync()
+			}
+			werr := s.Wait(cmd.Context())
+			cctx, ccancel := context.WithTimeout(context.WithoutCancel(cmd.Context()), callTimeout)
+			defer ccancel()
+			cerr := s.Close(cctx)
+			if errors.Is(werr, agent.ErrSessionEnded) {
+				return werr
+			}
+			if cerr != nil {
+				return fmt.Errorf("session %s: %w", s.ID(), callErr(cerr))
+			}
+			logger.Info("session closed", "session", s.ID())
+			return nil
+		},
+	}
+	flags.add(cmd, false)
+	logs.add(cmd)
+	cmd.Flags().StringVar(&serial, "serial", "", "serial number of the bound device")
+	cmd.Flags().StringVar(&iface, "interface", agent.DefaultClientInterface, "TUN interface name for the session (at most 15 bytes)")
+	cmd.Flags().BoolVar(&netstack, "netstack", false, "run the tunnel on a userspace network stack (no root; only useful for tests)")
+	cmd.Flags().DurationVar(&poll, "poll", agent.DefaultPollInterval, "how often to check with the gateway that the session still stands")
+	_ = cmd.MarkFlagRequired("serial")
+	return cmd
+}
+
+func newSessionCloseCmd(stdout io.Writer) *cobra.Command {
+	var (
+		flags clientFlags
+		id    string
+	)
+	cmd := &cobra.Command{
+		Use:   "close",
+		Short: "Close one of the account's sessions by id",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, err := flags.config(cmd)
+			if err != nil {
+				return err
+			}
+			ctx, cancel := context.WithTimeout(cmd.Context(), callTimeout)
+			defer cancel()
+			if err := agent.CloseSession(ctx, cfg, id); err != nil {
+				return callErr(err)
+			}
+			fmt.Fprintf(stdout, "Session %s closed.\n", id)
+			return nil
+		},
+	}
+	flags.add(cmd, false)
+	cmd.Flags().StringVar(&id, "id", "", "session id (printed by session open)")
+	_ = cmd.MarkFlagRequired("id")
+	return cmd
+}
