@@ -1,6 +1,7 @@
 package canary
 
 import (
+	"encoding/json"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -145,6 +146,9 @@ func TestCanary(t *testing.T) {
 	}
 	if !strings.Contains(reveal, sn1) || !strings.Contains(reveal, sn3) {
 		t.Fatalf("devices list --reveal does not show the serial numbers: %s", reveal)
+	}
+	if !audited(t, filepath.Join(g.dataDir, "audit.log"), "reveal_devices", "canary reveal check") {
+		t.Fatalf("devices list --reveal left no audit entry with its reason")
 	}
 
 	// An account, and the same account again (refused).
@@ -300,6 +304,23 @@ func snapshotDB(t *testing.T, dataDir, dst string) []string {
 		got = append(got, fmt.Sprintf("%s (%d B)", name, len(b)))
 	}
 	return got
+}
+
+// audited reports whether the audit log has an "ok" entry for action with
+// reason.
+func audited(t *testing.T, path, action, reason string) bool {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		var e struct{ Action, Reason, Result string }
+		if json.Unmarshal([]byte(line), &e) == nil && e.Action == action && e.Reason == reason && e.Result == "ok" {
+			return true
+		}
+	}
+	return false
 }
 
 func hasFinding(fs []Finding, value string) bool {
