@@ -3,6 +3,7 @@ package canary
 import (
 	"encoding/json"
 	"fmt"
+	gatewayv1 "github.com/planetxlabs/dasset-gateway/proto/dasset/gateway/v1"
 	"os"
 	"path/filepath"
 	"sort"
@@ -18,21 +19,35 @@ const (
 	sn3, hw3 = "CANARY-SN-93c4d0", "CANARY-HW-5eed1e55" // never logs in; its export is scanned
 	sn4, hw4 = "CANARY-SN-e51a07", "CANARY-HW-4ab1e9c3" // target of a wrong-HWID login over IPv6 from dev1
 
-	hwWrong    = "CANARY-HW-bad0bad1" // the wrong HWID presented for sn4
-	hwConflict = "CANARY-HW-c0nf1c77" // sn1 enrolled again with another HWID
-	snUnknown  = "CANARY-SN-0ddba11e" // never enrolled: login, revoke and export attempts
-	account    = "canary-acct-5e1f9b" // an end-user account
-	password   = "CANARY-PW-9d2e77aa" // its password
-	dev1v4     = "198.51.100.23"      // dev1's source addresses
-	dev1v6     = "2001:db8:0:1::23"   //
-	dev2v4     = "198.51.100.171"     // dev2's source addresses
-	dev2v6     = "2001:db8:0:2:c0de:cafe:0:17"
+	hwWrong    = "CANARY-HW-bad0bad1"  // the wrong HWID presented for sn4
+	hwConflict = "CANARY-HW-c0nf1c77"  // sn1 enrolled again with another HWID
+	snUnknown  = "CANARY-SN-0ddba11e"  // never enrolled: login, revoke and export attempts
+	account    = "canary-acct-5e1f9b"  // an end-user account
+	password   = "CANARY-PW-9d2e77aa"  // its password
+	pwWrong    = "CANARY-PW-wr0ng042"  // a wrong password for it
+	acctNobody = "canary-acct-n0b0dy7" // an account that does not exist
+
+	// Refused at validation: the gateway must not echo them in an error.
+	snInvalid  = "CANARY-SN-inv@lid-91"
+	hwInvalid  = "CANARY-HW-has space-55"
+	snAdmin    = "CANARY-SN-adm1nbad"  // valid, but in a batch with hwAdminBad
+	hwAdminBad = "CANARY-HW-adm in-77" // invalid: the whole batch is refused
+
+	// The devices' source addresses (documentation ranges, inside the
+	// test's namespaces only).
+	dev1v4 = "198.51.100.23"
+	dev1v6 = "2001:db8:0:1::23"
+	dev2v4 = "198.51.100.171"
+	dev2v6 = "2001:db8:0:2:c0de:cafe:0:17"
 
 	gw1v4, gw1v6 = "198.51.100.1", "2001:db8:0:1::1"   // the gateway on dev1's link
 	gw2v4, gw2v6 = "198.51.100.129", "2001:db8:0:2::1" // the gateway on dev2's link
 
 	tunnelGW4 = "100.80.0.1" // the gateway inside the tunnel
 )
+
+// snTooLong is a serial number longer than any the gateway accepts.
+var snTooLong = "CANARY-SN-long-" + strings.Repeat("5eaf00d", 40)
 
 // canaries is every value the gateway must never write in any form.
 func canaries() []Value {
@@ -44,6 +59,10 @@ func canaries() []Value {
 		{"hw-wrong", Token, hwWrong}, {"hw-conflict", Token, hwConflict},
 		{"sn-unknown", Token, snUnknown},
 		{"account", Token, account}, {"password", Token, password},
+		{"password-wrong", Token, pwWrong}, {"account-nobody", Token, acctNobody},
+		{"sn-invalid", Token, snInvalid}, {"hw-invalid", Token, hwInvalid},
+		{"sn-too-long", Token, snTooLong},
+		{"sn-admin-batch", Token, snAdmin}, {"hw-admin-invalid", Token, hwAdminBad},
 		{"dev1-ipv4", IP, dev1v4}, {"dev1-ipv6", IP, dev1v6},
 		{"dev2-ipv4", IP, dev2v4}, {"dev2-ipv6", IP, dev2v6},
 	}
@@ -139,6 +158,27 @@ func TestCanary(t *testing.T) {
 		}
 	}
 
+	// Direct calls past the agent's and dassetctl's own checks: invalid
+	// input naming canaries, a short key with a real serial, the client API
+	// with the canary account (wrong and right password, an unknown account,
+	// a session to a device it is not bound to); from both devices, over
+	// IPv6 and IPv4.
+	calls := []probeCall{
+		{Name: "login-invalid-sn", Kind: "device-login", Serial: snInvalid, HWID: hw4, KeyLen: 32},
+		{Name: "login-invalid-hwid", Kind: "device-login", Serial: sn4, HWID: hwInvalid, KeyLen: 32},
+		{Name: "login-long-sn", Kind: "device-login", Serial: snTooLong, HWID: hw4, KeyLen: 32},
+		{Name: "login-short-key", Kind: "device-login", Serial: sn1, HWID: hw1, KeyLen: 31},
+		{Name: "client-nobody", Kind: "client-login", Account: acctNobody, Password: password},
+		{Name: "client-wrong-pw", Kind: "client-login", Account: account, Password: pwWrong},
+		{Name: "client-ok", Kind: "client-login", Account: account, Password: password},
+		{Name: "session-unbound", Kind: "open-session", Serial: sn1},
+		{Name: "session-unknown", Kind: "open-session", Serial: snUnknown},
+	}
+	code, err := adminEnroll(g.sock, &gatewayv1.DeviceEnrollment{SerialNumber: snAdmin, HardwareId: hwAdminBad})
+	if err != nil || code != "InvalidArgument" {
+		t.Fatalf("EnrollDevices with an invalid hardware id: %s, %v; want InvalidArgument", code, err)
+	}
+
 	// An audited reveal: full serial numbers to the operator, not to disk.
 	reveal, _, err := runIn("", h.path("dassetctl"), "--socket", g.sock, "-o", "json", "devices", "list", "--reveal", "--reason", "canary reveal check")
 	if err != nil {
@@ -158,6 +198,20 @@ func TestCanary(t *testing.T) {
 	_, _, err = runIn(password+"\n", h.path("dassetctl"), "--socket", g.sock, "accounts", "create", account, "--password-stdin")
 	if err == nil {
 		t.Fatalf("accounts create %s twice succeeded", account)
+	}
+
+	for _, p := range []struct{ ns, addr string }{{d1NS, "[" + gw1v6 + "]:8443"}, {d2NS, gw2v4 + ":8443"}} {
+		codes, err := probeIn(p.ns, p.addr, fp, calls)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, c := range calls {
+			ok := codes[c.Name] == "OK"
+			if ok != (c.Name == "client-ok") {
+				t.Errorf("probe from %s, %s: %s", p.ns, c.Name, codes[c.Name])
+			}
+		}
+		t.Logf("probe from %s: %v", p.ns, codes)
 	}
 
 	// The subject's own export may hold its own serial number: it stays

@@ -35,6 +35,9 @@ func TestMain(m *testing.M) {
 	if url := os.Getenv(httpGetEnv); url != "" {
 		os.Exit(httpGet(url))
 	}
+	if spec := os.Getenv(probeEnv); spec != "" {
+		os.Exit(runProbe(spec))
+	}
 	if addr := os.Getenv(garbageEnv); addr != "" {
 		os.Exit(sendGarbage(addr))
 	}
