@@ -1,6 +1,7 @@
 package daemon_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -9,6 +10,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -18,6 +20,8 @@ import (
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
 	"golang.zx2c4.com/wireguard/tun/netstack"
+
+	"github.com/vishvananda/netlink"
 
 	"github.com/planetxlabs/dasset-gateway/pkg/agent"
 	gatewayv1 "github.com/planetxlabs/dasset-gateway/proto/dasset/gateway/v1"
@@ -442,5 +446,140 @@ func TestClientSessions(t *testing.T) {
 	}
 	if err := pingFrom(s2.Net(), s2.ClientAddresses(), dev2v4); err != nil {
 		t.Fatalf("client 2 → device 2 at the end: %v", err)
+	}
+}
+
+// TestClientSessionKernelTUN opens a client session on a real kernel TUN
+// (root only) and reaches a TCP listener on a device's netstack from the
+// host's own network stack, through the interface, its route and the hub.
+// It re-runs itself in a network namespace of its own (unshare -n), so the
+// interface and the route to the virtual network never touch the host's.
+func TestClientSessionKernelTUN(t *testing.T) {
+	if os.Getenv("DASSET_TEST_IN_NETNS") == "" {
+		if os.Geteuid() != 0 {
+			t.Skip("needs root for a kernel TUN and a network namespace")
+		}
+		if _, err := os.Stat("/dev/net/tun"); err != nil {
+			t.Skip("no /dev/net/tun")
+		}
+		unshare, err := exec.LookPath("unshare")
+		if err != nil {
+			t.Skip("no unshare(1)")
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
+		defer cancel()
+		cmd := exec.CommandContext(ctx, unshare, "-n", "--", os.Args[0], "-test.run=^TestClientSessionKernelTUN$", "-test.v", "-test.count=1")
+		cmd.Env = append(os.Environ(), "DASSET_TEST_IN_NETNS=1")
+		out, err := cmd.CombinedOutput()
+		t.Logf("in a new network namespace:\n%s", out)
+		if err != nil {
+			t.Fatalf("in a new network namespace: %v", err)
+		}
+		if !bytes.Contains(out, []byte("--- PASS: TestClientSessionKernelTUN")) {
+			t.Fatal("the run in the namespace did not pass")
+		}
+		return
+	}
+	lo, err := netlink.LinkByName("lo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := netlink.LinkSetUp(lo); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	g := startGateway(t, testConfig(t, dir))
+	const sn, hw = "DS-KTUN-0001", "HW-KTUN-ABCDEF"
+	g.enroll(t, [2]string{sn, hw})
+	devDir := filepath.Join(dir, "dev")
+	a, _ := startEventAgent(t, g, sn, hw, devDir)
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	if _, err := g.admin.CreateAccount(ctx, &gatewayv1.CreateAccountRequest{Name: "carol", Password: "carol-password"}); err != nil {
+		t.Fatal(err)
+	}
+	c := agent.ClientConfig{
+		Gateway: g.d.GRPCAddr().String(), TLS: agent.TLSOptions{Pin: g.d.Fingerprint()},
+		Account: "carol", Password: "carol-password", StateDir: filepath.Join(dir, "client"),
+		Interface: "dasset-c0", Logger: slog.New(slog.NewTextHandler(testWriter{t}, nil)),
+	}
+	if _, _, err := agent.ClientLogin(ctx, c); err != nil {
+		t.Fatal(err)
+	}
+	code, _, _, err := agent.BindCode(ctx, agent.Config{Gateway: c.Gateway, StateDir: devDir, Pin: g.d.Fingerprint()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := agent.Bind(ctx, c, code); err != nil {
+		t.Fatal(err)
+	}
+	s, err := agent.OpenSession(ctx, c, sn)
+	if err != nil {
+		t.Fatalf("open session on a kernel TUN: %v", err)
+	}
+	if s.Net() != nil {
+		t.Fatal("a kernel TUN session has a netstack")
+	}
+	link, err := netlink.LinkByName("dasset-c0")
+	if err != nil {
+		t.Fatalf("session interface: %v", err)
+	}
+	addrs, err := netlink.AddrList(link, netlink.FAMILY_ALL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	have := map[string]bool{}
+	for _, a := range addrs {
+		have[a.IPNet.String()] = true
+	}
+	for _, p := range s.ClientAddresses() {
+		if !have[p.String()] {
+			t.Fatalf("interface addresses %v lack %s", addrs, p)
+		}
+	}
+
+	dev4 := addrOf(t, a.Addresses(), true)
+	ln, err := a.Net().ListenTCP(&net.TCPAddr{IP: dev4.AsSlice(), Port: 7001})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		conn, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		defer conn.Close()
+		_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+		buf := make([]byte, 16)
+		n, _ := io.ReadAtLeast(conn, buf, 4)
+		_, _ = conn.Write(append([]byte("tun:"), buf[:n]...))
+	}()
+	// The host's own stack: the kernel picks the TUN by the session's route.
+	var conn net.Conn
+	for i := 0; i < 50; i++ {
+		d := net.Dialer{Timeout: time.Second}
+		if conn, err = d.DialContext(ctx, "tcp", netip.AddrPortFrom(dev4, 7001).String()); err == nil {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err != nil {
+		t.Fatalf("TCP from the host through the session TUN: %v", err)
+	}
+	_ = conn.SetDeadline(time.Now().Add(10 * time.Second))
+	if _, err := conn.Write([]byte("ping")); err != nil {
+		t.Fatal(err)
+	}
+	got, err := io.ReadAll(conn)
+	conn.Close()
+	if err != nil || string(got) != "tun:ping" {
+		t.Fatalf("reply %q, %v", got, err)
+	}
+	if err := s.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := netlink.LinkByName("dasset-c0"); err == nil {
+		t.Fatal("session interface still there after Close")
 	}
 }
