@@ -70,8 +70,9 @@ func canaries() []Value {
 
 // TestCanary runs the real gateway in a network namespace, drives it through
 // logins over IPv4 and IPv6 from canary source addresses, refused logins,
-// a reveal, an account, an export, an erasure, a revocation and a retention
-// run, stops it, and then searches every byte it wrote (process output, the
+// non-gRPC connections, direct calls with invalid input naming canaries, the
+// client API with a canary account, a reveal, an export, an erasure, a
+// revocation and a retention run, stops it, and then searches every byte it wrote (process output, the
 // SQLite database with its -wal/-shm files, the audit log, the keystore, a
 // /metrics body, another subject's export) for the canaries in every
 // encoding of Patterns. Any finding fails the test with file, offset,

@@ -61,7 +61,10 @@ const minBase64 = 8
 // and upper case), the address's 4 or 16 raw bytes, hex of those bytes, and
 // for IPv6 their base64 at the three alignments. Only the full address is
 // searched (all 4 or 16 bytes), so the truncated /24 or /48 prefix that the
-// policy allows never matches.
+// policy allows never matches. The 4 raw bytes of an IPv4 address are the one
+// short pattern: in random binary data they match by chance about once in
+// 4 GiB, so a finding of raw4 alone in a database page deserves a look at
+// its context before blaming the gateway.
 func Patterns(v Value) ([]Pattern, error) {
 	if v.Text == "" {
 		return nil, fmt.Errorf("canary %q: empty value", v.Name)
