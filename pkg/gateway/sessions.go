@@ -382,16 +382,9 @@ func (g *Gateway) BindDevice(ctx context.Context, a store.Account, code string) 
 // UnbindDevice removes a binding; open sessions of that pair close at once.
 func (g *Gateway) UnbindDevice(ctx context.Context, a store.Account, sn privacy.SerialNumber) (map[string]int64, error) {
 	s := g.sess
-	d, err := g.deviceBySerial(ctx, sn)
+	d, err := g.boundDevice(ctx, a, sn)
 	if err != nil {
 		return nil, err
-	}
-	bound, err := s.reg.IsBound(ctx, a.ID, d.ID)
-	if err != nil {
-		return nil, newErr(ErrUnavailable, err, "checking binding failed")
-	}
-	if !bound {
-		return nil, newErr(ErrNotFound, nil, "serial_number: device not bound to this account")
 	}
 	if err := s.closeWhere(ctx, "device unbound", func(os *openSession) bool { return os.AccountID == a.ID && os.DeviceID == d.ID }); err != nil {
 		return nil, err
@@ -401,6 +394,28 @@ func (g *Gateway) UnbindDevice(ctx context.Context, a store.Account, sn privacy.
 		return nil, newErr(ErrUnavailable, err, "unbinding failed")
 	}
 	return receipt, nil
+}
+
+// boundDevice finds a device bound to the account. An unknown serial number
+// and a device bound to someone else get the same answer, so a client cannot
+// probe which serial numbers are enrolled.
+func (g *Gateway) boundDevice(ctx context.Context, a store.Account, sn privacy.SerialNumber) (store.Device, error) {
+	notBound := newErr(ErrPermission, nil, "serial_number: no device with this serial number is bound to this account")
+	d, err := g.deviceBySerial(ctx, sn)
+	if errors.Is(err, ErrNotFound) {
+		return store.Device{}, notBound
+	}
+	if err != nil {
+		return store.Device{}, err
+	}
+	bound, err := g.sess.reg.IsBound(ctx, a.ID, d.ID)
+	if err != nil {
+		return store.Device{}, newErr(ErrUnavailable, err, "checking binding failed")
+	}
+	if !bound {
+		return store.Device{}, notBound
+	}
+	return d, nil
 }
 
 // BoundDevice is a device as its account sees it.
@@ -448,16 +463,9 @@ func (g *Gateway) OpenSession(ctx context.Context, a store.Account, sn privacy.S
 	if err := g.tun.CheckKey(clientKey); err != nil {
 		return SessionGrant{}, newErr(ErrInvalid, err, "client_public_key: %v", err)
 	}
-	d, err := g.deviceBySerial(ctx, sn)
+	d, err := g.boundDevice(ctx, a, sn)
 	if err != nil {
 		return SessionGrant{}, err
-	}
-	bound, err := s.reg.IsBound(ctx, a.ID, d.ID)
-	if err != nil {
-		return SessionGrant{}, newErr(ErrUnavailable, err, "checking binding failed")
-	}
-	if !bound {
-		return SessionGrant{}, newErr(ErrPermission, nil, "serial_number: device not bound to this account")
 	}
 	if d.Revoked {
 		return SessionGrant{}, newErr(ErrPermission, nil, "device revoked")
