@@ -92,8 +92,8 @@ func (e *DataPlaneError) Unwrap() error { return e.Err }
 
 // New builds everything and binds every listener, but serves nothing yet.
 // On error, whatever was built is closed again.
-func New(ctx context.Context, cfg config.Config, opt Options) (d *Daemon, err error) {
-	d = &Daemon{cfg: cfg, log: opt.Logger}
+func New(ctx context.Context, cfg config.Config, opt Options) (_ *Daemon, err error) {
+	d := &Daemon{cfg: cfg, log: opt.Logger}
 	if d.log == nil {
 		lvl := slog.LevelInfo
 		_ = lvl.UnmarshalText([]byte(cfg.Log.Level))

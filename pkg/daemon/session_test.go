@@ -438,8 +438,12 @@ func TestClientSessions(t *testing.T) {
 	if devs, err := agent.ListDevices(ctx, c1); err != nil || len(devs) != 0 {
 		t.Fatalf("client 1 devices after unbind: %v, %v; want none", devs, err)
 	}
-	if _, err := agent.Unbind(ctx, c1, sn1); !errors.Is(err, agent.ErrNotFound) {
-		t.Fatalf("second unbind: %v, want ErrNotFound", err)
+	// A device no longer bound and a serial that was never enrolled get the
+	// same answer: a client cannot probe which serial numbers exist.
+	_, errBound := agent.Unbind(ctx, c1, sn1)
+	_, errUnknown := agent.Unbind(ctx, c1, "DS-NEVER-ENROLLED")
+	if !errors.Is(errBound, agent.ErrPermissionDenied) || !errors.Is(errUnknown, agent.ErrPermissionDenied) || errBound.Error() != errUnknown.Error() {
+		t.Fatalf("second unbind: %v; unknown serial: %v; want the same PermissionDenied", errBound, errUnknown)
 	}
 	if err := s3.Close(ctx); err != nil {
 		t.Fatalf("Session.Close after unbind: %v", err)
