@@ -197,3 +197,63 @@ log:
 		t.Errorf("dassetctl policy show: %v\n%s", err, out)
 	}
 }
+
+// TestNoTUNPrivilegeIsOneClearLine: without the privilege to make a TUN the
+// daemon says so in one line (and how to run unprivileged), never a stack
+// trace. As root the daemon is run as nobody; otherwise as the test user.
+func TestNoTUNPrivilegeIsOneClearLine(t *testing.T) {
+	bin := binaries(t)
+	dir, err := os.MkdirTemp("", "dasset-nopriv-")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(dir) })
+	if err := os.Chmod(dir, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	cfg := fmt.Sprintf("data_dir: %s/data\ntunnel:\n  interface: dnopriv0\n  uapi: false\ngrpc:\n  listen: 127.0.0.1:0\nadmin:\n  socket: %s/admin.sock\nmetrics:\n  listen: 127.0.0.1:0\n", dir, dir)
+	cfgPath := filepath.Join(dir, "gateway.yaml")
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	gw := filepath.Join(bin, "dasset-gateway")
+	args := []string{gw, "serve", "--config", cfgPath}
+	if os.Geteuid() == 0 {
+		setpriv, err := exec.LookPath("setpriv")
+		if err != nil {
+			t.Skip("setpriv (util-linux) is needed to drop root")
+		}
+		// The binary must be reachable by nobody.
+		copyTo := filepath.Join(dir, "dasset-gateway")
+		b, err := os.ReadFile(gw)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(copyTo, b, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		args = append([]string{setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", copyTo}, args[1:]...)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, args[0], args[1:]...)
+	var stdout, stderr strings.Builder
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err = cmd.Run()
+	if err == nil {
+		t.Fatal("the gateway started without the privilege to make a TUN")
+	}
+	lines := strings.Split(strings.TrimSpace(stderr.String()), "\n")
+	last := lines[len(lines)-1]
+	if strings.Contains(stderr.String(), "goroutine ") || strings.Contains(stderr.String(), "panic") {
+		t.Fatalf("stack trace instead of one line:\n%s", stderr.String())
+	}
+	if !strings.Contains(last, "CAP_NET_ADMIN") || !strings.Contains(last, "tunnel.mode: netstack") {
+		t.Fatalf("last line %q does not say what is missing and how to run unprivileged; stderr:\n%s", last, stderr.String())
+	}
+	for _, l := range lines[:len(lines)-1] {
+		if strings.Contains(strings.ToLower(l), "error") {
+			t.Errorf("more than one error line: %q", l)
+		}
+	}
+}
