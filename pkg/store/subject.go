@@ -62,6 +62,31 @@ func deleteConnLog(ctx context.Context, tx *wtx, ps []privacy.Pseudonym) (int64,
 	return total, nil
 }
 
+// eraseStep is one DELETE of an erasure; table "" is not counted in the
+// receipt (bookkeeping rows such as reserved keys).
+type eraseStep struct {
+	table string
+	q     string
+	args  []any
+}
+
+// eraseSteps runs the steps and then deletes the connection-log rows under
+// the pseudonyms, filling the receipt.
+func eraseSteps(ctx context.Context, tx *wtx, steps []eraseStep, pseudonyms []privacy.Pseudonym, receipt map[string]int64) error {
+	for _, st := range steps {
+		n, err := execCount(ctx, tx, st.q, st.args...)
+		if err != nil {
+			return err
+		}
+		if st.table != "" {
+			receipt[st.table] = n
+		}
+	}
+	n, err := deleteConnLog(ctx, tx, pseudonyms)
+	receipt[TableConnLog] = n
+	return err
+}
+
 // EraseDevice deletes everything stored about a device in one transaction:
 // its row, tokens, binding codes, bindings, sessions (open and closed, with
 // their client keys), its auth-failure records and the connection-log rows
@@ -76,11 +101,7 @@ func (s *SQLite) EraseDevice(ctx context.Context, id int64, pseudonyms []privacy
 			}
 			return err
 		}
-		steps := []struct {
-			table string
-			q     string
-			args  []any
-		}{
+		steps := []eraseStep{
 			{"", `DELETE FROM wg_keys WHERE owner_kind = 'client' AND owner_id IN (SELECT id FROM sessions WHERE device_id = ?)`, []any{id}},
 			{"", `DELETE FROM wg_keys WHERE owner_kind = 'device' AND owner_id = ?`, []any{ownerID(id)}},
 			{TableSessions, `DELETE FROM sessions WHERE device_id = ?`, []any{id}},
@@ -90,18 +111,7 @@ func (s *SQLite) EraseDevice(ctx context.Context, id int64, pseudonyms []privacy
 			{TableAuthFailures, `DELETE FROM auth_failures WHERE blind_index = ?`, []any{idx}},
 			{TableDevices, `DELETE FROM devices WHERE id = ?`, []any{id}},
 		}
-		for _, st := range steps {
-			n, err := execCount(ctx, tx, st.q, st.args...)
-			if err != nil {
-				return err
-			}
-			if st.table != "" {
-				receipt[st.table] = n
-			}
-		}
-		n, err := deleteConnLog(ctx, tx, pseudonyms)
-		receipt[TableConnLog] = n
-		return err
+		return eraseSteps(ctx, tx, steps, pseudonyms, receipt)
 	})
 	if err != nil {
 		return nil, err
@@ -122,11 +132,7 @@ func (s *SQLite) EraseAccount(ctx context.Context, id int64, pseudonyms []privac
 			}
 			return err
 		}
-		steps := []struct {
-			table string
-			q     string
-			args  []any
-		}{
+		steps := []eraseStep{
 			{"", `DELETE FROM wg_keys WHERE owner_kind = 'client' AND owner_id IN (SELECT id FROM sessions WHERE account_id = ?)`, []any{id}},
 			{TableSessions, `DELETE FROM sessions WHERE account_id = ?`, []any{id}},
 			{TableBindings, `DELETE FROM bindings WHERE account_id = ?`, []any{id}},
@@ -134,18 +140,7 @@ func (s *SQLite) EraseAccount(ctx context.Context, id int64, pseudonyms []privac
 			{TableAuthFailures, `DELETE FROM auth_failures WHERE blind_index = ?`, []any{idx}},
 			{TableAccounts, `DELETE FROM accounts WHERE id = ?`, []any{id}},
 		}
-		for _, st := range steps {
-			n, err := execCount(ctx, tx, st.q, st.args...)
-			if err != nil {
-				return err
-			}
-			if st.table != "" {
-				receipt[st.table] = n
-			}
-		}
-		n, err := deleteConnLog(ctx, tx, pseudonyms)
-		receipt[TableConnLog] = n
-		return err
+		return eraseSteps(ctx, tx, steps, pseudonyms, receipt)
 	})
 	if err != nil {
 		return nil, err
