@@ -188,5 +188,18 @@ type Store interface {
 	Prune(ctx context.Context, table string, before time.Time, limit int) (int, error)
 	OldestRecord(ctx context.Context, table string) (time.Time, error)
 
+	// Subject rights. EraseDevice/EraseAccount delete everything about the
+	// subject (with the connection-log rows under its pseudonyms) in one
+	// transaction and return the rows removed per table.
+	SessionsOf(ctx context.Context, deviceID, accountID int64) ([]Session, error)
+	BindingCount(ctx context.Context, deviceID int64) (int, error)
+	EraseDevice(ctx context.Context, id int64, pseudonyms []privacy.Pseudonym) (map[string]int64, error)
+	EraseAccount(ctx context.Context, id int64, pseudonyms []privacy.Pseudonym) (map[string]int64, error)
+
+	// Metadata of the store itself (e.g. the keystore id it was written with).
+	Meta(ctx context.Context, key string) (string, error)
+	SetMeta(ctx context.Context, key, value string) error
+	Ping(ctx context.Context) error
+
 	Close() error
 }

@@ -54,6 +54,9 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"Sessions/Exhausted", testSessionsExhausted},
 		{"Sessions/Invalid", testSessionsInvalid},
 		{"DeleteAccount/Receipt", testDeleteAccount},
+		{"Erase/DeviceReceipt", testEraseDevice},
+		{"Erase/AccountReceipt", testEraseAccount},
+		{"Meta", testMeta},
 		{"ConnLog", testConnLog},
 		{"Prune/Bounds", testPruneBounds},
 		{"Prune/OpenSessionsStay", testPruneOpenSessions},
@@ -1294,4 +1297,111 @@ func testPruneUnknown(t *h) {
 	}
 	_, err := t.s.Prune(t.ctx, store.TableConnLog, t0, 0)
 	t.wantErr(err, privacy.ErrInvalid, "Prune with limit 0")
+}
+
+// --- subject rights ---
+
+func (t *h) connLog(ps ...privacy.Pseudonym) {
+	t.Helper()
+	var rows []store.ConnLogEntry
+	for _, p := range ps {
+		rows = append(rows, store.ConnLogEntry{Time: t0, Event: "login", Outcome: "ok", Pseudonym: p, SourcePrefix: "198.51.100.0/24"})
+	}
+	t.must(t.s.AppendConnLog(t.ctx, rows), "AppendConnLog")
+}
+
+func testEraseDevice(t *h) {
+	devs := t.enroll(2)
+	d, other := devs[0], devs[1]
+	_, err := t.s.Admit(t.ctx, admission(d.ID, 1, 10))
+	t.must(err, "Admit")
+	_, err = t.s.Admit(t.ctx, admission(other.ID, 1, 10))
+	t.must(err, "Admit other")
+	acct := t.account()
+	t.bind(acct.ID, d.ID)
+	t.bind(acct.ID, other.ID)
+	s1, err := t.openSession(acct.ID, d.ID, 1, 10)
+	t.must(err, "OpenSession")
+	_, err = t.s.CloseSession(t.ctx, s1.ID, t0)
+	t.must(err, "CloseSession")
+	_, err = t.openSession(acct.ID, d.ID, 1, 10)
+	t.must(err, "OpenSession 2")
+	_, err = t.openSession(acct.ID, other.ID, 1, 10)
+	t.must(err, "OpenSession other")
+	t.must(t.s.CreateBindingCode(t.ctx, random[[32]byte](), d.ID, t0.Add(time.Hour)), "CreateBindingCode")
+	t.must(t.s.RecordAuthFailure(t.ctx, d.Index, t0), "RecordAuthFailure")
+	t.must(t.s.RecordAuthFailure(t.ctx, other.Index, t0), "RecordAuthFailure other")
+	mine, theirs := pseudonym(), pseudonym()
+	t.connLog(mine, mine, mine, theirs)
+
+	sess, err := t.s.SessionsOf(t.ctx, d.ID, 0)
+	t.must(err, "SessionsOf")
+	if len(sess) != 2 {
+		t.Fatalf("SessionsOf = %d sessions, want 2", len(sess))
+	}
+	if n, err := t.s.BindingCount(t.ctx, d.ID); err != nil || n != 1 {
+		t.Fatalf("BindingCount = %d, %v; want 1", n, err)
+	}
+	receipt, err := t.s.EraseDevice(t.ctx, d.ID, []privacy.Pseudonym{mine})
+	t.must(err, "EraseDevice")
+	want := map[string]int64{store.TableDevices: 1, store.TableSessions: 2, store.TableBindings: 1, store.TableBindingCodes: 1,
+		store.TableDeviceTokens: 1, store.TableAuthFailures: 1, store.TableConnLog: 3}
+	if !receiptEqual(receipt, want) {
+		t.Fatalf("EraseDevice receipt %v, want %v", receipt, want)
+	}
+	_, err = t.s.DeviceByID(t.ctx, d.ID)
+	t.wantErr(err, store.ErrNotFound, "device after erasure")
+	// The other device is untouched; its key is still reserved, the erased one's is free.
+	if got, err := t.s.ConnLogByPseudonyms(t.ctx, []privacy.Pseudonym{theirs}); err != nil || len(got) != 1 {
+		t.Fatalf("other subject's log rows: %d, %v", len(got), err)
+	}
+	if n, err := t.s.CountAuthFailures(t.ctx, other.Index, t0.Add(-time.Hour)); err != nil || n != 1 {
+		t.Fatalf("other subject's auth failures: %d, %v", n, err)
+	}
+	if other2, err := t.s.DeviceByID(t.ctx, other.ID); err != nil || !other2.KeyPinned {
+		t.Fatalf("other device after erasure: %+v, %v", other2, err)
+	}
+	_, err = t.s.EraseDevice(t.ctx, d.ID, nil)
+	t.wantErr(err, store.ErrNotFound, "EraseDevice twice")
+}
+
+func testEraseAccount(t *h) {
+	d := t.enroll(1)[0]
+	acct, other := t.account(), t.account()
+	t.bind(acct.ID, d.ID)
+	t.bind(other.ID, d.ID)
+	t.must(t.s.CreateAccessToken(t.ctx, random[[32]byte](), acct.ID, t0.Add(time.Hour)), "CreateAccessToken")
+	_, err := t.openSession(acct.ID, d.ID, 1, 10)
+	t.must(err, "OpenSession")
+	_, err = t.openSession(other.ID, d.ID, 1, 10)
+	t.must(err, "OpenSession other")
+	t.must(t.s.RecordAuthFailure(t.ctx, acct.NameIndex, t0), "RecordAuthFailure")
+	mine := pseudonym()
+	t.connLog(mine, mine, pseudonym())
+	receipt, err := t.s.EraseAccount(t.ctx, acct.ID, []privacy.Pseudonym{mine})
+	t.must(err, "EraseAccount")
+	want := map[string]int64{store.TableAccounts: 1, store.TableSessions: 1, store.TableBindings: 1, store.TableAccessTokens: 1,
+		store.TableAuthFailures: 1, store.TableConnLog: 2}
+	if !receiptEqual(receipt, want) {
+		t.Fatalf("EraseAccount receipt %v, want %v", receipt, want)
+	}
+	if ok, _ := t.s.IsBound(t.ctx, other.ID, d.ID); !ok {
+		t.Fatal("EraseAccount removed another account's binding")
+	}
+	_, err = t.s.EraseAccount(t.ctx, acct.ID, nil)
+	t.wantErr(err, store.ErrNotFound, "EraseAccount twice")
+}
+
+func testMeta(t *h) {
+	v, err := t.s.Meta(t.ctx, "keystore_id")
+	t.must(err, "Meta")
+	if v != "" {
+		t.Fatalf("Meta of an unset key = %q", v)
+	}
+	t.must(t.s.SetMeta(t.ctx, "keystore_id", "a"), "SetMeta")
+	t.must(t.s.SetMeta(t.ctx, "keystore_id", "b"), "SetMeta again")
+	if v, _ := t.s.Meta(t.ctx, "keystore_id"); v != "b" {
+		t.Fatalf("Meta = %q, want b", v)
+	}
+	t.must(t.s.Ping(t.ctx), "Ping")
 }
