@@ -26,6 +26,7 @@ import (
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/keepalive"
 
 	"github.com/planetxlabs/dasset-gateway/pkg/api"
 	"github.com/planetxlabs/dasset-gateway/pkg/audit"
@@ -383,7 +384,16 @@ func (d *Daemon) listen() error {
 	if d.grpcLis, err = net.Listen("tcp", cfg.GRPC.Listen); err != nil {
 		return fmt.Errorf("grpc.listen %s: %w", cfg.GRPC.Listen, err)
 	}
-	d.grpcSrv = api.NewServer(d.log.With("listener", "grpc"), sm, creds)
+	// Devices and apps are on the open network: bound the handshake, the
+	// message size and the streams per connection, and ping idle
+	// connections so dead devices' streams end.
+	d.grpcSrv = api.NewServer(d.log.With("listener", "grpc"), sm, creds,
+		grpc.ConnectionTimeout(10*time.Second),
+		grpc.MaxRecvMsgSize(64<<10),
+		grpc.MaxConcurrentStreams(16),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+	)
 	gatewayv1.RegisterDeviceServiceServer(d.grpcSrv, &api.DeviceServer{GW: d.gw, Log: d.log})
 	gatewayv1.RegisterClientServiceServer(d.grpcSrv, &api.ClientServer{GW: d.gw})
 	h := api.Finish(d.grpcSrv, sm)
