@@ -1,0 +1,161 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"math"
+	"slices"
+	"sort"
+	"strings"
+	"text/tabwriter"
+	"time"
+)
+
+// sample is the outcome of one device's login: how long it took (dial, TLS
+// handshake and the Login call) and the gRPC code name of its error ("" when
+// it succeeded).
+type sample struct {
+	latency time.Duration
+	code    string
+	msg     string
+}
+
+// Latencies are login latencies in milliseconds, over successful logins.
+type Latencies struct {
+	P50 float64 `json:"p50"`
+	P90 float64 `json:"p90"`
+	P99 float64 `json:"p99"`
+	Max float64 `json:"max"`
+}
+
+// Summary is what one run prints, as JSON, on standard output. bootstorm and
+// baseline print the same shape so that they can be compared.
+type Summary struct {
+	Mode        string `json:"mode"`
+	Target      string `json:"target"`
+	Devices     int    `json:"devices"`
+	Concurrency int    `json:"concurrency"`
+	OK          int    `json:"ok"`
+	// Errors counts failed logins by gRPC code name.
+	Errors map[string]int `json:"errors"`
+	// ErrorSamples holds the first message seen for each code in Errors.
+	ErrorSamples    map[string]string `json:"error_samples,omitempty"`
+	WallSeconds     float64           `json:"wall_seconds"`
+	LoginsPerSecond float64           `json:"logins_per_second"`
+	LatencyMS       Latencies         `json:"latency_ms"`
+	// Gateway memory (from /proc/PID/status) when --pid is given, in KiB:
+	// resident before and after the run, and the process's peak (VmHWM).
+	GatewayRSSBeforeKiB int64  `json:"gateway_rss_before_kib,omitempty"`
+	GatewayRSSKiB       int64  `json:"gateway_rss_kib,omitempty"`
+	GatewayPeakRSSKiB   int64  `json:"gateway_peak_rss_kib,omitempty"`
+	Time                string `json:"time"`
+}
+
+// percentile returns the nearest-rank p-th percentile (0 < p <= 100) of
+// sorted, or 0 when sorted is empty.
+func percentile(sorted []time.Duration, p float64) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	rank := int(math.Ceil(p / 100 * float64(len(sorted))))
+	rank = min(max(rank, 1), len(sorted))
+	return sorted[rank-1]
+}
+
+func ms(d time.Duration) float64 { return math.Round(float64(d)/1e3) / 1e3 }
+
+// summarize builds the summary of samples taken over wall. Latency
+// percentiles are over the successful logins only (a refused or failed
+// connection can be much faster or slower than a login and says little).
+func summarize(mode, target string, concurrency int, samples []sample, wall time.Duration) Summary {
+	s := Summary{
+		Mode: mode, Target: target, Devices: len(samples), Concurrency: concurrency,
+		Errors: map[string]int{}, WallSeconds: math.Round(wall.Seconds()*1e3) / 1e3,
+	}
+	lat := make([]time.Duration, 0, len(samples))
+	for _, x := range samples {
+		if x.code == "" {
+			s.OK++
+			lat = append(lat, x.latency)
+			continue
+		}
+		s.Errors[x.code]++
+		if _, seen := s.ErrorSamples[x.code]; !seen {
+			if s.ErrorSamples == nil {
+				s.ErrorSamples = map[string]string{}
+			}
+			s.ErrorSamples[x.code] = x.msg
+		}
+	}
+	slices.Sort(lat)
+	if wall > 0 {
+		s.LoginsPerSecond = math.Round(float64(s.OK)/wall.Seconds()*10) / 10
+	}
+	if len(lat) > 0 {
+		s.LatencyMS = Latencies{
+			P50: ms(percentile(lat, 50)), P90: ms(percentile(lat, 90)),
+			P99: ms(percentile(lat, 99)), Max: ms(lat[len(lat)-1]),
+		}
+	}
+	return s
+}
+
+// compare writes ref and got side by side, with got/ref for the figures
+// where a ratio means something.
+func compare(w io.Writer, ref, got Summary) error {
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	ratio := func(a, b float64) string {
+		if b == 0 {
+			return "-"
+		}
+		return fmt.Sprintf("%.2f", a/b)
+	}
+	num := func(v float64) string { return fmt.Sprintf("%.1f", v) }
+	kib := func(v int64) string {
+		if v == 0 {
+			return "-"
+		}
+		return fmt.Sprintf("%d", v)
+	}
+	errs := func(m map[string]int) string {
+		if len(m) == 0 {
+			return "0"
+		}
+		keys := make([]string, 0, len(m))
+		for k := range m {
+			keys = append(keys, k)
+		}
+		sort.Strings(keys)
+		parts := make([]string, 0, len(keys))
+		for _, k := range keys {
+			parts = append(parts, fmt.Sprintf("%s=%d", k, m[k]))
+		}
+		return strings.Join(parts, ",")
+	}
+	rows := [][]string{
+		{"", ref.Mode, got.Mode, got.Mode + "/" + ref.Mode},
+		{"devices", fmt.Sprint(ref.Devices), fmt.Sprint(got.Devices), ""},
+		{"concurrency", fmt.Sprint(ref.Concurrency), fmt.Sprint(got.Concurrency), ""},
+		{"ok", fmt.Sprint(ref.OK), fmt.Sprint(got.OK), ""},
+		{"errors", errs(ref.Errors), errs(got.Errors), ""},
+		{"wall s", num(ref.WallSeconds), num(got.WallSeconds), ratio(got.WallSeconds, ref.WallSeconds)},
+		{"logins/s", num(ref.LoginsPerSecond), num(got.LoginsPerSecond), ratio(got.LoginsPerSecond, ref.LoginsPerSecond)},
+		{"p50 ms", num(ref.LatencyMS.P50), num(got.LatencyMS.P50), ratio(got.LatencyMS.P50, ref.LatencyMS.P50)},
+		{"p90 ms", num(ref.LatencyMS.P90), num(got.LatencyMS.P90), ratio(got.LatencyMS.P90, ref.LatencyMS.P90)},
+		{"p99 ms", num(ref.LatencyMS.P99), num(got.LatencyMS.P99), ratio(got.LatencyMS.P99, ref.LatencyMS.P99)},
+		{"max ms", num(ref.LatencyMS.Max), num(got.LatencyMS.Max), ratio(got.LatencyMS.Max, ref.LatencyMS.Max)},
+		{"gateway RSS before KiB", kib(ref.GatewayRSSBeforeKiB), kib(got.GatewayRSSBeforeKiB), ""},
+		{"gateway RSS after KiB", kib(ref.GatewayRSSKiB), kib(got.GatewayRSSKiB), ""},
+		{"gateway peak RSS KiB", kib(ref.GatewayPeakRSSKiB), kib(got.GatewayPeakRSSKiB), ""},
+	}
+	if got.GatewayRSSKiB > 0 && got.GatewayRSSBeforeKiB > 0 && got.OK > 0 {
+		per := float64(got.GatewayRSSKiB-got.GatewayRSSBeforeKiB) / float64(got.OK)
+		rows = append(rows, []string{"RSS growth KiB/device", "-", fmt.Sprintf("%.1f", per), ""})
+	}
+	for _, r := range rows {
+		if _, err := fmt.Fprintln(tw, strings.Join(r, "\t")+"\t"); err != nil {
+			return err
+		}
+	}
+	return tw.Flush()
+}
