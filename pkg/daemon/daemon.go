@@ -291,7 +291,6 @@ func outcomeNames() []string {
 func (d *Daemon) buildDataPlane() error {
 	cfg := d.cfg
 	v4, v6 := d.plan.Gateway()
-	var inner interface{ Close() error }
 	switch cfg.Tunnel.Mode {
 	case "netstack":
 		ns, err := link.CreateNetstack([]netip.Addr{v4, v6}, cfg.Tunnel.MTU)
@@ -305,7 +304,6 @@ func (d *Daemon) buildDataPlane() error {
 			return err
 		}
 		d.rt = rt
-		inner = ns.Device
 	default:
 		dev, err := link.CreateTUN(link.Config{Name: cfg.Tunnel.Interface, MTU: cfg.Tunnel.MTU, Addresses: d.plan.GatewayPrefixes()})
 		if err != nil {
@@ -317,9 +315,7 @@ func (d *Daemon) buildDataPlane() error {
 			return err
 		}
 		d.rt = rt
-		inner = dev
 	}
-	_ = inner
 	dev, err := wg.New(d.rt, nil, wg.Config{
 		PrivateKey:  wg.Key(d.keys.GatewayPrivateKey()),
 		ListenPort:  cfg.Tunnel.ListenPort,

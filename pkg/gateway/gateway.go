@@ -440,7 +440,8 @@ func (g *Gateway) Enroll(ctx context.Context, batch []Enrollment, afterErasure b
 	}
 	res, err := g.reg.EnrollDevices(ctx, rows)
 	if errors.Is(err, store.ErrConflict) {
-		return res, newErr(ErrConflict, err, "%s", conflictMessage(err))
+		// The store names the batch position ("device 3: ...") and no personal data.
+		return res, newErr(ErrConflict, err, "%s", err.Error())
 	}
 	if err != nil {
 		return res, newErr(ErrUnavailable, err, "enrolling failed")
@@ -452,11 +453,6 @@ func (g *Gateway) Enroll(ctx context.Context, batch []Enrollment, afterErasure b
 	}
 	g.log.Info("devices enrolled", "enrolled", res.Enrolled, "unchanged", res.Unchanged)
 	return res, nil
-}
-
-func conflictMessage(err error) string {
-	// The store names the batch position ("device 3: ...") and no personal data.
-	return err.Error()
 }
 
 // DeviceView is a device as operators see it.
@@ -717,9 +713,9 @@ func (h *hub) subscribe(id int64) (<-chan Event, func()) {
 	}
 }
 
-// publish never blocks: a stream too slow to take 16 events loses the oldest
-// semantics to a reconnect (its channel is full; the event is dropped and
-// the device re-syncs its state on reconnect).
+// publish never blocks: when a stream's buffer of 16 events is full the
+// event is dropped for that stream (a device that slow reconnects, and its
+// agent forces a fresh handshake on every reconnect).
 func (h *hub) publish(id int64, e Event) {
 	h.mu.Lock()
 	defer h.mu.Unlock()

@@ -201,11 +201,6 @@ func (s *sessions) close(ctx context.Context, id, reason string) error {
 	return nil
 }
 
-// Account is a client account as the API sees it.
-type Account struct {
-	ID int64
-}
-
 // CreateAccount adds an account with an argon2id password hash.
 func (g *Gateway) CreateAccount(ctx context.Context, name string, password []byte) (int64, error) {
 	s := g.sess
