@@ -46,7 +46,9 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME) ./tunnel/router
 
 bench: build
-	$(GO) test -run '^$$' -bench . -benchmem ./tunnel/... ./pkg/store/ ./pkg/identity/
+	$(GO) test -run '^$$' -bench . -benchmem -benchtime 1s ./tunnel/... ./pkg/store/ ./pkg/identity/
+	$(GO) test -run '^$$' -bench . -benchmem -benchtime 40x ./pkg/retention/
+	BIN=$(BIN) BENCH_DEVICES=$(BENCH_DEVICES) BENCH_CONCURRENCY=$(BENCH_CONCURRENCY) bash scripts/bench.sh
 
 clean:
 	rm -rf $(BIN)
