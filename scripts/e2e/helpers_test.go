@@ -31,6 +31,12 @@ func TestMain(m *testing.M) {
 	if url := os.Getenv(httpGetEnv); url != "" {
 		os.Exit(httpGet(url))
 	}
+	if addr := os.Getenv(tcpEchoEnv); addr != "" {
+		os.Exit(tcpEcho(addr))
+	}
+	if addr := os.Getenv(tcpDialEnv); addr != "" {
+		os.Exit(tcpDial(addr))
+	}
 	os.Exit(m.Run())
 }
 

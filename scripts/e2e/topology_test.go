@@ -61,7 +61,15 @@ type gateway struct {
 
 func (h *harness) newGateway(ns string) *gateway {
 	h.t.Helper()
-	g := &gateway{h: h, ns: ns, ifname: "dgw" + h.suffix, dir: filepath.Join(h.dir, "gateway")}
+	return h.newGatewayNamed(ns, "dgw"+h.suffix)
+}
+
+// newGatewayNamed is newGateway with its WireGuard interface named ifname
+// (the UAPI socket /var/run/wireguard/IFNAME.sock is shared by all
+// namespaces, so each test gives its gateway its own name).
+func (h *harness) newGatewayNamed(ns, ifname string) *gateway {
+	h.t.Helper()
+	g := &gateway{h: h, ns: ns, ifname: ifname, dir: filepath.Join(h.dir, "gateway")}
 	g.sock = filepath.Join(g.dir, "admin.sock")
 	g.dataDir = filepath.Join(g.dir, "data")
 	g.config = filepath.Join(g.dir, "gateway.yaml")
