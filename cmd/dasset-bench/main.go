@@ -17,6 +17,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"os"
 	"os/signal"
 	"strings"
@@ -102,23 +103,34 @@ a fresh --prefix for every run.`,
 				fmt.Fprintf(cmd.ErrOrStderr(), "enrolled %d new devices of %d\n", n, c.Devices)
 			}
 			var before int64
+			var gwCPU float64
 			if pid != 0 {
 				var err error
 				if before, _, err = memory(pid); err != nil {
 					return err
 				}
+				if gwCPU, err = processCPU(pid); err != nil {
+					return err
+				}
 			}
+			cpu := selfCPU()
 			samples, wall, err := storm(ctx, c)
 			if err != nil {
 				return err
 			}
 			s := summarize("bootstorm", c.Gateway, c.Concurrency, samples, wall)
+			s.BenchCPUSeconds = round3(selfCPU() - cpu)
 			if pid != 0 {
 				rss, peak, err := memory(pid)
 				if err != nil {
 					return err
 				}
+				after, err := processCPU(pid)
+				if err != nil {
+					return err
+				}
 				s.GatewayRSSBeforeKiB, s.GatewayRSSKiB, s.GatewayPeakRSSKiB = before, rss, peak
+				s.GatewayCPUSeconds = round3(after - gwCPU)
 			}
 			return printJSON(cmd.OutOrStdout(), s)
 		},
@@ -159,11 +171,14 @@ clients, as the gateway shares the machine with them in bootstorm.`,
 			}
 			defer stop()
 			c.Gateway, c.Pin = addr, pin
+			cpu := selfCPU()
 			samples, wall, err := storm(cmd.Context(), c)
 			if err != nil {
 				return err
 			}
-			return printJSON(cmd.OutOrStdout(), summarize("baseline", addr, c.Concurrency, samples, wall))
+			s := summarize("baseline", addr, c.Concurrency, samples, wall)
+			s.BenchCPUSeconds = round3(selfCPU() - cpu)
+			return printJSON(cmd.OutOrStdout(), s)
 		},
 	}
 	stormFlags(cmd, &c)
@@ -232,6 +247,8 @@ func pinOf(certFile string) (string, error) {
 	}
 	return tlsutil.Fingerprint(der), nil
 }
+
+func round3(v float64) float64 { return math.Round(v*1e3) / 1e3 }
 
 func printJSON(w io.Writer, s Summary) error {
 	s.Time = time.Now().UTC().Format(time.RFC3339)

@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"google.golang.org/grpc"
@@ -300,4 +301,48 @@ func firstCertDER(data []byte) ([]byte, error) {
 			return b.Bytes, nil
 		}
 	}
+}
+
+// clockTicks is USER_HZ, the unit of /proc/PID/stat times (100 on Linux).
+const clockTicks = 100
+
+// processCPU returns the user+system CPU seconds process pid has used.
+func processCPU(pid int) (float64, error) {
+	data, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+	if err != nil {
+		return 0, fmt.Errorf("--pid %d: %w", pid, err)
+	}
+	return parseStat(string(data))
+}
+
+// parseStat returns utime+stime, in seconds, from a /proc/PID/stat line.
+func parseStat(line string) (float64, error) {
+	// The command name (field 2) is in parentheses and may hold spaces.
+	i := strings.LastIndexByte(line, ')')
+	if i < 0 {
+		return 0, errors.New("stat: no command name")
+	}
+	f := strings.Fields(line[i+1:])
+	// f[0] is field 3 (state); utime and stime are fields 14 and 15.
+	if len(f) < 13 {
+		return 0, fmt.Errorf("stat: %d fields after the name; want at least 13", len(f))
+	}
+	var ticks int64
+	for _, s := range f[11:13] {
+		n, err := strconv.ParseInt(s, 10, 64)
+		if err != nil {
+			return 0, fmt.Errorf("stat: %w", err)
+		}
+		ticks += n
+	}
+	return float64(ticks) / clockTicks, nil
+}
+
+// selfCPU returns the user+system CPU seconds this process has used.
+func selfCPU() float64 {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano()).Seconds()
 }

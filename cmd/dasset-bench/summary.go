@@ -45,10 +45,15 @@ type Summary struct {
 	LatencyMS       Latencies         `json:"latency_ms"`
 	// Gateway memory (from /proc/PID/status) when --pid is given, in KiB:
 	// resident before and after the run, and the process's peak (VmHWM).
-	GatewayRSSBeforeKiB int64  `json:"gateway_rss_before_kib,omitempty"`
-	GatewayRSSKiB       int64  `json:"gateway_rss_kib,omitempty"`
-	GatewayPeakRSSKiB   int64  `json:"gateway_peak_rss_kib,omitempty"`
-	Time                string `json:"time"`
+	GatewayRSSBeforeKiB int64 `json:"gateway_rss_before_kib,omitempty"`
+	GatewayRSSKiB       int64 `json:"gateway_rss_kib,omitempty"`
+	GatewayPeakRSSKiB   int64 `json:"gateway_peak_rss_kib,omitempty"`
+	// CPU time (user+system, seconds) spent during the storm by this process
+	// (the clients, and in baseline also the reference server) and, with
+	// --pid, by the gateway.
+	BenchCPUSeconds   float64 `json:"bench_cpu_seconds"`
+	GatewayCPUSeconds float64 `json:"gateway_cpu_seconds,omitempty"`
+	Time              string  `json:"time"`
 }
 
 // percentile returns the nearest-rank p-th percentile (0 < p <= 100) of
@@ -147,6 +152,16 @@ func compare(w io.Writer, ref, got Summary) error {
 		{"gateway RSS before KiB", kib(ref.GatewayRSSBeforeKiB), kib(got.GatewayRSSBeforeKiB), ""},
 		{"gateway RSS after KiB", kib(ref.GatewayRSSKiB), kib(got.GatewayRSSKiB), ""},
 		{"gateway peak RSS KiB", kib(ref.GatewayPeakRSSKiB), kib(got.GatewayPeakRSSKiB), ""},
+	}
+	// The reference server shares its process with the clients; the client
+	// side's cost is what the bootstorm process spent, so the bare server's
+	// share is estimated as the difference.
+	if got.GatewayCPUSeconds > 0 && got.OK > 0 && ref.OK > 0 {
+		refServer := (ref.BenchCPUSeconds/float64(ref.OK) - got.BenchCPUSeconds/float64(got.OK)) * 1e3
+		gwServer := got.GatewayCPUSeconds / float64(got.OK) * 1e3
+		rows = append(rows,
+			[]string{"client CPU ms/login", "-", fmt.Sprintf("%.2f", got.BenchCPUSeconds/float64(got.OK)*1e3), ""},
+			[]string{"server CPU ms/login", fmt.Sprintf("~%.2f", refServer), fmt.Sprintf("%.2f", gwServer), ratio(gwServer, refServer)})
 	}
 	if got.GatewayRSSKiB > 0 && got.GatewayRSSBeforeKiB > 0 && got.OK > 0 {
 		per := float64(got.GatewayRSSKiB-got.GatewayRSSBeforeKiB) / float64(got.OK)

@@ -117,6 +117,34 @@ func TestParseStatus(t *testing.T) {
 	}
 }
 
+func TestParseStat(t *testing.T) {
+	// A command name with spaces and parentheses; utime 250, stime 50 ticks.
+	line := "4242 (dasset (gw) x) S 1 4242 4242 0 -1 4194560 900 0 0 0 250 50 0 0 20 0 9 0 100 800000 2000\n"
+	got, err := parseStat(line)
+	if err != nil || got != 3 {
+		t.Fatalf("parseStat = %v, %v; want 3 s", got, err)
+	}
+	if _, err := parseStat("4242 (x) S 1 2"); err == nil {
+		t.Error("short stat line: no error")
+	}
+}
+
+func TestCompareCPU(t *testing.T) {
+	ref := Summary{Mode: "baseline", OK: 1000, BenchCPUSeconds: 3}
+	got := Summary{Mode: "bootstorm", OK: 1000, BenchCPUSeconds: 2, GatewayCPUSeconds: 1.5}
+	var b bytes.Buffer
+	if err := compare(&b, ref, got); err != nil {
+		t.Fatal(err)
+	}
+	out := strings.Join(strings.Fields(b.String()), " ")
+	// Client 2 ms/login; bare server ~3-2 = 1 ms/login; gateway 1.5 ms/login.
+	for _, want := range []string{"client CPU ms/login - 2.00", "server CPU ms/login ~1.00 1.50 1.50"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("compare output lacks %q:\n%s", want, b.String())
+		}
+	}
+}
+
 func TestSerialValidation(t *testing.T) {
 	if s, err := serial("DS-BENCH-", 42); err != nil || s != "DS-BENCH-000042" || hardwareID(s) != "HW-DS-BENCH-000042" {
 		t.Errorf("serial = %q, %v", s, err)
