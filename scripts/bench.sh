@@ -60,5 +60,9 @@ echo "== bootstorm (netstack gateway pid $gw_pid)"
 "$BIN/dasset-bench" bootstorm --gateway "127.0.0.1:$grpc_port" --cert "$work/data/tls.crt" \
 	--enroll-socket "$work/admin.sock" --pid "$gw_pid" \
 	--devices "$N" --concurrency "$C" | tee "$OUT/bootstorm.json"
+echo "== gateway Go runtime after the storm (from /metrics)"
+curl -sf "http://127.0.0.1:$metrics_port/metrics" |
+	grep -E '^(go_goroutines|go_memstats_heap_alloc_bytes|go_memstats_heap_inuse_bytes|go_memstats_sys_bytes|process_resident_memory_bytes) ' |
+	awk '$1 == "go_goroutines" { printf "  %-32s %12d\n", $1, $2; next } { printf "  %-32s %12.0f KiB\n", $1, $2/1024 }' || true
 echo "== side by side"
 "$BIN/dasset-bench" compare "$OUT/baseline.json" "$OUT/bootstorm.json"
