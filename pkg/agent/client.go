@@ -487,10 +487,10 @@ func (s *Session) Net() *netstack.Net { return s.tun.net }
 // wrapping ErrSessionEnded with the reason), Close is called (nil), or ctx
 // is done (ctx.Err()).
 //
-// How the end is noticed: every PollInterval the session lists the
-// account's devices (ClientService has no per-session query), which catches
-// an unbound device and a revoked or expired access token at once; the
-// expiry time is checked locally; and a session whose gateway peer has had
+// How the end is noticed: every PollInterval the session asks the gateway
+// (GetSession: NotFound once closed by anyone, expired, idle or unbound) and
+// lists the account's devices, which also catches a revoked or expired
+// access token; the expiry time is checked locally; and a session whose gateway peer has had
 // no WireGuard handshake for longer than WireGuard accepts a key (about 3
 // minutes, with the gateway's persistent keepalive on) has been closed by
 // the gateway (CloseSession from elsewhere, an operator, the idle reaper)
@@ -560,6 +560,19 @@ func (s *Session) check(ctx context.Context, client gatewayv1.ClientServiceClien
 		return "expired"
 	}
 	cctx, cancel := context.WithTimeout(ctx, min(clientCallTimeout, max(s.cfg.PollInterval, time.Second)))
+	_, gerr := client.GetSession(s.authCtx(cctx), &gatewayv1.GetSessionRequest{SessionId: s.id})
+	cancel()
+	if status.Code(gerr) == codes.NotFound && ctx.Err() == nil {
+		// Closed elsewhere, expired, idle or unbound: say which when we can.
+		cctx, cancel := context.WithTimeout(ctx, min(clientCallTimeout, max(s.cfg.PollInterval, time.Second)))
+		devs, err := listDevices(s.authCtx(cctx), client)
+		cancel()
+		if err == nil && !slices.ContainsFunc(devs, func(d BoundDevice) bool { return d.Serial == s.serial.Reveal() }) {
+			return "the device is no longer bound to this account"
+		}
+		return "the gateway closed the session"
+	}
+	cctx, cancel = context.WithTimeout(ctx, min(clientCallTimeout, max(s.cfg.PollInterval, time.Second)))
 	devs, err := listDevices(s.authCtx(cctx), client)
 	cancel()
 	switch {

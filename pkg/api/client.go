@@ -139,3 +139,22 @@ func (s *ClientServer) CloseSession(ctx context.Context, req *gatewayv1.CloseSes
 	}
 	return &gatewayv1.CloseSessionResponse{}, nil
 }
+
+// GetSession returns one of the account's open sessions.
+func (s *ClientServer) GetSession(ctx context.Context, req *gatewayv1.GetSessionRequest) (*gatewayv1.SessionInfo, error) {
+	a, err := s.account(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if req.GetSessionId() == "" {
+		return nil, invalid("session_id", "must not be empty")
+	}
+	v, err := s.GW.Session(a, req.GetSessionId())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &gatewayv1.SessionInfo{
+		SessionId: v.ID, ClientAddresses: prefixStrings(v.ClientAddrs), DeviceAddresses: prefixStrings(v.DeviceAddrs),
+		OpenedAt: timestamppb.New(v.OpenedAt), ExpiresAt: timestamppb.New(v.ExpiresAt),
+	}, nil
+}

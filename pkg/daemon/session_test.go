@@ -390,11 +390,15 @@ func TestClientSessions(t *testing.T) {
 	if err := agent.CloseSession(ctx, c1, s1.ID()); !errors.Is(err, agent.ErrNotFound) {
 		t.Fatalf("closing a closed session: %v, want ErrNotFound", err)
 	}
+	// The open end learns of the close within its poll interval (GetSession).
+	wctx1, wcancel1 := context.WithTimeout(ctx, 3*time.Second)
+	err = s1.Wait(wctx1)
+	wcancel1()
+	if !errors.Is(err, agent.ErrSessionEnded) {
+		t.Fatalf("client 1 after the gateway closed its session: Wait = %v, want ErrSessionEnded", err)
+	}
 	if err := s1.Close(ctx); err != nil {
 		t.Fatalf("Session.Close after the gateway closed it: %v", err)
-	}
-	if err := s1.Wait(ctx); err != nil {
-		t.Fatalf("Wait after Close: %v", err)
 	}
 	// Client 2 is not disturbed.
 	if err := pingFrom(s2.Net(), s2.ClientAddresses(), dev2v4); err != nil {

@@ -535,6 +535,19 @@ func (g *Gateway) CloseSession(ctx context.Context, a *store.Account, id string)
 	return s.close(ctx, id, reason)
 }
 
+// Session returns one of the account's open sessions (ErrNotFound once it
+// has ended or when it is someone else's).
+func (g *Gateway) Session(a store.Account, id string) (SessionView, error) {
+	s := g.sess
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	os, ok := s.open[id]
+	if !ok || os.AccountID != a.ID {
+		return SessionView{}, newErr(ErrNotFound, nil, "session_id: no open session with this id")
+	}
+	return SessionView{ID: os.ID, DeviceID: os.DeviceID, ClientAddrs: os.clientAddrs, DeviceAddrs: os.deviceAddrs, OpenedAt: os.OpenedAt, ExpiresAt: os.ExpiresAt}, nil
+}
+
 // SessionView is an open session as operators see it.
 type SessionView struct {
 	ID          string

@@ -660,6 +660,50 @@ func (*CloseSessionResponse) Descriptor() ([]byte, []int) {
 	return file_dasset_gateway_v1_client_proto_rawDescGZIP(), []int{12}
 }
 
+type GetSessionRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	SessionId     string                 `protobuf:"bytes,1,opt,name=session_id,json=sessionId,proto3" json:"session_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetSessionRequest) Reset() {
+	*x = GetSessionRequest{}
+	mi := &file_dasset_gateway_v1_client_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetSessionRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetSessionRequest) ProtoMessage() {}
+
+func (x *GetSessionRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_dasset_gateway_v1_client_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetSessionRequest.ProtoReflect.Descriptor instead.
+func (*GetSessionRequest) Descriptor() ([]byte, []int) {
+	return file_dasset_gateway_v1_client_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *GetSessionRequest) GetSessionId() string {
+	if x != nil {
+		return x.SessionId
+	}
+	return ""
+}
+
 var File_dasset_gateway_v1_client_proto protoreflect.FileDescriptor
 
 const file_dasset_gateway_v1_client_proto_rawDesc = "" +
@@ -705,7 +749,10 @@ const file_dasset_gateway_v1_client_proto_rawDesc = "" +
 	"\x13CloseSessionRequest\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\"\x16\n" +
-	"\x14CloseSessionResponse2\xca\x04\n" +
+	"\x14CloseSessionResponse\"2\n" +
+	"\x11GetSessionRequest\x12\x1d\n" +
+	"\n" +
+	"session_id\x18\x01 \x01(\tR\tsessionId2\x9e\x05\n" +
 	"\rClientService\x12V\n" +
 	"\x05Login\x12%.dasset.gateway.v1.ClientLoginRequest\x1a&.dasset.gateway.v1.ClientLoginResponse\x12f\n" +
 	"\vListDevices\x12*.dasset.gateway.v1.ListBoundDevicesRequest\x1a+.dasset.gateway.v1.ListBoundDevicesResponse\x12Y\n" +
@@ -713,7 +760,9 @@ const file_dasset_gateway_v1_client_proto_rawDesc = "" +
 	"BindDevice\x12$.dasset.gateway.v1.BindDeviceRequest\x1a%.dasset.gateway.v1.BindDeviceResponse\x12_\n" +
 	"\fUnbindDevice\x12&.dasset.gateway.v1.UnbindDeviceRequest\x1a'.dasset.gateway.v1.UnbindDeviceResponse\x12\\\n" +
 	"\vOpenSession\x12%.dasset.gateway.v1.OpenSessionRequest\x1a&.dasset.gateway.v1.OpenSessionResponse\x12_\n" +
-	"\fCloseSession\x12&.dasset.gateway.v1.CloseSessionRequest\x1a'.dasset.gateway.v1.CloseSessionResponseBIZGgithub.com/planetxlabs/dasset-gateway/proto/dasset/gateway/v1;gatewayv1b\x06proto3"
+	"\fCloseSession\x12&.dasset.gateway.v1.CloseSessionRequest\x1a'.dasset.gateway.v1.CloseSessionResponse\x12R\n" +
+	"\n" +
+	"GetSession\x12$.dasset.gateway.v1.GetSessionRequest\x1a\x1e.dasset.gateway.v1.SessionInfoBIZGgithub.com/planetxlabs/dasset-gateway/proto/dasset/gateway/v1;gatewayv1b\x06proto3"
 
 var (
 	file_dasset_gateway_v1_client_proto_rawDescOnce sync.Once
@@ -727,7 +776,7 @@ func file_dasset_gateway_v1_client_proto_rawDescGZIP() []byte {
 	return file_dasset_gateway_v1_client_proto_rawDescData
 }
 
-var file_dasset_gateway_v1_client_proto_msgTypes = make([]protoimpl.MessageInfo, 14)
+var file_dasset_gateway_v1_client_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
 var file_dasset_gateway_v1_client_proto_goTypes = []any{
 	(*ClientLoginRequest)(nil),       // 0: dasset.gateway.v1.ClientLoginRequest
 	(*ClientLoginResponse)(nil),      // 1: dasset.gateway.v1.ClientLoginResponse
@@ -742,30 +791,34 @@ var file_dasset_gateway_v1_client_proto_goTypes = []any{
 	(*OpenSessionResponse)(nil),      // 10: dasset.gateway.v1.OpenSessionResponse
 	(*CloseSessionRequest)(nil),      // 11: dasset.gateway.v1.CloseSessionRequest
 	(*CloseSessionResponse)(nil),     // 12: dasset.gateway.v1.CloseSessionResponse
-	nil,                              // 13: dasset.gateway.v1.UnbindDeviceResponse.RemovedEntry
-	(*timestamppb.Timestamp)(nil),    // 14: google.protobuf.Timestamp
-	(*GatewayPeer)(nil),              // 15: dasset.gateway.v1.GatewayPeer
+	(*GetSessionRequest)(nil),        // 13: dasset.gateway.v1.GetSessionRequest
+	nil,                              // 14: dasset.gateway.v1.UnbindDeviceResponse.RemovedEntry
+	(*timestamppb.Timestamp)(nil),    // 15: google.protobuf.Timestamp
+	(*GatewayPeer)(nil),              // 16: dasset.gateway.v1.GatewayPeer
+	(*SessionInfo)(nil),              // 17: dasset.gateway.v1.SessionInfo
 }
 var file_dasset_gateway_v1_client_proto_depIdxs = []int32{
-	14, // 0: dasset.gateway.v1.ClientLoginResponse.expires_at:type_name -> google.protobuf.Timestamp
+	15, // 0: dasset.gateway.v1.ClientLoginResponse.expires_at:type_name -> google.protobuf.Timestamp
 	3,  // 1: dasset.gateway.v1.ListBoundDevicesResponse.devices:type_name -> dasset.gateway.v1.BoundDevice
-	13, // 2: dasset.gateway.v1.UnbindDeviceResponse.removed:type_name -> dasset.gateway.v1.UnbindDeviceResponse.RemovedEntry
-	15, // 3: dasset.gateway.v1.OpenSessionResponse.gateway:type_name -> dasset.gateway.v1.GatewayPeer
-	14, // 4: dasset.gateway.v1.OpenSessionResponse.expires_at:type_name -> google.protobuf.Timestamp
+	14, // 2: dasset.gateway.v1.UnbindDeviceResponse.removed:type_name -> dasset.gateway.v1.UnbindDeviceResponse.RemovedEntry
+	16, // 3: dasset.gateway.v1.OpenSessionResponse.gateway:type_name -> dasset.gateway.v1.GatewayPeer
+	15, // 4: dasset.gateway.v1.OpenSessionResponse.expires_at:type_name -> google.protobuf.Timestamp
 	0,  // 5: dasset.gateway.v1.ClientService.Login:input_type -> dasset.gateway.v1.ClientLoginRequest
 	2,  // 6: dasset.gateway.v1.ClientService.ListDevices:input_type -> dasset.gateway.v1.ListBoundDevicesRequest
 	5,  // 7: dasset.gateway.v1.ClientService.BindDevice:input_type -> dasset.gateway.v1.BindDeviceRequest
 	7,  // 8: dasset.gateway.v1.ClientService.UnbindDevice:input_type -> dasset.gateway.v1.UnbindDeviceRequest
 	9,  // 9: dasset.gateway.v1.ClientService.OpenSession:input_type -> dasset.gateway.v1.OpenSessionRequest
 	11, // 10: dasset.gateway.v1.ClientService.CloseSession:input_type -> dasset.gateway.v1.CloseSessionRequest
-	1,  // 11: dasset.gateway.v1.ClientService.Login:output_type -> dasset.gateway.v1.ClientLoginResponse
-	4,  // 12: dasset.gateway.v1.ClientService.ListDevices:output_type -> dasset.gateway.v1.ListBoundDevicesResponse
-	6,  // 13: dasset.gateway.v1.ClientService.BindDevice:output_type -> dasset.gateway.v1.BindDeviceResponse
-	8,  // 14: dasset.gateway.v1.ClientService.UnbindDevice:output_type -> dasset.gateway.v1.UnbindDeviceResponse
-	10, // 15: dasset.gateway.v1.ClientService.OpenSession:output_type -> dasset.gateway.v1.OpenSessionResponse
-	12, // 16: dasset.gateway.v1.ClientService.CloseSession:output_type -> dasset.gateway.v1.CloseSessionResponse
-	11, // [11:17] is the sub-list for method output_type
-	5,  // [5:11] is the sub-list for method input_type
+	13, // 11: dasset.gateway.v1.ClientService.GetSession:input_type -> dasset.gateway.v1.GetSessionRequest
+	1,  // 12: dasset.gateway.v1.ClientService.Login:output_type -> dasset.gateway.v1.ClientLoginResponse
+	4,  // 13: dasset.gateway.v1.ClientService.ListDevices:output_type -> dasset.gateway.v1.ListBoundDevicesResponse
+	6,  // 14: dasset.gateway.v1.ClientService.BindDevice:output_type -> dasset.gateway.v1.BindDeviceResponse
+	8,  // 15: dasset.gateway.v1.ClientService.UnbindDevice:output_type -> dasset.gateway.v1.UnbindDeviceResponse
+	10, // 16: dasset.gateway.v1.ClientService.OpenSession:output_type -> dasset.gateway.v1.OpenSessionResponse
+	12, // 17: dasset.gateway.v1.ClientService.CloseSession:output_type -> dasset.gateway.v1.CloseSessionResponse
+	17, // 18: dasset.gateway.v1.ClientService.GetSession:output_type -> dasset.gateway.v1.SessionInfo
+	12, // [12:19] is the sub-list for method output_type
+	5,  // [5:12] is the sub-list for method input_type
 	5,  // [5:5] is the sub-list for extension type_name
 	5,  // [5:5] is the sub-list for extension extendee
 	0,  // [0:5] is the sub-list for field type_name
@@ -783,7 +836,7 @@ func file_dasset_gateway_v1_client_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_dasset_gateway_v1_client_proto_rawDesc), len(file_dasset_gateway_v1_client_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   14,
+			NumMessages:   15,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -25,6 +25,7 @@ const (
 	ClientService_UnbindDevice_FullMethodName = "/dasset.gateway.v1.ClientService/UnbindDevice"
 	ClientService_OpenSession_FullMethodName  = "/dasset.gateway.v1.ClientService/OpenSession"
 	ClientService_CloseSession_FullMethodName = "/dasset.gateway.v1.ClientService/CloseSession"
+	ClientService_GetSession_FullMethodName   = "/dasset.gateway.v1.ClientService/GetSession"
 )
 
 // ClientServiceClient is the client API for ClientService service.
@@ -40,6 +41,10 @@ type ClientServiceClient interface {
 	UnbindDevice(ctx context.Context, in *UnbindDeviceRequest, opts ...grpc.CallOption) (*UnbindDeviceResponse, error)
 	OpenSession(ctx context.Context, in *OpenSessionRequest, opts ...grpc.CallOption) (*OpenSessionResponse, error)
 	CloseSession(ctx context.Context, in *CloseSessionRequest, opts ...grpc.CallOption) (*CloseSessionResponse, error)
+	// GetSession returns one of the account's open sessions; NotFound once it
+	// has ended (closed by anyone, expired, idle, unbound), so a client learns
+	// of the end within its poll interval.
+	GetSession(ctx context.Context, in *GetSessionRequest, opts ...grpc.CallOption) (*SessionInfo, error)
 }
 
 type clientServiceClient struct {
@@ -110,6 +115,16 @@ func (c *clientServiceClient) CloseSession(ctx context.Context, in *CloseSession
 	return out, nil
 }
 
+func (c *clientServiceClient) GetSession(ctx context.Context, in *GetSessionRequest, opts ...grpc.CallOption) (*SessionInfo, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(SessionInfo)
+	err := c.cc.Invoke(ctx, ClientService_GetSession_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ClientServiceServer is the server API for ClientService service.
 // All implementations must embed UnimplementedClientServiceServer
 // for forward compatibility.
@@ -123,6 +138,10 @@ type ClientServiceServer interface {
 	UnbindDevice(context.Context, *UnbindDeviceRequest) (*UnbindDeviceResponse, error)
 	OpenSession(context.Context, *OpenSessionRequest) (*OpenSessionResponse, error)
 	CloseSession(context.Context, *CloseSessionRequest) (*CloseSessionResponse, error)
+	// GetSession returns one of the account's open sessions; NotFound once it
+	// has ended (closed by anyone, expired, idle, unbound), so a client learns
+	// of the end within its poll interval.
+	GetSession(context.Context, *GetSessionRequest) (*SessionInfo, error)
 	mustEmbedUnimplementedClientServiceServer()
 }
 
@@ -150,6 +169,9 @@ func (UnimplementedClientServiceServer) OpenSession(context.Context, *OpenSessio
 }
 func (UnimplementedClientServiceServer) CloseSession(context.Context, *CloseSessionRequest) (*CloseSessionResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method CloseSession not implemented")
+}
+func (UnimplementedClientServiceServer) GetSession(context.Context, *GetSessionRequest) (*SessionInfo, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetSession not implemented")
 }
 func (UnimplementedClientServiceServer) mustEmbedUnimplementedClientServiceServer() {}
 func (UnimplementedClientServiceServer) testEmbeddedByValue()                       {}
@@ -280,6 +302,24 @@ func _ClientService_CloseSession_Handler(srv interface{}, ctx context.Context, d
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ClientService_GetSession_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetSessionRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClientServiceServer).GetSession(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ClientService_GetSession_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClientServiceServer).GetSession(ctx, req.(*GetSessionRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ClientService_ServiceDesc is the grpc.ServiceDesc for ClientService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -310,6 +350,10 @@ var ClientService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "CloseSession",
 			Handler:    _ClientService_CloseSession_Handler,
+		},
+		{
+			MethodName: "GetSession",
+			Handler:    _ClientService_GetSession_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
