@@ -301,10 +301,11 @@ Prints the session id and the client and device addresses, then runs until SIGIN
 SIGTERM (it closes the session and exits 0) or until the session ends without it (exit 1
 with the reason).
 
-How the end is noticed: every --poll the command lists the account's devices, which
-catches an unbound device and a refused access token within one interval; the expiry is
-checked locally; a session closed by an operator, by ` + "`session close`" + ` from elsewhere or by the
-idle reaper shows as WireGuard handshakes failing and is noticed within about 3 minutes.`,
+How the end is noticed: every --poll the command asks the gateway about the session
+(closed by an operator, by ` + "`session close`" + ` from elsewhere, by the idle reaper, or the device
+unbound) and lists the account's devices (a refused access token), so the end is noticed
+within one interval; the expiry is checked locally; and a gateway that stopped answering
+shows as WireGuard handshakes failing, noticed within about 3 minutes.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			logger, err := logs.logger(logOut)
