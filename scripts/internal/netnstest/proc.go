@@ -1,0 +1,130 @@
+package netnstest
+
+import (
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Proc is a background process whose standard output and standard error
+// go to one log file.
+type Proc struct {
+	// Name is the log file's base name without ".log".
+	Name string
+	// Log is the path of the log file.
+	Log string
+
+	cmd  *exec.Cmd
+	done chan struct{}
+	err  error // valid after done is closed
+}
+
+// Start runs argv inside namespace ns with its output in logPath (relative
+// to h.Dir unless absolute). The process is stopped when the test ends, and
+// its log is shown if the test fails.
+func (h *Harness) Start(ns, logPath string, argv ...string) *Proc {
+	h.T.Helper()
+	if !filepath.IsAbs(logPath) {
+		logPath = filepath.Join(h.Dir, logPath)
+	}
+	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
+	if err != nil {
+		h.T.Fatal(err)
+	}
+	cmd := exec.Command("ip", append([]string{"netns", "exec", ns}, argv...)...)
+	cmd.Stdout, cmd.Stderr = f, f
+	if err := cmd.Start(); err != nil {
+		f.Close()
+		h.T.Fatalf("start %s: %v", logPath, err)
+	}
+	f.Close()
+	h.addLog(logPath)
+	p := &Proc{Name: strings.TrimSuffix(filepath.Base(logPath), ".log"), Log: logPath, cmd: cmd, done: make(chan struct{})}
+	go func() {
+		p.err = cmd.Wait()
+		close(p.done)
+	}()
+	h.T.Cleanup(func() { p.Stop(5 * time.Second) })
+	return p
+}
+
+// Exited reports whether the process has ended.
+func (p *Proc) Exited() bool {
+	select {
+	case <-p.done:
+		return true
+	default:
+		return false
+	}
+}
+
+// Err is how the process ended (nil for exit 0); valid once Exited.
+func (p *Proc) Err() error {
+	if !p.Exited() {
+		return nil
+	}
+	return p.err
+}
+
+// Wait waits up to d for the process to end; ok is false on timeout, else
+// err is how it ended.
+func (p *Proc) Wait(d time.Duration) (ok bool, err error) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-p.done:
+		return true, p.err
+	case <-t.C:
+		return false, nil
+	}
+}
+
+// Signal sends sig to the process.
+func (p *Proc) Signal(sig os.Signal) error { return p.cmd.Process.Signal(sig) }
+
+// Stop sends SIGTERM, waits up to grace, then kills. It returns whether the
+// process ended on SIGTERM alone, and how it ended.
+func (p *Proc) Stop(grace time.Duration) (graceful bool, err error) {
+	if p.Exited() {
+		return true, p.err
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	if ok, err := p.Wait(grace); ok {
+		return true, err
+	}
+	_ = p.cmd.Process.Kill()
+	_, err = p.Wait(5 * time.Second)
+	return false, err
+}
+
+// LogText is the process's output so far.
+func (p *Proc) LogText() string {
+	b, _ := os.ReadFile(p.Log)
+	return string(b)
+}
+
+// LastLine is the last non-empty line of the process's output.
+func (p *Proc) LastLine() string { return LastLine(p.LogText()) }
+
+// LastLine is the last non-empty line of text.
+func LastLine(text string) string {
+	lines := strings.Split(strings.TrimSpace(text), "\n")
+	return lines[len(lines)-1]
+}
+
+// ExpectFailure waits up to within for p to end and fails the test unless
+// it ended with a non-zero exit (a refused agent); it returns how it ended.
+func (h *Harness) ExpectFailure(p *Proc, within time.Duration) error {
+	h.T.Helper()
+	ok, err := p.Wait(within)
+	if !ok {
+		h.T.Fatalf("%s: still running after %v; want a refusal and exit", p.Name, within)
+	}
+	if err == nil {
+		h.T.Fatalf("%s: exited 0; want non-zero", p.Name)
+	}
+	return err
+}
