@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -336,6 +337,47 @@ func BenchmarkAdmit(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// enrolledIDs enrolls n devices and returns their ids.
+func enrolledIDs(b *testing.B, s store.Store, n int) []int64 {
+	ctx := context.Background()
+	ids := make([]int64, 0, n)
+	for len(ids) < n {
+		for _, e := range enroll(b, s, min(1000, n-len(ids))) {
+			d, err := s.DeviceByIndex(ctx, e.Index)
+			if err != nil {
+				b.Fatal(err)
+			}
+			ids = append(ids, d.ID)
+		}
+	}
+	return ids
+}
+
+// BenchmarkAdmitParallel is a boot storm against the store alone: first
+// admissions of distinct devices from many goroutines at once.
+func BenchmarkAdmitParallel(b *testing.B) {
+	ctx := context.Background()
+	s := openTemp(b)
+	defer s.Close()
+	ids := enrolledIDs(b, s, b.N)
+	exp := time.Now().Add(time.Hour)
+	var next atomic.Int64
+	b.SetParallelism(32) // 32 × GOMAXPROCS callers, like a storm of logins
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			i := next.Add(1) - 1
+			if _, err := s.Admit(ctx, store.Admission{
+				DeviceID: ids[i], Key: rnd32(), First: 1, Last: 1 << 20, Day: "2030-01-02", TokenHash: rnd32(), TokenExpires: exp,
+			}); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
 }
 
 func BenchmarkDeviceByIndex(b *testing.B) {
