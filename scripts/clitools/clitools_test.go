@@ -200,7 +200,8 @@ log:
 
 // TestNoTUNPrivilegeIsOneClearLine: without the privilege to make a TUN the
 // daemon says so in one line (and how to run unprivileged), never a stack
-// trace. As root the daemon is run as nobody; otherwise as the test user.
+// trace; the same user then runs the whole gateway with tunnel.mode:
+// netstack. As root the daemon is run as nobody; otherwise as the test user.
 func TestNoTUNPrivilegeIsOneClearLine(t *testing.T) {
 	bin := binaries(t)
 	dir, err := os.MkdirTemp("", "dasset-nopriv-")
@@ -255,5 +256,36 @@ func TestNoTUNPrivilegeIsOneClearLine(t *testing.T) {
 		if strings.Contains(strings.ToLower(l), "error") {
 			t.Errorf("more than one error line: %q", l)
 		}
+	}
+
+	// The same user runs the whole gateway with tunnel.mode: netstack.
+	metricsPort := freePort(t, "tcp")
+	ns := strings.Replace(cfg, "tunnel:\n", "tunnel:\n  mode: netstack\n  listen_port: "+fmt.Sprint(freePort(t, "udp"))+"\n", 1)
+	ns = strings.Replace(ns, "metrics:\n  listen: 127.0.0.1:0", fmt.Sprintf("metrics:\n  listen: 127.0.0.1:%d", metricsPort), 1)
+	if err := os.WriteFile(cfgPath, []byte(ns), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	nctx, ncancel := context.WithCancel(context.Background())
+	defer ncancel()
+	gwNS := exec.CommandContext(nctx, args[0], args[1:]...)
+	var nsOut strings.Builder
+	gwNS.Stdout, gwNS.Stderr = &nsOut, &nsOut
+	if err := gwNS.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { ncancel(); _ = gwNS.Wait() }()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/readyz", metricsPort))
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				break
+			}
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("unprivileged gateway in netstack mode not ready within 20s: %v\n%s", err, nsOut.String())
+		}
+		time.Sleep(200 * time.Millisecond)
 	}
 }
