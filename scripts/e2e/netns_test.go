@@ -9,6 +9,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/planetxlabs/dasset-gateway/scripts/internal/netnstest"
 )
 
 const (
@@ -49,26 +51,26 @@ type peerList struct {
 // `wg show`, refused logins, a gateway restart and revocation.
 func TestNetns(t *testing.T) {
 	h := newHarness(t)
-	gwNS, d1NS, d2NS := "dgw-"+h.suffix, "dd1-"+h.suffix, "dd2-"+h.suffix
+	gwNS, d1NS, d2NS := "dgw-"+h.Suffix, "dd1-"+h.Suffix, "dd2-"+h.Suffix
 	for _, ns := range []string{gwNS, d1NS, d2NS} {
-		h.netns(ns)
+		h.Netns(ns)
 	}
 	gwAddr1 := h.link(gwNS, d1NS, 1)
 	gwAddr2 := h.link(gwNS, d2NS, 2)
 
 	g := h.newGateway(gwNS)
 	g.start()
-	g.waitReady(30 * time.Second)
+	g.WaitReady(30 * time.Second)
 	fp := g.fingerprint()
-	t.Logf("gateway up on %s in %s, certificate sha256 %s", g.ifname, gwNS, fp)
+	t.Logf("gateway up on %s in %s, certificate sha256 %s", g.Interface, gwNS, fp)
 
 	// Enrollment: one by flags, one from a CSV batch.
-	g.mustCtl("enroll", "--serial", sn1, "--hwid", hw1)
-	csv := filepath.Join(h.dir, "devices.csv")
+	g.MustCtl("enroll", "--serial", sn1, "--hwid", hw1)
+	csv := filepath.Join(h.Dir, "devices.csv")
 	if err := os.WriteFile(csv, []byte("serial_number,hardware_id\n# e2e batch\n"+sn2+","+hw2+"\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	g.mustCtl("enroll", "--file", csv)
+	g.MustCtl("enroll", "--file", csv)
 	devs := listDevices(t, g)
 	for _, sn := range []string{sn1, sn2} {
 		d, ok := devs[mask(sn)]
@@ -81,53 +83,53 @@ func TestNetns(t *testing.T) {
 	}
 
 	// Device 1 logs in and reaches the gateway through the tunnel.
-	dev1 := agentSpec{ns: d1NS, gateway: gwAddr1, pin: fp, serial: sn1, hwid: hw1,
-		ifname: "da1x" + h.suffix, stateDir: filepath.Join(h.dir, "agent1"), logName: "agent1.log"}
-	a1 := h.startAgent(dev1)
-	addr1 := h.waitAddr(a1, d1NS, dev1.ifname, 30*time.Second)
-	if _, err := pingWithin(d1NS, 15*time.Second, "-c", "3", "-W", "1", gw4); err != nil {
+	dev1 := netnstest.AgentSpec{NS: d1NS, Gateway: gwAddr1 + ":8443", Pin: fp, Serial: sn1, HWID: hw1,
+		Interface: "da1x" + h.Suffix, StateDir: filepath.Join(h.Dir, "agent1"), LogPath: "agent1.log"}
+	a1 := h.StartAgent(dev1)
+	addr1 := h.WaitAddr(a1, d1NS, dev1.Interface, 30*time.Second)
+	if _, err := h.PingWithin(d1NS, 15*time.Second, "-c", "3", "-W", "1", gw4); err != nil {
 		t.Fatalf("device 1 → %s: %v", gw4, err)
 	}
-	if _, err := pingWithin(d1NS, 15*time.Second, "-6", "-c", "3", "-W", "1", gw6); err != nil {
+	if _, err := h.PingWithin(d1NS, 15*time.Second, "-6", "-c", "3", "-W", "1", gw6); err != nil {
 		t.Fatalf("device 1 → %s: %v", gw6, err)
 	}
 	t.Logf("device 1 is %s and pings the gateway over IPv4 and IPv6", addr1)
 
 	// Refusals, while device 2 has no pinned key yet: a wrong hardware id,
 	// and device 2 presenting device 1's WireGuard key.
-	wrongHW := h.startAgent(agentSpec{ns: d2NS, gateway: gwAddr2, pin: fp, serial: sn2, hwid: "HW-E2E-WRONG-9999",
-		ifname: "dwx" + h.suffix, stateDir: filepath.Join(h.dir, "agent-wronghw"), logName: "agent-wronghw.log"})
-	expectRefused(t, wrongHW)
-	stolenDir := filepath.Join(h.dir, "agent-stolenkey")
+	wrongHW := h.StartAgent(netnstest.AgentSpec{NS: d2NS, Gateway: gwAddr2 + ":8443", Pin: fp, Serial: sn2, HWID: "HW-E2E-WRONG-9999",
+		Interface: "dwx" + h.Suffix, StateDir: filepath.Join(h.Dir, "agent-wronghw"), LogPath: "agent-wronghw.log"})
+	h.expectRefused(wrongHW)
+	stolenDir := filepath.Join(h.Dir, "agent-stolenkey")
 	if err := os.MkdirAll(stolenDir, 0o700); err != nil {
 		t.Fatal(err)
 	}
-	key1, err := os.ReadFile(filepath.Join(dev1.stateDir, "private.key"))
+	key1, err := os.ReadFile(filepath.Join(dev1.StateDir, "private.key"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if err := os.WriteFile(filepath.Join(stolenDir, "private.key"), key1, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	stolen := h.startAgent(agentSpec{ns: d2NS, gateway: gwAddr2, pin: fp, serial: sn2, hwid: hw2,
-		ifname: "dsx" + h.suffix, stateDir: stolenDir, logName: "agent-stolenkey.log"})
-	expectRefused(t, stolen)
+	stolen := h.StartAgent(netnstest.AgentSpec{NS: d2NS, Gateway: gwAddr2 + ":8443", Pin: fp, Serial: sn2, HWID: hw2,
+		Interface: "dsx" + h.Suffix, StateDir: stolenDir, LogPath: "agent-stolenkey.log"})
+	h.expectRefused(stolen)
 	if d := listDevices(t, g)[mask(sn2)]; d.KeyPinned {
 		t.Fatalf("device 2 got a pinned key from the refused logins: %+v", d)
 	}
-	if a1.exited() {
-		t.Fatalf("device 1's agent stopped: %v: %s", a1.err, a1.lastLine())
+	if a1.Exited() {
+		t.Fatalf("device 1's agent stopped: %v: %s", a1.Err(), a1.LastLine())
 	}
 
 	// Device 2 logs in with its own key.
-	dev2 := agentSpec{ns: d2NS, gateway: gwAddr2, pin: fp, serial: sn2, hwid: hw2,
-		ifname: "da2x" + h.suffix, stateDir: filepath.Join(h.dir, "agent2"), logName: "agent2.log"}
-	a2 := h.startAgent(dev2)
-	addr2 := h.waitAddr(a2, d2NS, dev2.ifname, 30*time.Second)
+	dev2 := netnstest.AgentSpec{NS: d2NS, Gateway: gwAddr2 + ":8443", Pin: fp, Serial: sn2, HWID: hw2,
+		Interface: "da2x" + h.Suffix, StateDir: filepath.Join(h.Dir, "agent2"), LogPath: "agent2.log"}
+	a2 := h.StartAgent(dev2)
+	addr2 := h.WaitAddr(a2, d2NS, dev2.Interface, 30*time.Second)
 	if addr2 == addr1 {
 		t.Fatalf("both devices got %s", addr1)
 	}
-	if _, err := pingWithin(d2NS, 15*time.Second, "-c", "3", "-W", "1", gw4); err != nil {
+	if _, err := h.PingWithin(d2NS, 15*time.Second, "-c", "3", "-W", "1", gw4); err != nil {
 		t.Fatalf("device 2 → %s: %v", gw4, err)
 	}
 	t.Logf("device 2 is %s and pings the gateway", addr2)
@@ -139,27 +141,27 @@ func TestNetns(t *testing.T) {
 	}
 
 	// `wg show` on the gateway: both peers, no private key, and set refused.
-	pub1, pub2 := h.wgPubkey(dev1.stateDir), h.wgPubkey(dev2.stateDir)
+	pub1, pub2 := h.wgPubkey(dev1.StateDir), h.wgPubkey(dev2.StateDir)
 	if !base64Key(pub1) || !base64Key(pub2) || pub1 == pub2 {
 		t.Fatalf("device public keys %q, %q: want two distinct base64 keys", pub1, pub2)
 	}
-	show, err := nsRun(gwNS, "wg", "show", g.ifname)
+	show, err := h.NsRun(gwNS, "wg", "show", g.Interface)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, k := range []string{pub1, pub2} {
 		if !strings.Contains(show, "peer: "+k) {
-			t.Fatalf("wg show %s lacks peer %s:\n%s", g.ifname, k, show)
+			t.Fatalf("wg show %s lacks peer %s:\n%s", g.Interface, k, show)
 		}
 	}
 	if strings.Contains(show, "private key") {
-		t.Fatalf("wg show %s shows a private key line:\n%s", g.ifname, show)
+		t.Fatalf("wg show %s shows a private key line:\n%s", g.Interface, show)
 	}
-	if pk, err := nsRun(gwNS, "wg", "show", g.ifname, "private-key"); err != nil || strings.TrimSpace(pk) != "(none)" {
-		t.Fatalf("wg show %s private-key: %q, %v; want (none)", g.ifname, pk, err)
+	if pk, err := h.NsRun(gwNS, "wg", "show", g.Interface, "private-key"); err != nil || strings.TrimSpace(pk) != "(none)" {
+		t.Fatalf("wg show %s private-key: %q, %v; want (none)", g.Interface, pk, err)
 	}
 	var peers peerList
-	g.ctlJSON(&peers, "peers")
+	g.CtlJSON(&peers, "peers")
 	seen := map[string]string{}
 	for _, p := range peers.Peers {
 		seen[p.PublicKey] = p.Kind
@@ -169,20 +171,20 @@ func TestNetns(t *testing.T) {
 			t.Fatalf("dassetctl peers: %s kind %q, want device: %+v", k, seen[k], peers)
 		}
 	}
-	if out, err := nsRun(gwNS, "wg", "set", g.ifname, "peer", pub1, "remove"); err == nil {
-		t.Fatalf("wg set %s peer … remove succeeded: %s", g.ifname, out)
+	if out, err := h.NsRun(gwNS, "wg", "set", g.Interface, "peer", pub1, "remove"); err == nil {
+		t.Fatalf("wg set %s peer … remove succeeded: %s", g.Interface, out)
 	}
-	if show, err := nsRun(gwNS, "wg", "show", g.ifname, "peers"); err != nil || !strings.Contains(show, pub1) {
+	if show, err := h.NsRun(gwNS, "wg", "show", g.Interface, "peers"); err != nil || !strings.Contains(show, pub1) {
 		t.Fatalf("after a refused wg set, peer %s is gone: %q, %v", pub1, show, err)
 	}
-	if _, err := pingWithin(d1NS, 5*time.Second, "-c", "1", "-W", "1", gw4); err != nil {
+	if _, err := h.PingWithin(d1NS, 5*time.Second, "-c", "1", "-W", "1", gw4); err != nil {
 		t.Fatalf("device 1 after refused wg set: %v", err)
 	}
 
 	// Devices never reach each other through the hub.
 	for _, c := range []struct{ ns, dst string }{{d2NS, addr1}, {d1NS, addr2}} {
 		dst := strings.TrimSuffix(c.dst, "/32")
-		if out, err := nsRun(c.ns, "ping", "-c", "2", "-W", "1", dst); err == nil {
+		if out, err := h.NsRun(c.ns, "ping", "-c", "2", "-W", "1", dst); err == nil {
 			t.Fatalf("%s reaches the other device %s: %s", c.ns, dst, out)
 		}
 	}
@@ -194,12 +196,12 @@ func TestNetns(t *testing.T) {
 		t.Fatalf("before restart: logins_total{outcome=ok}=%v, %d \"device login\" lines; want ≥ 2 each", okBefore, linesBefore)
 	}
 	t.Logf("before restart: logins_total{outcome=ok}=%v, %d \"device login\" log lines", okBefore, linesBefore)
-	graceful, stopErr := g.p.stop(15 * time.Second)
+	graceful, stopErr := g.Proc.Stop(15 * time.Second)
 	if !graceful || stopErr != nil {
 		t.Fatalf("gateway stop on SIGTERM: graceful=%v, %v", graceful, stopErr)
 	}
 	g.start()
-	ready := g.waitReady(30 * time.Second)
+	ready := g.WaitReady(30 * time.Second)
 	var wg sync.WaitGroup
 	took := make([]time.Duration, 2)
 	errs := make([]error, 2)
@@ -207,7 +209,7 @@ func TestNetns(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, errs[i] = pingWithin(ns, restartBudget+10*time.Second, "-c", "1", "-W", "1", gw4)
+			_, errs[i] = h.PingWithin(ns, restartBudget+10*time.Second, "-c", "1", "-W", "1", gw4)
 			took[i] = time.Since(ready)
 		}()
 	}
@@ -232,26 +234,26 @@ func TestNetns(t *testing.T) {
 	}
 
 	// Revocation: device 2 is cut off, device 1 carries on.
-	g.mustCtl("devices", "revoke", sn2)
-	if ok, err := a2.wait(15 * time.Second); !ok {
+	g.MustCtl("devices", "revoke", sn2)
+	if ok, err := a2.Wait(15 * time.Second); !ok {
 		t.Fatalf("device 2's agent still runs 15s after revocation")
 	} else if err == nil {
 		t.Fatalf("device 2's agent exited 0 after revocation; want non-zero")
 	}
-	if !strings.Contains(a2.logText(), "revoked") {
-		t.Fatalf("device 2's agent did not say it was revoked: %s", a2.lastLine())
+	if !strings.Contains(a2.LogText(), "revoked") {
+		t.Fatalf("device 2's agent did not say it was revoked: %s", a2.LastLine())
 	}
-	t.Logf("device 2 after revocation: %s", a2.lastLine())
-	if out, err := nsRun(d2NS, "ping", "-c", "2", "-W", "1", gw4); err == nil {
+	t.Logf("device 2 after revocation: %s", a2.LastLine())
+	if out, err := h.NsRun(d2NS, "ping", "-c", "2", "-W", "1", gw4); err == nil {
 		t.Fatalf("device 2 still pings the gateway after revocation: %s", out)
 	}
-	if err := poll(5*time.Second, 100*time.Millisecond, func() error {
-		show, err := nsRun(gwNS, "wg", "show", g.ifname, "peers")
+	if err := h.Poll(5*time.Second, 100*time.Millisecond, func() error {
+		show, err := h.NsRun(gwNS, "wg", "show", g.Interface, "peers")
 		if err != nil {
 			return err
 		}
 		if strings.Contains(show, pub2) {
-			return fmt.Errorf("peer %s still on %s", pub2, g.ifname)
+			return fmt.Errorf("peer %s still on %s", pub2, g.Interface)
 		}
 		return nil
 	}); err != nil {
@@ -260,37 +262,31 @@ func TestNetns(t *testing.T) {
 	if d := listDevices(t, g)[mask(sn2)]; !d.Revoked {
 		t.Fatalf("devices list: %s not revoked: %+v", mask(sn2), d)
 	}
-	if _, err := pingWithin(d1NS, 5*time.Second, "-c", "1", "-W", "1", gw4); err != nil {
+	if _, err := h.PingWithin(d1NS, 5*time.Second, "-c", "1", "-W", "1", gw4); err != nil {
 		t.Fatalf("device 1 after device 2's revocation: %v", err)
 	}
-	if a1.exited() {
-		t.Fatalf("device 1's agent stopped: %v: %s", a1.err, a1.lastLine())
+	if a1.Exited() {
+		t.Fatalf("device 1's agent stopped: %v: %s", a1.Err(), a1.LastLine())
 	}
 }
 
 // expectRefused waits for an agent that must be refused: it exits non-zero
 // with a one-line reason.
-func expectRefused(t *testing.T, p *proc) {
-	t.Helper()
-	ok, err := p.wait(30 * time.Second)
-	if !ok {
-		t.Fatalf("%s: still running after 30s; want a refusal and exit", p.name)
-	}
-	if err == nil {
-		t.Fatalf("%s: exited 0; want non-zero", p.name)
-	}
-	last := p.lastLine()
+func (h *harness) expectRefused(p *netnstest.Proc) {
+	h.T.Helper()
+	err := h.ExpectFailure(p, 30*time.Second)
+	last := p.LastLine()
 	if !strings.HasPrefix(last, "dasset-agent: ") || !strings.Contains(last, "refused") {
-		t.Fatalf("%s: last line %q; want \"dasset-agent: …refused…\"", p.name, last)
+		h.T.Fatalf("%s: last line %q; want \"dasset-agent: …refused…\"", p.Name, last)
 	}
-	t.Logf("%s: %v: %s", p.name, err, last)
+	h.T.Logf("%s: %v: %s", p.Name, err, last)
 }
 
 // listDevices is `dassetctl devices list -o json` by masked serial number.
 func listDevices(t *testing.T, g *gateway) map[string]device {
 	t.Helper()
 	var l deviceList
-	g.ctlJSON(&l, "devices", "list")
+	g.CtlJSON(&l, "devices", "list")
 	m := map[string]device{}
 	for _, d := range l.Devices {
 		m[d.SerialNumber] = d

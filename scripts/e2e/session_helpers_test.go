@@ -2,17 +2,16 @@ package e2e
 
 import (
 	"bufio"
-	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"net"
 	"os"
-	"os/exec"
 	"regexp"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/planetxlabs/dasset-gateway/scripts/internal/netnstest"
 )
 
 // The test binary, re-executed inside a namespace, can also serve or dial
@@ -86,29 +85,6 @@ func tcpDial(addr string) int {
 	return 0
 }
 
-// selfIn runs this test binary inside ns with one environment variable set,
-// as a background process (argv for harness.start).
-func selfIn(env, value string) []string {
-	self, err := os.Executable()
-	if err != nil {
-		panic(err)
-	}
-	return []string{"env", env + "=" + value, self}
-}
-
-// runStdin runs a short command with input on its standard input.
-func runStdin(input, name string, args ...string) (string, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), cmdTimeout)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, name, args...)
-	cmd.Stdin = strings.NewReader(input)
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		return string(out), fmt.Errorf("%s %s: %w: %s", name, strings.Join(args, " "), err, strings.TrimSpace(string(out)))
-	}
-	return string(out), nil
-}
-
 // dropReasons are the hub's drop counters this test watches.
 var dropReasons = []string{"no_session", "client_to_client", "device_to_device"}
 
@@ -127,12 +103,12 @@ const stateMaxAge = 5 * time.Second
 // fresh waits until a scrape is sure to re-read the state, then returns the
 // drop counters by reason.
 func (m *dropMeter) fresh() map[string]float64 {
-	t := m.g.h.t
+	t := m.g.h.T
 	t.Helper()
 	if wait := time.Until(m.last.Add(stateMaxAge + 200*time.Millisecond)); wait > 0 {
 		time.Sleep(wait)
 	}
-	body, err := m.g.get("http://127.0.0.1:9591/metrics")
+	body, err := m.g.Get(netnstest.MetricsURL + "/metrics")
 	m.last = time.Now()
 	if err != nil {
 		t.Fatal(err)
@@ -169,21 +145,9 @@ func expectRise(t interface {
 	t.Logf("%s: dropped by the hub as %s (%v → %v)", what, reason, before[reason], after[reason])
 }
 
-// logRecordsOf decodes the JSON lines of a process's log.
-func logRecordsOf(p *proc) []map[string]any {
-	var recs []map[string]any
-	for _, line := range strings.Split(p.logText(), "\n") {
-		var rec map[string]any
-		if json.Unmarshal([]byte(line), &rec) == nil {
-			recs = append(recs, rec)
-		}
-	}
-	return recs
-}
-
 // findRecord returns the time of the first record p logged with msg and
 // every attribute in attrs.
-func findRecord(p *proc, msg string, attrs map[string]string) (time.Time, bool) {
+func findRecord(p *netnstest.Proc, msg string, attrs map[string]string) (time.Time, bool) {
 	for _, r := range logRecordsOf(p) {
 		if r["msg"] != msg {
 			continue
@@ -207,36 +171,26 @@ func findRecord(p *proc, msg string, attrs map[string]string) (time.Time, bool) 
 }
 
 // hasRecord reports whether p logged a record with msg and attrs.
-func hasRecord(p *proc, msg string, attrs map[string]string) bool {
+func hasRecord(p *netnstest.Proc, msg string, attrs map[string]string) bool {
 	_, ok := findRecord(p, msg, attrs)
 	return ok
 }
 
 // waitRecord waits up to within for p to log msg with attrs, and returns
 // the record's time stamp.
-func waitRecord(p *proc, within time.Duration, msg string, attrs map[string]string) (time.Time, error) {
+func (h *harness) waitRecord(p *netnstest.Proc, within time.Duration, msg string, attrs map[string]string) (time.Time, error) {
 	var at time.Time
-	err := poll(within, 20*time.Millisecond, func() error {
+	err := h.Poll(within, 20*time.Millisecond, func() error {
 		var ok bool
 		if at, ok = findRecord(p, msg, attrs); ok {
 			if at.IsZero() {
-				return fmt.Errorf("%s: %q record without a readable time", p.name, msg)
+				return fmt.Errorf("%s: %q record without a readable time", p.Name, msg)
 			}
 			return nil
 		}
-		return fmt.Errorf("%s: no %q record with %v", p.name, msg, attrs)
+		return fmt.Errorf("%s: no %q record with %v", p.Name, msg, attrs)
 	})
 	return at, err
-}
-
-// field returns the value after "Label:" in a command's output, or "".
-func field(out, label string) string {
-	for _, line := range strings.Split(out, "\n") {
-		if rest, ok := strings.CutPrefix(strings.TrimSpace(line), label+":"); ok {
-			return strings.TrimSpace(rest)
-		}
-	}
-	return ""
 }
 
 // firstV4 is the first IPv4 prefix's address among space-separated prefixes.

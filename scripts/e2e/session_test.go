@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/planetxlabs/dasset-gateway/scripts/internal/netnstest"
 )
 
 // unbindBudget is how soon after `dasset-agent unbind` returns the client's
@@ -17,7 +19,8 @@ const unbindBudget = 2 * time.Second
 
 // session is one `dasset-agent session open` process and what it printed.
 type session struct {
-	p       *proc
+	h       *harness
+	p       *netnstest.Proc
 	ns      string
 	ifname  string
 	id      string
@@ -35,14 +38,14 @@ type client struct {
 // agent runs a one-shot dasset-agent command in the client's namespace with
 // the client's state directory.
 func (c client) agent(args ...string) (string, error) {
-	return nsRun(c.ns, append(append([]string{c.h.path("dasset-agent")}, args...), "--state-dir", c.stateDir)...)
+	return c.h.NsRun(c.ns, append(append([]string{c.h.Path("dasset-agent")}, args...), "--state-dir", c.stateDir)...)
 }
 
 func (c client) mustAgent(args ...string) string {
-	c.h.t.Helper()
+	c.h.T.Helper()
 	out, err := c.agent(args...)
 	if err != nil {
-		c.h.t.Fatal(err)
+		c.h.T.Fatal(err)
 	}
 	return out
 }
@@ -51,36 +54,36 @@ func (c client) mustAgent(args ...string) string {
 // its addresses and its interface carries the client address.
 func (c client) open(serial, ifname, logName string) *session {
 	h := c.h
-	h.t.Helper()
-	p := h.start(c.ns, logName, h.path("dasset-agent"), "session", "open", "--serial", serial,
+	h.T.Helper()
+	p := h.Start(c.ns, logName, h.Path("dasset-agent"), "session", "open", "--serial", serial,
 		"--interface", ifname, "--state-dir", c.stateDir, "--poll", "250ms", "--log-format", "json")
-	err := poll(30*time.Second, 50*time.Millisecond, func() error {
-		if p.exited() {
-			return fmt.Errorf("session open exited: %v: %s", p.err, p.lastLine())
+	err := h.Poll(30*time.Second, 50*time.Millisecond, func() error {
+		if p.Exited() {
+			return fmt.Errorf("session open exited: %v: %s", p.Err(), p.LastLine())
 		}
-		if field(p.logText(), "Expires") == "" {
+		if netnstest.Field(p.LogText(), "Expires") == "" {
 			return fmt.Errorf("session open printed no addresses yet")
 		}
 		return nil
 	})
 	if err != nil {
-		h.t.Fatalf("%s: %v", logName, err)
+		h.T.Fatalf("%s: %v", logName, err)
 	}
-	out := p.logText()
-	s := &session{p: p, ns: c.ns, ifname: ifname, id: field(out, "Session"),
-		client4: firstV4(field(out, "Client")), device: field(out, "Device")}
-	if s.id == "" || s.client4 == "" || firstV4(s.device) == "" || field(out, "Interface") != ifname {
-		h.t.Fatalf("%s: session open printed %q", logName, out)
+	out := p.LogText()
+	s := &session{h: h, p: p, ns: c.ns, ifname: ifname, id: netnstest.Field(out, "Session"),
+		client4: firstV4(netnstest.Field(out, "Client")), device: netnstest.Field(out, "Device")}
+	if s.id == "" || s.client4 == "" || firstV4(s.device) == "" || netnstest.Field(out, "Interface") != ifname {
+		h.T.Fatalf("%s: session open printed %q", logName, out)
 	}
-	if got := strings.TrimSuffix(h.waitAddr(p, c.ns, ifname, 10*time.Second), "/32"); got != s.client4 {
-		h.t.Fatalf("%s: interface %s has %s, session open printed client %s", logName, ifname, got, s.client4)
+	if got := strings.TrimSuffix(h.WaitAddr(p, c.ns, ifname, 10*time.Second), "/32"); got != s.client4 {
+		h.T.Fatalf("%s: interface %s has %s, session open printed client %s", logName, ifname, got, s.client4)
 	}
 	return s
 }
 
 // linkGone reports whether the session's interface no longer exists.
 func (s *session) linkGone() bool {
-	_, err := run("ip", "-n", s.ns, "link", "show", "dev", s.ifname)
+	_, err := s.h.Run("ip", "-n", s.ns, "link", "show", "dev", s.ifname)
 	return err != nil
 }
 
@@ -94,29 +97,29 @@ func (s *session) linkGone() bool {
 func TestSessions(t *testing.T) {
 	began := time.Now()
 	h := newHarness(t)
-	gwNS := "sgw-" + h.suffix
-	d1NS, d2NS := "sd1-"+h.suffix, "sd2-"+h.suffix
-	c1NS, c2NS := "sc1-"+h.suffix, "sc2-"+h.suffix
+	gwNS := "sgw-" + h.Suffix
+	d1NS, d2NS := "sd1-"+h.Suffix, "sd2-"+h.Suffix
+	c1NS, c2NS := "sc1-"+h.Suffix, "sc2-"+h.Suffix
 	for _, ns := range []string{gwNS, d1NS, d2NS, c1NS, c2NS} {
-		h.netns(ns)
+		h.Netns(ns)
 	}
 	gwD1, gwD2 := h.link(gwNS, d1NS, 1), h.link(gwNS, d2NS, 2)
 	gwC1, gwC2 := h.link(gwNS, c1NS, 3), h.link(gwNS, c2NS, 4)
 
-	g := h.newGatewayNamed(gwNS, "sgw"+h.suffix)
+	g := h.newGatewayNamed(gwNS, "sgw"+h.Suffix)
 	g.start()
-	g.waitReady(30 * time.Second)
+	g.WaitReady(30 * time.Second)
 	fp := g.fingerprint()
-	g.mustCtl("enroll", "--serial", sn1, "--hwid", hw1)
-	g.mustCtl("enroll", "--serial", sn2, "--hwid", hw2)
+	g.MustCtl("enroll", "--serial", sn1, "--hwid", hw1)
+	g.MustCtl("enroll", "--serial", sn2, "--hwid", hw2)
 
-	dev1 := agentSpec{ns: d1NS, gateway: gwD1, pin: fp, serial: sn1, hwid: hw1,
-		ifname: "sa1x" + h.suffix, stateDir: filepath.Join(h.dir, "device1"), logName: "device1.log"}
-	dev2 := agentSpec{ns: d2NS, gateway: gwD2, pin: fp, serial: sn2, hwid: hw2,
-		ifname: "sa2x" + h.suffix, stateDir: filepath.Join(h.dir, "device2"), logName: "device2.log"}
-	a1, a2 := h.startAgent(dev1), h.startAgent(dev2)
-	dev1v4 := strings.TrimSuffix(h.waitAddr(a1, d1NS, dev1.ifname, 30*time.Second), "/32")
-	dev2v4 := strings.TrimSuffix(h.waitAddr(a2, d2NS, dev2.ifname, 30*time.Second), "/32")
+	dev1 := netnstest.AgentSpec{NS: d1NS, Gateway: gwD1 + ":8443", Pin: fp, Serial: sn1, HWID: hw1,
+		Interface: "sa1x" + h.Suffix, StateDir: filepath.Join(h.Dir, "device1"), LogPath: "device1.log"}
+	dev2 := netnstest.AgentSpec{NS: d2NS, Gateway: gwD2 + ":8443", Pin: fp, Serial: sn2, HWID: hw2,
+		Interface: "sa2x" + h.Suffix, StateDir: filepath.Join(h.Dir, "device2"), LogPath: "device2.log"}
+	a1, a2 := h.StartAgent(dev1), h.StartAgent(dev2)
+	dev1v4 := strings.TrimSuffix(h.WaitAddr(a1, d1NS, dev1.Interface, 30*time.Second), "/32")
+	dev2v4 := strings.TrimSuffix(h.WaitAddr(a2, d2NS, dev2.Interface, 30*time.Second), "/32")
 	devs := listDevices(t, g)
 	if !slices.Contains(devs[mask(sn1)].Addresses, dev1v4+"/32") || !slices.Contains(devs[mask(sn2)].Addresses, dev2v4+"/32") {
 		t.Fatalf("devices list %+v lacks the interfaces' addresses %s, %s", devs, dev1v4, dev2v4)
@@ -126,16 +129,16 @@ func TestSessions(t *testing.T) {
 	// Two accounts; each client logs in from its own namespace.
 	accounts := map[string]string{"alice": "alice-e2e-password", "bob": "bob-e2e-password"}
 	for name, pw := range accounts {
-		if _, err := runStdin(pw+"\n", h.path("dassetctl"), "--socket", g.sock, "accounts", "create", name, "--password-stdin"); err != nil {
+		if _, err := h.RunStdin(pw+"\n", h.Path("dassetctl"), "--socket", g.Sock, "accounts", "create", name, "--password-stdin"); err != nil {
 			t.Fatal(err)
 		}
 	}
 	login := func(c client, gw, account, pw string) (string, error) {
-		return runStdin(pw+"\n", "ip", "netns", "exec", c.ns, h.path("dasset-agent"), "login", "--gateway", gw+":8443",
+		return h.RunStdin(pw+"\n", "ip", "netns", "exec", c.ns, h.Path("dasset-agent"), "login", "--gateway", gw+":8443",
 			"--pin", fp, "--account", account, "--password-stdin", "--state-dir", c.stateDir)
 	}
-	c1 := client{h: h, ns: c1NS, stateDir: filepath.Join(h.dir, "client1")}
-	c2 := client{h: h, ns: c2NS, stateDir: filepath.Join(h.dir, "client2")}
+	c1 := client{h: h, ns: c1NS, stateDir: filepath.Join(h.Dir, "client1")}
+	c2 := client{h: h, ns: c2NS, stateDir: filepath.Join(h.Dir, "client2")}
 	if out, err := login(c1, gwC1, "alice", "not-alices-password"); err == nil {
 		t.Fatalf("login with a wrong password succeeded: %s", out)
 	}
@@ -150,14 +153,14 @@ func TestSessions(t *testing.T) {
 	}
 
 	// Binding: each device shows a code, its client binds with it.
-	bindCode := func(d agentSpec) string {
+	bindCode := func(d netnstest.AgentSpec) string {
 		t.Helper()
-		out, err := nsRun(d.ns, h.path("dasset-agent"), "bind-code", "--gateway", d.gateway+":8443", "--pin", fp,
-			"--state-dir", d.stateDir, "--no-qr")
+		out, err := h.NsRun(d.NS, h.Path("dasset-agent"), "bind-code", "--gateway", d.Gateway, "--pin", fp,
+			"--state-dir", d.StateDir, "--no-qr")
 		if err != nil {
 			t.Fatal(err)
 		}
-		code := field(out, "Binding code")
+		code := netnstest.Field(out, "Binding code")
 		if code == "" {
 			t.Fatalf("bind-code printed no code: %q", out)
 		}
@@ -179,17 +182,17 @@ func TestSessions(t *testing.T) {
 
 	// Client 1 opens a session to device 1; device 1 hears of it.
 	opening := time.Now()
-	s1 := c1.open(sn1, "sc1x"+h.suffix, "session1.log")
+	s1 := c1.open(sn1, "sc1x"+h.Suffix, "session1.log")
 	if firstV4(s1.device) != dev1v4 {
 		t.Fatalf("session device addresses %q, device 1 is %s", s1.device, dev1v4)
 	}
-	at, err := waitRecord(a1, 5*time.Second, "session opened", map[string]string{"session_id": s1.id})
+	at, err := h.waitRecord(a1, 5*time.Second, "session opened", map[string]string{"session_id": s1.id})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Logf("session %s: client %s; device 1 logged \"session opened\" %v after `session open` started",
 		s1.id, s1.client4, at.Sub(opening).Round(time.Millisecond))
-	if took, err := pingWithin(c1NS, 10*time.Second, "-c", "1", "-W", "1", dev1v4); err != nil {
+	if took, err := h.PingWithin(c1NS, 10*time.Second, "-c", "1", "-W", "1", dev1v4); err != nil {
 		t.Fatalf("client 1 → device 1 %s: %v", dev1v4, err)
 	} else {
 		t.Logf("client 1 pings device 1 over IPv4 (first reply within %v)", took.Round(time.Millisecond))
@@ -203,18 +206,18 @@ func TestSessions(t *testing.T) {
 	if dev1v6 == "" {
 		t.Fatalf("session printed no IPv6 device address: %q", s1.device)
 	}
-	if _, err := pingWithin(c1NS, 10*time.Second, "-6", "-c", "1", "-W", "1", dev1v6); err != nil {
+	if _, err := h.PingWithin(c1NS, 10*time.Second, "-6", "-c", "1", "-W", "1", dev1v6); err != nil {
 		t.Fatalf("client 1 → device 1 %s: %v", dev1v6, err)
 	}
 
 	// TCP from client 1 to a listener on device 1's virtual address; the
 	// device sees client 1's own virtual address (no NAT in the hub).
-	echo := h.start(d1NS, "tcpecho.log", selfIn(tcpEchoEnv, dev1v4+":7000")...)
-	if err := poll(10*time.Second, 20*time.Millisecond, func() error {
-		if echo.exited() {
-			return fmt.Errorf("echo server exited: %v: %s", echo.err, echo.logText())
+	echo := h.Start(d1NS, "tcpecho.log", h.SelfArgv(tcpEchoEnv, dev1v4+":7000")...)
+	if err := h.Poll(10*time.Second, 20*time.Millisecond, func() error {
+		if echo.Exited() {
+			return fmt.Errorf("echo server exited: %v: %s", echo.Err(), echo.LogText())
 		}
-		if !strings.Contains(echo.logText(), "listening") {
+		if !strings.Contains(echo.LogText(), "listening") {
 			return fmt.Errorf("echo server not listening yet")
 		}
 		return nil
@@ -225,24 +228,24 @@ func TestSessions(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	reply, err := nsRun(c1NS, "env", tcpDialEnv+"="+dev1v4+":7000", self)
+	reply, err := h.NsRun(c1NS, "env", tcpDialEnv+"="+dev1v4+":7000", self)
 	if err != nil {
 		t.Fatalf("TCP client 1 → device 1: %v", err)
 	}
 	if want := s1.client4 + " said hello device\n"; reply != want {
 		t.Fatalf("TCP reply %q, want %q", reply, want)
 	}
-	if ok, err := echo.wait(5 * time.Second); !ok || err != nil {
-		t.Fatalf("echo server: ended=%v, %v: %s", ok, err, echo.logText())
+	if ok, err := echo.Wait(5 * time.Second); !ok || err != nil {
+		t.Fatalf("echo server: ended=%v, %v: %s", ok, err, echo.LogText())
 	}
 	t.Logf("TCP client 1 → device 1:7000: %q", strings.TrimSpace(reply))
 
 	// Client 2's session to device 2; device 1 hears nothing of it.
-	s2 := c2.open(sn2, "sc2x"+h.suffix, "session2.log")
-	if _, err := pingWithin(c2NS, 10*time.Second, "-c", "1", "-W", "1", dev2v4); err != nil {
+	s2 := c2.open(sn2, "sc2x"+h.Suffix, "session2.log")
+	if _, err := h.PingWithin(c2NS, 10*time.Second, "-c", "1", "-W", "1", dev2v4); err != nil {
 		t.Fatalf("client 2 → device 2: %v", err)
 	}
-	if _, err := waitRecord(a2, 5*time.Second, "session opened", map[string]string{"session_id": s2.id}); err != nil {
+	if _, err := h.waitRecord(a2, 5*time.Second, "session opened", map[string]string{"session_id": s2.id}); err != nil {
 		t.Fatal(err)
 	}
 	if hasRecord(a2, "session opened", map[string]string{"session_id": s1.id}) || hasRecord(a1, "session opened", map[string]string{"session_id": s2.id}) {
@@ -254,7 +257,7 @@ func TestSessions(t *testing.T) {
 	before := m.fresh()
 	blocked := func(what, ns, dst string) {
 		t.Helper()
-		if out, err := nsRun(ns, "ping", "-c", "2", "-W", "1", dst); err == nil {
+		if out, err := h.NsRun(ns, "ping", "-c", "2", "-W", "1", dst); err == nil {
 			t.Fatalf("%s got through: %s", what, out)
 		}
 	}
@@ -268,12 +271,12 @@ func TestSessions(t *testing.T) {
 		expectRise(t, c.what, c.reason, before, after, true)
 		before = after
 	}
-	if out, err := c1.agent("session", "open", "--serial", sn2, "--interface", "sx"+h.suffix); err == nil {
+	if out, err := c1.agent("session", "open", "--serial", sn2, "--interface", "sx"+h.Suffix); err == nil {
 		t.Fatalf("client 1 opened a session to device 2, bound to client 2: %s", out)
 	} else {
 		t.Logf("client 1 → session to device 2 refused: %v", err)
 	}
-	if _, err := pingWithin(c1NS, 5*time.Second, "-c", "1", "-W", "1", dev1v4); err != nil {
+	if _, err := h.PingWithin(c1NS, 5*time.Second, "-c", "1", "-W", "1", dev1v4); err != nil {
 		t.Fatalf("client 1 → device 1 after the blocked attempts: %v", err)
 	}
 
@@ -283,13 +286,13 @@ func TestSessions(t *testing.T) {
 	// which no longer knows its key).
 	peers := func() []string {
 		t.Helper()
-		out, err := nsRun(gwNS, "wg", "show", g.ifname, "peers")
+		out, err := h.NsRun(gwNS, "wg", "show", g.Interface, "peers")
 		if err != nil {
 			t.Fatal(err)
 		}
 		return strings.Fields(out)
 	}
-	pub1, pub2 := h.wgPubkey(dev1.stateDir), h.wgPubkey(dev2.stateDir)
+	pub1, pub2 := h.wgPubkey(dev1.StateDir), h.wgPubkey(dev2.StateDir)
 	peersOpen := peers()
 	if len(peersOpen) != 4 || !slices.Contains(peersOpen, pub1) || !slices.Contains(peersOpen, pub2) {
 		t.Fatalf("gateway peers with two sessions open: %v; want both devices and two clients", peersOpen)
@@ -300,7 +303,7 @@ func TestSessions(t *testing.T) {
 		t.Fatalf("session close: %q", out)
 	}
 	closed := time.Now()
-	at, err = waitRecord(a1, 5*time.Second, "session closed", map[string]string{"session_id": s1.id})
+	at, err = h.waitRecord(a1, 5*time.Second, "session closed", map[string]string{"session_id": s1.id})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -312,42 +315,45 @@ func TestSessions(t *testing.T) {
 	blocked("client 1 → device 1 after close", c1NS, dev1v4)
 	blocked("device 1 → client 1's old address", d1NS, s1.client4)
 	expectRise(t, "device 1 → client 1 after close", "no_session", before, m.fresh(), true)
-	// The session process still runs (its tunnel is up); SIGINT ends it
-	// cleanly and takes its interface down.
-	if s1.p.exited() {
-		t.Fatalf("session open exited on its own after `session close`: %v: %s", s1.p.err, s1.p.lastLine())
+	// The session process notices within its poll interval (GetSession)
+	// that the gateway closed the session, exits non-zero with the reason
+	// and takes its interface down.
+	if ok, err := s1.p.Wait(10 * time.Second); !ok {
+		t.Fatal("session open still runs 10s after `session close`")
+	} else if err == nil {
+		t.Fatalf("session open exited 0 after `session close` elsewhere; want non-zero: %s", s1.p.LastLine())
 	}
-	if err := s1.p.cmd.Process.Signal(syscall.SIGINT); err != nil {
-		t.Fatal(err)
+	if last := s1.p.LastLine(); !strings.Contains(last, "the gateway closed the session") {
+		t.Fatalf("session open after `session close`: last line %q; want \"the gateway closed the session\"", last)
 	}
-	if ok, err := s1.p.wait(15 * time.Second); !ok || err != nil {
-		t.Fatalf("session open after SIGINT: ended=%v, %v: %s", ok, err, s1.p.lastLine())
+	t.Logf("session open after `session close`: %v: %s", s1.p.Err(), s1.p.LastLine())
+	if err := h.Poll(5*time.Second, 50*time.Millisecond, func() error {
+		if !s1.linkGone() {
+			return fmt.Errorf("interface %s still in %s", s1.ifname, c1NS)
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("after session open exited: %v", err)
 	}
-	if !hasRecord(s1.p, "session closed", map[string]string{"session": s1.id}) {
-		t.Fatalf("session open did not log \"session closed\": %s", s1.p.lastLine())
-	}
-	if !s1.linkGone() {
-		t.Fatalf("interface %s still in %s after session open exited", s1.ifname, c1NS)
-	}
-	if _, err := pingWithin(c2NS, 5*time.Second, "-c", "1", "-W", "1", dev2v4); err != nil {
+	if _, err := h.PingWithin(c2NS, 5*time.Second, "-c", "1", "-W", "1", dev2v4); err != nil {
 		t.Fatalf("client 2 → device 2 after client 1's close: %v", err)
 	}
 
 	// Re-open, then unbind device 1 from client 1 during the session: the
 	// client is cut off at once.
-	s3 := c1.open(sn1, "sc1x"+h.suffix, "session3.log")
+	s3 := c1.open(sn1, "sc1x"+h.Suffix, "session3.log")
 	if s3.id == s1.id {
 		t.Fatalf("re-opened session has the old id %s", s1.id)
 	}
-	if _, err := waitRecord(a1, 5*time.Second, "session opened", map[string]string{"session_id": s3.id}); err != nil {
+	if _, err := h.waitRecord(a1, 5*time.Second, "session opened", map[string]string{"session_id": s3.id}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := pingWithin(c1NS, 10*time.Second, "-c", "1", "-W", "1", dev1v4); err != nil {
+	if _, err := h.PingWithin(c1NS, 10*time.Second, "-c", "1", "-W", "1", dev1v4); err != nil {
 		t.Fatalf("client 1 → device 1 in the re-opened session: %v", err)
 	}
 	before = m.fresh()
 	// Echo requests every 50ms across the unbind; -D stamps each reply.
-	pinger := h.start(c1NS, "ping-unbind.log", "ping", "-D", "-n", "-i", "0.05", "-w", "5", dev1v4)
+	pinger := h.Start(c1NS, "ping-unbind.log", "ping", "-D", "-n", "-i", "0.05", "-w", "5", dev1v4)
 	time.Sleep(1500 * time.Millisecond)
 	unbindStart := time.Now()
 	out := c1.mustAgent("unbind", "--serial", sn1)
@@ -355,19 +361,19 @@ func TestSessions(t *testing.T) {
 	if !strings.Contains(out, "Unbound device "+sn1) {
 		t.Fatalf("unbind: %q", out)
 	}
-	if at, err := waitRecord(a1, 2*time.Second, "session closed", map[string]string{"session_id": s3.id}); err != nil {
+	if at, err := h.waitRecord(a1, 2*time.Second, "session closed", map[string]string{"session_id": s3.id}); err != nil {
 		t.Fatal(err)
 	} else {
 		t.Logf("device 1 logged \"session closed\" %v after `unbind` started", at.Sub(unbindStart).Round(time.Millisecond))
 	}
-	if ok, err := pinger.wait(10 * time.Second); !ok {
+	if ok, err := pinger.Wait(10 * time.Second); !ok {
 		t.Fatal("ping across the unbind still runs after 10s")
 	} else {
 		t.Logf("ping across the unbind: %v", err)
 	}
-	replies := replyTimes(pinger.logText())
+	replies := replyTimes(pinger.LogText())
 	if len(replies) == 0 || !replies[0].Before(unbindStart) {
-		t.Fatalf("no echo reply from device 1 before the unbind:\n%s", pinger.logText())
+		t.Fatalf("no echo reply from device 1 before the unbind:\n%s", pinger.LogText())
 	}
 	last := replies[len(replies)-1]
 	cut := last.Sub(unbound)
@@ -378,13 +384,13 @@ func TestSessions(t *testing.T) {
 	}
 	// The session process notices within its poll interval and exits 1
 	// with the reason; its interface goes.
-	if ok, err := s3.p.wait(10 * time.Second); !ok {
+	if ok, err := s3.p.Wait(10 * time.Second); !ok {
 		t.Fatal("session open still runs 10s after unbind")
 	} else if err == nil {
-		t.Fatalf("session open exited 0 after unbind; want non-zero: %s", s3.p.lastLine())
+		t.Fatalf("session open exited 0 after unbind; want non-zero: %s", s3.p.LastLine())
 	}
-	t.Logf("session open after unbind: %v: %s", s3.p.err, s3.p.lastLine())
-	if err := poll(5*time.Second, 50*time.Millisecond, func() error {
+	t.Logf("session open after unbind: %v: %s", s3.p.Err(), s3.p.LastLine())
+	if err := h.Poll(5*time.Second, 50*time.Millisecond, func() error {
 		if !s3.linkGone() {
 			return fmt.Errorf("interface %s still in %s", s3.ifname, c1NS)
 		}
@@ -394,19 +400,37 @@ func TestSessions(t *testing.T) {
 	}
 	blocked("device 1 → client 1's address after unbind", d1NS, s3.client4)
 	expectRise(t, "device 1 → client 1 after unbind", "no_session", before, m.fresh(), false)
-	if out, err := c1.agent("session", "open", "--serial", sn1, "--interface", "sx"+h.suffix); err == nil {
+	if out, err := c1.agent("session", "open", "--serial", sn1, "--interface", "sx"+h.Suffix); err == nil {
 		t.Fatalf("session open after unbind succeeded: %s", out)
 	}
 	if out := c1.mustAgent("devices"); strings.Contains(out, sn1) {
 		t.Fatalf("client 1 still lists device 1 after unbind:\n%s", out)
 	}
-	if _, err := pingWithin(c2NS, 5*time.Second, "-c", "1", "-W", "1", dev2v4); err != nil {
+	if _, err := h.PingWithin(c2NS, 5*time.Second, "-c", "1", "-W", "1", dev2v4); err != nil {
 		t.Fatalf("client 2 → device 2 at the end: %v", err)
 	}
-	for _, p := range []*proc{a1, a2, s2.p} {
-		if p.exited() {
-			t.Fatalf("%s stopped: %v: %s", p.name, p.err, p.lastLine())
+	for _, p := range []*netnstest.Proc{a1, a2, s2.p} {
+		if p.Exited() {
+			t.Fatalf("%s stopped: %v: %s", p.Name, p.Err(), p.LastLine())
 		}
+	}
+	// SIGINT ends a running session cleanly: it closes the session (device
+	// 2 hears of it), logs "session closed", exits 0 and takes its
+	// interface down.
+	if err := s2.p.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	if ok, err := s2.p.Wait(15 * time.Second); !ok || err != nil {
+		t.Fatalf("session open after SIGINT: ended=%v, %v: %s", ok, err, s2.p.LastLine())
+	}
+	if !hasRecord(s2.p, "session closed", map[string]string{"session": s2.id}) {
+		t.Fatalf("session open did not log \"session closed\": %s", s2.p.LastLine())
+	}
+	if !s2.linkGone() {
+		t.Fatalf("interface %s still in %s after session open exited", s2.ifname, c2NS)
+	}
+	if _, err := h.waitRecord(a2, 5*time.Second, "session closed", map[string]string{"session_id": s2.id}); err != nil {
+		t.Fatal(err)
 	}
 	t.Logf("session flow done in %.1fs", time.Since(began).Seconds())
 }

@@ -39,6 +39,16 @@ func TestTail(t *testing.T) {
 	}
 }
 
+func TestField(t *testing.T) {
+	out := "Session:   3e20\nInterface: sc1x\n  Client:    100.95.0.1/32 fdda::1/128\nBinding code: K7-2QF\n"
+	for label, want := range map[string]string{"Session": "3e20", "Client": "100.95.0.1/32 fdda::1/128",
+		"Binding code": "K7-2QF", "Expires": "", "Sess": ""} {
+		if got := Field(out, label); got != want {
+			t.Errorf("Field(%q) = %q, want %q", label, got, want)
+		}
+	}
+}
+
 func TestPoll(t *testing.T) {
 	ctx := context.Background()
 	calls := 0

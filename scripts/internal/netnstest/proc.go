@@ -128,3 +128,14 @@ func (h *Harness) ExpectFailure(p *Proc, within time.Duration) error {
 	}
 	return err
 }
+
+// Field is the value after "Label:" on a line of a command's output (the
+// first such line, spaces trimmed), or "".
+func Field(out, label string) string {
+	for _, line := range strings.Split(out, "\n") {
+		if rest, ok := strings.CutPrefix(strings.TrimSpace(line), label+":"); ok {
+			return strings.TrimSpace(rest)
+		}
+	}
+	return ""
+}
