@@ -3,7 +3,6 @@ package daemon_test
 import (
 	"bytes"
 	"context"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -160,21 +159,6 @@ func waitReady(t *testing.T, a *agent.Agent, done chan error) {
 	}
 }
 
-// ping sends ICMP echo requests through the agent's netstack until one is
-// answered or the deadline passes.
-func ping(a *agent.Agent, dst netip.Addr, within time.Duration) error {
-	deadline := time.Now().Add(within)
-	var last error
-	for i := 0; time.Now().Before(deadline) && i < 100; i++ {
-		last = pingOnce(a, dst)
-		if last == nil {
-			return nil
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	return fmt.Errorf("no echo reply from %s within %s: %w", dst, within, last)
-}
-
 func TestNetstackLoginAndPing(t *testing.T) {
 	dir := t.TempDir()
 	cfg := testConfig(t, dir)
@@ -184,11 +168,11 @@ func TestNetstackLoginAndPing(t *testing.T) {
 	a1, done1 := startAgent(t, g, "DS-CANARY-0001", "HW-0001-ABCDEF", filepath.Join(dir, "agent1"))
 	waitReady(t, a1, done1)
 	gw4 := netip.MustParseAddr("100.80.0.1")
-	if err := ping(a1, gw4, 10*time.Second); err != nil {
+	if err := pingUntil(a1.Net(), a1.Addresses(), gw4, 10*time.Second); err != nil {
 		t.Fatalf("device 1 → gateway: %v", err)
 	}
 	gw6 := netip.MustParseAddr("fdda:55e7::1")
-	if err := ping(a1, gw6, 10*time.Second); err != nil {
+	if err := pingUntil(a1.Net(), a1.Addresses(), gw6, 10*time.Second); err != nil {
 		t.Fatalf("device 1 → gateway over IPv6: %v", err)
 	}
 

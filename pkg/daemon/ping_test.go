@@ -1,6 +1,7 @@
 package daemon_test
 
 import (
+	"errors"
 	"fmt"
 	"net/netip"
 	"time"
@@ -8,19 +9,17 @@ import (
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
-
-	"github.com/planetxlabs/dasset-gateway/pkg/agent"
+	"golang.zx2c4.com/wireguard/tun/netstack"
 )
 
-// pingOnce sends one ICMP echo through the agent's netstack and waits for
-// the matching reply.
-func pingOnce(a *agent.Agent, dst netip.Addr) error {
-	n := a.Net()
+// pingFrom sends one ICMP echo from the netstack n (source: its address of
+// dst's family among addrs) to dst and waits up to a second for the reply.
+func pingFrom(n *netstack.Net, addrs []netip.Prefix, dst netip.Addr) error {
 	if n == nil {
-		return fmt.Errorf("agent has no netstack")
+		return errors.New("no netstack")
 	}
 	var src netip.Addr
-	for _, p := range a.Addresses() {
+	for _, p := range addrs {
 		if p.Addr().Is4() == dst.Is4() {
 			src = p.Addr()
 		}
@@ -30,14 +29,12 @@ func pingOnce(a *agent.Agent, dst netip.Addr) error {
 		return err
 	}
 	defer c.Close()
-	var typ icmp.Type = ipv4.ICMPTypeEcho
-	var reply icmp.Type = ipv4.ICMPTypeEchoReply
+	var typ, reply icmp.Type = ipv4.ICMPTypeEcho, ipv4.ICMPTypeEchoReply
 	proto := 1
 	if dst.Is6() {
 		typ, reply, proto = ipv6.ICMPTypeEchoRequest, ipv6.ICMPTypeEchoReply, 58
 	}
-	msg := icmp.Message{Type: typ, Body: &icmp.Echo{ID: 1234, Seq: 1, Data: []byte("dasset-ping")}}
-	b, err := msg.Marshal(nil)
+	b, err := (&icmp.Message{Type: typ, Body: &icmp.Echo{ID: 4321, Seq: 1, Data: []byte("dasset-session")}}).Marshal(nil)
 	if err != nil {
 		return err
 	}
@@ -58,4 +55,17 @@ func pingOnce(a *agent.Agent, dst netip.Addr) error {
 		return fmt.Errorf("got ICMP %v, want echo reply", m.Type)
 	}
 	return nil
+}
+
+// pingUntil pings until a reply comes (nil) or within passes.
+func pingUntil(n *netstack.Net, addrs []netip.Prefix, dst netip.Addr, within time.Duration) error {
+	deadline := time.Now().Add(within)
+	var last error
+	for i := 0; i < 50 && time.Now().Before(deadline); i++ {
+		if last = pingFrom(n, addrs, dst); last == nil {
+			return nil
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	return fmt.Errorf("no echo reply from %s within %v: %w", dst, within, last)
 }
