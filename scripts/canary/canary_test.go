@@ -3,13 +3,15 @@ package canary
 import (
 	"encoding/json"
 	"fmt"
-	gatewayv1 "github.com/planetxlabs/dasset-gateway/proto/dasset/gateway/v1"
 	"os"
 	"path/filepath"
 	"sort"
 	"strings"
 	"testing"
 	"time"
+
+	gatewayv1 "github.com/planetxlabs/dasset-gateway/proto/dasset/gateway/v1"
+	"github.com/planetxlabs/dasset-gateway/scripts/internal/netnstest"
 )
 
 // The canaries: recognisable values that exist nowhere but in this test.
@@ -26,6 +28,8 @@ const (
 	password   = "CANARY-PW-9d2e77aa"  // its password
 	pwWrong    = "CANARY-PW-wr0ng042"  // a wrong password for it
 	acctNobody = "canary-acct-n0b0dy7" // an account that does not exist
+	acctClient = "canary-acct-c1i3n7"  // the account of the remote-control client
+	pwClient   = "CANARY-PW-c11e47b2"  // its password
 
 	// Refused at validation: the gateway must not echo them in an error.
 	snInvalid  = "CANARY-SN-inv@lid-91"
@@ -39,9 +43,16 @@ const (
 	dev1v6 = "2001:db8:0:1::23"
 	dev2v4 = "198.51.100.171"
 	dev2v6 = "2001:db8:0:2:c0de:cafe:0:17"
+	// The remote-control client's source addresses.
+	clientv4 = "198.51.100.77"
+	clientv6 = "2001:db8:0:3::77"
 
+	// The gateway's side of each link: dev1's is 198.51.100.0/26, the
+	// client's 198.51.100.64/26, dev2's 198.51.100.128/25 (one /24, so the
+	// truncated form the policy allows is the same for all three).
 	gw1v4, gw1v6 = "198.51.100.1", "2001:db8:0:1::1"   // the gateway on dev1's link
 	gw2v4, gw2v6 = "198.51.100.129", "2001:db8:0:2::1" // the gateway on dev2's link
+	gw3v4, gw3v6 = "198.51.100.65", "2001:db8:0:3::1"  // the gateway on the client's link
 
 	tunnelGW4 = "100.80.0.1" // the gateway inside the tunnel
 )
@@ -59,19 +70,23 @@ func canaries() []Value {
 		{"hw-wrong", Token, hwWrong}, {"hw-conflict", Token, hwConflict},
 		{"sn-unknown", Token, snUnknown},
 		{"account", Token, account}, {"password", Token, password},
+		{"account-client", Token, acctClient}, {"password-client", Token, pwClient},
 		{"password-wrong", Token, pwWrong}, {"account-nobody", Token, acctNobody},
 		{"sn-invalid", Token, snInvalid}, {"hw-invalid", Token, hwInvalid},
 		{"sn-too-long", Token, snTooLong},
 		{"sn-admin-batch", Token, snAdmin}, {"hw-admin-invalid", Token, hwAdminBad},
 		{"dev1-ipv4", IP, dev1v4}, {"dev1-ipv6", IP, dev1v6},
 		{"dev2-ipv4", IP, dev2v4}, {"dev2-ipv6", IP, dev2v6},
+		{"client-ipv4", IP, clientv4}, {"client-ipv6", IP, clientv6},
 	}
 }
 
 // TestCanary runs the real gateway in a network namespace, drives it through
 // logins over IPv4 and IPv6 from canary source addresses, refused logins,
 // non-gRPC connections, direct calls with invalid input naming canaries, the
-// client API with a canary account, a reveal, an export, an erasure, a
+// client API with a canary account, a full remote-control session (login,
+// bind, session open, ping, close, unbind) from a client whose source
+// addresses and account are canaries, a reveal, an export, an erasure, a
 // revocation and a retention run, stops it, and then searches every byte it wrote (process output, the
 // SQLite database with its -wal/-shm files, the audit log, the keystore, a
 // /metrics body, another subject's export) for the canaries in every
@@ -85,31 +100,32 @@ func TestCanary(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if n := proveScanner(t, scanner, values, filepath.Join(h.dir, "proof")); !t.Failed() {
+	if n := proveScanner(t, scanner, values, filepath.Join(h.Dir, "proof")); !t.Failed() {
 		t.Logf("scanner proven: found %d planted encodings, no false positive on allowed forms", n)
 	} else {
 		t.FailNow()
 	}
 
-	scanned := filepath.Join(h.dir, "scanned") // what the gateway wrote, and only that
-	outside := filepath.Join(h.dir, "outside") // test inputs and the subject's own export
+	scanned := filepath.Join(h.Dir, "scanned") // what the gateway wrote, and only that
+	outside := filepath.Join(h.Dir, "outside") // test inputs and the subject's own export
 	for _, d := range []string{scanned, outside} {
 		if err := os.MkdirAll(d, 0o700); err != nil {
 			t.Fatal(err)
 		}
 	}
 
-	gwNS, d1NS, d2NS := "cgw-"+h.suffix, "cd1-"+h.suffix, "cd2-"+h.suffix
-	for _, ns := range []string{gwNS, d1NS, d2NS} {
-		h.netns(ns)
+	gwNS, d1NS, d2NS, cNS := "cgw-"+h.Suffix, "cd1-"+h.Suffix, "cd2-"+h.Suffix, "ccl-"+h.Suffix
+	for _, ns := range []string{gwNS, d1NS, d2NS, cNS} {
+		h.Netns(ns)
 	}
-	h.link(gwNS, d1NS, "cv1", gw1v4, dev1v4, gw1v6, dev1v6)
-	h.link(gwNS, d2NS, "cv2", gw2v4, dev2v4, gw2v6, dev2v6)
+	h.link(gwNS, d1NS, "cv1", gw1v4+"/26", dev1v4+"/26", gw1v6+"/64", dev1v6+"/64")
+	h.link(gwNS, d2NS, "cv2", gw2v4+"/25", dev2v4+"/25", gw2v6+"/64", dev2v6+"/64")
+	h.link(gwNS, cNS, "cv3", gw3v4+"/26", clientv4+"/26", gw3v6+"/64", clientv6+"/64")
 
 	g := h.newGateway(gwNS, scanned)
 	g.start()
-	g.waitReady(30 * time.Second)
-	fp, err := certFingerprint(filepath.Join(g.dataDir, "tls.crt"))
+	g.WaitReady(30 * time.Second)
+	fp, err := netnstest.CertFingerprint(filepath.Join(g.DataDir, "tls.crt"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,22 +138,19 @@ func TestCanary(t *testing.T) {
 	if err := os.WriteFile(csv, []byte(body), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	g.mustCtl("enroll", "--file", csv)
-	g.mustCtl("enroll", "--serial", sn4, "--hwid", hw4)
-	out, err := g.ctl("enroll", "--serial", sn1, "--hwid", hwConflict)
+	g.MustCtl("enroll", "--file", csv)
+	g.MustCtl("enroll", "--serial", sn4, "--hwid", hw4)
+	out, err := g.Ctl("enroll", "--serial", sn1, "--hwid", hwConflict)
 	t.Logf("enroll sn1 with another hwid: %v %s", err, strings.TrimSpace(out))
 
 	// Device 1 over IPv4, device 2 over IPv6; both reach the gateway
 	// through the tunnel, so WireGuard sees their source addresses too.
-	a1 := h.startAgent(d1NS, gw1v4+":8443", fp, sn1, hw1, "ca1x"+h.suffix, "agent1")
-	a2 := h.startAgent(d2NS, "["+gw2v6+"]:8443", fp, sn2, hw2, "ca2x"+h.suffix, "agent2")
-	h.waitAddr(a1, d1NS, "ca1x"+h.suffix, 30*time.Second)
-	h.waitAddr(a2, d2NS, "ca2x"+h.suffix, 30*time.Second)
+	a1 := h.startAgent(d1NS, gw1v4+":8443", fp, sn1, hw1, "ca1x"+h.Suffix, "agent1")
+	a2 := h.startAgent(d2NS, "["+gw2v6+"]:8443", fp, sn2, hw2, "ca2x"+h.Suffix, "agent2")
+	a1v4 := strings.TrimSuffix(h.WaitAddr(a1, d1NS, "ca1x"+h.Suffix, 30*time.Second), "/32")
+	h.WaitAddr(a2, d2NS, "ca2x"+h.Suffix, 30*time.Second)
 	for _, ns := range []string{d1NS, d2NS} {
-		if err := poll(15*time.Second, 100*time.Millisecond, func() error {
-			_, err := nsRun(ns, "ping", "-c", "1", "-W", "1", tunnelGW4)
-			return err
-		}); err != nil {
+		if _, err := h.PingWithin(ns, 15*time.Second, "-c", "1", "-W", "1", tunnelGW4); err != nil {
 			t.Fatalf("%s → %s through the tunnel: %v", ns, tunnelGW4, err)
 		}
 	}
@@ -145,16 +158,16 @@ func TestCanary(t *testing.T) {
 
 	// Refused logins: a wrong HWID over IPv6 from dev1, an unknown serial
 	// over IPv4 from dev2.
-	wrong := h.startAgent(d1NS, "["+gw1v6+"]:8443", fp, sn4, hwWrong, "cwx"+h.suffix, "agent-wrong-hwid")
-	unknown := h.startAgent(d2NS, gw2v4+":8443", fp, snUnknown, hw4, "cux"+h.suffix, "agent-unknown-sn")
-	expectRefused(t, wrong)
-	expectRefused(t, unknown)
+	wrong := h.startAgent(d1NS, "["+gw1v6+"]:8443", fp, sn4, hwWrong, "cwx"+h.Suffix, "agent-wrong-hwid")
+	unknown := h.startAgent(d2NS, gw2v4+":8443", fp, snUnknown, hw4, "cux"+h.Suffix, "agent-unknown-sn")
+	h.expectRefused(wrong)
+	h.expectRefused(unknown)
 
 	// Connections that are not gRPC at all, from each device address.
 	for _, c := range []struct{ ns, addr string }{
 		{d1NS, "[" + gw1v6 + "]:8443"}, {d2NS, gw2v4 + ":8443"}, {d1NS, gw1v4 + ":8443"}, {d2NS, "[" + gw2v6 + "]:8443"},
 	} {
-		if _, err := selfIn(c.ns, garbageEnv+"="+c.addr); err != nil {
+		if _, err := h.SelfIn(c.ns, garbageEnv, c.addr); err != nil {
 			t.Fatalf("garbage probe: %v", err)
 		}
 	}
@@ -175,34 +188,34 @@ func TestCanary(t *testing.T) {
 		{Name: "session-unbound", Kind: "open-session", Serial: sn1},
 		{Name: "session-unknown", Kind: "open-session", Serial: snUnknown},
 	}
-	code, err := adminEnroll(g.sock, &gatewayv1.DeviceEnrollment{SerialNumber: snAdmin, HardwareId: hwAdminBad})
+	code, err := adminEnroll(g.Sock, &gatewayv1.DeviceEnrollment{SerialNumber: snAdmin, HardwareId: hwAdminBad})
 	if err != nil || code != "InvalidArgument" {
 		t.Fatalf("EnrollDevices with an invalid hardware id: %s, %v; want InvalidArgument", code, err)
 	}
 
 	// An audited reveal: full serial numbers to the operator, not to disk.
-	reveal, _, err := runIn("", h.path("dassetctl"), "--socket", g.sock, "-o", "json", "devices", "list", "--reveal", "--reason", "canary reveal check")
+	reveal, err := g.Ctl("-o", "json", "devices", "list", "--reveal", "--reason", "canary reveal check")
 	if err != nil {
 		t.Fatal(err)
 	}
 	if !strings.Contains(reveal, sn1) || !strings.Contains(reveal, sn3) {
 		t.Fatalf("devices list --reveal does not show the serial numbers: %s", reveal)
 	}
-	if !audited(t, filepath.Join(g.dataDir, "audit.log"), "reveal_devices", "canary reveal check") {
+	if !audited(t, filepath.Join(g.DataDir, "audit.log"), "reveal_devices", "canary reveal check") {
 		t.Fatalf("devices list --reveal left no audit entry with its reason")
 	}
 
 	// An account, and the same account again (refused).
-	if _, _, err := runIn(password+"\n", h.path("dassetctl"), "--socket", g.sock, "accounts", "create", account, "--password-stdin"); err != nil {
+	if _, err := g.CtlStdin(password+"\n", "accounts", "create", account, "--password-stdin"); err != nil {
 		t.Fatal(err)
 	}
-	_, _, err = runIn(password+"\n", h.path("dassetctl"), "--socket", g.sock, "accounts", "create", account, "--password-stdin")
+	_, err = g.CtlStdin(password+"\n", "accounts", "create", account, "--password-stdin")
 	if err == nil {
 		t.Fatalf("accounts create %s twice succeeded", account)
 	}
 
 	for _, p := range []struct{ ns, addr string }{{d1NS, "[" + gw1v6 + "]:8443"}, {d2NS, gw2v4 + ":8443"}} {
-		codes, err := probeIn(p.ns, p.addr, fp, calls)
+		codes, err := h.probeIn(p.ns, p.addr, fp, calls)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -215,9 +228,17 @@ func TestCanary(t *testing.T) {
 		t.Logf("probe from %s: %v", p.ns, codes)
 	}
 
+	// A full remote-control session from the client namespace, whose source
+	// addresses are canaries too: an account with a canary name, login over
+	// IPv6, bind device 1 by its code over IPv4, open a session (gRPC and
+	// WireGuard over IPv6), ping device 1 through it, close it, unbind.
+	h.remoteControl(g, remoteSpec{ns: cNS, pin: fp, devNS: d1NS, devAgent: a1, devV4: a1v4,
+		devGateway: gw1v4 + ":8443", devStateDir: filepath.Join(h.Dir, "agent1"),
+		login: "[" + gw3v6 + "]:8443", bind: gw3v4 + ":8443"})
+
 	// The subject's own export may hold its own serial number: it stays
 	// outside the scanned set, and proves the scanner on real output.
-	exp1 := g.mustCtl("subject", "export", "--serial", sn1, "--reason", "canary subject request")
+	exp1 := g.MustCtl("subject", "export", "--serial", sn1, "--reason", "canary subject request")
 	if err := os.WriteFile(filepath.Join(outside, "export-dev1.json"), []byte(exp1), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -227,33 +248,33 @@ func TestCanary(t *testing.T) {
 
 	// Erasure of device 2, revocation of device 1, then refused calls about
 	// a serial number the gateway never knew.
-	g.mustCtl("subject", "erase", "--serial", sn2, "--reason", "canary erasure request", "--yes")
-	if ok, _ := a2.wait(10 * time.Second); !ok {
+	g.MustCtl("subject", "erase", "--serial", sn2, "--reason", "canary erasure request", "--yes")
+	if ok, _ := a2.Wait(10 * time.Second); !ok {
 		t.Logf("agent 2 still runs 10s after its device was erased; stopping it")
 	}
-	a2.stop(5 * time.Second)
-	g.mustCtl("devices", "revoke", sn1)
-	if ok, _ := a1.wait(15 * time.Second); !ok {
+	a2.Stop(5 * time.Second)
+	g.MustCtl("devices", "revoke", sn1)
+	if ok, _ := a1.Wait(15 * time.Second); !ok {
 		t.Errorf("agent 1 still runs 15s after revocation")
 	}
-	if out, err := g.ctl("devices", "revoke", snUnknown); err == nil {
+	if out, err := g.Ctl("devices", "revoke", snUnknown); err == nil {
 		t.Errorf("revoking a never-enrolled serial succeeded: %s", out)
 	}
-	if out, err := g.ctl("subject", "export", "--serial", snUnknown, "--reason", "canary unknown subject"); err == nil {
+	if out, err := g.Ctl("subject", "export", "--serial", snUnknown, "--reason", "canary unknown subject"); err == nil {
 		t.Errorf("exporting a never-enrolled serial succeeded: %s", out)
 	}
-	g.mustCtl("retention", "run")
-	if out := g.mustCtl("audit", "verify"); out == "" {
+	g.MustCtl("retention", "run")
+	if out := g.MustCtl("audit", "verify"); out == "" {
 		t.Fatal("audit verify printed nothing")
 	}
 
 	// Another subject's export is scanned (for everything but its own serial).
-	exp3 := g.mustCtl("subject", "export", "--serial", sn3, "--reason", "canary other subject")
+	exp3 := g.MustCtl("subject", "export", "--serial", sn3, "--reason", "canary other subject")
 	export3 := filepath.Join(scanned, "export-dev3.json")
 	if err := os.WriteFile(export3, []byte(exp3), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	metrics, err := selfIn(gwNS, httpGetEnv+"=http://127.0.0.1:9591/metrics")
+	metrics, err := g.Get(netnstest.MetricsURL + "/metrics")
 	if err != nil || !strings.Contains(string(metrics), "dasset_gateway_") {
 		t.Fatalf("GET /metrics: %v\n%.300s", err, metrics)
 	}
@@ -263,23 +284,23 @@ func TestCanary(t *testing.T) {
 
 	// The database as it is while the gateway runs, with its -wal and -shm
 	// (a clean stop checkpoints and removes the WAL).
-	live := snapshotDB(t, g.dataDir, filepath.Join(scanned, "live-db"))
+	live := snapshotDB(t, g.DataDir, filepath.Join(scanned, "live-db"))
 	t.Logf("live database files: %s", strings.Join(live, ", "))
 
-	for _, p := range []*proc{a1, a2, wrong, unknown} {
-		p.stop(5 * time.Second)
+	for _, p := range []*netnstest.Proc{a1, a2, wrong, unknown} {
+		p.Stop(5 * time.Second)
 	}
-	if graceful, err := g.p.stop(15 * time.Second); !graceful {
+	if graceful, err := g.Proc.Stop(15 * time.Second); !graceful {
 		t.Errorf("gateway did not stop within 15s of SIGTERM (killed): %v", err)
 	}
 
 	if d := os.Getenv(keepEnv); d != "" {
-		if _, err := run("cp", "-a", scanned, d); err != nil {
+		if _, err := h.Run("cp", "-a", scanned, d); err != nil {
 			t.Errorf("%s: %v", keepEnv, err)
 		}
 	}
 	// The scan.
-	for _, must := range []string{g.log, filepath.Join(g.dataDir, "gateway.db"), filepath.Join(g.dataDir, "audit.log")} {
+	for _, must := range []string{g.log, filepath.Join(g.DataDir, "gateway.db"), filepath.Join(g.DataDir, "audit.log")} {
 		if st, err := os.Stat(must); err != nil || st.Size() == 0 {
 			t.Fatalf("expected gateway output %s: %v (empty or missing)", must, err)
 		}
@@ -293,6 +314,11 @@ func TestCanary(t *testing.T) {
 	for _, want := range []string{"198.51.100.0/24", "2001:db8::/48"} {
 		if !strings.Contains(string(gwLog), want) {
 			t.Errorf("gateway log never mentions the truncated source %s: the canary addresses did not reach it as planned", want)
+		}
+	}
+	for _, want := range []string{`"msg":"session opened"`, `"msg":"session closed"`, `"grpc.method":"UnbindDevice"`} {
+		if !strings.Contains(string(gwLog), want) {
+			t.Errorf("gateway log has no %s: the client's session did not reach it as planned", want)
 		}
 	}
 	files, err := Files(scanned)
@@ -388,14 +414,8 @@ func hasFinding(fs []Finding, value string) bool {
 }
 
 // expectRefused waits for an agent that must be refused: it exits non-zero.
-func expectRefused(t *testing.T, p *proc) {
-	t.Helper()
-	ok, err := p.wait(30 * time.Second)
-	if !ok {
-		t.Fatalf("%s: still running after 30s; want a refusal and exit", p.name)
-	}
-	if err == nil {
-		t.Fatalf("%s: exited 0; want non-zero", p.name)
-	}
-	t.Logf("%s refused: %s", p.name, p.lastLine())
+func (h *harness) expectRefused(p *netnstest.Proc) {
+	h.T.Helper()
+	h.ExpectFailure(p, 30*time.Second)
+	h.T.Logf("%s refused: %s", p.Name, p.LastLine())
 }

@@ -109,12 +109,12 @@ func runProbe(spec string) int {
 
 // probeIn runs calls from namespace ns against addr and returns the status
 // code name of each call by name.
-func probeIn(ns, addr, pin string, calls []probeCall) (map[string]string, error) {
+func (h *harness) probeIn(ns, addr, pin string, calls []probeCall) (map[string]string, error) {
 	spec, err := json.Marshal(probe{Addr: addr, Pin: pin, Calls: calls})
 	if err != nil {
 		return nil, err
 	}
-	out, err := selfIn(ns, probeEnv+"="+string(spec))
+	out, err := h.SelfIn(ns, probeEnv, string(spec))
 	if err != nil {
 		return nil, err
 	}
