@@ -21,16 +21,7 @@ const garbageEnv = "DASSET_CANARY_GARBAGE"
 // loopback-only metrics listener (netnstest.HTTPGetEnv), a probe of the
 // gateway's API (probeEnv) or a garbage connection (garbageEnv).
 func TestMain(m *testing.M) {
-	if url := os.Getenv(netnstest.HTTPGetEnv); url != "" {
-		os.Exit(netnstest.HTTPGet(url, os.Stdout, os.Stderr))
-	}
-	if spec := os.Getenv(probeEnv); spec != "" {
-		os.Exit(runProbe(spec))
-	}
-	if addr := os.Getenv(garbageEnv); addr != "" {
-		os.Exit(sendGarbage(addr))
-	}
-	os.Exit(m.Run())
+	netnstest.Main(m, map[string]netnstest.Job{probeEnv: runProbe, garbageEnv: sendGarbage})
 }
 
 func sendGarbage(addr string) int {

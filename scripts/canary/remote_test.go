@@ -53,15 +53,7 @@ func (h *harness) remoteControl(g *gateway, s remoteSpec) {
 		t.Fatal(err)
 	}
 
-	out, err := h.NsRun(s.devNS, agent, "bind-code", "--gateway", s.devGateway, "--pin", s.pin,
-		"--state-dir", s.devStateDir, "--no-qr")
-	if err != nil {
-		t.Fatal(err)
-	}
-	code := netnstest.Field(out, "Binding code")
-	if code == "" {
-		t.Fatalf("bind-code printed no code: %q", out)
-	}
+	code := h.BindCode(s.devNS, s.devGateway, s.pin, s.devStateDir)
 	if out := cli("bind", "--code", code, "--gateway", s.bind); !strings.Contains(out, "Bound device "+sn1) {
 		t.Fatalf("client bind: %q", out)
 	}

@@ -1,7 +1,8 @@
 // Package canary is the privacy canary: a root end-to-end test plants
 // recognisable serial numbers, hardware ids, account names and device and
-// client source addresses in a real gateway, then searches every byte the gateway wrote for
-// them in the encodings a leak would take. This file is the search.
+// client source addresses in a real gateway, then searches every byte the
+// gateway wrote for them in the encodings a leak would take. This file is
+// the search.
 package canary
 
 import (

@@ -3,7 +3,6 @@ package e2e
 import (
 	"bytes"
 	"fmt"
-	"os"
 	"testing"
 
 	"github.com/prometheus/common/expfmt"
@@ -17,16 +16,7 @@ import (
 // loopback-only metrics listener (netnstest.HTTPGetEnv), or one TCP echo
 // connection (tcpEchoEnv, tcpDialEnv).
 func TestMain(m *testing.M) {
-	if url := os.Getenv(netnstest.HTTPGetEnv); url != "" {
-		os.Exit(netnstest.HTTPGet(url, os.Stdout, os.Stderr))
-	}
-	if addr := os.Getenv(tcpEchoEnv); addr != "" {
-		os.Exit(tcpEcho(addr))
-	}
-	if addr := os.Getenv(tcpDialEnv); addr != "" {
-		os.Exit(tcpDial(addr))
-	}
-	os.Exit(m.Run())
+	netnstest.Main(m, map[string]netnstest.Job{tcpEchoEnv: tcpEcho, tcpDialEnv: tcpDial})
 }
 
 // harness is the shared netns harness with this package's topology: veths

@@ -87,6 +87,31 @@ func (s *session) linkGone() bool {
 	return err != nil
 }
 
+// expectEnded checks that the session process ends on its own within 10s
+// of after (what ended the session) with a non-zero exit and, unless reason
+// is empty, reason in its last line; and that its interface goes.
+func (s *session) expectEnded(after, reason string) {
+	t := s.h.T
+	t.Helper()
+	if ok, err := s.p.Wait(10 * time.Second); !ok {
+		t.Fatalf("session open still runs 10s after %s", after)
+	} else if err == nil {
+		t.Fatalf("session open exited 0 after %s; want non-zero: %s", after, s.p.LastLine())
+	}
+	if last := s.p.LastLine(); !strings.Contains(last, reason) {
+		t.Fatalf("session open after %s: last line %q; want %q", after, last, reason)
+	}
+	t.Logf("session open after %s: %v: %s", after, s.p.Err(), s.p.LastLine())
+	if err := s.h.Poll(5*time.Second, 50*time.Millisecond, func() error {
+		if !s.linkGone() {
+			return fmt.Errorf("interface %s still in %s", s.ifname, s.ns)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // TestSessions runs the remote-control flow over real namespaces: the real
 // gateway, two device agents (`up`) and two clients (`login`, `bind`,
 // `session open` on kernel TUNs), each in its own network namespace. It
@@ -155,16 +180,7 @@ func TestSessions(t *testing.T) {
 	// Binding: each device shows a code, its client binds with it.
 	bindCode := func(d netnstest.AgentSpec) string {
 		t.Helper()
-		out, err := h.NsRun(d.NS, h.Path("dasset-agent"), "bind-code", "--gateway", d.Gateway, "--pin", fp,
-			"--state-dir", d.StateDir, "--no-qr")
-		if err != nil {
-			t.Fatal(err)
-		}
-		code := netnstest.Field(out, "Binding code")
-		if code == "" {
-			t.Fatalf("bind-code printed no code: %q", out)
-		}
-		return code
+		return h.BindCode(d.NS, d.Gateway, fp, d.StateDir)
 	}
 	code1 := bindCode(dev1)
 	if out := c1.mustAgent("bind", "--code", code1); !strings.Contains(out, "Bound device "+sn1) {
@@ -318,23 +334,7 @@ func TestSessions(t *testing.T) {
 	// The session process notices within its poll interval (GetSession)
 	// that the gateway closed the session, exits non-zero with the reason
 	// and takes its interface down.
-	if ok, err := s1.p.Wait(10 * time.Second); !ok {
-		t.Fatal("session open still runs 10s after `session close`")
-	} else if err == nil {
-		t.Fatalf("session open exited 0 after `session close` elsewhere; want non-zero: %s", s1.p.LastLine())
-	}
-	if last := s1.p.LastLine(); !strings.Contains(last, "the gateway closed the session") {
-		t.Fatalf("session open after `session close`: last line %q; want \"the gateway closed the session\"", last)
-	}
-	t.Logf("session open after `session close`: %v: %s", s1.p.Err(), s1.p.LastLine())
-	if err := h.Poll(5*time.Second, 50*time.Millisecond, func() error {
-		if !s1.linkGone() {
-			return fmt.Errorf("interface %s still in %s", s1.ifname, c1NS)
-		}
-		return nil
-	}); err != nil {
-		t.Fatalf("after session open exited: %v", err)
-	}
+	s1.expectEnded("`session close`", "the gateway closed the session")
 	if _, err := h.PingWithin(c2NS, 5*time.Second, "-c", "1", "-W", "1", dev2v4); err != nil {
 		t.Fatalf("client 2 → device 2 after client 1's close: %v", err)
 	}
@@ -384,20 +384,7 @@ func TestSessions(t *testing.T) {
 	}
 	// The session process notices within its poll interval and exits 1
 	// with the reason; its interface goes.
-	if ok, err := s3.p.Wait(10 * time.Second); !ok {
-		t.Fatal("session open still runs 10s after unbind")
-	} else if err == nil {
-		t.Fatalf("session open exited 0 after unbind; want non-zero: %s", s3.p.LastLine())
-	}
-	t.Logf("session open after unbind: %v: %s", s3.p.Err(), s3.p.LastLine())
-	if err := h.Poll(5*time.Second, 50*time.Millisecond, func() error {
-		if !s3.linkGone() {
-			return fmt.Errorf("interface %s still in %s", s3.ifname, c1NS)
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+	s3.expectEnded("unbind", "")
 	blocked("device 1 → client 1's address after unbind", d1NS, s3.client4)
 	expectRise(t, "device 1 → client 1 after unbind", "no_session", before, m.fresh(), false)
 	if out, err := c1.agent("session", "open", "--serial", sn1, "--interface", "sx"+h.Suffix); err == nil {

@@ -94,6 +94,22 @@ func (h *Harness) StartAgent(s AgentSpec) *Proc {
 		"--log-format", "json")
 }
 
+// BindCode runs `dasset-agent bind-code` for the device whose state is in
+// stateDir, inside ns, and returns the binding code it printed.
+func (h *Harness) BindCode(ns, gateway, pin, stateDir string) string {
+	h.T.Helper()
+	out, err := h.NsRun(ns, h.Path("dasset-agent"), "bind-code", "--gateway", gateway, "--pin", pin,
+		"--state-dir", stateDir, "--no-qr")
+	if err != nil {
+		h.T.Fatal(err)
+	}
+	code := Field(out, "Binding code")
+	if code == "" {
+		h.T.Fatalf("bind-code printed no code: %q", out)
+	}
+	return code
+}
+
 // WaitAddr waits until ifname in ns carries a virtual IPv4 address (in
 // 100.64.0.0/10) while p runs, and returns it with its prefix length.
 func (h *Harness) WaitAddr(p *Proc, ns, ifname string, within time.Duration) string {

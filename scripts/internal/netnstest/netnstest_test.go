@@ -163,6 +163,23 @@ func TestCertFingerprint(t *testing.T) {
 	}
 }
 
+func TestPick(t *testing.T) {
+	jobs := map[string]Job{"JOB_A": func(string) int { return 3 }, "JOB_B": func(v string) int { return len(v) }}
+	env := map[string]string{}
+	getenv := func(k string) string { return env[k] }
+	if _, _, ok := pick(getenv, jobs); ok {
+		t.Fatal("pick with no variable set chose a job")
+	}
+	env["JOB_B"] = "hello"
+	if job, v, ok := pick(getenv, jobs); !ok || v != "hello" || job(v) != 5 {
+		t.Fatalf("pick with JOB_B set: ok=%v value %q", ok, v)
+	}
+	env[HTTPGetEnv] = "http://[::1"
+	if job, v, ok := pick(getenv, jobs); !ok || v != env[HTTPGetEnv] || job(v) != 2 {
+		t.Fatalf("pick with %s set: ok=%v value %q; want the HTTP GET job (exit 2 for a bad URL)", HTTPGetEnv, ok, v)
+	}
+}
+
 func TestHTTPGet(t *testing.T) {
 	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path != "/readyz" {
