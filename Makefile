@@ -49,6 +49,11 @@ bench: build
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 1s ./tunnel/... ./pkg/store/ ./pkg/identity/
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 40x ./pkg/retention/
 	BIN=$(BIN) BENCH_DEVICES=$(BENCH_DEVICES) BENCH_CONCURRENCY=$(BENCH_CONCURRENCY) bash scripts/bench.sh
+	@# Data-plane throughput (iperf3 over namespaces); needs root, iperf3 and wg,
+	@# so it is skipped, saying why, where they are missing.
+	@rc=0; BIN=$(BIN) bash scripts/bench-throughput.sh || rc=$$?; \
+	  if [ $$rc = 77 ]; then echo "bench: throughput part skipped (needs root, iperf3, wireguard-tools: make deps)"; \
+	  elif [ $$rc != 0 ]; then exit $$rc; fi
 
 clean:
 	rm -rf $(BIN)
