@@ -36,7 +36,10 @@ type options struct {
 
 // WithObserver sets a function called after every store operation with the
 // method name, its duration and its error (nil on success), e.g. to feed a
-// latency histogram. It must be fast and safe for concurrent use.
+// latency histogram. It must be fast and safe for concurrent use. Admit is
+// reported once per call (not per group-committed batch), with the time
+// from the call to its result, queueing for the shared transaction
+// included.
 func WithObserver(f func(op string, d time.Duration, err error)) Option {
 	return func(o *options) { o.observe = f }
 }
@@ -63,6 +66,7 @@ type SQLite struct {
 	r    *sql.DB // read-only pool
 	ws   *stmtCache
 	rs   *stmtCache
+	aq   *admitQueue // Admit's group commit (admit.go)
 	opt  options
 }
 
@@ -126,6 +130,8 @@ func OpenSQLite(ctx context.Context, path string, opts ...Option) (*SQLite, erro
 		return nil, fmt.Errorf("store: open: read pool: %w", err)
 	}
 	s.r, s.rs = r, newStmtCache(r)
+	s.aq = newAdmitQueue()
+	go s.admitLoop()
 	return s, nil
 }
 
@@ -164,9 +170,13 @@ func SchemaVersion() int { return len(migrations) }
 // Path is the database file.
 func (s *SQLite) Path() string { return s.path }
 
-// Close closes both connection pools.
+// Close finishes the admissions already queued, then closes both
+// connection pools. Admit fails once Close has been called.
 func (s *SQLite) Close() error {
 	var errs []error
+	if s.aq != nil {
+		s.aq.close()
+	}
 	s.ws.close()
 	if s.r != nil {
 		s.rs.close()
@@ -482,74 +492,6 @@ func claimKey(ctx context.Context, tx *wtx, key Key, kind KeyOwner, id string) e
 	}
 	_, err = tx.ExecContext(ctx, `INSERT INTO wg_keys (key, owner_kind, owner_id) VALUES (?, ?, ?)`, key[:], string(kind), id)
 	return err
-}
-
-// Admit records one successful device login in one transaction: pins the
-// key, allocates the address offset once, sets the login day and replaces
-// the device's tokens.
-func (s *SQLite) Admit(ctx context.Context, a Admission) (Device, error) {
-	switch {
-	case a.Key == Key{}:
-		return Device{}, fmt.Errorf("store: Admit: %w", invalid("key", "must not be zero"))
-	case a.First == 0:
-		return Device{}, fmt.Errorf("store: Admit: %w", invalid("first", "must be at least 1"))
-	case a.First > a.Last:
-		return Device{}, fmt.Errorf("store: Admit: %w", invalid("last", "must not be below first"))
-	case a.TokenHash == [32]byte{}:
-		return Device{}, fmt.Errorf("store: Admit: %w", invalid("token_hash", "must not be zero"))
-	}
-	if _, err := time.Parse(time.DateOnly, a.Day); err != nil {
-		return Device{}, fmt.Errorf("store: Admit: %w", invalid("day", "must be a UTC day YYYY-MM-DD"))
-	}
-	if err := checkTime("token_expires", a.TokenExpires); err != nil {
-		return Device{}, fmt.Errorf("store: Admit: %w", err)
-	}
-	var d Device
-	err := s.write(ctx, "Admit", func(tx *wtx) error {
-		var err error
-		if d, err = deviceByID(ctx, tx, a.DeviceID); err != nil {
-			return err
-		}
-		if d.Revoked {
-			return fmt.Errorf("device %d: %w", d.ID, ErrRevoked)
-		}
-		owner := ownerID(d.ID)
-		if !d.KeyPinned || d.Key != a.Key {
-			if d.KeyPinned && !a.ReplaceKey {
-				return fmt.Errorf("device %d: %w", d.ID, ErrKeyPinned)
-			}
-			if d.KeyPinned {
-				if _, err := tx.ExecContext(ctx, `DELETE FROM wg_keys WHERE key = ? AND owner_kind = 'device' AND owner_id = ?`, d.Key[:], owner); err != nil {
-					return err
-				}
-			}
-			if err := claimKey(ctx, tx, a.Key, OwnerDevice, owner); err != nil {
-				return fmt.Errorf("device %d: %w", d.ID, err)
-			}
-			d.Key, d.KeyPinned = a.Key, true
-		}
-		if d.Offset == 0 {
-			off, err := allocDeviceOffset(ctx, tx, a.First, a.Last)
-			if err != nil {
-				return fmt.Errorf("device %d: %w", d.ID, err)
-			}
-			d.Offset = off
-		}
-		d.LastLoginDay = a.Day
-		if _, err := tx.ExecContext(ctx, `UPDATE devices SET pinned_key = ?, address_offset = ?, last_login_day = ? WHERE id = ?`,
-			d.Key[:], d.Offset, d.LastLoginDay, d.ID); err != nil {
-			return err
-		}
-		if _, err := tx.ExecContext(ctx, `DELETE FROM device_tokens WHERE device_id = ?`, d.ID); err != nil {
-			return err
-		}
-		_, err = tx.ExecContext(ctx, `INSERT INTO device_tokens (hash, device_id, expires_at) VALUES (?, ?, ?)`, a.TokenHash[:], d.ID, nanos(a.TokenExpires))
-		return err
-	})
-	if err != nil {
-		return Device{}, err
-	}
-	return d, nil
 }
 
 // allocDeviceOffset picks max+1 in [first, last] when that is free, else the
