@@ -8,6 +8,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	mrand "math/rand/v2"
 	"strings"
 	"sync"
 	"testing"
@@ -41,6 +42,8 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"Admit/ExhaustedPool", testAdmitExhausted},
 		{"Admit/FillsGaps", testAdmitGaps},
 		{"Admit/Concurrent", testAdmitConcurrent},
+		{"Admit/ConcurrentWithFailures", testAdmitStorm},
+		{"Admit/ConcurrentOverflowExhausted", testAdmitOverflow},
 		{"Keys/UniqueAcrossOwners", testKeysUnique},
 		{"Keys/ReserveIdempotent", testReserveKey},
 		{"DeviceTokens/Expiry", testDeviceTokens},
@@ -1404,4 +1407,326 @@ func testMeta(t *h) {
 		t.Fatalf("Meta = %q, want b", v)
 	}
 	t.must(t.s.Ping(t.ctx), "Ping")
+}
+
+// --- admission storms ---
+
+// Sizes of AdmitStorm.
+const (
+	stormDevices = 500
+	stormWorkers = 64
+	stormFirst   = 1
+	stormLast    = 4000
+)
+
+// stormKind is what one storm admission is made to do.
+type stormKind int
+
+const (
+	stormFresh        stormKind = iota // first login with a fresh key: succeeds
+	stormRepeat                        // already admitted, same key: succeeds, offset kept
+	stormRekey                         // already admitted, ReplaceKey with a fresh key: succeeds, offset kept
+	stormOthersKey                     // key pinned by another device: ErrKeyInUse
+	stormRevoked                       // revoked device: ErrRevoked
+	stormPinned                        // already admitted, another key without ReplaceKey: ErrKeyPinned
+	stormRekeyToTaken                  // already admitted, ReplaceKey with another device's key: ErrKeyInUse, old key kept
+	stormPair                          // two storm devices with the same fresh key: exactly one succeeds
+)
+
+// stormCase is one device of the storm.
+type stormCase struct {
+	kind   stormKind
+	before store.Device // before the storm
+	prev   [32]byte     // token of the admission before the storm, if any
+	a      store.Admission
+	pair   int // stormPair: index of the other device of the pair
+	got    store.Device
+	err    error
+}
+
+func (c *stormCase) wantErr() error {
+	switch c.kind {
+	case stormOthersKey, stormRekeyToTaken:
+		return store.ErrKeyInUse
+	case stormRevoked:
+		return store.ErrRevoked
+	case stormPinned:
+		return store.ErrKeyPinned
+	}
+	return nil
+}
+
+// AdmitStorm admits 500 enrolled devices into s from 64 goroutines at once
+// (the first logins of a boot storm, with repeat logins and rekeys among
+// them). About a tenth are made to fail: keys pinned by other devices (also
+// as the target of a rekey, which must keep the old key), revoked devices,
+// another key without ReplaceKey, and pairs of devices racing for one key.
+// It checks that exactly those fail, each with its own sentinel, that the
+// others succeed with distinct offsets, and that a failed admission wrote
+// nothing. It returns a read-only check of everything the storm left in a
+// store, to run again on the same database reopened (durability).
+func AdmitStorm(t *testing.T, s store.Store) func(*testing.T, store.Store) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	return (&h{T: t, s: s, ctx: ctx}).admitStorm()
+}
+
+func testAdmitStorm(t *h) { t.admitStorm()(t.T, t.s) }
+
+func (t *h) admitStorm() func(*testing.T, store.Store) {
+	t.Helper()
+	// Devices outside the storm whose keys the storm tries to take.
+	others := t.enroll(15)
+	otherAdm := make([]store.Admission, len(others))
+	for i, d := range others {
+		otherAdm[i] = admission(d.ID, stormFirst, stormLast)
+		got, err := t.s.Admit(t.ctx, otherAdm[i])
+		t.must(err, "Admit before the storm")
+		others[i] = got
+	}
+	devs := t.enroll(stormDevices)
+	cases := make([]*stormCase, len(devs))
+	order := mrand.Perm(len(devs)) // kinds spread at random over the devices
+	kinds := []struct {
+		kind stormKind
+		n    int
+	}{{stormOthersKey, 15}, {stormRevoked, 15}, {stormPinned, 10}, {stormRekeyToTaken, 5}, {stormPair, 10}, {stormRepeat, 10}, {stormRekey, 10}}
+	next := 0
+	for _, k := range kinds {
+		for range k.n {
+			i := order[next]
+			next++
+			cases[i] = &stormCase{kind: k.kind}
+		}
+	}
+	var pairKey store.Key
+	lastPair := -1
+	for i, c := range cases {
+		if c == nil {
+			c = &stormCase{kind: stormFresh}
+			cases[i] = c
+		}
+		d := devs[i]
+		switch c.kind {
+		case stormRepeat, stormRekey, stormPinned, stormRekeyToTaken:
+			pre := admission(d.ID, stormFirst, stormLast)
+			got, err := t.s.Admit(t.ctx, pre)
+			t.must(err, "Admit before the storm")
+			d, c.prev = got, pre.TokenHash
+		case stormRevoked:
+			t.must(t.s.RevokeDevice(t.ctx, d.ID), "RevokeDevice")
+			d = t.device(d.ID)
+		}
+		c.before = d
+		c.a = admission(d.ID, stormFirst, stormLast)
+		c.a.Day = "2030-01-03"
+		switch c.kind {
+		case stormRepeat:
+			c.a.Key = d.Key
+		case stormRekey:
+			c.a.ReplaceKey = true
+		case stormOthersKey:
+			c.a.Key = otherAdm[i%len(otherAdm)].Key
+		case stormRekeyToTaken:
+			c.a.Key, c.a.ReplaceKey = otherAdm[i%len(otherAdm)].Key, true
+		case stormPair:
+			if lastPair < 0 {
+				pairKey, lastPair = random[store.Key](), i
+			} else {
+				c.pair, cases[lastPair].pair, lastPair = lastPair, i, -1
+			}
+			c.a.Key = pairKey
+		}
+	}
+
+	// The storm.
+	jobs := make(chan int, len(cases))
+	for _, i := range mrand.Perm(len(cases)) {
+		jobs <- i
+	}
+	close(jobs)
+	var wg sync.WaitGroup
+	for range stormWorkers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range jobs {
+				cases[i].got, cases[i].err = t.s.Admit(t.ctx, cases[i].a)
+			}
+		}()
+	}
+	wg.Wait()
+
+	// Every outcome.
+	failed := 0
+	for i, c := range cases {
+		switch want := c.wantErr(); {
+		case c.kind == stormPair:
+			o := cases[c.pair]
+			if (c.err == nil) == (o.err == nil) {
+				t.Fatalf("devices %d and %d raced for one key: errors %v and %v, want exactly one to succeed", c.before.ID, o.before.ID, c.err, o.err)
+			}
+			if c.err != nil && !errors.Is(c.err, store.ErrKeyInUse) {
+				t.Fatalf("device %d lost the race for a key: error %v, want %v", c.before.ID, c.err, store.ErrKeyInUse)
+			}
+		case want != nil:
+			if !errors.Is(c.err, want) {
+				t.Fatalf("storm device %d (kind %d): error %v, want %v", i, c.kind, c.err, want)
+			}
+		case c.err != nil:
+			t.Fatalf("storm device %d (kind %d): %v", i, c.kind, c.err)
+		}
+		if c.err != nil {
+			failed++
+			continue
+		}
+		if !c.got.KeyPinned || c.got.Key != c.a.Key || c.got.LastLoginDay != c.a.Day || c.got.ID != c.a.DeviceID {
+			t.Fatalf("storm device %d: admitted as %+v for %+v", i, c.got, c.a)
+		}
+		if c.before.Offset != 0 && c.got.Offset != c.before.Offset {
+			t.Fatalf("storm device %d: offset %d changed to %d", i, c.before.Offset, c.got.Offset)
+		}
+	}
+	if want := 15 + 15 + 10 + 5 + 5; failed != want {
+		t.Fatalf("%d admissions failed, want %d", failed, want)
+	}
+	// A failed admission left its key free, or (rekey to a taken key) kept
+	// the device's old key claimed.
+	for _, c := range cases {
+		switch c.kind {
+		case stormRevoked, stormPinned:
+			t.must(t.s.ReserveKey(t.ctx, c.a.Key, store.OwnerGateway), "ReserveKey of a failed admission's fresh key")
+		case stormRekeyToTaken:
+			t.wantErr(t.s.ReserveKey(t.ctx, c.before.Key, store.OwnerGateway), store.ErrKeyInUse, "ReserveKey of the key kept by a failed rekey")
+		}
+	}
+
+	return func(tt *testing.T, s store.Store) {
+		tt.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+		defer cancel()
+		t := &h{T: tt, s: s, ctx: ctx}
+		want := map[int64]store.Device{} // the admitted devices
+		for _, d := range others {
+			want[d.ID] = d
+		}
+		for i, c := range cases {
+			d := t.device(c.before.ID)
+			switch {
+			case c.err == nil:
+				if !sameDevice(d, c.got) {
+					t.Fatalf("storm device %d: stored %+v, Admit returned %+v", i, d, c.got)
+				}
+				tok, err := t.s.DeviceByToken(t.ctx, c.a.TokenHash, t0)
+				t.must(err, "token of a storm admission")
+				if tok.ID != d.ID {
+					t.Fatalf("storm device %d: its token finds device %d", i, tok.ID)
+				}
+			default:
+				if !sameDevice(d, c.before) {
+					t.Fatalf("storm device %d: failed admission (%v) changed it: %+v -> %+v", i, c.err, c.before, d)
+				}
+				_, err := t.s.DeviceByToken(t.ctx, c.a.TokenHash, t0)
+				t.wantErr(err, store.ErrNotFound, "token of a failed storm admission")
+				if c.prev != ([32]byte{}) {
+					_, err := t.s.DeviceByToken(t.ctx, c.prev, t0)
+					t.must(err, "token from before a failed storm admission")
+				}
+			}
+			if d.KeyPinned && !d.Revoked && d.Offset != 0 {
+				want[d.ID] = d
+			}
+			if c.before.KeyPinned && c.kind == stormRekey {
+				_, err := t.s.DeviceByKey(t.ctx, c.before.Key)
+				t.wantErr(err, store.ErrNotFound, "DeviceByKey of a key replaced in the storm")
+			}
+		}
+		ad, err := t.s.AdmittedDevices(t.ctx)
+		t.must(err, "AdmittedDevices")
+		if len(ad) != len(want) {
+			t.Fatalf("AdmittedDevices: %d, want %d", len(ad), len(want))
+		}
+		offsets := map[uint32]int64{}
+		keys := map[store.Key]int64{}
+		for _, d := range ad {
+			if w, ok := want[d.ID]; !ok || !sameDevice(d, w) {
+				t.Fatalf("AdmittedDevices lists %+v, want %+v", d, w)
+			}
+			if d.Offset < stormFirst || d.Offset > stormLast {
+				t.Fatalf("device %d: offset %d outside [%d, %d]", d.ID, d.Offset, stormFirst, stormLast)
+			}
+			if o, dup := offsets[d.Offset]; dup {
+				t.Fatalf("offset %d held by devices %d and %d", d.Offset, o, d.ID)
+			}
+			if o, dup := keys[d.Key]; dup {
+				t.Fatalf("key pinned by devices %d and %d", o, d.ID)
+			}
+			offsets[d.Offset], keys[d.Key] = d.ID, d.ID
+		}
+	}
+}
+
+// testAdmitOverflow admits, all at once, more devices than the pool has free
+// offsets (the free ones partly in gaps): exactly as many as fit succeed,
+// taking exactly the free offsets; the others get ErrExhausted and nothing
+// of theirs is written, their keys included.
+func testAdmitOverflow(t *h) {
+	const first, last, n = 1, 30, 40
+	devs := t.enroll(10 + n)
+	used := map[uint32]bool{}
+	for i, d := range devs[:10] {
+		off := uint32(2 * (i + 1)) // 2, 4, ..., 20: gaps below the top
+		_, err := t.s.Admit(t.ctx, admission(d.ID, off, off))
+		t.must(err, "Admit at a fixed offset")
+		used[off] = true
+	}
+	free := map[uint32]bool{}
+	for off := uint32(first); off <= last; off++ {
+		if !used[off] {
+			free[off] = true
+		}
+	}
+	storm := devs[10:]
+	adm := make([]store.Admission, n)
+	got := make([]store.Device, n)
+	errs := make([]error, n)
+	start := make(chan struct{})
+	var wg sync.WaitGroup
+	for i, d := range storm {
+		adm[i] = admission(d.ID, first, last)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			got[i], errs[i] = t.s.Admit(t.ctx, adm[i])
+		}()
+	}
+	close(start)
+	wg.Wait()
+	taken := map[uint32]int64{}
+	for i, d := range storm {
+		if errs[i] != nil {
+			t.wantErr(errs[i], store.ErrExhausted, "admission beyond the pool")
+			if now := t.device(d.ID); !sameDevice(now, d) {
+				t.Fatalf("exhausted admission wrote something: %+v -> %+v", d, now)
+			}
+			_, err := t.s.DeviceByToken(t.ctx, adm[i].TokenHash, t0)
+			t.wantErr(err, store.ErrNotFound, "token of an exhausted admission")
+			t.must(t.s.ReserveKey(t.ctx, adm[i].Key, store.OwnerGateway), "key of an exhausted admission is free")
+			continue
+		}
+		if !free[got[i].Offset] {
+			t.Fatalf("device %d got offset %d, not a free one", d.ID, got[i].Offset)
+		}
+		if o, dup := taken[got[i].Offset]; dup {
+			t.Fatalf("offset %d given to devices %d and %d", got[i].Offset, o, d.ID)
+		}
+		taken[got[i].Offset] = d.ID
+		if now := t.device(d.ID); !sameDevice(now, got[i]) {
+			t.Fatalf("stored %+v, Admit returned %+v", now, got[i])
+		}
+	}
+	if len(taken) != len(free) {
+		t.Fatalf("%d admissions succeeded, want %d (the free offsets)", len(taken), len(free))
+	}
 }
