@@ -56,6 +56,9 @@ type admitQueue struct {
 	closed bool
 	wake   chan struct{} // capacity 1: "the queue may have grown or closed"
 	exited chan struct{} // closed when admitLoop returns
+	// onBatch, when set (tests), is called after each batch's transaction
+	// with the number of admissions that ran in it.
+	onBatch func(ran int)
 }
 
 func newAdmitQueue() *admitQueue {
@@ -255,6 +258,9 @@ func (s *SQLite) admitBatch(batch []*admitReq) {
 	}
 	if fatal != nil {
 		failPending(fmt.Errorf("not run, batch transaction failed: %w", fatal))
+	}
+	if s.aq.onBatch != nil {
+		s.aq.onBatch(len(results))
 	}
 }
 

@@ -340,7 +340,7 @@ func BenchmarkAdmit(b *testing.B) {
 }
 
 // enrolledIDs enrolls n devices and returns their ids.
-func enrolledIDs(b *testing.B, s store.Store, n int) []int64 {
+func enrolledIDs(b testing.TB, s store.Store, n int) []int64 {
 	ctx := context.Background()
 	ids := make([]int64, 0, n)
 	for len(ids) < n {
@@ -402,4 +402,157 @@ func BenchmarkDeviceByIndex(b *testing.B) {
 			i += 7
 		}
 	})
+}
+
+// TestAdmitStormDurable runs the conformance storm (500 devices from 64
+// goroutines, a tenth made to fail) and checks that what it committed is
+// all there, and nothing of the failed admissions, after close and reopen.
+func TestAdmitStormDurable(t *testing.T) {
+	s := openTemp(t)
+	path := s.Path()
+	check := storetest.AdmitStorm(t, s)
+	check(t, s)
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	s, err := store.OpenSQLite(context.Background(), path)
+	if err != nil {
+		t.Fatalf("reopen: %v", err)
+	}
+	defer s.Close()
+	check(t, s)
+}
+
+// holdWriteLock takes the database's write lock from another connection
+// until the returned function is called.
+func holdWriteLock(t *testing.T, ctx context.Context, path string) (*sql.DB, func()) {
+	t.Helper()
+	other, err := sql.Open("sqlite", path+"?_txlock=immediate")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tx, err := other.BeginTx(ctx, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec("UPDATE devices SET last_login_day = '2030-01-01' WHERE 0"); err != nil {
+		t.Fatal(err)
+	}
+	return other, func() {
+		if err := tx.Rollback(); err != nil {
+			t.Error(err)
+		}
+	}
+}
+
+// TestAdmitWaitsForCommitOrContext: a caller whose context ends while its
+// admission waits for the writer gets the context's error and nothing of
+// its admission is written; the others wait and return once committed.
+func TestAdmitWaitsForCommitOrContext(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s := openTemp(t)
+	defer s.Close()
+	ids := enrolledIDs(t, s, 2)
+	exp := time.Now().Add(time.Hour)
+	a1 := store.Admission{DeviceID: ids[0], Key: rnd32(), First: 1, Last: 10, Day: "2030-01-02", TokenHash: rnd32(), TokenExpires: exp}
+	a2 := store.Admission{DeviceID: ids[1], Key: rnd32(), First: 1, Last: 10, Day: "2030-01-02", TokenHash: rnd32(), TokenExpires: exp}
+
+	other, release := holdWriteLock(t, ctx, s.Path())
+	defer other.Close()
+	short, cancelShort := context.WithTimeout(ctx, 200*time.Millisecond)
+	defer cancelShort()
+	if _, err := s.Admit(short, a1); !errors.Is(err, context.DeadlineExceeded) {
+		release()
+		t.Fatalf("Admit while the writer is held, past its deadline: %v, want %v", err, context.DeadlineExceeded)
+	}
+	res := make(chan error, 1)
+	go func() {
+		_, err := s.Admit(ctx, a2)
+		res <- err
+	}()
+	release()
+	if err := <-res; err != nil {
+		t.Fatalf("Admit queued behind the held writer: %v", err)
+	}
+	// Committed when Admit returned: another connection sees it.
+	var key []byte
+	if err := other.QueryRowContext(ctx, "SELECT pinned_key FROM devices WHERE id = ?", ids[1]).Scan(&key); err != nil || !bytes.Equal(key, a2.Key[:]) {
+		t.Fatalf("another connection reads key %x (%v), want the admitted one", key, err)
+	}
+	d, err := s.DeviceByID(ctx, ids[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	if d.KeyPinned || d.Offset != 0 || d.LastLoginDay != "" {
+		t.Fatalf("the abandoned admission wrote %+v", d)
+	}
+	if _, err := s.DeviceByToken(ctx, a1.TokenHash, time.Now()); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("token of the abandoned admission: %v, want ErrNotFound", err)
+	}
+	// Its key was not claimed either: the same admission now succeeds.
+	if _, err := s.Admit(ctx, a1); err != nil {
+		t.Fatalf("the abandoned admission again: %v", err)
+	}
+}
+
+func TestAdmitAfterClose(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	s := openTemp(t)
+	id := enrolledIDs(t, s, 1)[0]
+	if err := s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	_, err := s.Admit(ctx, store.Admission{DeviceID: id, Key: rnd32(), First: 1, Last: 10, Day: "2030-01-02", TokenHash: rnd32(), TokenExpires: time.Now().Add(time.Hour)})
+	if err == nil || ctx.Err() != nil {
+		t.Fatalf("Admit after Close: %v (context: %v), want an error at once", err, ctx.Err())
+	}
+}
+
+// TestObserverAdmitPerCall: concurrent admissions share transactions, yet
+// the observer sees one "Admit" per call with that call's own error.
+func TestObserverAdmitPerCall(t *testing.T) {
+	var (
+		mu       sync.Mutex
+		ops, bad int
+	)
+	s := openTemp(t, store.WithObserver(func(op string, d time.Duration, err error) {
+		if op != "Admit" {
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		ops++
+		if err != nil {
+			bad++
+		}
+	}))
+	defer s.Close()
+	ctx := context.Background()
+	ids := enrolledIDs(t, s, 20)
+	exp := time.Now().Add(time.Hour)
+	var wg sync.WaitGroup
+	errs := make([]error, len(ids))
+	for i, id := range ids {
+		if i%7 == 0 {
+			id = -id // unknown device
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, errs[i] = s.Admit(ctx, store.Admission{DeviceID: id, Key: rnd32(), First: 1, Last: 100, Day: "2030-01-02", TokenHash: rnd32(), TokenExpires: exp})
+		}()
+	}
+	wg.Wait()
+	for i, err := range errs {
+		if (i%7 == 0) != errors.Is(err, store.ErrNotFound) || (i%7 != 0 && err != nil) {
+			t.Fatalf("admission %d: %v", i, err)
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if ops != len(ids) || bad != 3 {
+		t.Fatalf("observed %d Admit calls, %d failed; want %d and 3", ops, bad, len(ids))
+	}
 }
