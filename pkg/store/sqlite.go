@@ -59,7 +59,9 @@ func WithReadConns(n int) Option {
 
 // SQLite is the embedded Store: one writer connection for every write
 // transaction (BEGIN IMMEDIATE) and a separate pool of read-only
-// connections, so reads never wait for the writer (WAL).
+// connections, so reads never wait for the writer (WAL). Concurrent Admit
+// calls are group-committed: they share write transactions, each admission
+// in its own savepoint (admit.go).
 type SQLite struct {
 	path string
 	w    *sql.DB // exactly one connection

@@ -66,7 +66,9 @@ type EnrollResult struct {
 	Unchanged int // already enrolled with the same verifier
 }
 
-// Admission is what one successful device login writes, in one transaction.
+// Admission is what one successful device login writes, all or nothing (a
+// backend may commit several admissions in one transaction, each failing
+// or succeeding on its own).
 type Admission struct {
 	DeviceID int64
 	Key      Key
