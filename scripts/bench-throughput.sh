@@ -163,7 +163,7 @@ stock_wg() {
   local ns=$1 ifn=$2 addr=$3
   start_bg "$ns" "wg-$ifn" env WG_PROCESS_FOREGROUND=1 "$WG_GO" -f "$ifn"
   wait_for 10 "/var/run/wireguard/$ifn.sock" test -S "/var/run/wireguard/$ifn.sock"
-  wg genkey >"$work/$ifn.key"
+  (umask 077 && wg genkey >"$work/$ifn.key")
   ip netns exec "$ns" wg set "$ifn" private-key "$work/$ifn.key" listen-port 51820
   ip -n "$ns" addr add "$addr" dev "$ifn"
   ip -n "$ns" link set "$ifn" mtu $MTU up
@@ -317,12 +317,13 @@ measure() {
 # Profile (PROFILE=1): one CPU profile of the gateway per case of ours.
 profile() { # CASE
   local c=$1
-  log "profiling the gateway during case $c (-P 4, ${DURATION}s)"
-  ip netns exec "$NS_OG" timeout $((DURATION + 30)) curl -s -o "$OUT/gateway-$c.pprof" \
-    "http://127.0.0.1:6061/debug/pprof/profile?seconds=$DURATION" &
+  local secs=$((DURATION < 10 ? 10 : DURATION))
+  log "profiling the gateway during case $c (-P 4, ${secs}s)"
+  ip netns exec "$NS_OG" timeout $((secs + 30)) curl -s -o "$OUT/gateway-$c.pprof" \
+    "http://127.0.0.1:6061/debug/pprof/profile?seconds=$secs" &
   local curl_pid=$!
   sleep 0.2
-  timeout $((DURATION + 30)) ip netns exec "${C_NS[$c]}" iperf3 -c "${C_DST[$c]}" -t "$DURATION" -P 4 -J \
+  timeout $((secs + 30)) ip netns exec "${C_NS[$c]}" iperf3 -c "${C_DST[$c]}" -t "$secs" -P 4 -J \
     >"$OUT/iperf3-profile-$c.json" 2>&1 || true
   wait $curl_pid || die "pprof fetch failed"
 }
