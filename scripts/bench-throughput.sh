@@ -176,15 +176,18 @@ iperf_server() {
   wait_for 10 "iperf3 server on $2 in $1" bash -c "ip netns exec $1 ss -Hltn 'sport = :5201' | grep -q 5201"
 }
 
-# cpu_ticks PID...: the sum of utime+stime (clock ticks) of the PIDs.
+# cpu_ticks PID...: utime+stime (clock ticks) of each PID, space-separated.
 cpu_ticks() {
-  local sum=0 p f
+  local p f out=()
   for p in "$@"; do
     # Fields after "(comm) ": state is [0], utime [11], stime [12].
-    read -r -a f < <(sed 's/^.*) //' "/proc/$p/stat" 2>/dev/null) || continue
-    sum=$((sum + f[11] + f[12]))
+    if read -r -a f < <(sed 's/^.*) //' "/proc/$p/stat" 2>/dev/null); then
+      out+=($((f[11] + f[12])))
+    else
+      out+=(0)
+    fi
   done
-  echo "$sum"
+  echo "${out[*]}"
 }
 
 log "output in $OUT; stock wireguard-go: $("$WG_GO" --version | head -n 1)"
@@ -289,7 +292,7 @@ C_NS[C]=$NS_RC C_DST[C]=$REF_DEV C_PIDS[C]="$pid_rc $pid_rh $pid_rd" C_WHAT[C]="
 C_NS[D]=$NS_OC C_DST[D]=$OUR_DEV C_PIDS[D]="$pid_oc $pid_og $pid_od" C_WHAT[D]="ours: client (session open) → device via the gateway's hub"
 
 results=$OUT/results.tsv
-printf 'round\tP\tcase\tgbps\tretransmits\ttunnel_cpu_s\tcpu_ns_per_byte\tload1\n' >"$results"
+printf 'round\tP\tcase\tgbps\tretransmits\ttunnel_cpu_s\tcpu_ns_per_byte\tload1\tcpu_s_per_process\n' >"$results"
 hz=$(getconf CLK_TCK)
 
 # measure ROUND P CASE
@@ -302,16 +305,21 @@ measure() {
     die "iperf3 case $c round $r -P $p failed: $(jq -r '.error // empty' "$json" 2>/dev/null) $(cat "$json.err")"
   fi
   t1=$(cpu_ticks ${C_PIDS[$c]})
+  # CPU seconds of each tunnel process, in C_PIDS order (sender end, [hub,] receiver end).
+  local split
+  split=$(awk -v a="$t0" -v b="$t1" -v hz="$hz" 'BEGIN{n = split(a, x, " "); split(b, y, " ");
+    for (i = 1; i <= n; i++) printf "%s%.2f", (i > 1) ? "+" : "", (y[i] - x[i]) / hz}')
   bps=$(jq -r '.end.sum_received.bits_per_second' "$json")
   retr=$(jq -r '.end.sum_sent.retransmits // 0' "$json")
   local gbps cpu nspb bytes
   gbps=$(awk -v b="$bps" 'BEGIN{printf "%.3f", b/1e9}')
-  cpu=$(awk -v t=$((t1 - t0)) -v hz="$hz" 'BEGIN{printf "%.2f", t/hz}')
+  cpu=$(awk -v a="$t0" -v b="$t1" -v hz="$hz" 'BEGIN{n = split(a, x, " "); split(b, y, " ");
+    for (i = 1; i <= n; i++) t += y[i] - x[i]; printf "%.2f", t / hz}')
   # CPU per byte: the CPU covers the omitted first second too (-O 1).
   bytes=$(jq -r '[.intervals[].sum.bytes] | add' "$json")
   nspb=$(awk -v c="$cpu" -v b="$bytes" 'BEGIN{printf "%.2f", (b > 0) ? c * 1e9 / b : 0}')
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$p" "$c" "$gbps" "$retr" "$cpu" "$nspb" "$load" >>"$results"
-  log "round $r -P $p $c ${gbps} Gbit/s (retransmits $retr, tunnel processes ${cpu} s CPU = ${nspb} ns/byte, load $load)  ${C_WHAT[$c]}"
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$p" "$c" "$gbps" "$retr" "$cpu" "$nspb" "$load" "$split" >>"$results"
+  log "round $r -P $p $c ${gbps} Gbit/s (retransmits $retr, tunnel processes ${cpu} s CPU ($split) = ${nspb} ns/byte, load $load)  ${C_WHAT[$c]}"
 }
 
 # Profile (PROFILE=1): one CPU profile of the gateway per case of ours.
