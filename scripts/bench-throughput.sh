@@ -90,6 +90,7 @@ IF_OG=tpog$suf IF_OD=tpod$suf IF_OC=tpoc$suf
 MTU=1420
 SN=DS-TPUT-0001 HWID=HW-TPUT-AAAA-0001 ACCOUNT=tputbench PASSWORD=tput-bench-password
 
+case $OUT in /tmp/?* | "$root"/?*) ;; *) die "OUT=$OUT: use a directory under /tmp or the repository (it is emptied)" ;; esac
 rm -rf "$OUT"
 mkdir -p "$OUT"
 GW_CMD=("$BIN/dasset-gateway" serve)
