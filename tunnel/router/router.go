@@ -27,7 +27,7 @@ import (
 
 const (
 	// DefaultQueueLen is the hairpin queue length when Config.QueueLen is 0.
-	DefaultQueueLen = 1024
+	DefaultQueueLen = 4096
 
 	// innerOffset is the headroom left before each packet read from the
 	// inner device (wireguard-go's MessageTransportHeaderSize, which covers
