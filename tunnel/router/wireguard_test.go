@@ -185,6 +185,14 @@ func TestWireGuardHub(t *testing.T) {
 	if err := devA.pingEventually(dev6a, gw6, 5); err != nil {
 		t.Fatalf("device → gateway (v6): %v", err)
 	}
+	// ToHost is counted after the inner Write returns, and netstack may
+	// answer (FromHost) before that: allow the counter a moment.
+	for i := 0; i < 100; i++ {
+		if s := r.Stats(); s.ToHost >= 2 && s.FromHost >= 2 {
+			break
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 	if s := r.Stats(); s.ToHost < 2 || s.FromHost < 2 {
 		t.Fatalf("after pinging the gateway: to_host %d from_host %d", s.ToHost, s.FromHost)
 	}
