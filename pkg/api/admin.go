@@ -199,11 +199,13 @@ func (s *AdminServer) DeleteAccount(ctx context.Context, req *gatewayv1.DeleteAc
 }
 
 // ListSessions lists open sessions.
-func (s *AdminServer) ListSessions(context.Context, *gatewayv1.ListSessionsRequest) (*gatewayv1.ListSessionsResponse, error) {
+func (s *AdminServer) ListSessions(ctx context.Context, _ *gatewayv1.ListSessionsRequest) (*gatewayv1.ListSessionsResponse, error) {
 	out := &gatewayv1.ListSessionsResponse{}
-	for _, ss := range s.GW.ListSessions() {
+	for _, ss := range s.GW.ListSessions(ctx) {
 		out.Sessions = append(out.Sessions, &gatewayv1.SessionInfo{
 			SessionId:       ss.ID,
+			SerialNumber:    ss.Serial.Masked(),
+			Account:         "account #" + strconv.FormatInt(ss.AccountID, 10),
 			ClientAddresses: prefixStrings(ss.ClientAddrs),
 			DeviceAddresses: prefixStrings(ss.DeviceAddrs),
 			OpenedAt:        timestamppb.New(ss.OpenedAt),

@@ -228,6 +228,11 @@ func TestClientSessions(t *testing.T) {
 	}
 	returned := time.Now()
 	defer s1.Close(context.Background())
+	// Operators see the session with the device's serial masked.
+	if ls, err := g.admin.ListSessions(ctx, &gatewayv1.ListSessionsRequest{}); err != nil || len(ls.GetSessions()) != 1 ||
+		ls.GetSessions()[0].GetSessionId() != s1.ID() || ls.GetSessions()[0].GetSerialNumber() != "****0001" {
+		t.Fatalf("admin ListSessions: %v, %v", ls, err)
+	}
 	at := ev1.waitFor(t, "SessionOpened", 5*time.Second, opened(s1.ID()))
 	if at.After(returned.Add(time.Second)) {
 		t.Fatalf("device 1 saw SessionOpened %v after OpenSession returned, want within 1s", at.Sub(returned))
