@@ -1,6 +1,7 @@
 package ctl
 
 import (
+	"context"
 	"fmt"
 	"io"
 
@@ -49,18 +50,9 @@ shell history and the process list.`,
 				return err
 			}
 
-			ctx, client, conn, cancel, err := a.newClient(cmd)
-			if err != nil {
-				return err
-			}
-			defer cancel()
-			defer conn.Close()
-
-			resp, err := client.CreateAccount(ctx, &gatewayv1.CreateAccountRequest{Name: name, Password: password})
-			if err != nil {
-				return err
-			}
-			return a.print(cmd, resp, func(w io.Writer) {
+			return call(a, cmd, func(ctx context.Context, c gatewayv1.AdminServiceClient) (*gatewayv1.CreateAccountResponse, error) {
+				return c.CreateAccount(ctx, &gatewayv1.CreateAccountRequest{Name: name, Password: password})
+			}, func(w io.Writer, resp *gatewayv1.CreateAccountResponse) {
 				fmt.Fprintf(w, "Created account %s (id %s).\n", name, resp.GetAccountId())
 			})
 		}),
@@ -79,18 +71,9 @@ rows are removed. Prints the receipt: the rows removed per table.`,
   dassetctl accounts delete alice -o json > receipt.json`,
 		Args: exactArgs("NAME"),
 		RunE: run(func(cmd *cobra.Command, args []string) error {
-			ctx, client, conn, cancel, err := a.newClient(cmd)
-			if err != nil {
-				return err
-			}
-			defer cancel()
-			defer conn.Close()
-
-			resp, err := client.DeleteAccount(ctx, &gatewayv1.DeleteAccountRequest{Name: args[0]})
-			if err != nil {
-				return err
-			}
-			return a.print(cmd, resp, func(w io.Writer) {
+			return call(a, cmd, func(ctx context.Context, c gatewayv1.AdminServiceClient) (*gatewayv1.DeleteAccountResponse, error) {
+				return c.DeleteAccount(ctx, &gatewayv1.DeleteAccountRequest{Name: args[0]})
+			}, func(w io.Writer, resp *gatewayv1.DeleteAccountResponse) {
 				fmt.Fprintf(w, "Deleted account %s.\n", args[0])
 				printCounts(w, "ROWS REMOVED", resp.GetRemoved())
 			})

@@ -6,6 +6,8 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"google.golang.org/protobuf/proto"
+	"io"
 	"io/fs"
 	"net"
 	"os"
@@ -146,4 +148,20 @@ func explainDial(network, where string, err error) string {
 	default:
 		return fmt.Sprintf("cannot reach %s: %v (use --server)", where, err)
 	}
+}
+
+// call is the shape every single-RPC command shares: dial (newClient owns the
+// timeout), make the call, print the answer as a table or JSON.
+func call[R proto.Message](a *app, cmd *cobra.Command, rpc func(context.Context, gatewayv1.AdminServiceClient) (R, error), table func(w io.Writer, resp R)) error {
+	ctx, client, conn, cancel, err := a.newClient(cmd)
+	if err != nil {
+		return err
+	}
+	defer cancel()
+	defer conn.Close()
+	resp, err := rpc(ctx, client)
+	if err != nil {
+		return err
+	}
+	return a.print(cmd, resp, func(w io.Writer) { table(w, resp) })
 }

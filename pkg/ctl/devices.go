@@ -1,6 +1,7 @@
 package ctl
 
 import (
+	"context"
 	"fmt"
 	"io"
 
@@ -45,18 +46,9 @@ privacy role on the gateway and a --reason, which goes to the audit log.`,
 			if reason != "" && !reveal {
 				return usagef("--reason is only for --reveal")
 			}
-			ctx, client, conn, cancel, err := a.newClient(cmd)
-			if err != nil {
-				return err
-			}
-			defer cancel()
-			defer conn.Close()
-
-			resp, err := client.ListDevices(ctx, &gatewayv1.ListDevicesRequest{Reveal: reveal, Reason: reason})
-			if err != nil {
-				return err
-			}
-			return a.print(cmd, resp, func(w io.Writer) {
+			return call(a, cmd, func(ctx context.Context, c gatewayv1.AdminServiceClient) (*gatewayv1.ListDevicesResponse, error) {
+				return c.ListDevices(ctx, &gatewayv1.ListDevicesRequest{Reveal: reveal, Reason: reason})
+			}, func(w io.Writer, resp *gatewayv1.ListDevicesResponse) {
 				row(w, "SERIAL", "ADDRESSES", "KEY", "LAST LOGIN", "STATE")
 				for _, d := range resp.GetDevices() {
 					key := none
@@ -99,18 +91,9 @@ func (a *app) devicesRevokeCommand() *cobra.Command {
 			if err != nil {
 				return &usageError{err: err}
 			}
-			ctx, client, conn, cancel, err := a.newClient(cmd)
-			if err != nil {
-				return err
-			}
-			defer cancel()
-			defer conn.Close()
-
-			resp, err := client.RevokeDevice(ctx, &gatewayv1.RevokeDeviceRequest{SerialNumber: sn.Reveal()})
-			if err != nil {
-				return err
-			}
-			return a.print(cmd, resp, func(w io.Writer) {
+			return call(a, cmd, func(ctx context.Context, c gatewayv1.AdminServiceClient) (*gatewayv1.RevokeDeviceResponse, error) {
+				return c.RevokeDevice(ctx, &gatewayv1.RevokeDeviceRequest{SerialNumber: sn.Reveal()})
+			}, func(w io.Writer, resp *gatewayv1.RevokeDeviceResponse) {
 				fmt.Fprintf(w, "Revoked device %s.\n", sn.Masked())
 			})
 		}),
@@ -130,18 +113,9 @@ key it presents. Use it when a device was reinstalled or its storage replaced.`,
 			if err != nil {
 				return &usageError{err: err}
 			}
-			ctx, client, conn, cancel, err := a.newClient(cmd)
-			if err != nil {
-				return err
-			}
-			defer cancel()
-			defer conn.Close()
-
-			resp, err := client.ResetDeviceKey(ctx, &gatewayv1.ResetDeviceKeyRequest{SerialNumber: sn.Reveal()})
-			if err != nil {
-				return err
-			}
-			return a.print(cmd, resp, func(w io.Writer) {
+			return call(a, cmd, func(ctx context.Context, c gatewayv1.AdminServiceClient) (*gatewayv1.ResetDeviceKeyResponse, error) {
+				return c.ResetDeviceKey(ctx, &gatewayv1.ResetDeviceKeyRequest{SerialNumber: sn.Reveal()})
+			}, func(w io.Writer, resp *gatewayv1.ResetDeviceKeyResponse) {
 				fmt.Fprintf(w, "Reset the pinned key of device %s; its next login pins a new one.\n", sn.Masked())
 			})
 		}),

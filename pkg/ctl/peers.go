@@ -1,6 +1,7 @@
 package ctl
 
 import (
+	"context"
 	"io"
 
 	"github.com/spf13/cobra"
@@ -19,19 +20,10 @@ last handshake, and bytes received and sent.`,
   dassetctl peers -o json`,
 		Args: exactArgs(),
 		RunE: run(func(cmd *cobra.Command, _ []string) error {
-			ctx, client, conn, cancel, err := a.newClient(cmd)
-			if err != nil {
-				return err
-			}
-			defer cancel()
-			defer conn.Close()
-
-			resp, err := client.ListPeers(ctx, &gatewayv1.ListPeersRequest{})
-			if err != nil {
-				return err
-			}
 			now := a.env.Now()
-			return a.print(cmd, resp, func(w io.Writer) {
+			return call(a, cmd, func(ctx context.Context, c gatewayv1.AdminServiceClient) (*gatewayv1.ListPeersResponse, error) {
+				return c.ListPeers(ctx, &gatewayv1.ListPeersRequest{})
+			}, func(w io.Writer, resp *gatewayv1.ListPeersResponse) {
 				row(w, "PUBLIC KEY", "KIND", "ALLOWED IPS", "LAST HANDSHAKE", "RX", "TX")
 				for _, p := range resp.GetPeers() {
 					row(w, shortKey(p.GetPublicKey()), orNone(p.GetKind()), joinOrNone(p.GetAllowedIps()),

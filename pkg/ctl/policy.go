@@ -1,6 +1,7 @@
 package ctl
 
 import (
+	"context"
 	"fmt"
 	"io"
 	"strings"
@@ -26,18 +27,9 @@ field in each sink, retention periods), as YAML; -o json wraps it in {"yaml": ..
   dassetctl policy show > policy-in-force.yaml`,
 		Args: exactArgs(),
 		RunE: run(func(cmd *cobra.Command, _ []string) error {
-			ctx, client, conn, cancel, err := a.newClient(cmd)
-			if err != nil {
-				return err
-			}
-			defer cancel()
-			defer conn.Close()
-
-			resp, err := client.GetPolicy(ctx, &gatewayv1.GetPolicyRequest{})
-			if err != nil {
-				return err
-			}
-			return a.print(cmd, resp, func(w io.Writer) {
+			return call(a, cmd, func(ctx context.Context, c gatewayv1.AdminServiceClient) (*gatewayv1.GetPolicyResponse, error) {
+				return c.GetPolicy(ctx, &gatewayv1.GetPolicyRequest{})
+			}, func(w io.Writer, resp *gatewayv1.GetPolicyResponse) {
 				y := resp.GetYaml()
 				if !strings.HasSuffix(y, "\n") {
 					y += "\n"
@@ -64,18 +56,9 @@ rows pruned per table and how many daily pseudonym keys were destroyed.`,
   dassetctl retention run -o json`,
 		Args: exactArgs(),
 		RunE: run(func(cmd *cobra.Command, _ []string) error {
-			ctx, client, conn, cancel, err := a.newClient(cmd)
-			if err != nil {
-				return err
-			}
-			defer cancel()
-			defer conn.Close()
-
-			resp, err := client.RunRetention(ctx, &gatewayv1.RunRetentionRequest{})
-			if err != nil {
-				return err
-			}
-			return a.print(cmd, resp, func(w io.Writer) {
+			return call(a, cmd, func(ctx context.Context, c gatewayv1.AdminServiceClient) (*gatewayv1.RunRetentionResponse, error) {
+				return c.RunRetention(ctx, &gatewayv1.RunRetentionRequest{})
+			}, func(w io.Writer, resp *gatewayv1.RunRetentionResponse) {
 				if t := resp.GetRanAt(); t != nil {
 					fmt.Fprintf(w, "Retention ran at %s.\n", t.AsTime().UTC().Format(time.RFC3339))
 				}

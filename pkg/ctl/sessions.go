@@ -1,6 +1,7 @@
 package ctl
 
 import (
+	"context"
 	"fmt"
 	"io"
 
@@ -30,19 +31,10 @@ the client's and the device's virtual addresses, when it opened and when it expi
   dassetctl sessions list -o json`,
 		Args: exactArgs(),
 		RunE: run(func(cmd *cobra.Command, _ []string) error {
-			ctx, client, conn, cancel, err := a.newClient(cmd)
-			if err != nil {
-				return err
-			}
-			defer cancel()
-			defer conn.Close()
-
-			resp, err := client.ListSessions(ctx, &gatewayv1.ListSessionsRequest{})
-			if err != nil {
-				return err
-			}
 			now := a.env.Now()
-			return a.print(cmd, resp, func(w io.Writer) {
+			return call(a, cmd, func(ctx context.Context, c gatewayv1.AdminServiceClient) (*gatewayv1.ListSessionsResponse, error) {
+				return c.ListSessions(ctx, &gatewayv1.ListSessionsRequest{})
+			}, func(w io.Writer, resp *gatewayv1.ListSessionsResponse) {
 				row(w, "ID", "DEVICE", "ACCOUNT", "CLIENT ADDRESSES", "DEVICE ADDRESSES", "OPENED", "EXPIRES")
 				for _, s := range resp.GetSessions() {
 					row(w, s.GetSessionId(), orNone(s.GetSerialNumber()), orNone(s.GetAccount()),
@@ -64,18 +56,9 @@ func (a *app) sessionsCloseCommand() *cobra.Command {
 			if args[0] == "" {
 				return usagef("session_id: must not be empty")
 			}
-			ctx, client, conn, cancel, err := a.newClient(cmd)
-			if err != nil {
-				return err
-			}
-			defer cancel()
-			defer conn.Close()
-
-			resp, err := client.CloseSession(ctx, &gatewayv1.AdminCloseSessionRequest{SessionId: args[0]})
-			if err != nil {
-				return err
-			}
-			return a.print(cmd, resp, func(w io.Writer) {
+			return call(a, cmd, func(ctx context.Context, c gatewayv1.AdminServiceClient) (*gatewayv1.AdminCloseSessionResponse, error) {
+				return c.CloseSession(ctx, &gatewayv1.AdminCloseSessionRequest{SessionId: args[0]})
+			}, func(w io.Writer, resp *gatewayv1.AdminCloseSessionResponse) {
 				fmt.Fprintf(w, "Closed session %s.\n", args[0])
 			})
 		}),
