@@ -225,7 +225,7 @@ func Default() Config {
 		},
 		Retention: Retention{
 			Interval:      time.Minute,
-			BatchSize:     5000,
+			BatchSize:     500,
 			ConnectionLog: 720 * time.Hour,
 			Sessions:      720 * time.Hour,
 			BindingCodes:  24 * time.Hour,

@@ -12,7 +12,6 @@ import (
 	"fmt"
 	"log/slog"
 	"maps"
-	"runtime"
 	"slices"
 	"time"
 
@@ -348,7 +347,9 @@ func (p *Pruner) pruneTable(ctx context.Context, table string, before time.Time)
 		if err := ctx.Err(); err != nil {
 			return total, fmt.Errorf("retention: prune %s: %w", table, err)
 		}
+		start := time.Now()
 		n, err := p.st.Prune(ctx, table, before, p.cfg.BatchSize)
+		took := time.Since(start)
 		if n > 0 {
 			total += int64(n)
 			counter.Add(float64(n))
@@ -359,12 +360,27 @@ func (p *Pruner) pruneTable(ctx context.Context, table string, before time.Time)
 		if n < p.cfg.BatchSize {
 			return total, nil
 		}
-		// Let the logins waiting for the writer go first.
-		runtime.Gosched()
+		// Leave the single writer free for as long as the batch held it, so
+		// logins queued behind a batch go first and wait at most one batch:
+		// the pruner takes at most half the writer's time.
+		if err := sleepCtx(ctx, max(took, time.Millisecond)); err != nil {
+			return total, fmt.Errorf("retention: prune %s: %w", table, err)
+		}
 	}
 	p.log.Warn("retention: batch limit reached; the rest is pruned next run",
 		"table", table, "batches", MaxBatchesPerRun, "pruned", total)
 	return total, nil
+}
+
+func sleepCtx(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
 }
 
 // keyCut is the UTC day before which pseudonym keys are destroyed: the key
