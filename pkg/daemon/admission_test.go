@@ -17,7 +17,7 @@ import (
 	gatewayv1 "github.com/planetxlabs/dasset-gateway/proto/dasset/gateway/v1"
 )
 
-func newKey(t *testing.T) []byte {
+func newKey(t testing.TB) []byte {
 	t.Helper()
 	var priv [32]byte
 	if _, err := rand.Read(priv[:]); err != nil {

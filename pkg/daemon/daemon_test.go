@@ -12,9 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 
 	"github.com/planetxlabs/dasset-gateway/pkg/agent"
@@ -52,7 +50,7 @@ type testGateway struct {
 	done   chan error
 }
 
-func testConfig(t *testing.T, dir string) config.Config {
+func testConfig(t testing.TB, dir string) config.Config {
 	cfg := config.Default()
 	cfg.DataDir = filepath.Join(dir, "data")
 	cfg.Tunnel.Mode = "netstack"
@@ -81,12 +79,9 @@ func startGateway(t *testing.T, cfg config.Config) *testGateway {
 	}
 	g := &testGateway{d: d, cfg: cfg, log: buf, cancel: cancel, done: make(chan error, 1)}
 	go func() { g.done <- d.Run(ctx) }()
-	conn, err := grpc.NewClient("unix://"+cfg.Admin.Socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	g.admin = gatewayv1.NewAdminServiceClient(conn)
+	admin, closeAdmin := adminClient(t, cfg.Admin.Socket)
+	t.Cleanup(closeAdmin)
+	g.admin = admin
 	t.Cleanup(g.stop)
 	return g
 }
@@ -224,7 +219,7 @@ func TestNetstackLoginAndPing(t *testing.T) {
 	}
 }
 
-func freeUDPPort(t *testing.T) int {
+func freeUDPPort(t testing.TB) int {
 	t.Helper()
 	c, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {

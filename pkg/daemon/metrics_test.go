@@ -2,7 +2,6 @@ package daemon_test
 
 import (
 	"context"
-	"crypto/rand"
 	"fmt"
 	"io"
 	"net/http"
@@ -14,9 +13,7 @@ import (
 
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
-	"golang.org/x/crypto/curve25519"
 
-	"github.com/planetxlabs/dasset-gateway/pkg/agent"
 	gatewayv1 "github.com/planetxlabs/dasset-gateway/proto/dasset/gateway/v1"
 )
 
@@ -45,41 +42,12 @@ func scrapeSeries(t *testing.T, addr string) map[string]int {
 
 func loginMany(t *testing.T, g *testGateway, from, to int) {
 	t.Helper()
-	conn, err := agent.Dial(g.d.GRPCAddr().String(), agent.TLSOptions{Pin: g.d.Fingerprint()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	dev := gatewayv1.NewDeviceServiceClient(conn)
-	ctx, cancel := context.WithTimeout(context.Background(), 120*time.Second)
-	defer cancel()
-	req := &gatewayv1.EnrollDevicesRequest{}
-	for i := from; i < to; i++ {
-		req.Devices = append(req.Devices, &gatewayv1.DeviceEnrollment{SerialNumber: fmt.Sprintf("DS-CARD-%05d", i), HardwareId: fmt.Sprintf("HW-%05d", i)})
-	}
-	if _, err := g.admin.EnrollDevices(ctx, req); err != nil {
-		t.Fatal(err)
-	}
-	sem := make(chan struct{}, 32)
-	errs := make(chan error, to-from)
-	for i := from; i < to; i++ {
-		sem <- struct{}{}
-		go func(i int) {
-			defer func() { <-sem }()
-			var priv [32]byte
-			_, _ = rand.Read(priv[:])
-			pub, _ := curve25519.X25519(priv[:], curve25519.Basepoint)
-			_, err := dev.Login(ctx, &gatewayv1.DeviceLoginRequest{SerialNumber: fmt.Sprintf("DS-CARD-%05d", i), HardwareId: fmt.Sprintf("HW-%05d", i), PublicKey: pub})
-			errs <- err
-		}(i)
-	}
-	for i := from; i < to; i++ {
-		if err := <-errs; err != nil {
-			t.Fatalf("login: %v", err)
-		}
-	}
+	admitMany(t, g.d, g.admin, "DS-CARD", from, to, 32)
 	// One refused login per phase, so the same outcome and code series exist.
-	_, _ = dev.Login(ctx, &gatewayv1.DeviceLoginRequest{SerialNumber: fmt.Sprintf("DS-CARD-%05d", from), HardwareId: "HW-WRONG", PublicKey: make32(3)})
+	dev := deviceClient(t, g)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	_, _ = dev.Login(ctx, &gatewayv1.DeviceLoginRequest{SerialNumber: fleetSerial("DS-CARD", from), HardwareId: "HW-WRONG", PublicKey: make32(3)})
 }
 
 // TestMetricCardinalityIndependentOfFleetSize: no label carries a
