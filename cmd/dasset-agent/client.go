@@ -165,15 +165,12 @@ func newBindCmd(stdout io.Writer) *cobra.Command {
 		Short: "Client mode: bind a device to the account with the code it shows (`dasset-agent bind-code` on the device)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := flags.config(cmd)
-			if err != nil {
+			var sn string
+			if err := flags.call(cmd, func(ctx context.Context, cfg agent.ClientConfig) (err error) {
+				sn, err = agent.Bind(ctx, cfg, code)
 				return err
-			}
-			ctx, cancel := context.WithTimeout(cmd.Context(), callTimeout)
-			defer cancel()
-			sn, err := agent.Bind(ctx, cfg, code)
-			if err != nil {
-				return callErr(err)
+			}); err != nil {
+				return err
 			}
 			fmt.Fprintf(stdout, "Bound device %s.\n", sn)
 			return nil
@@ -195,15 +192,12 @@ func newUnbindCmd(stdout io.Writer) *cobra.Command {
 		Short: "Client mode: remove a device from the account (its open sessions close at once)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := flags.config(cmd)
-			if err != nil {
+			var removed map[string]int64
+			if err := flags.call(cmd, func(ctx context.Context, cfg agent.ClientConfig) (err error) {
+				removed, err = agent.Unbind(ctx, cfg, serial)
 				return err
-			}
-			ctx, cancel := context.WithTimeout(cmd.Context(), callTimeout)
-			defer cancel()
-			removed, err := agent.Unbind(ctx, cfg, serial)
-			if err != nil {
-				return callErr(err)
+			}); err != nil {
+				return err
 			}
 			fmt.Fprintf(stdout, "Unbound device %s.", serial)
 			if len(removed) > 0 {
@@ -235,15 +229,12 @@ func newDevicesCmd(stdout io.Writer) *cobra.Command {
 		Short: "Client mode: list the devices bound to the account",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := flags.config(cmd)
-			if err != nil {
+			var devs []agent.BoundDevice
+			if err := flags.call(cmd, func(ctx context.Context, cfg agent.ClientConfig) (err error) {
+				devs, err = agent.ListDevices(ctx, cfg)
 				return err
-			}
-			ctx, cancel := context.WithTimeout(cmd.Context(), callTimeout)
-			defer cancel()
-			devs, err := agent.ListDevices(ctx, cfg)
-			if err != nil {
-				return callErr(err)
+			}); err != nil {
+				return err
 			}
 			if len(devs) == 0 {
 				fmt.Fprintln(stdout, "No devices bound to this account.")
@@ -370,14 +361,10 @@ func newSessionCloseCmd(stdout io.Writer) *cobra.Command {
 		Short: "Close one of the account's sessions by id",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, err := flags.config(cmd)
-			if err != nil {
+			if err := flags.call(cmd, func(ctx context.Context, cfg agent.ClientConfig) error {
+				return agent.CloseSession(ctx, cfg, id)
+			}); err != nil {
 				return err
-			}
-			ctx, cancel := context.WithTimeout(cmd.Context(), callTimeout)
-			defer cancel()
-			if err := agent.CloseSession(ctx, cfg, id); err != nil {
-				return callErr(err)
 			}
 			fmt.Fprintf(stdout, "Session %s closed.\n", id)
 			return nil
@@ -387,4 +374,19 @@ func newSessionCloseCmd(stdout io.Writer) *cobra.Command {
 	cmd.Flags().StringVar(&id, "id", "", "session id (printed by session open)")
 	_ = cmd.MarkFlagRequired("id")
 	return cmd
+}
+
+// call resolves the client configuration from the flags and runs one
+// gateway call under the call timeout; gateway errors become one line.
+func (f *clientFlags) call(cmd *cobra.Command, fn func(ctx context.Context, cfg agent.ClientConfig) error) error {
+	cfg, err := f.config(cmd)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithTimeout(cmd.Context(), callTimeout)
+	defer cancel()
+	if err := fn(ctx, cfg); err != nil {
+		return callErr(err)
+	}
+	return nil
 }
