@@ -586,6 +586,12 @@ func (g *Gateway) ReapSessions(ctx context.Context) {
 	if !s.enabled() {
 		return
 	}
+	s.mu.Lock()
+	n := len(s.open)
+	s.mu.Unlock()
+	if n == 0 {
+		return // no WireGuard status read (it locks every peer) when idle
+	}
 	now := g.cfg.Now()
 	hs, _ := g.tun.LastHandshakes(ctx)
 	s.mu.Lock()
