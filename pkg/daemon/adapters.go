@@ -125,7 +125,10 @@ func (d *Daemon) state(ctx context.Context) (metrics.Snapshot, error) {
 // longer than the idle timeout (the policy keeps endpoints in memory only
 // while needed). wireguard-go cannot unset an endpoint, so the peer is
 // removed and re-added with the same allowed IPs.
-type endpointForgetter struct{ d *wg.Device }
+type endpointForgetter struct {
+	d   *wg.Device
+	now func() time.Time
+}
 
 func (e endpointForgetter) ForgetIdleEndpoints(ctx context.Context, idle time.Duration) (int, error) {
 	ps, err := e.d.Peers(ctx)
@@ -133,7 +136,7 @@ func (e endpointForgetter) ForgetIdleEndpoints(ctx context.Context, idle time.Du
 		return 0, err
 	}
 	n := 0
-	now := time.Now()
+	now := e.now()
 	for _, p := range ps {
 		if !p.Endpoint.IsValid() || (!p.LastHandshake.IsZero() && now.Sub(p.LastHandshake) < idle) {
 			continue
