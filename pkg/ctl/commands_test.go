@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -14,6 +15,7 @@ import (
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/planetxlabs/dasset-gateway/pkg/privacy"
+	"github.com/planetxlabs/dasset-gateway/pkg/store"
 	gatewayv1 "github.com/planetxlabs/dasset-gateway/proto/dasset/gateway/v1"
 )
 
@@ -123,5 +125,51 @@ func TestKeysBackupRestoreRoundTrip(t *testing.T) {
 	}
 	if k2.ID() != k.ID() || k2.GatewayPrivateKey() != k.GatewayPrivateKey() {
 		t.Fatal("restored keystore differs from the original")
+	}
+}
+
+func TestBackupWritesTheDatabaseWithoutKeys(t *testing.T) {
+	ctx := context.Background()
+	dir := t.TempDir()
+	data, ks := filepath.Join(dir, "data"), filepath.Join(dir, "keys")
+	k, err := privacy.OpenKeystore(ks)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st, err := store.OpenSQLite(ctx, filepath.Join(data, "gateway.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	if err := st.SetMeta(ctx, "keystore_id", k.ID()); err != nil {
+		t.Fatal(err)
+	}
+	out := filepath.Join(dir, "gateway.db.bak")
+	var stdout, stderr bytes.Buffer
+	env := Env{Stdout: &stdout, Stderr: &stderr, Getenv: func(string) string { return "" }}
+	if code := Run(ctx, []string{"backup", "--data-dir", data, "--out", out}, env); code != 0 {
+		t.Fatalf("backup exit %d: %s", code, stderr.String())
+	}
+	if !strings.Contains(stdout.String(), "keys not included") || !strings.Contains(stdout.String(), k.ID()) {
+		t.Fatalf("backup output %q", stdout.String())
+	}
+	b, err := os.ReadFile(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"index.key", "seal.key", "wireguard.key"} {
+		key, err := os.ReadFile(filepath.Join(ks, name))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if bytes.Contains(b, key) {
+			t.Fatalf("the database backup holds %s", name)
+		}
+	}
+	if code := Run(ctx, []string{"backup", "--data-dir", data}, env); code != ExitUsage {
+		t.Fatalf("backup without --out: exit %d, want %d", code, ExitUsage)
+	}
+	if code := Run(ctx, []string{"backup", "--data-dir", data, "--out", out}, env); code != ExitError {
+		t.Fatalf("backup over an existing file: exit %d, want %d", code, ExitError)
 	}
 }

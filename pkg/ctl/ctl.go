@@ -206,6 +206,7 @@ or $` + EnvSocket + `), or to its TCP admin listener with mutual TLS
 		a.retentionCommand(),
 		a.auditCommand(),
 		a.keysCommand(),
+		a.backupCommand(),
 		a.statusCommand(),
 		a.versionCommand(),
 	)

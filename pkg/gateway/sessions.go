@@ -31,6 +31,7 @@ type SessionRegistry interface {
 	OpenSession(ctx context.Context, s store.Session, first, last uint32) (store.Session, error)
 	CloseSession(ctx context.Context, id string, at time.Time) (store.Session, error)
 	OpenSessions(ctx context.Context) ([]store.Session, error)
+	Checkpoint(ctx context.Context) error
 }
 
 // AccountKeys blinds account names.
@@ -326,6 +327,7 @@ func (g *Gateway) DeleteAccount(ctx context.Context, name string) (map[string]in
 	if err != nil {
 		return nil, newErr(ErrUnavailable, err, "deleting account failed")
 	}
+	g.checkpoint(ctx, s.reg, receipt)
 	return receipt, nil
 }
 
@@ -388,6 +390,7 @@ func (g *Gateway) UnbindDevice(ctx context.Context, a store.Account, sn privacy.
 	if err != nil {
 		return nil, newErr(ErrUnavailable, err, "unbinding failed")
 	}
+	g.checkpoint(ctx, s.reg, receipt)
 	return receipt, nil
 }
 

@@ -21,6 +21,20 @@ type SubjectStore interface {
 	ConnLogByPseudonyms(ctx context.Context, ps []privacy.Pseudonym) ([]store.ConnLogEntry, error)
 	EraseDevice(ctx context.Context, id int64, pseudonyms []privacy.Pseudonym) (map[string]int64, error)
 	EraseAccount(ctx context.Context, id int64, pseudonyms []privacy.Pseudonym) (map[string]int64, error)
+	Checkpoint(ctx context.Context) error
+}
+
+// checkpoint ends an erasure: the store's write-ahead log is folded into
+// the database and truncated, so no copy of the deleted rows stays in a log
+// file. The receipt says whether it was (store.ReceiptWAL = 1); when it
+// failed (the rows are deleted all the same) the next prune run retries.
+func (g *Gateway) checkpoint(ctx context.Context, st interface{ Checkpoint(context.Context) error }, receipt map[string]int64) {
+	receipt[store.ReceiptWAL] = 0
+	if err := st.Checkpoint(ctx); err != nil {
+		g.log.Warn("checkpointing the store after an erasure failed; the next prune run retries", "err", err)
+		return
+	}
+	receipt[store.ReceiptWAL] = 1
 }
 
 // PseudonymKeys lists a subject's pseudonym for every retained day.
@@ -233,6 +247,7 @@ func (g *Gateway) Erase(ctx context.Context, s Subject) (map[string]int64, error
 	if err != nil {
 		return nil, newErr(ErrUnavailable, err, "erasing account failed")
 	}
+	g.checkpoint(ctx, g.subj.st, receipt)
 	g.log.Info("account erased", "rows", receipt)
 	return receipt, nil
 }
@@ -256,6 +271,7 @@ func (g *Gateway) eraseDevice(ctx context.Context, d store.Device) (map[string]i
 	if err != nil {
 		return nil, newErr(ErrUnavailable, err, "erasing device failed")
 	}
+	g.checkpoint(ctx, g.subj.st, receipt)
 	g.log.Info("device erased", "device_id", d.ID, "rows", receipt)
 	return receipt, nil
 }

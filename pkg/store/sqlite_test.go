@@ -556,3 +556,69 @@ func TestObserverAdmitPerCall(t *testing.T) {
 		t.Fatalf("observed %d Admit calls, %d failed; want %d and 3", ops, bad, len(ids))
 	}
 }
+
+// TestBackupSQLite: a backup taken while the store is open holds the live
+// rows, none of the deleted ones, is 0600, and never overwrites a file.
+func TestBackupSQLite(t *testing.T) {
+	ctx := context.Background()
+	s := openTemp(t)
+	defer s.Close()
+	if err := s.SetMeta(ctx, "keystore_id", "0123456789abcdef0123456789abcdef"); err != nil {
+		t.Fatal(err)
+	}
+	kept := enroll(t, s, 3)
+	gone := enroll(t, s, 1)[0]
+	d, err := s.DeviceByIndex(ctx, gone.Index)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Positive control: the value to be erased is in the files now.
+	if err := s.Checkpoint(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !fileContains(t, s.Path(), gone.Index[:]) {
+		t.Fatal("the blind index to erase is not in the database files: the check cannot work")
+	}
+	if _, err := s.EraseDevice(ctx, d.ID, nil); err != nil {
+		t.Fatal(err)
+	}
+
+	out := filepath.Join(t.TempDir(), "backup.db")
+	info, err := store.BackupSQLite(ctx, s.Path(), out)
+	if err != nil {
+		t.Fatalf("BackupSQLite: %v", err)
+	}
+	if info.KeystoreID != "0123456789abcdef0123456789abcdef" || info.SchemaVersion != store.SchemaVersion() || info.Bytes <= 0 {
+		t.Fatalf("backup info %+v", info)
+	}
+	fi, err := os.Stat(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fi.Mode().Perm() != 0o600 || fi.Size() != info.Bytes {
+		t.Fatalf("backup mode %04o size %d, want 0600 and %d", fi.Mode().Perm(), fi.Size(), info.Bytes)
+	}
+	if fileContains(t, out, gone.Index[:]) {
+		t.Fatal("the erased device's blind index is in the backup")
+	}
+	b, err := store.OpenSQLite(ctx, out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer b.Close()
+	for _, e := range kept {
+		if _, err := b.DeviceByIndex(ctx, e.Index); err != nil {
+			t.Fatalf("kept device missing from the backup: %v", err)
+		}
+	}
+	if _, err := b.DeviceByIndex(ctx, gone.Index); !errors.Is(err, store.ErrNotFound) {
+		t.Fatalf("erased device in the backup: %v", err)
+	}
+
+	if _, err := store.BackupSQLite(ctx, s.Path(), out); err == nil {
+		t.Fatal("BackupSQLite overwrote an existing file")
+	}
+	if _, err := store.BackupSQLite(ctx, filepath.Join(t.TempDir(), "none.db"), filepath.Join(t.TempDir(), "x.db")); err == nil {
+		t.Fatal("BackupSQLite of a missing database succeeded")
+	}
+}

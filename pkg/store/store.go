@@ -128,6 +128,11 @@ const (
 	TableAudit        = "audit_log"
 )
 
+// ReceiptWAL is the receipt entry (value 1) saying that the store's log was
+// checkpointed after the deletion (Checkpoint), so no deleted row is left
+// in a write-ahead log file.
+const ReceiptWAL = "wal_checkpointed"
+
 // Store is the registry. Every method is safe for concurrent use; writes
 // go through one writer, reads do not wait for it.
 type Store interface {
@@ -197,6 +202,15 @@ type Store interface {
 	BindingCount(ctx context.Context, deviceID int64) (int, error)
 	EraseDevice(ctx context.Context, id int64, pseudonyms []privacy.Pseudonym) (map[string]int64, error)
 	EraseAccount(ctx context.Context, id int64, pseudonyms []privacy.Pseudonym) (map[string]int64, error)
+
+	// Checkpoint leaves no copy of deleted rows in a log file beside the
+	// database: SQLite copies its write-ahead log into the database and
+	// truncates it (wal_checkpoint(TRUNCATE); with secure_delete on, the
+	// deleted cells are already zeroed in the database pages). Every
+	// erasure, account deletion, unbind and prune run ends with it. A backend
+	// without such a file (PostgreSQL: its WAL is the server's, recycled by
+	// the server and never part of a logical backup) makes it a no-op.
+	Checkpoint(ctx context.Context) error
 
 	// Metadata of the store itself (e.g. the keystore id it was written with).
 	Meta(ctx context.Context, key string) (string, error)
