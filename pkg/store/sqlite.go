@@ -20,6 +20,7 @@ import (
 	sqlite3 "modernc.org/sqlite/lib"
 
 	"github.com/planetxlabs/dasset-gateway/pkg/privacy"
+	"github.com/planetxlabs/dasset-gateway/pkg/store/migrations"
 )
 
 // busyTimeout is how long a connection waits for a lock before SQLITE_BUSY.
@@ -137,28 +138,48 @@ func OpenSQLite(ctx context.Context, path string, opts ...Option) (*SQLite, erro
 	return s, nil
 }
 
-// migrate applies the migrations not yet recorded in user_version, in one
-// write transaction.
+// migrate brings the schema up to date with the goose migrations of
+// pkg/store/migrations, on the writer connection. A database written before
+// goose (its version only in PRAGMA user_version) is adopted first: the
+// versions it has are recorded as applied, so nothing is run twice and no
+// row is touched. After migrating, user_version mirrors the goose version,
+// so a program from before goose refuses a newer database instead of
+// mangling it.
 func (s *SQLite) migrate(ctx context.Context) error {
+	latest, err := migrations.Latest(migrations.SQLite)
+	if err != nil {
+		return fmt.Errorf("store: migrate: %w", err)
+	}
+	if err := s.adoptLegacy(ctx, latest); err != nil {
+		return err
+	}
+	res, err := migrations.Up(ctx, s.w, migrations.SQLite, nil)
+	if err != nil {
+		return fmt.Errorf("store: migrate: %w", err)
+	}
+	if _, err := s.w.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version = %d", res.To)); err != nil {
+		return fmt.Errorf("store: migrate: set user_version: %w", err)
+	}
+	return nil
+}
+
+// adoptLegacy records the versions of a pre-goose database in goose's
+// version table, in one write transaction.
+func (s *SQLite) adoptLegacy(ctx context.Context, latest int64) error {
 	tx, err := s.w.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("store: migrate: %w", err)
 	}
 	defer func() { _ = tx.Rollback() }()
-	var v int
+	var v int64
 	if err := tx.QueryRowContext(ctx, "PRAGMA user_version").Scan(&v); err != nil {
 		return fmt.Errorf("store: migrate: read user_version: %w", err)
 	}
-	if v > len(migrations) {
-		return fmt.Errorf("store: migrate: database schema version %d is newer than this program's %d", v, len(migrations))
+	if v > latest {
+		return fmt.Errorf("store: migrate: %w: user_version %d, this program knows up to %d", migrations.ErrNewer, v, latest)
 	}
-	for i := v; i < len(migrations); i++ {
-		if _, err := tx.ExecContext(ctx, migrations[i]); err != nil {
-			return fmt.Errorf("store: migrate to version %d: %w", i+1, err)
-		}
-		if _, err := tx.ExecContext(ctx, fmt.Sprintf("PRAGMA user_version = %d", i+1)); err != nil {
-			return fmt.Errorf("store: migrate to version %d: %w", i+1, err)
-		}
+	if _, err := migrations.Adopt(ctx, tx, migrations.SQLite, v); err != nil {
+		return fmt.Errorf("store: migrate: %w", err)
 	}
 	if err := tx.Commit(); err != nil {
 		return fmt.Errorf("store: migrate: %w", err)
@@ -166,8 +187,8 @@ func (s *SQLite) migrate(ctx context.Context) error {
 	return nil
 }
 
-// SchemaVersion is the number of migrations this program knows.
-func SchemaVersion() int { return len(migrations) }
+// SchemaVersion is the newest schema version this program knows.
+func SchemaVersion() (int64, error) { return migrations.Latest(migrations.SQLite) }
 
 // Path is the database file.
 func (s *SQLite) Path() string { return s.path }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/planetxlabs/dasset-gateway/pkg/privacy"
 	"github.com/planetxlabs/dasset-gateway/pkg/store"
+	"github.com/planetxlabs/dasset-gateway/pkg/store/migrations"
 	"github.com/planetxlabs/dasset-gateway/pkg/store/storetest"
 )
 
@@ -113,9 +114,13 @@ func TestSchemaVersion(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
+	latest, err := store.SchemaVersion()
+	if err != nil {
+		t.Fatal(err)
+	}
 	v, db := userVersion(t, path)
-	if v != store.SchemaVersion() || v < 1 {
-		t.Fatalf("user_version %d, want %d", v, store.SchemaVersion())
+	if int64(v) != latest || v < 1 {
+		t.Fatalf("user_version %d, want %d", v, latest)
 	}
 	var mode string
 	if err := db.QueryRow("PRAGMA journal_mode").Scan(&mode); err != nil || mode != "wal" {
@@ -126,9 +131,11 @@ func TestSchemaVersion(t *testing.T) {
 		t.Fatal(err)
 	}
 	db.Close()
-	if s, err := store.OpenSQLite(ctx, path); err == nil {
-		s.Close()
-		t.Fatal("opened a database with a newer schema")
+	if s, err := store.OpenSQLite(ctx, path); !errors.Is(err, migrations.ErrNewer) {
+		if err == nil {
+			s.Close()
+		}
+		t.Fatalf("open a database with user_version 999: %v, want ErrNewer", err)
 	}
 }
 

@@ -1,14 +1,6 @@
-package store
-
-// migrations are applied in order; PRAGMA user_version records how many have
-// run. Never edit a released migration: append a new one.
-//
-// Times are INTEGER Unix nanoseconds (UTC). Indexes, verifiers, keys and
-// sealed values are BLOBs. No column ever holds a raw serial number,
-// hardware identifier or IP address.
-var migrations = []string{
-	// 1: initial schema.
-	`
+-- Fixture: migration 1 of the hand-rolled schema list (PRAGMA user_version)
+-- that databases were written with before goose. Never edit it: tests build
+-- old databases from it to prove they migrate without loss.
 CREATE TABLE devices (
 	id             INTEGER PRIMARY KEY,
 	blind_index    BLOB    NOT NULL UNIQUE CHECK (length(blind_index) = 32),
@@ -105,12 +97,3 @@ CREATE TABLE connection_log (
 );
 CREATE INDEX connection_log_time ON connection_log (time);
 CREATE INDEX connection_log_pseudonym ON connection_log (pseudonym, time);
-`,
-	// 2: store metadata (e.g. the id of the keystore the data was written with).
-	`
-CREATE TABLE meta (
-	key   TEXT NOT NULL PRIMARY KEY,
-	value TEXT NOT NULL
-) WITHOUT ROWID;
-`,
-}
