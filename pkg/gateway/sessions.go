@@ -471,17 +471,6 @@ func (g *Gateway) OpenSession(ctx context.Context, a store.Account, sn privacy.S
 	if !g.Online(ctx, d) {
 		return SessionGrant{}, newErr(ErrPrecondition, nil, "device offline")
 	}
-	s.mu.Lock()
-	n := 0
-	for _, os := range s.open {
-		if os.AccountID == a.ID {
-			n++
-		}
-	}
-	s.mu.Unlock()
-	if n >= s.opt.MaxPerAccount {
-		return SessionGrant{}, newErr(ErrExhausted, nil, "too many open sessions for this account (limit %d)", s.opt.MaxPerAccount)
-	}
 	id, err := newSessionID()
 	if err != nil {
 		return SessionGrant{}, newErr(ErrUnavailable, err, "making session id failed")
@@ -490,8 +479,11 @@ func (g *Gateway) OpenSession(ctx context.Context, a store.Account, sn privacy.S
 	first, last := g.plan.ClientRange()
 	ss, err := s.reg.OpenSession(ctx, store.Session{
 		ID: id, AccountID: a.ID, DeviceID: d.ID, ClientKey: clientKey, OpenedAt: now, ExpiresAt: now.Add(s.opt.Duration),
+		MaxPerAccount: s.opt.MaxPerAccount, // counted in the insert's transaction
 	}, first, last)
 	switch {
+	case errors.Is(err, store.ErrLimit):
+		return SessionGrant{}, newErr(ErrExhausted, err, "too many open sessions for this account (limit %d)", s.opt.MaxPerAccount)
 	case errors.Is(err, store.ErrKeyInUse):
 		return SessionGrant{}, newErr(ErrConflict, err, "client_public_key: already in use by another peer")
 	case errors.Is(err, store.ErrExhausted):

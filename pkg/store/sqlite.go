@@ -1004,6 +1004,8 @@ func (s *SQLite) OpenSession(ctx context.Context, sess Session, first, last uint
 		return Session{}, fmt.Errorf("store: OpenSession: %w", invalid("first", "must be at least 1"))
 	case first > last:
 		return Session{}, fmt.Errorf("store: OpenSession: %w", invalid("last", "must not be below first"))
+	case sess.MaxPerAccount < 0:
+		return Session{}, fmt.Errorf("store: OpenSession: %w", invalid("max_per_account", "must not be negative"))
 	}
 	for _, c := range []struct {
 		f string
@@ -1021,6 +1023,17 @@ func (s *SQLite) OpenSession(ctx context.Context, sess Session, first, last uint
 		} else if !errors.Is(err, sql.ErrNoRows) {
 			return err
 		}
+		// One writer: the count and the insert below cannot interleave with
+		// another OpenSession.
+		if sess.MaxPerAccount > 0 {
+			var n int
+			if err := tx.QueryRowContext(ctx, `SELECT COUNT(*) FROM sessions WHERE account_id = ? AND closed_at IS NULL`, sess.AccountID).Scan(&n); err != nil {
+				return err
+			}
+			if n >= sess.MaxPerAccount {
+				return fmt.Errorf("account %d has %d open sessions (limit %d): %w", sess.AccountID, n, sess.MaxPerAccount, ErrLimit)
+			}
+		}
 		if err := claimKey(ctx, tx, sess.ClientKey, OwnerClient, sess.ID); err != nil {
 			return err
 		}
@@ -1036,6 +1049,7 @@ func (s *SQLite) OpenSession(ctx context.Context, sess Session, first, last uint
 	if err != nil {
 		return Session{}, err
 	}
+	sess.MaxPerAccount = 0
 	return sess, nil
 }
 

@@ -24,6 +24,7 @@ var (
 	ErrExhausted = errors.New("exhausted")  // no free address offset in the pool
 	ErrErased    = errors.New("erased")     // enrolment of an SN on the erasure ledger without AfterErasure
 	ErrRevoked   = errors.New("revoked")
+	ErrLimit     = errors.New("limit reached") // e.g. the account already has its maximum of open sessions
 )
 
 // Key is a WireGuard public key.
@@ -103,6 +104,11 @@ type Session struct {
 	OpenedAt     time.Time
 	ExpiresAt    time.Time
 	ClosedAt     time.Time // zero while open
+	// MaxPerAccount, when positive, is the most open sessions the account
+	// may hold including this one. OpenSession checks it in the same
+	// transaction as the insert, so concurrent calls (from several gateways
+	// on one database too) never exceed it (ErrLimit). It is not stored.
+	MaxPerAccount int
 }
 
 // ConnLogEntry is one row of the minimal connection log.
@@ -179,7 +185,9 @@ type Store interface {
 	Unbind(ctx context.Context, accountID, deviceID int64) (map[string]int64, error)
 
 	// Sessions. The client key is reserved in the same transaction (ErrKeyInUse);
-	// the client offset is allocated from [first, last] (ErrExhausted).
+	// the client offset is allocated from [first, last] (ErrExhausted); the
+	// account's open sessions are counted against s.MaxPerAccount in that
+	// transaction too (ErrLimit).
 	OpenSession(ctx context.Context, s Session, first, last uint32) (Session, error)
 	CloseSession(ctx context.Context, id string, at time.Time) (Session, error) // releases key and offset
 	SessionByID(ctx context.Context, id string) (Session, error)

@@ -56,6 +56,8 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"Sessions/OpenClose", testSessions},
 		{"Sessions/Exhausted", testSessionsExhausted},
 		{"Sessions/Invalid", testSessionsInvalid},
+		{"Sessions/AccountLimit", testSessionsLimit},
+		{"Sessions/AccountLimitConcurrent", testSessionsLimitConcurrent},
 		{"DeleteAccount/Receipt", testDeleteAccount},
 		{"Erase/DeviceReceipt", testEraseDevice},
 		{"Erase/AccountReceipt", testEraseAccount},
@@ -1008,6 +1010,82 @@ func testSessionsInvalid(t *h) {
 	t.must(err, "OpenSessions")
 	if len(open) != 0 {
 		t.Fatalf("invalid OpenSession calls left %d sessions", len(open))
+	}
+}
+
+func testSessionsLimit(t *h) {
+	d := t.enroll(1)[0]
+	a, b := t.account(), t.account()
+	t.bind(a.ID, d.ID)
+	t.bind(b.ID, d.ID)
+	open := func(acct int64, limit int) (store.Session, error) {
+		return t.s.OpenSession(t.ctx, store.Session{
+			ID: rand.Text(), AccountID: acct, DeviceID: d.ID, ClientKey: random[store.Key](),
+			OpenedAt: t0, ExpiresAt: t0.Add(time.Hour), MaxPerAccount: limit,
+		}, 1, 100)
+	}
+	s1, err := open(a.ID, 2)
+	t.must(err, "OpenSession 1 of 2")
+	_, err = open(a.ID, 2)
+	t.must(err, "OpenSession 2 of 2")
+	in := store.Session{ID: "over", AccountID: a.ID, DeviceID: d.ID, ClientKey: random[store.Key](), OpenedAt: t0, ExpiresAt: t0.Add(time.Hour), MaxPerAccount: 2}
+	_, err = t.s.OpenSession(t.ctx, in, 1, 100)
+	t.wantErr(err, store.ErrLimit, "OpenSession 3 of 2")
+	_, err = t.s.SessionByID(t.ctx, in.ID)
+	t.wantErr(err, store.ErrNotFound, "session of a refused OpenSession")
+	t.must(t.s.ReserveKey(t.ctx, in.ClientKey, store.OwnerGateway), "key of a refused OpenSession is free")
+	// Another account has its own count; no limit means none.
+	_, err = open(b.ID, 1)
+	t.must(err, "other account's first session")
+	_, err = open(a.ID, 0)
+	t.must(err, "OpenSession without a limit")
+	// Closed sessions do not count: 3 open, one closed.
+	_, err = t.s.CloseSession(t.ctx, s1.ID, t0.Add(time.Minute))
+	t.must(err, "CloseSession")
+	_, err = open(a.ID, 2)
+	t.wantErr(err, store.ErrLimit, "2 open against a limit of 2")
+	_, err = open(a.ID, 3)
+	t.must(err, "OpenSession under a limit of 3")
+	_, err = open(a.ID, -1)
+	t.wantErr(err, privacy.ErrInvalid, "negative limit")
+}
+
+// testSessionsLimitConcurrent opens many sessions of one account at once:
+// exactly the limit succeed, the others get ErrLimit.
+func testSessionsLimitConcurrent(t *h) {
+	d := t.enroll(1)[0]
+	a := t.account()
+	t.bind(a.ID, d.ID)
+	const calls, limit = 20, 4
+	var wg sync.WaitGroup
+	errs := make([]error, calls)
+	start := make(chan struct{})
+	for i := range calls {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			_, errs[i] = t.s.OpenSession(t.ctx, store.Session{
+				ID: rand.Text(), AccountID: a.ID, DeviceID: d.ID, ClientKey: random[store.Key](),
+				OpenedAt: t0, ExpiresAt: t0.Add(time.Hour), MaxPerAccount: limit,
+			}, 1, 100)
+		}()
+	}
+	close(start)
+	wg.Wait()
+	ok := 0
+	for i, err := range errs {
+		switch {
+		case err == nil:
+			ok++
+		case !errors.Is(err, store.ErrLimit):
+			t.Fatalf("call %d: %v, want nil or ErrLimit", i, err)
+		}
+	}
+	open, err := t.s.OpenSessions(t.ctx)
+	t.must(err, "OpenSessions")
+	if ok != limit || len(open) != limit {
+		t.Fatalf("%d calls succeeded and %d sessions are open, want exactly %d", ok, len(open), limit)
 	}
 }
 
