@@ -39,8 +39,10 @@ unit:
 	$(GO) test -count=1 -run '^$$' -fuzz FuzzParse -fuzztime 10s ./tunnel/router
 
 # Root end-to-end tests (network namespaces, real TUNs); they skip elsewhere.
+# wg-quick's userspace WireGuard is wireguard-go, built from the module in go.mod.
 e2e: build
-	set -o pipefail; DASSET_BIN=$(CURDIR)/$(BIN) $(GO) test -count=1 -timeout 900s -v ./scripts/... 2>&1 | tee /tmp/dasset-e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|SKIP)|^\s+\S+_test.go:[0-9]+:'
+	$(GO) build -o .bin/wireguard-go golang.zx2c4.com/wireguard
+	set -o pipefail; DASSET_BIN=$(CURDIR)/$(BIN) DASSET_WIREGUARD_GO=$(CURDIR)/.bin/wireguard-go $(GO) test -count=1 -timeout 900s -v ./scripts/... 2>&1 | tee /tmp/dasset-e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|SKIP)|^\s+\S+_test.go:[0-9]+:'
 
 fuzz:
 	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME) ./tunnel/router

@@ -6,6 +6,7 @@ have() { command -v "$1" >/dev/null 2>&1; }
 have ip        || need+=(iproute2)
 have ping      || need+=(iputils-ping)
 have wg        || need+=(wireguard-tools)
+have wg-quick  || need+=(wireguard-tools)
 have iperf3    || need+=(iperf3)
 have protoc    || need+=(protobuf-compiler)
 have prometheus || need+=(prometheus)

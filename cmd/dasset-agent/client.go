@@ -12,6 +12,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/mdp/qrterminal/v3"
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
@@ -282,6 +283,8 @@ func newSessionOpenCmd(stdout, logOut io.Writer) *cobra.Command {
 		iface    string
 		netstack bool
 		poll     time.Duration
+		wgQuick  string
+		qr       bool
 	)
 	cmd := &cobra.Command{
 		Use:   "open",
@@ -291,6 +294,19 @@ session's client addresses and routes to the virtual network, the gateway as the
 Prints the session id and the client and device addresses, then runs until SIGINT or
 SIGTERM (it closes the session and exits 0) or until the session ends without it (exit 1
 with the reason).
+
+With --wg-quick FILE or --qr the command brings up no tunnel of its own: a stock WireGuard
+app carries the session instead. --wg-quick writes the session's configuration (its own
+fresh private key, the client addresses, the gateway as the peer, only the device's
+addresses routed) to FILE, mode 0600, for ` + "`wg-quick up FILE`" + ` or an app's "import from
+file"; FILE must be NAME.conf, NAME (1-15 of a-z A-Z 0-9 _ = + . -) becoming the interface
+name. --qr prints the same configuration as a QR code for the WireGuard app on a phone
+("scan from QR code"). The session lives as long as this command keeps running, exactly
+as above: leave it running while the app is connected, and stop it with Ctrl-C when done,
+which closes the session at the gateway; the configuration then no longer works (take
+the tunnel down with ` + "`wg-quick down FILE`" + `). The gateway also ends a session at its expiry
+and when the app has made no WireGuard handshake for its idle timeout (the configuration
+carries the gateway's persistent keepalive, so a connected app never goes idle).
 
 How the end is noticed: every --poll the command asks the gateway about the session
 (closed by an operator, by ` + "`session close`" + ` from elsewhere, by the idle reaper, or the device
@@ -307,8 +323,14 @@ shows as WireGuard handshakes failing, noticed within about 3 minutes.`,
 			if err != nil {
 				return err
 			}
+			if wgQuick != "" {
+				if err := agent.CheckWGQuickPath(wgQuick); err != nil {
+					return fmt.Errorf("--wg-quick: %w", err)
+				}
+			}
 			cfg.Interface, cfg.Netstack, cfg.Logger, cfg.PollInterval = iface, netstack, logger, poll
-			if netstack {
+			cfg.NoTunnel = wgQuick != "" || qr
+			if netstack || cfg.NoTunnel {
 				cfg.Interface = ""
 			}
 			octx, cancel := context.WithTimeout(cmd.Context(), callTimeout)
@@ -317,13 +339,29 @@ shows as WireGuard handshakes failing, noticed within about 3 minutes.`,
 			if err != nil {
 				return callErr(err)
 			}
+			if wgQuick != "" {
+				if err := agent.WriteWGQuick(wgQuick, s.WGQuick()); err != nil {
+					cctx, ccancel := context.WithTimeout(context.WithoutCancel(cmd.Context()), callTimeout)
+					defer ccancel()
+					if cerr := s.Close(cctx); cerr != nil {
+						logger.Warn("closing the session after the failed write", "session", s.ID(), "error", cerr)
+					}
+					return fmt.Errorf("--wg-quick: %w", err)
+				}
+			}
 			fmt.Fprintf(stdout, "Session:   %s\n", s.ID())
-			if !netstack {
+			if !netstack && !cfg.NoTunnel {
 				fmt.Fprintf(stdout, "Interface: %s\n", cfg.Interface)
+			}
+			if wgQuick != "" {
+				fmt.Fprintf(stdout, "Config:    %s\n", wgQuick)
 			}
 			fmt.Fprintf(stdout, "Client:    %s\n", joinPrefixes(s.ClientAddresses()))
 			fmt.Fprintf(stdout, "Device:    %s\n", joinPrefixes(s.DeviceAddresses()))
 			fmt.Fprintf(stdout, "Expires:   %s\n", s.ExpiresAt().Local().Format(time.RFC1123))
+			if cfg.NoTunnel {
+				printAppHelp(stdout, wgQuick, qr, s.WGQuick())
+			}
 			if f, ok := stdout.(*os.File); ok {
 				_ = f.Sync()
 			}
@@ -332,6 +370,9 @@ shows as WireGuard handshakes failing, noticed within about 3 minutes.`,
 			defer ccancel()
 			cerr := s.Close(cctx)
 			if errors.Is(werr, agent.ErrSessionEnded) {
+				if wgQuick != "" {
+					return fmt.Errorf("%w (the configuration in %s no longer works: `wg-quick down %s`)", werr, wgQuick, wgQuick)
+				}
 				return werr
 			}
 			if cerr != nil {
@@ -347,8 +388,29 @@ shows as WireGuard handshakes failing, noticed within about 3 minutes.`,
 	cmd.Flags().StringVar(&iface, "interface", agent.DefaultClientInterface, "TUN interface name for the session (at most 15 bytes)")
 	cmd.Flags().BoolVar(&netstack, "netstack", false, "run the tunnel on a userspace network stack (no root; only useful for tests)")
 	cmd.Flags().DurationVar(&poll, "poll", agent.DefaultPollInterval, "how often to check with the gateway that the session still stands")
+	cmd.Flags().StringVar(&wgQuick, "wg-quick", "", "write the session's WireGuard configuration to this NAME.conf file (0600) for wg-quick or a WireGuard app, instead of a tunnel of its own")
+	cmd.Flags().BoolVar(&qr, "qr", false, "print the session's WireGuard configuration as a QR code for the WireGuard app, instead of a tunnel of its own")
 	_ = cmd.MarkFlagRequired("serial")
+	for _, f := range []string{"wg-quick", "qr"} {
+		cmd.MarkFlagsMutuallyExclusive(f, "interface")
+		cmd.MarkFlagsMutuallyExclusive(f, "netstack")
+	}
 	return cmd
+}
+
+// printAppHelp says how to use the session from a stock WireGuard app and
+// prints the configuration as a QR code when asked.
+func printAppHelp(w io.Writer, file string, qr bool, conf agent.WGQuick) {
+	fmt.Fprintln(w)
+	if file != "" {
+		fmt.Fprintf(w, "Bring the tunnel up with `wg-quick up %s`, or import the file into a WireGuard app.\n", file)
+	}
+	if qr {
+		fmt.Fprintln(w, "Scan this QR code with the WireGuard app (\"Add tunnel\", \"Scan from QR code\"):")
+		fmt.Fprintln(w)
+		qrterminal.GenerateHalfBlock(string(conf.Render()), qrterminal.L, w)
+	}
+	fmt.Fprintln(w, "The session stays open while this command runs; Ctrl-C closes it at the gateway.")
 }
 
 func newSessionCloseCmd(stdout io.Writer) *cobra.Command {

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mdp/qrterminal/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
@@ -293,5 +294,105 @@ func waitOutput(t *testing.T, b *syncBuffer, want string, done chan error) {
 			t.Fatalf("no %q within 15s:\n%s", want, b.String())
 		case <-time.After(20 * time.Millisecond):
 		}
+	}
+}
+
+// session open --wg-quick --qr brings up no tunnel: it writes the session's
+// configuration (0600) and prints the same bytes as a QR code, keeps the
+// session until interrupted, then closes it at the gateway.
+func TestSessionOpenWGQuick(t *testing.T) {
+	f, addr := serveFakeClients(t)
+	dir := t.TempDir()
+	state := filepath.Join(dir, "client")
+	if _, _, err := runIn("alice-password\n", "login", "--gateway", addr, "--insecure", "--account", "alice", "--password-stdin", "--state-dir", state); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := runIn("", "bind", "--code", "ABCD-EFGH-JK", "--state-dir", state); err != nil {
+		t.Fatal(err)
+	}
+	// Refused before any session is opened.
+	for _, tc := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--wg-quick", filepath.Join(dir, "no-suffix")}, "--wg-quick: \"no-suffix\": the file name must be NAME.conf"},
+		{[]string{"--wg-quick", filepath.Join(dir, "much-too-long-name.conf")}, "1 to 15"},
+		{[]string{"--wg-quick", filepath.Join(dir, "x.conf"), "--netstack"}, "none of the others can be"},
+		{[]string{"--qr", "--interface", "x0"}, "none of the others can be"},
+	} {
+		_, _, err := runIn("", append([]string{"session", "open", "--serial", "SN-DEV-1", "--state-dir", state}, tc.args...)...)
+		if err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%v: %v, want %q", tc.args, err, tc.want)
+		}
+	}
+	f.mu.Lock()
+	opened := len(f.sessions)
+	f.mu.Unlock()
+	if opened != 0 {
+		t.Fatalf("refused invocations opened %d sessions", opened)
+	}
+	// A directory that does not exist: the session is closed again.
+	if _, _, err := runIn("", "session", "open", "--serial", "SN-DEV-1", "--state-dir", state, "--wg-quick", filepath.Join(dir, "missing", "x.conf")); err == nil || !strings.Contains(err.Error(), "--wg-quick: write") {
+		t.Fatalf("unwritable file: %v", err)
+	}
+	f.mu.Lock()
+	closes := strings.Join(f.closes, ",")
+	f.mu.Unlock()
+	if closes != "sess-a" {
+		t.Fatalf("after the failed write the gateway closed %q, want sess-a", closes)
+	}
+
+	conf := filepath.Join(dir, "dasset1.conf")
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	var sout syncBuffer
+	done := make(chan error, 1)
+	go func() {
+		cmd := newRootCmd(&sout, &syncBuffer{})
+		cmd.SetArgs([]string{"session", "open", "--serial", "SN-DEV-1", "--wg-quick", conf, "--qr", "--poll", "100ms", "--state-dir", state})
+		done <- cmd.ExecuteContext(ctx)
+	}()
+	waitOutput(t, &sout, "Ctrl-C closes it", done)
+	out := sout.String()
+	if strings.Contains(out, "Interface:") || !strings.Contains(out, "Config:    "+conf) || !strings.Contains(out, "Session:   sess-b") {
+		t.Fatalf("session open output:\n%s", out)
+	}
+	st, err := os.Stat(conf)
+	if err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("%s: %v, %v; want mode 0600", conf, st, err)
+	}
+	data, err := os.ReadFile(conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{"[Interface]\nPrivateKey = ", "Address = 100.95.0.1/32, fdda:55e7:0:ff::1/128\n", "MTU = 1420\n",
+		"[Peer]\nPublicKey = ", "Endpoint = 127.0.0.1:9\n", "AllowedIPs = 100.80.0.2/32, fdda:55e7::2/128\n", "PersistentKeepalive = 25\n"} {
+		if !strings.Contains(string(data), want) {
+			t.Fatalf("%s lacks %q:\n%s", conf, want, data)
+		}
+	}
+	// The QR code printed is the file's bytes.
+	var qr bytes.Buffer
+	qrterminal.GenerateHalfBlock(string(data), qrterminal.L, &qr)
+	if qr.Len() < 100 || !strings.Contains(out, qr.String()) {
+		t.Fatalf("output lacks the QR code of the file's contents:\n%s", out)
+	}
+	if strings.Contains(out, "PrivateKey") {
+		t.Fatal("the private key was printed in clear")
+	}
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("session open after interrupt: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("session open did not stop within 10s of the interrupt")
+	}
+	f.mu.Lock()
+	closes = strings.Join(f.closes, ",")
+	f.mu.Unlock()
+	if closes != "sess-a,sess-b" {
+		t.Fatalf("sessions closed on the gateway: %q, want sess-a,sess-b", closes)
 	}
 }

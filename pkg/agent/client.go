@@ -79,6 +79,10 @@ type ClientConfig struct {
 	Token string
 	// Netstack runs session tunnels on a userspace netstack (no root).
 	Netstack bool
+	// NoTunnel opens sessions without a tunnel of their own: another
+	// WireGuard (a stock app, given Session.WGQuick) carries the traffic,
+	// and the session is only watched.
+	NoTunnel bool
 	// Interface is the kernel TUN of a session (default dasset-c0).
 	Interface string
 	// StateDir, when set, is where ClientLogin stores the access token
@@ -104,7 +108,13 @@ func (c ClientConfig) withDefaults() (ClientConfig, error) {
 	if c.PollInterval <= 0 {
 		c.PollInterval = DefaultPollInterval
 	}
-	if !c.Netstack && c.Interface == "" {
+	if c.NoTunnel && c.Netstack {
+		return c, errors.New("no tunnel and netstack: choose one")
+	}
+	if c.NoTunnel {
+		c.Interface = ""
+	}
+	if !c.Netstack && !c.NoTunnel && c.Interface == "" {
 		c.Interface = DefaultClientInterface
 	}
 	if len(c.Interface) > 15 {
@@ -355,8 +365,9 @@ func CloseSession(ctx context.Context, cfg ClientConfig, id string) error {
 }
 
 // Session is an open remote-control session: a wireguard-go device of its
-// own, with a fresh key, whose one peer is the gateway. The gateway lets it
-// reach only the session's device.
+// own, with a fresh key, whose one peer is the gateway (none with
+// ClientConfig.NoTunnel). The gateway lets it reach only the session's
+// device.
 type Session struct {
 	cfg     ClientConfig
 	log     *slog.Logger
@@ -368,7 +379,8 @@ type Session struct {
 	device  []netip.Prefix
 	expires time.Time
 	opened  time.Time
-	tun     *tunnel
+	tun     *tunnel // nil with NoTunnel
+	wgQuick WGQuick
 
 	ended     chan struct{} // closed when the watcher saw the session end
 	endErr    error         // why; set before ended is closed
@@ -383,8 +395,8 @@ type Session struct {
 // OpenSession opens a session to the bound device with serial number
 // serial: it makes a fresh WireGuard key, asks the gateway for the session,
 // brings up a tunnel (kernel TUN cfg.Interface routed to the gateway's
-// allowed IPs, or a netstack) and starts watching that the session still
-// stands. Call Close when done.
+// allowed IPs, a netstack, or none with cfg.NoTunnel) and starts watching
+// that the session still stands. Call Close when done.
 func OpenSession(ctx context.Context, cfg ClientConfig, serial string) (*Session, error) {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
@@ -447,14 +459,24 @@ func OpenSession(ctx context.Context, cfg ClientConfig, serial string) (*Session
 		s.device = append(s.device, p)
 	}
 	s.client = lc.addrs
-	t, err := newTunnel(lc, priv, cfg.Netstack, cfg.Interface, s.log)
-	if err != nil {
-		return fail(fmt.Errorf("session tunnel: %w", err))
+	s.wgQuick = WGQuick{
+		SessionID: s.id, Expires: s.expires, PrivateKey: priv, Addresses: lc.addrs, MTU: lc.mtu,
+		PeerPublicKey: lc.peer.publicKey, Endpoint: lc.endpointName,
+		AllowedIPs: hostPrefixes(s.device), PersistentKeepalive: lc.peer.keepalive,
 	}
-	s.tun = t
 	mode := "tun"
-	if cfg.Netstack {
+	switch {
+	case cfg.NoTunnel:
+		mode = "none"
+	case cfg.Netstack:
 		mode = "netstack"
+	}
+	if !cfg.NoTunnel {
+		t, err := newTunnel(lc, priv, cfg.Netstack, cfg.Interface, s.log)
+		if err != nil {
+			return fail(fmt.Errorf("session tunnel: %w", err))
+		}
+		s.tun = t
 	}
 	s.log.Info("session open", "session", s.id, "mode", mode, "interface", cfg.Interface,
 		"client_addresses", s.client, "device_addresses", s.device, "expires_at", s.expires)
@@ -481,7 +503,22 @@ func (s *Session) DeviceAddresses() []netip.Prefix { return slices.Clone(s.devic
 func (s *Session) ExpiresAt() time.Time { return s.expires }
 
 // Net returns the userspace network stack in netstack mode (nil otherwise).
-func (s *Session) Net() *netstack.Net { return s.tun.net }
+func (s *Session) Net() *netstack.Net {
+	if s.tun == nil {
+		return nil
+	}
+	return s.tun.net
+}
+
+// WGQuick is the session's WireGuard configuration for a stock WireGuard
+// app: the session's private key and addresses, the gateway as the peer,
+// the device's addresses routed into the tunnel. Meant for NoTunnel
+// sessions; two WireGuard ends with one key fight over the gateway peer.
+func (s *Session) WGQuick() WGQuick {
+	w := s.wgQuick
+	w.Addresses, w.AllowedIPs = slices.Clone(w.Addresses), slices.Clone(w.AllowedIPs)
+	return w
+}
 
 // Wait blocks until the session ends without Close (it returns an error
 // wrapping ErrSessionEnded with the reason), Close is called (nil), or ctx
@@ -494,7 +531,9 @@ func (s *Session) Net() *netstack.Net { return s.tun.net }
 // no WireGuard handshake for longer than WireGuard accepts a key (about 3
 // minutes, with the gateway's persistent keepalive on) has been closed by
 // the gateway (CloseSession from elsewhere, an operator, the idle reaper)
-// or lost the gateway.
+// or lost the gateway (with a tunnel of its own only: with NoTunnel the
+// handshakes are the app's, and the session outwaits a gateway that stopped
+// answering until it answers again or the session expires).
 func (s *Session) Wait(ctx context.Context) error {
 	select {
 	case <-s.closed:
@@ -523,7 +562,9 @@ func (s *Session) Close(ctx context.Context) error {
 		if rerr != nil && status.Code(rerr) != codes.NotFound {
 			err = clientError("close session", rerr)
 		}
-		s.tun.close()
+		if s.tun != nil {
+			s.tun.close()
+		}
 		s.conn.Close()
 		s.log.Info("session closed", "session", s.id)
 		s.closeErr = err
@@ -593,7 +634,7 @@ func (s *Session) check(ctx context.Context, client gatewayv1.ClientServiceClien
 			return "the device is no longer bound to this account"
 		}
 	}
-	if s.tun.peer.keepalive != 0 {
+	if s.tun != nil && s.tun.peer.keepalive != 0 {
 		last := lastHandshake(s.tun)
 		if last.Before(s.opened) {
 			last = s.opened

@@ -26,6 +26,8 @@ import (
 type fakeClientService struct {
 	gatewayv1.UnimplementedClientServiceServer
 	allowedIPs []string
+	noEndpoint bool        // the grant names no endpoint (the gRPC host stands in)
+	keepalive  uint32      // the grant's persistent keepalive
 	listFails  atomic.Bool // ListDevices answers Unauthenticated
 
 	mu     sync.Mutex
@@ -47,11 +49,15 @@ func (f *fakeClientService) OpenSession(_ context.Context, req *gatewayv1.OpenSe
 	f.mu.Unlock()
 	gwKey := make([]byte, 32)
 	gwKey[0] = 9
+	endpoint := "127.0.0.1:9"
+	if f.noEndpoint {
+		endpoint = ""
+	}
 	return &gatewayv1.OpenSessionResponse{
 		SessionId:       "s" + string(rune('0'+n)),
 		ClientAddresses: []string{"100.95.0.1/32"},
 		DeviceAddresses: []string{deviceAddr},
-		Gateway:         &gatewayv1.GatewayPeer{PublicKey: gwKey, Endpoint: "127.0.0.1:9", AllowedIps: f.allowedIPs},
+		Gateway:         &gatewayv1.GatewayPeer{PublicKey: gwKey, Endpoint: endpoint, AllowedIps: f.allowedIPs, PersistentKeepaliveSeconds: f.keepalive},
 		ExpiresAt:       timestamppb.New(time.Now().Add(time.Hour)),
 		Mtu:             1420,
 	}, nil

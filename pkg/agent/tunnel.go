@@ -66,6 +66,9 @@ type loginConfig struct {
 	addrs []netip.Prefix
 	mtu   int
 	peer  peerConfig
+	// endpointName is the gateway's endpoint as sent, host:port, before
+	// resolving (for a configuration used on another machine).
+	endpointName string
 }
 
 // parseLogin validates resp and resolves the gateway's WireGuard endpoint.
@@ -118,6 +121,11 @@ func parseTunnelConfig(ctx context.Context, gateway string, addresses []string, 
 		return lc, fmt.Errorf("gateway.endpoint: %w", err)
 	}
 	lc.peer.endpoint = ep
+	lc.endpointName = gw.GetEndpoint()
+	if lc.endpointName == "" {
+		host, _ := splitGateway(gateway) // resolveEndpoint checked it
+		lc.endpointName = net.JoinHostPort(host, strconv.Itoa(DefaultWireGuardPort))
+	}
 	return lc, nil
 }
 
