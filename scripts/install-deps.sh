@@ -11,6 +11,9 @@ have iperf3    || need+=(iperf3)
 have protoc    || need+=(protobuf-compiler)
 have prometheus || need+=(prometheus)
 have promtool  || need+=(prometheus)
+# PostgreSQL for the fleet store's tests (pkg/store/postgres/pgtest runs
+# initdb and pg_ctl from /usr/lib/postgresql/VERSION/bin; no server is used).
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || have initdb || need+=(postgresql)
 
 # Go-module tools the tests drive (pinned), into the repo's .bin.
 root=$(cd "$(dirname "$0")/.." && pwd)

@@ -1,0 +1,99 @@
+package pgtest_test
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/planetxlabs/dasset-gateway/pkg/store/postgres/pgtest"
+)
+
+// TestCluster: a cluster starts, listens on its socket only, serves a new
+// database, stops and restarts, and leaves nothing behind (no directory, no
+// server process).
+func TestCluster(t *testing.T) {
+	ctx := context.Background()
+	c, err := pgtest.New(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	closed := false
+	defer func() {
+		if !closed {
+			_ = c.Close()
+		}
+	}()
+	if _, err := os.Stat(filepath.Join(c.Dir(), ".s.PGSQL."+strconv.Itoa(pgtest.Port))); err != nil {
+		t.Fatalf("no socket in the cluster directory: %v", err)
+	}
+	dsn, err := c.CreateDatabase(ctx, "probe")
+	if err != nil {
+		t.Fatal(err)
+	}
+	query := func() (listen, dbname string) {
+		t.Helper()
+		conn, err := pgx.Connect(ctx, dsn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close(ctx)
+		if err := conn.QueryRow(ctx, "SELECT current_setting('listen_addresses'), current_database()").Scan(&listen, &dbname); err != nil {
+			t.Fatal(err)
+		}
+		return listen, dbname
+	}
+	if listen, db := query(); listen != "" || db != "probe" {
+		t.Fatalf("listen_addresses %q (want none: socket only), database %q", listen, db)
+	}
+
+	pidFile := filepath.Join(c.DataDir(), "postmaster.pid")
+	b, err := os.ReadFile(pidFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, err := strconv.Atoi(strings.SplitN(string(b), "\n", 2)[0])
+	if err != nil || pid <= 0 {
+		t.Fatalf("postmaster.pid: %q", b)
+	}
+	if err := c.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := pgx.Connect(ctx, dsn); err == nil {
+		t.Fatal("connected to a stopped cluster")
+	}
+	if err := c.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if _, db := query(); db != "probe" {
+		t.Fatalf("after restart: database %q", db)
+	}
+	b, err = os.ReadFile(pidFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pid, _ = strconv.Atoi(strings.SplitN(string(b), "\n", 2)[0])
+
+	closed = true
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(c.Dir()); !os.IsNotExist(err) {
+		t.Fatalf("cluster directory left behind: %v", err)
+	}
+	// pg_ctl stop returns once postmaster.pid is gone; the process itself
+	// may take a moment longer to exit.
+	deadline := time.Now().Add(10 * time.Second)
+	for syscall.Kill(pid, 0) != syscall.ESRCH {
+		if time.Now().After(deadline) {
+			t.Fatalf("server process %d still there 10 s after Close", pid)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
