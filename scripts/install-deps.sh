@@ -8,7 +8,6 @@ have ping      || need+=(iputils-ping)
 have wg        || need+=(wireguard-tools)
 have wg-quick  || need+=(wireguard-tools)
 have iperf3    || need+=(iperf3)
-have protoc    || need+=(protobuf-compiler)
 have prometheus || need+=(prometheus)
 have promtool  || need+=(prometheus)
 # PostgreSQL for the fleet store's tests (pkg/store/postgres/pgtest runs
