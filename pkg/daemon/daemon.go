@@ -130,6 +130,9 @@ func New(ctx context.Context, cfg config.Config, opt Options) (_ *Daemon, err er
 	if err := checkKeystoreID(ctx, d.st, d.keys); err != nil {
 		return nil, err
 	}
+	if err := upgradeVerifiers(ctx, d.st, d.keys, d.log); err != nil {
+		return nil, err
+	}
 	if d.ledger, err = privacy.OpenLedger(d.keys.Dir()); err != nil {
 		return nil, err
 	}
@@ -238,6 +241,25 @@ func loadPolicy(cfg config.Config) (*privacy.Policy, error) {
 		return nil, &PolicyError{Err: err}
 	}
 	return p, nil
+}
+
+// upgradeVerifiers wraps the HMAC-only HWID verifiers of an older database
+// into the current memory-hard ones (no HWID needed), then checkpoints so no
+// old verifier stays in the WAL or the database file.
+func upgradeVerifiers(ctx context.Context, st *store.SQLite, ks *privacy.Keystore, log *slog.Logger) error {
+	start := time.Now()
+	n, err := st.UpgradeVerifiers(ctx, ks.UpgradeVerifier)
+	if err != nil {
+		return fmt.Errorf("store: upgrading HWID verifiers: %w", err)
+	}
+	if n == 0 {
+		return nil
+	}
+	if err := st.Checkpoint(ctx); err != nil {
+		return fmt.Errorf("store: after upgrading HWID verifiers: %w", err)
+	}
+	log.Info("HWID verifiers upgraded to the memory-hard version", "devices", n, "took", time.Since(start).Round(time.Millisecond))
+	return nil
 }
 
 // checkKeystoreID refuses a database written with another keystore: its

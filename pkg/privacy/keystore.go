@@ -5,7 +5,6 @@ import (
 	"crypto/hmac"
 	"crypto/rand"
 	"crypto/sha256"
-	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -210,21 +209,6 @@ func (k *Keystore) AccountIndex(name string) BlindIndex {
 	var b BlindIndex
 	m.Sum(b[:0])
 	return b
-}
-
-// Verifier is HMAC-SHA256(K_index, "dasset/hwid/v1\x00" ‖ len(sn) ‖ sn ‖
-// hwid), len(sn) as two bytes big-endian: the only stored form of a HWID.
-func (k *Keystore) Verifier(sn SerialNumber, hw HardwareID) Verifier {
-	m := hmac.New(sha256.New, k.index)
-	m.Write([]byte(domainHWID))
-	var l [2]byte
-	binary.BigEndian.PutUint16(l[:], uint16(len(sn.v)))
-	m.Write(l[:])
-	m.Write([]byte(sn.v))
-	m.Write([]byte(hw.v))
-	var v Verifier
-	m.Sum(v[:0])
-	return v
 }
 
 // DummyVerifier is a fixed verifier that no serial number and hardware id

@@ -195,7 +195,8 @@ func (b BlindIndex) String() string { return hex.EncodeToString(b[:]) }
 // subject's records across days. Log the day's Pseudonym instead.
 func (b BlindIndex) LogValue() slog.Value { return logSafe("[blind-index]") }
 
-// Verifier is HMAC(K_index, SN ‖ HWID): the only stored form of a HWID.
+// Verifier is a keyed, memory-hard KDF of SN ‖ HWID (Keystore.Verifier):
+// the only stored form of a HWID.
 type Verifier [32]byte
 
 // LogValue hides the verifier.

@@ -626,3 +626,67 @@ func TestBackupSQLite(t *testing.T) {
 		t.Fatal("BackupSQLite of a missing database succeeded")
 	}
 }
+
+// TestMigrationMarksVersion1Verifiers: a database written before goose,
+// with devices, is marked as holding version-1 verifiers when it is opened
+// by this program; UpgradeVerifiers then rewrites them, and after a
+// checkpoint no old verifier is left in the database files.
+func TestMigrationMarksVersion1Verifiers(t *testing.T) {
+	ctx := context.Background()
+	path := filepath.Join(t.TempDir(), "registry.db")
+	db := legacyDB(t, path, 2)
+	old := make([][32]byte, 5)
+	for i := range old {
+		old[i] = rnd32()
+		idx := rnd32()
+		if _, err := db.Exec(`INSERT INTO devices (blind_index, sealed_serial, verifier, enrolled_at) VALUES (?, ?, ?, 1)`,
+			idx[:], []byte("sealed"), old[i][:]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := db.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	s, err := store.OpenSQLite(ctx, path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if v, _ := s.Meta(ctx, "verifier_version"); v != "1" {
+		t.Fatalf("verifier_version = %q after migrating a database with devices, want 1", v)
+	}
+	if err := s.Checkpoint(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !fileContains(t, path, old[2][:]) {
+		t.Fatal("old verifier not found in the database files before the upgrade: the check cannot work")
+	}
+	n, err := s.UpgradeVerifiers(ctx, func(v privacy.Verifier) privacy.Verifier {
+		for i := range v {
+			v[i] ^= 0x5a
+		}
+		return v
+	})
+	if err != nil || n != len(old) {
+		t.Fatalf("UpgradeVerifiers = %d, %v; want %d", n, err, len(old))
+	}
+	if err := s.Checkpoint(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for i, v := range old {
+		if fileContains(t, path, v[:]) {
+			t.Fatalf("device %d: its version-1 verifier is still in the database files", i)
+		}
+	}
+}
+
+// TestFreshDatabaseHasCurrentVerifiers: a database made by this program has
+// nothing to upgrade.
+func TestFreshDatabaseHasCurrentVerifiers(t *testing.T) {
+	s := openTemp(t)
+	defer s.Close()
+	if v, _ := s.Meta(context.Background(), "verifier_version"); v != "" {
+		t.Fatalf("verifier_version = %q in a fresh database, want unset", v)
+	}
+}

@@ -220,6 +220,12 @@ type Store interface {
 	// the server and never part of a logical backup) makes it a no-op.
 	Checkpoint(ctx context.Context) error
 
+	// UpgradeVerifiers rewrites every stored HWID verifier v as upgrade(v),
+	// in one transaction, when the database still holds version-1 verifiers
+	// (meta "verifier_version" is "1"), and records version 2. It returns
+	// how many rows it rewrote (0 when there was nothing to upgrade).
+	UpgradeVerifiers(ctx context.Context, upgrade func(privacy.Verifier) privacy.Verifier) (int, error)
+
 	// Metadata of the store itself (e.g. the keystore id it was written with).
 	Meta(ctx context.Context, key string) (string, error)
 	SetMeta(ctx context.Context, key, value string) error

@@ -5,7 +5,9 @@ import (
 	"database/sql"
 	"errors"
 	"fmt"
+	"runtime"
 	"strings"
+	"sync"
 
 	"github.com/planetxlabs/dasset-gateway/pkg/privacy"
 )
@@ -166,4 +168,88 @@ func (s *SQLite) SetMeta(ctx context.Context, key, value string) error {
 		_, err := tx.ExecContext(ctx, `INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO UPDATE SET value = excluded.value`, key, value)
 		return err
 	})
+}
+
+// Verifier versions recorded in meta "verifier_version".
+const (
+	metaVerifierVersion = "verifier_version"
+	verifierV1          = "1"
+	verifierV2          = "2"
+)
+
+// UpgradeVerifiers rewrites version-1 verifiers (see Store). The upgrade
+// function is computed for all rows in parallel (it is a memory-hard KDF),
+// inside the write transaction, so a crash leaves either every old verifier
+// or every new one, with the version that says which.
+func (s *SQLite) UpgradeVerifiers(ctx context.Context, upgrade func(privacy.Verifier) privacy.Verifier) (n int, err error) {
+	err = s.write(ctx, "UpgradeVerifiers", func(tx *wtx) error {
+		n = 0
+		var v string
+		err := tx.QueryRowContext(ctx, `SELECT value FROM meta WHERE key = ?`, metaVerifierVersion).Scan(&v)
+		if err != nil && !errors.Is(err, sql.ErrNoRows) {
+			return err
+		}
+		if v != verifierV1 {
+			return nil
+		}
+		type row struct {
+			id  int64
+			ver privacy.Verifier
+		}
+		var todo []row
+		rows, err := tx.tx.QueryContext(ctx, `SELECT id, verifier FROM devices ORDER BY id`)
+		if err != nil {
+			return err
+		}
+		for rows.Next() {
+			var r row
+			var b []byte
+			if err := rows.Scan(&r.id, &b); err != nil {
+				rows.Close()
+				return err
+			}
+			if err := to32((*[32]byte)(&r.ver), b, "verifier"); err != nil {
+				rows.Close()
+				return err
+			}
+			todo = append(todo, r)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+
+		var wg sync.WaitGroup
+		workers := min(runtime.GOMAXPROCS(0), max(1, len(todo)))
+		for w := range workers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := w; i < len(todo); i += workers {
+					todo[i].ver = upgrade(todo[i].ver)
+				}
+			}()
+		}
+		wg.Wait()
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+
+		upd, err := tx.tx.PrepareContext(ctx, `UPDATE devices SET verifier = ? WHERE id = ?`)
+		if err != nil {
+			return err
+		}
+		defer upd.Close()
+		for _, r := range todo {
+			if _, err := upd.ExecContext(ctx, r.ver[:], r.id); err != nil {
+				return err
+			}
+		}
+		if _, err := tx.ExecContext(ctx, `UPDATE meta SET value = ? WHERE key = ?`, verifierV2, metaVerifierVersion); err != nil {
+			return err
+		}
+		n = len(todo)
+		return nil
+	})
+	return n, err
 }

@@ -6,6 +6,7 @@ package storetest
 import (
 	"context"
 	"crypto/rand"
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	mrand "math/rand/v2"
@@ -63,6 +64,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"Erase/AccountReceipt", testEraseAccount},
 		{"Meta", testMeta},
 		{"Checkpoint", testCheckpoint},
+		{"Meta/UpgradeVerifiers", testUpgradeVerifiers},
 		{"ConnLog", testConnLog},
 		{"Prune/Bounds", testPruneBounds},
 		{"Prune/OpenSessionsStay", testPruneOpenSessions},
@@ -1486,6 +1488,56 @@ func testMeta(t *h) {
 		t.Fatalf("Meta = %q, want b", v)
 	}
 	t.must(t.s.Ping(t.ctx), "Ping")
+}
+
+// testUpgradeVerifiers: nothing is rewritten unless the store says it holds
+// version-1 verifiers; then every row is rewritten exactly once.
+func testUpgradeVerifiers(t *h) {
+	batch := []store.Enrollment{enrollment(), enrollment(), enrollment()}
+	_, err := t.s.EnrollDevices(t.ctx, batch)
+	t.must(err, "EnrollDevices")
+	var mu sync.Mutex // the store may call upgrade from several goroutines
+	calls := 0
+	upgrade := func(v privacy.Verifier) privacy.Verifier {
+		mu.Lock()
+		defer mu.Unlock()
+		calls++
+		return privacy.Verifier(sha256.Sum256(v[:]))
+	}
+	n, err := t.s.UpgradeVerifiers(t.ctx, upgrade)
+	t.must(err, "UpgradeVerifiers on a current store")
+	if n != 0 {
+		t.Fatalf("UpgradeVerifiers rewrote %d rows of a store without version-1 verifiers", n)
+	}
+	for _, e := range batch {
+		d, err := t.s.DeviceByIndex(t.ctx, e.Index)
+		t.must(err, "DeviceByIndex")
+		if d.Verifier != e.Verifier {
+			t.Fatal("a current verifier was rewritten")
+		}
+	}
+
+	t.must(t.s.SetMeta(t.ctx, "verifier_version", "1"), "SetMeta")
+	n, err = t.s.UpgradeVerifiers(t.ctx, upgrade)
+	t.must(err, "UpgradeVerifiers")
+	if n != len(batch) || calls != len(batch) {
+		t.Fatalf("UpgradeVerifiers rewrote %d rows with %d calls, want %d", n, calls, len(batch))
+	}
+	for i, e := range batch {
+		d, err := t.s.DeviceByIndex(t.ctx, e.Index)
+		t.must(err, "DeviceByIndex")
+		if want := privacy.Verifier(sha256.Sum256(e.Verifier[:])); d.Verifier != want {
+			t.Fatalf("device %d: verifier not upgraded", i)
+		}
+	}
+	if v, _ := t.s.Meta(t.ctx, "verifier_version"); v != "2" {
+		t.Fatalf("verifier_version = %q after the upgrade, want 2", v)
+	}
+	n, err = t.s.UpgradeVerifiers(t.ctx, upgrade)
+	t.must(err, "UpgradeVerifiers again")
+	if n != 0 || calls != len(batch) {
+		t.Fatalf("a second UpgradeVerifiers rewrote %d rows", n)
+	}
 }
 
 // --- admission storms ---
