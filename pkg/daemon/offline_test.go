@@ -2,12 +2,14 @@ package daemon_test
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/planetxlabs/dasset-gateway/internal/poll"
 	"github.com/planetxlabs/dasset-gateway/pkg/agent"
 	gatewayv1 "github.com/planetxlabs/dasset-gateway/proto/dasset/gateway/v1"
 )
@@ -66,17 +68,13 @@ func TestOfflineDeviceRefusesSessions(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("agent did not stop")
 	}
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		devs, err = agent.ListDevices(ctx, c)
-		if err == nil && len(devs) == 1 && !devs[0].Online {
-			break
+	poll.Must(t, 20*time.Second, "device shown offline after its agent stopped (idle timeout 2s)", func() error {
+		devs, err := agent.ListDevices(ctx, c)
+		if err != nil || len(devs) != 1 || devs[0].Online {
+			return fmt.Errorf("devices %+v, %v", devs, err)
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("device still online 20s after its agent stopped (idle timeout 2s): %+v, %v", devs, err)
-		}
-		time.Sleep(500 * time.Millisecond)
-	}
+		return nil
+	})
 	_, err = agent.OpenSession(ctx, c, sn)
 	if err == nil || !strings.Contains(err.Error(), "device offline") {
 		t.Fatalf("session to an offline device: %v, want FailedPrecondition \"device offline\"", err)

@@ -18,6 +18,7 @@ import (
 
 	"github.com/vishvananda/netlink"
 
+	"github.com/planetxlabs/dasset-gateway/internal/poll"
 	"github.com/planetxlabs/dasset-gateway/pkg/agent"
 	gatewayv1 "github.com/planetxlabs/dasset-gateway/proto/dasset/gateway/v1"
 )
@@ -125,18 +126,67 @@ func addrOf(t *testing.T, ps []netip.Prefix, v4 bool) netip.Addr {
 }
 
 // expectDropped runs f (which must fail to get through: its error is
-// required) and checks that the router's drop counter for reason rose.
+// required) until the router's drop counter for reason rises: the rise is
+// the evidence that the packet reached the hub and was dropped there, not
+// lost on the way. A packet delayed by a handshake costs another attempt.
 func expectDropped(t *testing.T, g *testGateway, reason, what string, f func() error) {
 	t.Helper()
 	before := g.d.RouterStats().Dropped[reason]
-	if err := f(); err == nil {
-		t.Fatalf("%s: got through, want it dropped", what)
+	err := poll.Until(context.Background(), 10*time.Second, 10*time.Millisecond, func() error {
+		if err := f(); err == nil {
+			t.Fatalf("%s: got through, want it dropped", what)
+		}
+		if after := g.d.RouterStats().Dropped[reason]; after <= before {
+			return fmt.Errorf("router %s drops %d → %d, want a rise", reason, before, after)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("%s: %v (all drops: %v)", what, err, g.d.RouterStats().Dropped)
 	}
-	// The drop happens before the echo deadline; the counter is read after.
-	after := g.d.RouterStats().Dropped[reason]
-	if after <= before {
-		t.Fatalf("%s: router %s drops %d → %d, want a rise (all drops: %v)", what, reason, before, after, g.d.RouterStats().Dropped)
+}
+
+// waitPeerGone waits until the gateway's WireGuard device has no peer whose
+// allowed IPs hold addr: the evidence that a packet from that address can
+// no longer be decrypted at the gateway, before checking that it is not.
+func waitPeerGone(t *testing.T, g *testGateway, addr netip.Addr) {
+	t.Helper()
+	poll.Must(t, 5*time.Second, "WireGuard peer of "+addr.String()+" removed", func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		resp, err := g.admin.ListPeers(ctx, &gatewayv1.ListPeersRequest{})
+		if err != nil {
+			return err
+		}
+		for _, p := range resp.GetPeers() {
+			for _, a := range p.GetAllowedIps() {
+				if pre, err := netip.ParsePrefix(a); err == nil && pre.Contains(addr) {
+					return fmt.Errorf("peer %x still allows %s", p.GetPublicKey()[:4], a)
+				}
+			}
+		}
+		return nil
+	})
+}
+
+// peerPresent reports whether some peer of the gateway's WireGuard device
+// allows addr (the positive control of waitPeerGone).
+func peerPresent(t *testing.T, g *testGateway, addr netip.Addr) bool {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	resp, err := g.admin.ListPeers(ctx, &gatewayv1.ListPeersRequest{})
+	if err != nil {
+		t.Fatalf("ListPeers: %v", err)
 	}
+	for _, p := range resp.GetPeers() {
+		for _, a := range p.GetAllowedIps() {
+			if pre, err := netip.ParsePrefix(a); err == nil && pre.Contains(addr) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // TestClientSessions runs the remote-control flow in process over netstack:
@@ -315,8 +365,11 @@ func TestClientSessions(t *testing.T) {
 	if _, err := agent.OpenSession(ctx, c1, sn2); !errors.Is(err, agent.ErrPermissionDenied) {
 		t.Fatalf("client 1 opening a session to device 2 (not bound): %v, want ErrPermissionDenied", err)
 	}
-	if err := pingFrom(s1.Net(), s1.ClientAddresses(), dev1v4); err != nil {
+	if err := pingUntil(s1.Net(), s1.ClientAddresses(), dev1v4, 10*time.Second); err != nil {
 		t.Fatalf("client 1 → device 1 after the refused attempts: %v", err)
+	}
+	if !peerPresent(t, g, c1Addr4) {
+		t.Fatalf("no WireGuard peer allows client 1's %s during its session", c1Addr4)
 	}
 
 	// Closing the session (as `session close --id` does, while this end's
@@ -324,7 +377,8 @@ func TestClientSessions(t *testing.T) {
 	if err := agent.CloseSession(ctx, c1, s1.ID()); err != nil {
 		t.Fatalf("close session: %v", err)
 	}
-	ev1.waitFor(t, "SessionClosed", time.Second, closed(s1.ID()))
+	ev1.waitFor(t, "SessionClosed", 5*time.Second, closed(s1.ID()))
+	waitPeerGone(t, g, c1Addr4)
 	if err := pingFrom(s1.Net(), s1.ClientAddresses(), dev1v4); err == nil {
 		t.Fatal("client 1 reached device 1 after its session closed")
 	}
@@ -343,7 +397,7 @@ func TestClientSessions(t *testing.T) {
 		t.Fatalf("Session.Close after the gateway closed it: %v", err)
 	}
 	// Client 2 is not disturbed.
-	if err := pingFrom(s2.Net(), s2.ClientAddresses(), dev2v4); err != nil {
+	if err := pingUntil(s2.Net(), s2.ClientAddresses(), dev2v4, 10*time.Second); err != nil {
 		t.Fatalf("client 2 → device 2 after client 1's close: %v", err)
 	}
 
@@ -363,11 +417,12 @@ func TestClientSessions(t *testing.T) {
 		t.Fatalf("unbind: %v", err)
 	}
 	unbound := time.Now()
+	ev1.waitFor(t, "SessionClosed after unbind", 5*time.Second, closed(s3.ID()))
+	waitPeerGone(t, g, addrOf(t, s3.ClientAddresses(), true))
 	// pingFrom waits at most 1s for the reply.
 	if err := pingFrom(s3.Net(), s3.ClientAddresses(), dev1v4); err == nil {
 		t.Fatal("client 1 reached device 1 after unbinding it")
 	}
-	ev1.waitFor(t, "SessionClosed after unbind", time.Second, closed(s3.ID()))
 	expectDropped(t, g, "no_session", "device 1 → client 1 after unbind", func() error {
 		return pingFrom(a1.Net(), a1.Addresses(), addrOf(t, s3.ClientAddresses(), true))
 	})
@@ -394,7 +449,7 @@ func TestClientSessions(t *testing.T) {
 	if err := s3.Close(ctx); err != nil {
 		t.Fatalf("Session.Close after unbind: %v", err)
 	}
-	if err := pingFrom(s2.Net(), s2.ClientAddresses(), dev2v4); err != nil {
+	if err := pingUntil(s2.Net(), s2.ClientAddresses(), dev2v4, 10*time.Second); err != nil {
 		t.Fatalf("client 2 → device 2 at the end: %v", err)
 	}
 }
@@ -507,13 +562,11 @@ func TestClientSessionKernelTUN(t *testing.T) {
 	}()
 	// The host's own stack: the kernel picks the TUN by the session's route.
 	var conn net.Conn
-	for i := 0; i < 50; i++ {
+	err = poll.Until(ctx, 10*time.Second, 100*time.Millisecond, func() error {
 		d := net.Dialer{Timeout: time.Second}
-		if conn, err = d.DialContext(ctx, "tcp", netip.AddrPortFrom(dev4, 7001).String()); err == nil {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+		conn, err = d.DialContext(ctx, "tcp", netip.AddrPortFrom(dev4, 7001).String())
+		return err
+	})
 	if err != nil {
 		t.Fatalf("TCP from the host through the session TUN: %v", err)
 	}

@@ -3,6 +3,7 @@ package daemon_test
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/planetxlabs/dasset-gateway/internal/poll"
 	"github.com/planetxlabs/dasset-gateway/pkg/agent"
 	gatewayv1 "github.com/planetxlabs/dasset-gateway/proto/dasset/gateway/v1"
 )
@@ -83,38 +85,38 @@ func TestSubjectExportEraseAndLedger(t *testing.T) {
 
 	// The connection log is written in batches: wait until A's rows show.
 	var docA exportDoc
-	deadline := time.Now().Add(10 * time.Second)
-	for {
+	// Every export is audited: ask five times a second, not more.
+	err = poll.Until(ctx, 10*time.Second, 200*time.Millisecond, func() error {
 		resp, err := g.admin.ExportSubject(ctx, &gatewayv1.ExportSubjectRequest{Subject: &gatewayv1.ExportSubjectRequest_SerialNumber{SerialNumber: snA}, Reason: "ticket 1"})
 		if err != nil {
 			t.Fatalf("export A: %v", err)
+		}
+		if strings.Contains(resp.GetJson(), snB) {
+			t.Fatalf("export of A mentions B's serial number:\n%s", resp.GetJson())
 		}
 		docA = exportDoc{}
 		if err := json.Unmarshal([]byte(resp.GetJson()), &docA); err != nil {
 			t.Fatalf("export A is not JSON: %v\n%s", err, resp.GetJson())
 		}
-		if len(docA.ConnectionLog) >= 2 || time.Now().After(deadline) {
-			if strings.Contains(resp.GetJson(), snB) {
-				t.Fatalf("export of A mentions B's serial number:\n%s", resp.GetJson())
+		if docA.Kind != "device" || docA.Device == nil || docA.Device.SerialNumber != snA {
+			t.Fatalf("export A: %+v", docA)
+		}
+		var ok, denied int
+		for _, r := range docA.ConnectionLog {
+			switch r.Outcome {
+			case "ok":
+				ok++
+			case "denied":
+				denied++
 			}
-			break
 		}
-		time.Sleep(100 * time.Millisecond)
-	}
-	if docA.Kind != "device" || docA.Device == nil || docA.Device.SerialNumber != snA {
-		t.Fatalf("export A: %+v", docA)
-	}
-	var ok, denied int
-	for _, r := range docA.ConnectionLog {
-		switch r.Outcome {
-		case "ok":
-			ok++
-		case "denied":
-			denied++
+		if ok < 1 || denied < 1 {
+			return fmt.Errorf("connection log has %d ok, %d denied rows; want ≥1 each", ok, denied)
 		}
-	}
-	if ok < 1 || denied < 1 {
-		t.Fatalf("export A connection log: %d ok, %d denied rows; want ≥1 each", ok, denied)
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("export of A: %v", err)
 	}
 	respB, err := g.admin.ExportSubject(ctx, &gatewayv1.ExportSubjectRequest{Subject: &gatewayv1.ExportSubjectRequest_SerialNumber{SerialNumber: snB}, Reason: "ticket 2"})
 	if err != nil {
