@@ -9,7 +9,6 @@ import (
 	"syscall"
 
 	"golang.org/x/sys/unix"
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/peer"
@@ -133,22 +132,6 @@ func (ops Operators) identify(ctx context.Context) (Operator, error) {
 		return Operator{}, status.Error(codes.PermissionDenied, "certificate "+strconv.Quote(cn)+" is not an operator (admin.operators)")
 	default:
 		return Operator{}, status.Error(codes.Unauthenticated, "unknown transport")
-	}
-}
-
-// AdminAuth is the admin listener's interceptor: it identifies the operator
-// and requires the operator role for every call (the privacy role is checked
-// per call where personal data is revealed).
-func AdminAuth(ops Operators) grpc.UnaryServerInterceptor {
-	return func(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
-		o, err := ops.identify(ctx)
-		if err != nil {
-			return nil, err
-		}
-		if !o.Has(RoleOperator) && !o.Has(RolePrivacy) {
-			return nil, status.Error(codes.PermissionDenied, "operator "+o.Name+" has no role")
-		}
-		return h(context.WithValue(ctx, operatorKey{}, o), req)
 	}
 }
 

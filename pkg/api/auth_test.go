@@ -24,9 +24,11 @@ var testOps = Operators{
 	},
 }
 
-func callAs(uid uint32, fn func(ctx context.Context) error) error {
+// callAs calls fn as the admin listener's guard would let uid call method.
+func callAs(uid uint32, method string, fn func(ctx context.Context) error) error {
 	ctx := peer.NewContext(context.Background(), &peer.Peer{AuthInfo: PeerCred{UID: uid}})
-	_, err := AdminAuth(testOps)(ctx, nil, &grpc.UnaryServerInfo{}, func(ctx context.Context, _ any) (any, error) {
+	g := Guard{Table: AdminTable(), Operators: testOps}
+	_, err := g.Unary()(ctx, nil, &grpc.UnaryServerInfo{FullMethod: method}, func(ctx context.Context, _ any) (any, error) {
 		return nil, fn(ctx)
 	})
 	return err
@@ -46,18 +48,25 @@ func TestAdminRoles(t *testing.T) {
 		_, err := srv.EraseSubject(ctx, &gatewayv1.EraseSubjectRequest{Subject: &gatewayv1.EraseSubjectRequest_SerialNumber{SerialNumber: "X1"}, Reason: "r"})
 		return err
 	}
-	for name, fn := range map[string]func(context.Context) error{"reveal": reveal, "export": export, "erase": erase} {
-		if err := callAs(1000, fn); status.Code(err) != codes.PermissionDenied {
+	for name, c := range map[string]struct {
+		method string
+		fn     func(context.Context) error
+	}{
+		"reveal": {gatewayv1.AdminService_ListDevices_FullMethodName, reveal},
+		"export": {gatewayv1.AdminService_ExportSubject_FullMethodName, export},
+		"erase":  {gatewayv1.AdminService_EraseSubject_FullMethodName, erase},
+	} {
+		if err := callAs(1000, c.method, c.fn); status.Code(err) != codes.PermissionDenied {
 			t.Errorf("%s as an operator without the privacy role: %v, want PermissionDenied", name, err)
 		}
 	}
-	if err := callAs(4242, func(context.Context) error { return nil }); status.Code(err) != codes.PermissionDenied {
+	if err := callAs(4242, gatewayv1.AdminService_GetPolicy_FullMethodName, func(context.Context) error { return nil }); status.Code(err) != codes.PermissionDenied {
 		t.Errorf("unknown uid: %v, want PermissionDenied", err)
 	}
 	// The privacy role passes the role check (and reaches the handler, which
 	// has no gateway here: it fails later, not with PermissionDenied).
 	reached := false
-	if err := callAs(1001, func(ctx context.Context) error {
+	if err := callAs(1001, gatewayv1.AdminService_ListDevices_FullMethodName, func(ctx context.Context) error {
 		_, err := requireRole(ctx, RolePrivacy)
 		reached = err == nil
 		return err
@@ -65,7 +74,7 @@ func TestAdminRoles(t *testing.T) {
 		t.Errorf("privacy operator: %v", err)
 	}
 	// A reveal without a reason is refused before anything else.
-	if err := callAs(0, func(ctx context.Context) error {
+	if err := callAs(0, gatewayv1.AdminService_ListDevices_FullMethodName, func(ctx context.Context) error {
 		_, err := srv.ListDevices(ctx, &gatewayv1.ListDevicesRequest{Reveal: true})
 		return err
 	}); status.Code(err) != codes.InvalidArgument {
@@ -81,9 +90,10 @@ func TestPeerCredOverUnixSocket(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	s := grpc.NewServer(grpc.Creds(UnixPeerCredentials()), grpc.ChainUnaryInterceptor(AdminAuth(Operators{ByUID: map[uint32]Operator{
+	g := Guard{Table: AdminTable(), Operators: Operators{ByUID: map[uint32]Operator{
 		uint32(os.Getuid()): {Name: "me", Roles: []Role{RoleOperator}},
-	}})))
+	}}}
+	s := grpc.NewServer(grpc.Creds(UnixPeerCredentials()), grpc.ChainUnaryInterceptor(g.Unary()))
 	gatewayv1.RegisterAdminServiceServer(s, &whoami{})
 	go func() { _ = s.Serve(l) }()
 	defer s.Stop()

@@ -3,6 +3,8 @@ package api
 import (
 	"context"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/planetxlabs/dasset-gateway/pkg/gateway"
@@ -33,14 +35,11 @@ func (s *ClientServer) Login(ctx context.Context, req *gatewayv1.ClientLoginRequ
 	return &gatewayv1.ClientLoginResponse{AccessToken: tok, ExpiresAt: timestamppb.New(exp)}, nil
 }
 
+// account is the caller the Guard authenticated (ClientToken methods).
 func (s *ClientServer) account(ctx context.Context) (store.Account, error) {
-	tok, err := bearer(ctx)
-	if err != nil {
-		return store.Account{}, err
-	}
-	a, err := s.GW.AccountByToken(ctx, tok)
-	if err != nil {
-		return store.Account{}, toStatus(err)
+	a, ok := AccountFrom(ctx)
+	if !ok {
+		return store.Account{}, status.Error(codes.Unauthenticated, "no authenticated account (method not listed as client token)")
 	}
 	return a, nil
 }

@@ -172,14 +172,11 @@ func (s *DeviceServer) Logout(ctx context.Context, _ *gatewayv1.LogoutRequest) (
 	return &gatewayv1.LogoutResponse{}, nil
 }
 
+// device is the caller the Guard authenticated (DeviceToken methods).
 func (s *DeviceServer) device(ctx context.Context) (store.Device, error) {
-	tok, err := bearer(ctx)
-	if err != nil {
-		return store.Device{}, err
-	}
-	d, err := s.GW.DeviceByToken(ctx, tok)
-	if err != nil {
-		return store.Device{}, toStatus(err)
+	d, ok := DeviceFrom(ctx)
+	if !ok {
+		return store.Device{}, status.Error(codes.Unauthenticated, "no authenticated device (method not listed as device token)")
 	}
 	return d, nil
 }

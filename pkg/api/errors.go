@@ -22,6 +22,10 @@ func toStatus(err error) error {
 	if _, ok := status.FromError(err); ok {
 		return err
 	}
+	// A malformed credential is an authentication failure, not a bad field.
+	if errors.Is(err, gateway.ErrUnauthenticated) {
+		return status.Error(codes.Unauthenticated, gateway.PublicMessage(err))
+	}
 	var fe *privacy.FieldError
 	if errors.As(err, &fe) {
 		return status.Error(codes.InvalidArgument, fe.Error())

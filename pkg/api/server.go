@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"log/slog"
 	"runtime/debug"
+	"sync"
 
 	grpcprom "github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus"
 	"github.com/grpc-ecosystem/go-grpc-middleware/v2/interceptors/logging"
@@ -14,8 +15,11 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
+	"google.golang.org/grpc/encoding"
+	protoenc "google.golang.org/grpc/encoding/proto"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/mem"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
 )
@@ -45,9 +49,10 @@ func ServerMetrics(reg prometheus.Registerer) *grpcprom.ServerMetrics {
 }
 
 // NewServer makes a gRPC server with the project's interceptors: a request id
-// on every call, a log line per call (slog, no request payloads), panic
-// recovery (Internal, with the stack in the log only) and metrics.
-func NewServer(log *slog.Logger, m *grpcprom.ServerMetrics, creds credentials.TransportCredentials, opts ...grpc.ServerOption) *grpc.Server {
+// on every call, InvalidArgument for a request that does not decode, a log
+// line per call (slog, no request payloads), panic recovery (Internal, with
+// the stack in the log only), metrics, and the guard's access table.
+func NewServer(log *slog.Logger, m *grpcprom.ServerMetrics, creds credentials.TransportCredentials, guard Guard, opts ...grpc.ServerOption) *grpc.Server {
 	lg := logging.LoggerFunc(func(ctx context.Context, lvl logging.Level, msg string, fields ...any) {
 		log.Log(ctx, slog.Level(lvl), msg, fields...)
 	})
@@ -77,13 +82,64 @@ func NewServer(log *slog.Logger, m *grpcprom.ServerMetrics, creds credentials.Tr
 	idStream := func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
 		return h(srv, &idStream{ServerStream: ss, ctx: context.WithValue(ss.Context(), requestIDKey{}, newRequestID())})
 	}
+	codec := &decodeCodec{CodecV2: encoding.GetCodecV2(protoenc.Name)}
 	all := append([]grpc.ServerOption{
 		grpc.Creds(creds),
-		grpc.ChainUnaryInterceptor(idUnary, m.UnaryServerInterceptor(), logging.UnaryServerInterceptor(lg, logOpts...), recovery.UnaryServerInterceptor(rec)),
-		grpc.ChainStreamInterceptor(idStream, m.StreamServerInterceptor(), logging.StreamServerInterceptor(lg, logOpts...), recovery.StreamServerInterceptor(rec)),
+		grpc.ForceServerCodecV2(codec),
+		grpc.ChainUnaryInterceptor(codec.unary, idUnary, m.UnaryServerInterceptor(), logging.UnaryServerInterceptor(lg, logOpts...),
+			recovery.UnaryServerInterceptor(rec), guard.Unary()),
+		grpc.ChainStreamInterceptor(codec.stream, idStream, m.StreamServerInterceptor(), logging.StreamServerInterceptor(lg, logOpts...),
+			recovery.StreamServerInterceptor(rec), guard.Stream()),
 	}, opts...)
 	s := grpc.NewServer(all...)
 	return s
+}
+
+// decodeCodec is the proto codec, except that a request that does not
+// decode (invalid UTF-8 in a string, truncated bytes) is remembered instead
+// of failing inside grpc-go, which would answer Internal: the first
+// interceptor answers InvalidArgument for it (and the handler never runs).
+type decodeCodec struct {
+	encoding.CodecV2
+	bad sync.Map // message (pointer) → decode error
+}
+
+func (c *decodeCodec) Unmarshal(data mem.BufferSlice, v any) error {
+	if err := c.CodecV2.Unmarshal(data, v); err != nil {
+		c.bad.Store(v, err)
+	}
+	return nil
+}
+
+func (c *decodeCodec) check(v any) error {
+	if err, ok := c.bad.LoadAndDelete(v); ok {
+		return status.Error(codes.InvalidArgument, "request does not decode: "+err.(error).Error())
+	}
+	return nil
+}
+
+func (c *decodeCodec) unary(ctx context.Context, req any, _ *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
+	if err := c.check(req); err != nil {
+		return nil, err
+	}
+	return h(ctx, req)
+}
+
+func (c *decodeCodec) stream(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+	return h(srv, &decodeStream{ServerStream: ss, c: c})
+}
+
+type decodeStream struct {
+	grpc.ServerStream
+	c *decodeCodec
+}
+
+func (s *decodeStream) RecvMsg(m any) error {
+	if err := s.ServerStream.RecvMsg(m); err != nil {
+		s.c.bad.Delete(m)
+		return err
+	}
+	return s.c.check(m)
 }
 
 type idStream struct {

@@ -405,7 +405,8 @@ func (d *Daemon) listen() error {
 	// Devices and apps are on the open network: bound the handshake, the
 	// message size and the streams per connection, and ping idle
 	// connections so dead devices' streams end.
-	d.grpcSrv = api.NewServer(d.log.With("listener", "grpc"), sm, creds,
+	pubGuard := api.Guard{Table: api.PublicTable(), Tokens: d.gw}
+	d.grpcSrv = api.NewServer(d.log.With("listener", "grpc"), sm, creds, pubGuard,
 		grpc.ConnectionTimeout(10*time.Second),
 		grpc.MaxRecvMsgSize(64<<10),
 		grpc.MaxConcurrentStreams(16),
@@ -415,6 +416,9 @@ func (d *Daemon) listen() error {
 	gatewayv1.RegisterDeviceServiceServer(d.grpcSrv, &api.DeviceServer{GW: d.gw, Log: d.log})
 	gatewayv1.RegisterClientServiceServer(d.grpcSrv, &api.ClientServer{GW: d.gw})
 	h := api.Finish(d.grpcSrv, sm)
+	if m := pubGuard.Missing(d.grpcSrv); len(m) > 0 {
+		return fmt.Errorf("gRPC methods without an access entry (pkg/api PublicTable): %v", m)
+	}
 	h.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 
 	// Admin: the unix socket (operators by uid) and, optionally, TCP with
@@ -423,11 +427,15 @@ func (d *Daemon) listen() error {
 		GW: d.gw, Peers: peerSource{d.dev, d.plan}, Policy: d.policy.YAML(), Audit: d.audit,
 		Retention: retentionRunner{d},
 	}
+	adminGuard := api.Guard{Table: api.AdminTable(), Operators: operators(cfg.Admin)}
 	newAdmin := func(creds credentials.TransportCredentials, name string) *grpc.Server {
-		s := api.NewServer(d.log.With("listener", name), sm, creds, grpc.ChainUnaryInterceptor(api.AdminAuth(operators(cfg.Admin))))
+		s := api.NewServer(d.log.With("listener", name), sm, creds, adminGuard)
 		gatewayv1.RegisterAdminServiceServer(s, admin)
 		api.Finish(s, sm).SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 		return s
+	}
+	if m := adminGuard.Missing(newAdmin(insecure.NewCredentials(), "admin-check")); len(m) > 0 {
+		return fmt.Errorf("admin gRPC methods without an access entry (pkg/api AdminTable): %v", m)
 	}
 	if cfg.Admin.Socket != "" {
 		if err := os.MkdirAll(filepath.Dir(cfg.Admin.Socket), 0o750); err != nil {
