@@ -97,28 +97,34 @@ func (s peerSource) PeerStatuses(ctx context.Context) ([]api.PeerStatus, error) 
 	return out, nil
 }
 
-// state is read by the metrics collector at most once per cache period.
-func (d *Daemon) state(ctx context.Context) (metrics.Snapshot, error) {
-	st, err := d.dev.Stats(ctx)
-	if err != nil {
-		return metrics.Snapshot{}, err
-	}
+// state is read by the metrics collector at every scrape. The router's
+// counters are atomics and the counts are in memory; the WireGuard figures
+// come from the device's cached IpcGet (tunnel/wg, StatsMaxAge).
+func (d *Daemon) state(ctx context.Context) metrics.Snapshot {
 	online, _ := d.gw.OnlineCount(ctx)
 	rs := d.rt.Stats()
-	return metrics.Snapshot{
+	s := metrics.Snapshot{
 		AdmittedDevices: d.gw.AdmittedCount(),
 		OnlineDevices:   online,
 		OpenSessions:    d.gw.OpenSessionCount(),
-		Peers:           st.Peers,
+		RouterDropped:   rs.Dropped,
+		Hairpinned:      rs.Hairpinned,
+	}
+	st, err := d.dev.Stats(ctx)
+	if err != nil {
+		d.log.Warn("reading WireGuard stats for metrics failed", "err", err)
+		return s
+	}
+	s.WireGuard = &metrics.WireGuardStats{
+		Peers: st.Peers,
 		HandshakeAges: map[string]int{
 			"le_2m": st.HandshakeAges.Under2m, "le_5m": st.HandshakeAges.Under5m,
 			"le_1h": st.HandshakeAges.Under1h, "older": st.HandshakeAges.OlderOrNever,
 		},
-		RxBytes:       st.RxBytes,
-		TxBytes:       st.TxBytes,
-		RouterDropped: rs.Dropped,
-		Hairpinned:    rs.Hairpinned,
-	}, nil
+		RxBytes: st.RxBytes,
+		TxBytes: st.TxBytes,
+	}
+	return s
 }
 
 // endpointForgetter clears the remembered WireGuard endpoint of peers idle

@@ -190,7 +190,7 @@ func New(ctx context.Context, cfg config.Config, opt Options) (_ *Daemon, err er
 		return nil, err
 	}
 	d.log.Info("peers restored from the store", "devices", n)
-	metrics.RegisterState(d.reg, d.state, 5*time.Second, router.Reasons())
+	metrics.RegisterState(d.reg, d.state, router.Reasons())
 
 	r := cfg.Retention
 	if d.pruner, err = retention.New(d.st, d.keys, endpointForgetter{d: d.dev, now: now}, retention.Config{

@@ -11,13 +11,15 @@ import (
 	"testing"
 	"time"
 
+	dto "github.com/prometheus/client_model/go"
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
 	gatewayv1 "github.com/planetxlabs/dasset-gateway/proto/dasset/gateway/v1"
 )
 
-func scrapeSeries(t *testing.T, addr string) map[string]int {
+// scrape reads /metrics once.
+func scrape(t *testing.T, addr string) map[string]*dto.MetricFamily {
 	t.Helper()
 	resp, err := http.Get("http://" + addr + "/metrics")
 	if err != nil {
@@ -33,11 +35,39 @@ func scrapeSeries(t *testing.T, addr string) map[string]int {
 	if err != nil {
 		t.Fatalf("parse /metrics: %v", err)
 	}
+	return fams
+}
+
+// scrapeSeries counts the series of every family.
+func scrapeSeries(t *testing.T, addr string) (map[string]int, map[string]*dto.MetricFamily) {
+	t.Helper()
+	fams := scrape(t, addr)
 	out := map[string]int{}
 	for name, f := range fams {
 		out[name] = len(f.GetMetric())
 	}
-	return out
+	return out, fams
+}
+
+// sample is the value of the series of family name whose labels include
+// label=value (any series when label is empty).
+func sample(t *testing.T, fams map[string]*dto.MetricFamily, name, label, value string) float64 {
+	t.Helper()
+	for _, m := range fams[name].GetMetric() {
+		match := label == ""
+		for _, l := range m.GetLabel() {
+			match = match || (l.GetName() == label && l.GetValue() == value)
+		}
+		if !match {
+			continue
+		}
+		if c := m.GetCounter(); c != nil {
+			return c.GetValue()
+		}
+		return m.GetGauge().GetValue()
+	}
+	t.Fatalf("no series %s{%s=%q} in the scrape", name, label, value)
+	return 0
 }
 
 func loginMany(t *testing.T, g *testGateway, from, to int) {
@@ -61,11 +91,13 @@ func TestMetricCardinalityIndependentOfFleetSize(t *testing.T) {
 	cfg := testConfig(t, filepath.Join(dir))
 	g := startGateway(t, cfg)
 	loginMany(t, g, 0, 10)
-	time.Sleep(6 * time.Second) // past the state collector's cache
-	at10 := scrapeSeries(t, g.d.HTTPAddr().String())
+	at10, fams10 := scrapeSeries(t, g.d.HTTPAddr().String())
 	loginMany(t, g, 10, 1000)
-	time.Sleep(6 * time.Second)
-	at1000 := scrapeSeries(t, g.d.HTTPAddr().String())
+	at1000, fams1000 := scrapeSeries(t, g.d.HTTPAddr().String())
+	// The live state is read at every scrape: each one saw its fleet.
+	if n10, n1000 := sample(t, fams10, "dasset_gateway_admitted_devices", "", ""), sample(t, fams1000, "dasset_gateway_admitted_devices", "", ""); n10 != 10 || n1000 != 1000 {
+		t.Fatalf("admitted_devices %v after 10 logins and %v after 1000", n10, n1000)
+	}
 
 	if n := at1000["dasset_gateway_admitted_devices"]; n != 1 {
 		t.Fatalf("admitted_devices has %d series", n)

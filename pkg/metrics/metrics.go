@@ -7,7 +7,6 @@ package metrics
 import (
 	"context"
 	"runtime/debug"
-	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -85,37 +84,42 @@ func (m *Gateway) ObserveStore(op string, d time.Duration, _ error) {
 	m.StoreTx.WithLabelValues(op).Observe(d.Seconds())
 }
 
-// Snapshot is the gateway's live state, read at scrape time.
+// Snapshot is the gateway's live state, read at every scrape. The counts
+// and the router's counters are cheap reads; the WireGuard figures come from
+// the device's cached status (one IpcGet serves several scrapes), never from
+// a cache here.
 type Snapshot struct {
 	AdmittedDevices int
 	OnlineDevices   int
 	OpenSessions    int
-	Peers           int
+	RouterDropped   map[string]uint64
+	Hairpinned      uint64
+	// WireGuard is nil when the device's status could not be read; its
+	// series are then left out of the scrape.
+	WireGuard *WireGuardStats
+}
+
+// WireGuardStats are totals over the WireGuard device's peers.
+type WireGuardStats struct {
+	Peers int
 	// HandshakeAges counts peers per last-handshake age bucket
 	// (le_2m, le_5m, le_1h, older: longer ago or never).
 	HandshakeAges map[string]int
 	RxBytes       uint64
 	TxBytes       uint64
-	RouterDropped map[string]uint64
-	Hairpinned    uint64
 }
 
 // HandshakeBuckets are the age buckets of HandshakeAges, in order.
 var HandshakeBuckets = []string{"le_2m", "le_5m", "le_1h", "older"}
 
 // StateFunc reads the live state.
-type StateFunc func(ctx context.Context) (Snapshot, error)
+type StateFunc func(ctx context.Context) Snapshot
 
-// stateCollector reads the state at most once per maxAge, however often
-// Prometheus scrapes (reading WireGuard state locks every peer).
+// stateCollector reads the state at every scrape: a packet the hub drops
+// shows in the very next scrape.
 type stateCollector struct {
 	fn      StateFunc
-	maxAge  time.Duration
 	reasons []string
-
-	mu   sync.Mutex
-	at   time.Time
-	last Snapshot
 
 	admitted, online, sessions, peers, hairpin *prometheus.Desc
 	ages, bytes, drops                         *prometheus.Desc
@@ -123,12 +127,12 @@ type stateCollector struct {
 
 // RegisterState registers the live-state collector. reasons are all router
 // drop reasons, so every series exists from the first scrape.
-func RegisterState(reg prometheus.Registerer, fn StateFunc, maxAge time.Duration, reasons []string) {
+func RegisterState(reg prometheus.Registerer, fn StateFunc, reasons []string) {
 	d := func(name, help string, labels ...string) *prometheus.Desc {
 		return prometheus.NewDesc(prometheus.BuildFQName(Namespace, "", name), help, labels, nil)
 	}
 	reg.MustRegister(&stateCollector{
-		fn: fn, maxAge: maxAge, reasons: reasons,
+		fn: fn, reasons: reasons,
 		admitted: d("admitted_devices", "Devices with a pinned key and an address (not revoked)."),
 		online:   d("online_devices", "Devices with a live Sync stream or a recent handshake."),
 		sessions: d("open_sessions", "Open remote-control sessions."),
@@ -147,28 +151,22 @@ func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
-	c.mu.Lock()
-	if time.Since(c.at) > c.maxAge {
-		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		s, err := c.fn(ctx)
-		cancel()
-		if err == nil {
-			c.last, c.at = s, time.Now()
-		}
-	}
-	s := c.last
-	c.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	s := c.fn(ctx)
+	cancel()
 	ch <- prometheus.MustNewConstMetric(c.admitted, prometheus.GaugeValue, float64(s.AdmittedDevices))
 	ch <- prometheus.MustNewConstMetric(c.online, prometheus.GaugeValue, float64(s.OnlineDevices))
 	ch <- prometheus.MustNewConstMetric(c.sessions, prometheus.GaugeValue, float64(s.OpenSessions))
-	ch <- prometheus.MustNewConstMetric(c.peers, prometheus.GaugeValue, float64(s.Peers))
 	ch <- prometheus.MustNewConstMetric(c.hairpin, prometheus.CounterValue, float64(s.Hairpinned))
-	for _, b := range HandshakeBuckets {
-		ch <- prometheus.MustNewConstMetric(c.ages, prometheus.GaugeValue, float64(s.HandshakeAges[b]), b)
-	}
-	ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.CounterValue, float64(s.RxBytes), "rx")
-	ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.CounterValue, float64(s.TxBytes), "tx")
 	for _, r := range c.reasons {
 		ch <- prometheus.MustNewConstMetric(c.drops, prometheus.CounterValue, float64(s.RouterDropped[r]), r)
+	}
+	if w := s.WireGuard; w != nil {
+		ch <- prometheus.MustNewConstMetric(c.peers, prometheus.GaugeValue, float64(w.Peers))
+		for _, b := range HandshakeBuckets {
+			ch <- prometheus.MustNewConstMetric(c.ages, prometheus.GaugeValue, float64(w.HandshakeAges[b]), b)
+		}
+		ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.CounterValue, float64(w.RxBytes), "rx")
+		ch <- prometheus.MustNewConstMetric(c.bytes, prometheus.CounterValue, float64(w.TxBytes), "tx")
 	}
 }
