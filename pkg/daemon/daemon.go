@@ -136,8 +136,12 @@ func New(ctx context.Context, cfg config.Config, opt Options) (_ *Daemon, err er
 	if d.ledger, err = privacy.OpenLedger(d.keys.Dir()); err != nil {
 		return nil, err
 	}
-	if d.audit, err = audit.Open(filepath.Join(cfg.DataDir, "audit.log"), filepath.Join(d.keys.Dir(), "audit.head")); err != nil {
-		return nil, fmt.Errorf("audit log: %w (dassetctl audit verify explains; restore the matching audit.log or move it aside)", err)
+	auditPath, err := moveAuditLog(cfg.DataDir, d.keys.Dir())
+	if err != nil {
+		return nil, fmt.Errorf("audit log: %w", err)
+	}
+	if d.audit, err = audit.Open(auditPath, filepath.Join(d.keys.Dir(), privacy.AuditHeadFile)); err != nil {
+		return nil, fmt.Errorf("audit log: %w (dassetctl audit verify explains; restore the keystore backup, which holds the log and its head)", err)
 	}
 
 	if d.plan, err = ipam.New(cfg.Network.IPAM()); err != nil {
@@ -182,8 +186,8 @@ func New(ctx context.Context, cfg config.Config, opt Options) (_ *Daemon, err er
 	}
 	if n, err := d.gw.ReplayErasures(ctx); err != nil {
 		return nil, fmt.Errorf("replaying the erasure ledger: %w", err)
-	} else if n > 0 {
-		d.log.Warn("erased devices found in the database (an older copy restored?) and erased again", "devices", n)
+	} else if n.Devices+n.Accounts > 0 {
+		d.log.Warn("erased subjects found in the database (an older copy restored?) and erased again", "devices", n.Devices, "accounts", n.Accounts)
 	}
 	n, err := d.gw.Start(ctx)
 	if err != nil {
@@ -216,6 +220,50 @@ func New(ctx context.Context, cfg config.Config, opt Options) (_ *Daemon, err er
 		return nil, err
 	}
 	return d, nil
+}
+
+// moveAuditLog returns where the audit log lives: in the keystore directory,
+// beside its head hash and the erasure ledger, so that the keystore backup
+// carries all three and restoring an older data directory can neither lose
+// audited reveals and erasures nor break the chain. A log left in the data
+// directory by an older version is moved there first.
+func moveAuditLog(dataDir, keysDir string) (string, error) {
+	path := filepath.Join(keysDir, privacy.AuditLogFile)
+	old := filepath.Join(dataDir, privacy.AuditLogFile)
+	if _, err := os.Lstat(path); err == nil {
+		return path, nil
+	} else if !errors.Is(err, os.ErrNotExist) {
+		return "", err
+	}
+	b, err := os.ReadFile(old)
+	if errors.Is(err, os.ErrNotExist) {
+		return path, nil
+	}
+	if err != nil {
+		return "", err
+	}
+	f, err := os.CreateTemp(keysDir, ".tmp-audit-*")
+	if err != nil {
+		return "", err
+	}
+	defer os.Remove(f.Name())
+	_, err = f.Write(b)
+	if err == nil {
+		err = f.Chmod(0o600)
+	}
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(f.Name(), path)
+	}
+	if err != nil {
+		return "", fmt.Errorf("moving %s into the keystore directory: %w", old, err)
+	}
+	return path, os.Remove(old)
 }
 
 // loadPolicy loads the privacy policy and refuses a configuration that asks

@@ -192,7 +192,7 @@ func TestSubjectExportEraseAndLedger(t *testing.T) {
 	if err != nil || !v.GetOk() || v.GetEntries() < 5 {
 		t.Fatalf("VerifyAudit = %v, %v", v, err)
 	}
-	auditBytes, err := os.ReadFile(filepath.Join(cfg.DataDir, "audit.log"))
+	auditBytes, err := os.ReadFile(filepath.Join(cfg.KeystorePath(), "audit.log"))
 	if err != nil {
 		t.Fatal(err)
 	}

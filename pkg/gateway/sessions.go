@@ -303,8 +303,10 @@ func (g *Gateway) AccountByToken(ctx context.Context, token string) (store.Accou
 	return a, nil
 }
 
-// DeleteAccount cancels an account: its sessions close, its peers go, its
-// tokens and bindings are deleted. Returns the erasure receipt.
+// DeleteAccount cancels an account: cancellation is erasure (eraseAccount):
+// its sessions close, its peers go, and every row of it goes, connection
+// log and auth failures included; the account goes on the erasure ledger.
+// Returns the erasure receipt.
 func (g *Gateway) DeleteAccount(ctx context.Context, name string) (map[string]int64, error) {
 	s := g.sess
 	if !s.enabled() {
@@ -319,6 +321,9 @@ func (g *Gateway) DeleteAccount(ctx context.Context, name string) (map[string]in
 	}
 	if err != nil {
 		return nil, newErr(ErrUnavailable, err, "looking up account failed")
+	}
+	if g.subj != nil {
+		return g.eraseAccount(ctx, a, "account deleted")
 	}
 	if err := s.closeWhere(ctx, "account deleted", func(os *openSession) bool { return os.AccountID == a.ID }); err != nil {
 		return nil, err

@@ -42,12 +42,15 @@ type PseudonymKeys interface {
 	PseudonymsFor(idx privacy.BlindIndex) map[string]privacy.Pseudonym
 }
 
-// ErasureLedger remembers erased devices outside the database.
+// ErasureLedger remembers erased devices and accounts outside the
+// database.
 type ErasureLedger interface {
 	Contains(privacy.BlindIndex) bool
 	Add(privacy.BlindIndex) error
 	Remove(privacy.BlindIndex) error
 	All() []privacy.BlindIndex
+	AddAccount(idx privacy.BlindIndex, at time.Time) error
+	Accounts() []privacy.ErasedAccount
 }
 
 // Subject names a data subject: a device by serial number, or an account.
@@ -240,7 +243,20 @@ func (g *Gateway) Erase(ctx context.Context, s Subject) (map[string]int64, error
 	if err != nil {
 		return nil, err
 	}
-	if err := g.sess.closeWhere(ctx, "account erased", func(os *openSession) bool { return os.AccountID == a.ID }); err != nil {
+	return g.eraseAccount(ctx, a, "account erased")
+}
+
+// eraseAccount is the one way an account goes, whether erased by the
+// privacy role, deleted by an operator or cancelled by its user: on the
+// ledger first, its sessions closed and their peers removed, then every row
+// (tokens, bindings, sessions, auth failures, the connection-log rows under
+// its pseudonyms, the account) deleted in one transaction, then the WAL
+// checkpointed.
+func (g *Gateway) eraseAccount(ctx context.Context, a store.Account, why string) (map[string]int64, error) {
+	if err := g.subj.ledger.AddAccount(a.NameIndex, g.cfg.Now()); err != nil {
+		return nil, newErr(ErrUnavailable, err, "recording the erasure failed")
+	}
+	if err := g.sess.closeWhere(ctx, why, func(os *openSession) bool { return os.AccountID == a.ID }); err != nil {
 		return nil, err
 	}
 	receipt, err := g.subj.st.EraseAccount(ctx, a.ID, g.pseudonymList(a.NameIndex))
@@ -248,7 +264,7 @@ func (g *Gateway) Erase(ctx context.Context, s Subject) (map[string]int64, error
 		return nil, newErr(ErrUnavailable, err, "erasing account failed")
 	}
 	g.checkpoint(ctx, g.subj.st, receipt)
-	g.log.Info("account erased", "rows", receipt)
+	g.log.Info(why, "account_id", a.ID, "rows", receipt)
 	return receipt, nil
 }
 
@@ -276,13 +292,20 @@ func (g *Gateway) eraseDevice(ctx context.Context, d store.Device) (map[string]i
 	return receipt, nil
 }
 
-// ReplayErasures erases again every device on the ledger that the database
-// still holds (an older database was restored). Run it before serving.
-func (g *Gateway) ReplayErasures(ctx context.Context) (int, error) {
+// Replayed counts what ReplayErasures erased again.
+type Replayed struct {
+	Devices, Accounts int
+}
+
+// ReplayErasures erases again every device and account on the ledger that
+// the database still holds (an older database was restored, or an erasure
+// was cut short): no row, no peer, no login. An account created after its
+// name was erased is another one and stays. Run it before serving.
+func (g *Gateway) ReplayErasures(ctx context.Context) (Replayed, error) {
+	var n Replayed
 	if g.subj == nil {
-		return 0, nil
+		return n, nil
 	}
-	n := 0
 	for _, idx := range g.subj.ledger.All() {
 		d, err := g.reg.DeviceByIndex(ctx, idx)
 		if errors.Is(err, store.ErrNotFound) {
@@ -294,7 +317,23 @@ func (g *Gateway) ReplayErasures(ctx context.Context) (int, error) {
 		if _, err := g.eraseDevice(ctx, d); err != nil {
 			return n, err
 		}
-		n++
+		n.Devices++
+	}
+	for _, e := range g.subj.ledger.Accounts() {
+		a, err := g.subj.st.AccountByName(ctx, e.Index)
+		if errors.Is(err, store.ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return n, err
+		}
+		if a.CreatedAt.After(e.ErasedAt) {
+			continue
+		}
+		if _, err := g.eraseAccount(ctx, a, "erased account found again and erased"); err != nil {
+			return n, err
+		}
+		n.Accounts++
 	}
 	return n, nil
 }

@@ -28,7 +28,7 @@ const (
 	backupTime    = 3
 	backupMemory  = 64 * 1024 // KiB
 	backupThreads = 2
-	maxBackupSize = 16 << 20
+	maxBackupSize = 64 << 20 // the audit log rides along
 )
 
 // backupFile is the versioned envelope; every field but Ciphertext is bound
@@ -108,18 +108,34 @@ func (k *Keystore) Backup(w io.Writer, passphrase []byte) error {
 	return nil
 }
 
+// Files kept in the keystore directory beside the keys, and carried by its
+// backup: the erasure ledger (LedgerFile), the admin audit log and its head
+// hash. With them, restoring the keystore backup beside any older database
+// copy brings back no erased subject and a log that verifies.
+const (
+	AuditLogFile  = "audit.log"
+	AuditHeadFile = "audit.head"
+)
+
 // readAllFiles reads every file of the keystore (caller holds mu).
 func (k *Keystore) readAllFiles() (map[string][]byte, error) {
 	files := make(map[string][]byte)
-	for _, name := range []string{indexKeyFile, sealKeyFile, wireguardKeyFile, idFile, horizonFile} {
+	for _, name := range []string{indexKeyFile, sealKeyFile, wireguardKeyFile, idFile, horizonFile, LedgerFile} {
 		b, err := readPrivateFile(filepath.Join(k.dir, name))
-		if errors.Is(err, fs.ErrNotExist) && name == horizonFile {
+		if errors.Is(err, fs.ErrNotExist) && (name == horizonFile || name == LedgerFile) {
 			continue
 		}
 		if err != nil {
 			return nil, err
 		}
 		files[name] = b
+	}
+	logb, head, err := auditSnapshot(k.dir)
+	if err != nil {
+		return nil, err
+	}
+	if head != nil {
+		files[AuditHeadFile], files[AuditLogFile] = head, logb
 	}
 	for d := range k.dayKeys {
 		name := daysDir + "/" + d + ".key"
@@ -130,6 +146,44 @@ func (k *Keystore) readAllFiles() (map[string][]byte, error) {
 		files[name] = b
 	}
 	return files, nil
+}
+
+// auditSnapshot reads the audit head, then the log, cut after the head's
+// entry: the gateway may append while the backup runs (log line first, head
+// second), and a log ahead of its head would not verify. No head: nil, nil.
+func auditSnapshot(dir string) (logb, head []byte, err error) {
+	head, err = readPrivateFile(filepath.Join(dir, AuditHeadFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, nil, nil
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	var seq uint64
+	var hash string
+	if _, err := fmt.Sscanf(string(head), "%d %s", &seq, &hash); err != nil {
+		return nil, nil, fmt.Errorf("privacy: backup: %s is unreadable", filepath.Join(dir, AuditHeadFile))
+	}
+	raw, err := readPrivateFile(filepath.Join(dir, AuditLogFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return []byte{}, head, nil
+	}
+	if err != nil {
+		return nil, nil, err
+	}
+	var keep int
+	for rest := raw; len(rest) > 0; {
+		line, after, _ := strings.Cut(string(rest), "\n")
+		var e struct {
+			Seq uint64 `json:"seq"`
+		}
+		if json.Unmarshal([]byte(line), &e) != nil || e.Seq > seq {
+			break
+		}
+		keep += len(line) + 1
+		rest = []byte(after)
+	}
+	return raw[:min(keep, len(raw))], head, nil
 }
 
 // RestoreKeystore restores a backup made by Backup into dir, which must not
@@ -245,10 +299,18 @@ func checkPayload(files map[string][]byte) error {
 			return fmt.Errorf("privacy: restore: backup lacks %s", name)
 		}
 	}
+	if _, ok := files[AuditLogFile]; ok != (files[AuditHeadFile] != nil) {
+		return fmt.Errorf("privacy: restore: backup holds one of %s and %s without the other", AuditLogFile, AuditHeadFile)
+	}
 	for name, b := range files {
 		switch name {
 		case indexKeyFile, sealKeyFile, wireguardKeyFile:
-		case idFile, horizonFile:
+		case idFile, horizonFile, AuditLogFile, AuditHeadFile:
+			continue
+		case LedgerFile:
+			if _, _, err := ParseLedger(b); err != nil {
+				return fmt.Errorf("privacy: restore: %w", err)
+			}
 			continue
 		default:
 			d, ok := strings.CutPrefix(name, daysDir+"/")

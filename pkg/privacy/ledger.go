@@ -8,96 +8,197 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"sort"
+	"slices"
+	"strconv"
+	"strings"
 	"sync"
+	"time"
 )
 
-// Ledger is the erasure ledger: the blind indexes of erased devices, kept in
-// the keystore directory (outside the database) so that restoring an older
-// database cannot bring an erased device back. The gateway replays it at
-// start; re-enrolling an erased device needs an explicit after-erasure flag.
+// LedgerFile is the erasure ledger's file name in the keystore directory.
+const LedgerFile = "erased"
+
+// Ledger is the erasure ledger: the blind indexes of erased devices and
+// accounts (never anything else), kept in the keystore directory (outside
+// the database and the data directory, and in the keystore's backup) so
+// that restoring an older database cannot bring an erased subject back. The
+// gateway replays it at every start.
+//
+// The file has one line per erasure: "device HEX" or "account HEX
+// UNIXNANO", HEX being the blind index and UNIXNANO when the account was
+// erased: an account of the same name created after that is another
+// person's and is left alone. (A bare "HEX" line, the first format, is a
+// device.) A device comes off the ledger only when it is re-enrolled on
+// purpose (after_erasure).
 type Ledger struct {
-	path string
-	mu   sync.Mutex
-	set  map[BlindIndex]struct{}
+	path     string
+	mu       sync.Mutex
+	devices  map[BlindIndex]struct{}
+	accounts map[BlindIndex]time.Time
 }
 
-// OpenLedger opens (or creates) the ledger file "erased" in dir.
+// ErasedAccount is an account erasure on the ledger.
+type ErasedAccount struct {
+	Index    BlindIndex
+	ErasedAt time.Time
+}
+
+// OpenLedger opens (or creates) the ledger file LedgerFile in dir.
 func OpenLedger(dir string) (*Ledger, error) {
-	l := &Ledger{path: filepath.Join(dir, "erased"), set: map[BlindIndex]struct{}{}}
+	l := &Ledger{path: filepath.Join(dir, LedgerFile), devices: map[BlindIndex]struct{}{}, accounts: map[BlindIndex]time.Time{}}
 	b, err := os.ReadFile(l.path)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("erasure ledger: %w", err)
 	}
-	sc := bufio.NewScanner(bytes.NewReader(b))
-	for n := 1; sc.Scan(); n++ {
-		line := bytes.TrimSpace(sc.Bytes())
-		if len(line) == 0 {
-			continue
-		}
-		var idx BlindIndex
-		if hex.DecodedLen(len(line)) != len(idx) {
-			return nil, fmt.Errorf("erasure ledger %s:%d: not a blind index", l.path, n)
-		}
-		if _, err := hex.Decode(idx[:], line); err != nil {
-			return nil, fmt.Errorf("erasure ledger %s:%d: %w", l.path, n, err)
-		}
-		l.set[idx] = struct{}{}
+	if err := l.parse(b); err != nil {
+		return nil, err
 	}
 	return l, nil
 }
 
-// Contains reports whether idx was erased.
+// ParseLedger checks the contents of a ledger file (e.g. in a backup).
+func ParseLedger(b []byte) (devices, accounts int, err error) {
+	l := &Ledger{path: LedgerFile, devices: map[BlindIndex]struct{}{}, accounts: map[BlindIndex]time.Time{}}
+	if err := l.parse(b); err != nil {
+		return 0, 0, err
+	}
+	return len(l.devices), len(l.accounts), nil
+}
+
+func (l *Ledger) parse(b []byte) error {
+	sc := bufio.NewScanner(bytes.NewReader(b))
+	for n := 1; sc.Scan(); n++ {
+		f := strings.Fields(sc.Text())
+		if len(f) == 0 {
+			continue
+		}
+		bad := func(why string) error { return fmt.Errorf("erasure ledger %s:%d: %s", l.path, n, why) }
+		kind := "device"
+		if len(f) > 1 {
+			kind, f = f[0], f[1:]
+		}
+		var idx BlindIndex
+		if hex.DecodedLen(len(f[0])) != len(idx) {
+			return bad("not a blind index")
+		}
+		if _, err := hex.Decode(idx[:], []byte(f[0])); err != nil {
+			return bad("not a blind index")
+		}
+		switch {
+		case kind == "device" && len(f) == 1:
+			l.devices[idx] = struct{}{}
+		case kind == "account" && len(f) == 2:
+			ns, err := strconv.ParseInt(f[1], 10, 64)
+			if err != nil || ns <= 0 {
+				return bad("erasure time is not a positive Unix time in nanoseconds")
+			}
+			if t := time.Unix(0, ns).UTC(); t.After(l.accounts[idx]) {
+				l.accounts[idx] = t
+			}
+		default:
+			return bad(`want "device HEX" or "account HEX UNIXNANO"`)
+		}
+	}
+	return sc.Err()
+}
+
+// Contains reports whether the device with blind index idx was erased.
 func (l *Ledger) Contains(idx BlindIndex) bool {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	_, ok := l.set[idx]
+	_, ok := l.devices[idx]
 	return ok
 }
 
-// Add records an erasure durably.
+// Add records a device erasure durably.
 func (l *Ledger) Add(idx BlindIndex) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if _, ok := l.set[idx]; ok {
+	if _, ok := l.devices[idx]; ok {
 		return nil
 	}
-	l.set[idx] = struct{}{}
-	return l.writeLocked()
+	l.devices[idx] = struct{}{}
+	if err := l.writeLocked(); err != nil {
+		delete(l.devices, idx)
+		return err
+	}
+	return nil
 }
 
-// Remove forgets an erasure (explicit re-enrolment).
+// Remove forgets a device erasure (explicit re-enrolment).
 func (l *Ledger) Remove(idx BlindIndex) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if _, ok := l.set[idx]; !ok {
+	if _, ok := l.devices[idx]; !ok {
 		return nil
 	}
-	delete(l.set, idx)
-	return l.writeLocked()
+	delete(l.devices, idx)
+	if err := l.writeLocked(); err != nil {
+		l.devices[idx] = struct{}{}
+		return err
+	}
+	return nil
 }
 
-// All lists the erased indexes.
+// All lists the erased devices' indexes.
 func (l *Ledger) All() []BlindIndex {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	out := make([]BlindIndex, 0, len(l.set))
-	for idx := range l.set {
+	out := make([]BlindIndex, 0, len(l.devices))
+	for idx := range l.devices {
 		out = append(out, idx)
 	}
-	sort.Slice(out, func(i, j int) bool { return bytes.Compare(out[i][:], out[j][:]) < 0 })
+	slices.SortFunc(out, func(a, b BlindIndex) int { return bytes.Compare(a[:], b[:]) })
+	return out
+}
+
+// AddAccount records durably that the account with name index idx was
+// erased (or cancelled) at at. An account of that name created later is
+// not affected.
+func (l *Ledger) AddAccount(idx BlindIndex, at time.Time) error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	old, had := l.accounts[idx]
+	at = at.UTC()
+	if !at.After(old) {
+		return nil
+	}
+	l.accounts[idx] = at
+	if err := l.writeLocked(); err != nil {
+		if had {
+			l.accounts[idx] = old
+		} else {
+			delete(l.accounts, idx)
+		}
+		return err
+	}
+	return nil
+}
+
+// Accounts lists the account erasures.
+func (l *Ledger) Accounts() []ErasedAccount {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := make([]ErasedAccount, 0, len(l.accounts))
+	for idx, at := range l.accounts {
+		out = append(out, ErasedAccount{Index: idx, ErasedAt: at})
+	}
+	slices.SortFunc(out, func(a, b ErasedAccount) int { return bytes.Compare(a.Index[:], b.Index[:]) })
 	return out
 }
 
 func (l *Ledger) writeLocked() error {
-	var buf bytes.Buffer
-	keys := make([]string, 0, len(l.set))
-	for idx := range l.set {
-		keys = append(keys, idx.String())
+	lines := make([]string, 0, len(l.devices)+len(l.accounts))
+	for idx := range l.devices {
+		lines = append(lines, "device "+idx.String())
 	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		buf.WriteString(k + "\n")
+	for idx, at := range l.accounts {
+		lines = append(lines, "account "+idx.String()+" "+strconv.FormatInt(at.UnixNano(), 10))
+	}
+	slices.Sort(lines)
+	var buf bytes.Buffer
+	for _, s := range lines {
+		buf.WriteString(s + "\n")
 	}
 	if err := writeAtomic(filepath.Dir(l.path), filepath.Base(l.path), buf.Bytes(), false); err != nil {
 		return fmt.Errorf("erasure ledger: %w", err)

@@ -201,7 +201,7 @@ func TestCanary(t *testing.T) {
 	if !strings.Contains(reveal, sn1) || !strings.Contains(reveal, sn3) {
 		t.Fatalf("devices list --reveal does not show the serial numbers: %s", reveal)
 	}
-	if !audited(t, filepath.Join(g.DataDir, "audit.log"), "reveal_devices", "canary reveal check") {
+	if !audited(t, filepath.Join(filepath.Dir(g.DataDir), "keystore", "audit.log"), "reveal_devices", "canary reveal check") {
 		t.Fatalf("devices list --reveal left no audit entry with its reason")
 	}
 
@@ -300,7 +300,7 @@ func TestCanary(t *testing.T) {
 		}
 	}
 	// The scan.
-	for _, must := range []string{g.log, filepath.Join(g.DataDir, "gateway.db"), filepath.Join(g.DataDir, "audit.log")} {
+	for _, must := range []string{g.log, filepath.Join(g.DataDir, "gateway.db"), filepath.Join(filepath.Dir(g.DataDir), "keystore", "audit.log")} {
 		if st, err := os.Stat(must); err != nil || st.Size() == 0 {
 			t.Fatalf("expected gateway output %s: %v (empty or missing)", must, err)
 		}

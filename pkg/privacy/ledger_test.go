@@ -1,0 +1,115 @@
+package privacy
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestLedgerDevicesAndAccounts(t *testing.T) {
+	k, dir := openTestKeystore(t)
+	dev := k.BlindIndex(mustSN(t, "SN-LEDGER-1"))
+	acct := k.AccountIndex("alice")
+	at := time.Date(2030, 1, 2, 3, 4, 5, 6, time.UTC)
+
+	l, err := OpenLedger(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if l.Contains(dev) || len(l.Accounts()) != 0 {
+		t.Fatal("a new ledger is not empty")
+	}
+	if err := l.Add(dev); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.AddAccount(acct, at); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.AddAccount(acct, at.Add(-time.Hour)); err != nil { // an older time does not move it back
+		t.Fatal(err)
+	}
+
+	// Durable, and only blind indexes with the account's erasure time.
+	l2, err := OpenLedger(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !l2.Contains(dev) || l2.Contains(acct) {
+		t.Fatal("reopened ledger lost the device erasure or mixed up the kinds")
+	}
+	if got := l2.Accounts(); len(got) != 1 || got[0].Index != acct || !got[0].ErasedAt.Equal(at) {
+		t.Fatalf("reopened ledger accounts %+v", got)
+	}
+	b, err := os.ReadFile(filepath.Join(dir, LedgerFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "account " + acct.String() + " " + "1893553445000000006\ndevice " + dev.String() + "\n"
+	if string(b) != want {
+		t.Fatalf("ledger file:\n%s\nwant:\n%s", b, want)
+	}
+	if st, _ := os.Stat(filepath.Join(dir, LedgerFile)); st.Mode().Perm() != 0o600 {
+		t.Fatalf("ledger mode %04o", st.Mode().Perm())
+	}
+	if err := l2.Remove(dev); err != nil || l2.Contains(dev) {
+		t.Fatalf("Remove: %v", err)
+	}
+
+	// The first format (a bare index is a device) still reads; bad lines
+	// are refused with the line number.
+	if n, _, err := ParseLedger([]byte(dev.String() + "\n")); err != nil || n != 1 {
+		t.Fatalf("legacy line: %d, %v", n, err)
+	}
+	for _, bad := range []string{"device zz\n", "account " + acct.String() + "\n", "account " + acct.String() + " -1\n", "robot " + dev.String() + "\n"} {
+		if _, _, err := ParseLedger([]byte(bad)); err == nil || !strings.Contains(err.Error(), ":1:") {
+			t.Errorf("ParseLedger(%q) = %v, want an error naming line 1", bad, err)
+		}
+	}
+}
+
+// TestBackupCarriesLedgerAndAudit: the keystore backup holds the erasure
+// ledger and the audit log with its head, cut at the head when the log ran
+// ahead of it (an append between the two reads).
+func TestBackupCarriesLedgerAndAudit(t *testing.T) {
+	k, dir := openTestKeystore(t)
+	l, err := OpenLedger(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev := k.BlindIndex(mustSN(t, "SN-LEDGER-2"))
+	if err := l.Add(dev); err != nil {
+		t.Fatal(err)
+	}
+	lines := `{"seq":1,"hash":"a"}` + "\n" + `{"seq":2,"hash":"b"}` + "\n"
+	ahead := `{"seq":3,"hash":"c"}` + "\n"
+	if err := os.WriteFile(filepath.Join(dir, AuditLogFile), []byte(lines+ahead), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, AuditHeadFile), []byte("2 b\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var buf bytes.Buffer
+	if err := k.Backup(&buf, []byte("pw")); err != nil {
+		t.Fatal(err)
+	}
+	target := filepath.Join(t.TempDir(), "restored")
+	if err := RestoreKeystore(&buf, []byte("pw"), target); err != nil {
+		t.Fatal(err)
+	}
+	r, err := OpenLedger(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !r.Contains(dev) {
+		t.Fatal("restored ledger lost the erasure")
+	}
+	if b, _ := os.ReadFile(filepath.Join(target, AuditLogFile)); string(b) != lines {
+		t.Fatalf("restored audit log:\n%s\nwant it cut at the head:\n%s", b, lines)
+	}
+	if b, _ := os.ReadFile(filepath.Join(target, AuditHeadFile)); string(b) != "2 b\n" {
+		t.Fatalf("restored audit head %q", b)
+	}
+}
