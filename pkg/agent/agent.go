@@ -78,6 +78,9 @@ type Config struct {
 	SyncIdleTimeout time.Duration
 	// OnEvent, if set, is called with every Sync event (for tests).
 	OnEvent func(*gatewayv1.SyncEvent)
+	// Now is the clock that spaces forced handshakes (default time.Now;
+	// tests move it instead of sleeping).
+	Now func() time.Time
 }
 
 func (c *Config) tlsOptions() TLSOptions {
@@ -141,6 +144,9 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
 	}
 	priv, created, err := loadOrCreateKey(cfg.StateDir)
 	if err != nil {

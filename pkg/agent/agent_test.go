@@ -205,6 +205,8 @@ func (l *lockedBuffer) String() string {
 func TestSyncReconnectsAfterStreamDrops(t *testing.T) {
 	g := newFakeGateway(t, nil)
 	const drops = 4
+	marker := make(chan struct{})
+	var lastEnded atomic.Bool
 	g.syncFn = func(n int, stream gatewayv1.DeviceService_SyncServer) error {
 		if err := stream.Send(keepalive("instance-1")); err != nil {
 			return err
@@ -215,7 +217,18 @@ func TestSyncReconnectsAfterStreamDrops(t *testing.T) {
 			}
 			return status.Error(codes.Unavailable, "gateway going away")
 		}
+		select {
+		case <-marker:
+			// The last stream still delivers: a second keepalive on it.
+			if err := stream.Send(keepalive("instance-1")); err != nil {
+				return err
+			}
+		case <-stream.Context().Done():
+			lastEnded.Store(true)
+			return nil
+		}
 		<-stream.Context().Done()
+		lastEnded.Store(true)
 		return nil
 	}
 	var keepalives atomic.Int32
@@ -228,16 +241,21 @@ func TestSyncReconnectsAfterStreamDrops(t *testing.T) {
 	r := start(t, cfg)
 	r.waitReady(t)
 	waitFor(t, 10*time.Second, "the agent to reconnect after every drop", func() bool { return g.syncCount() >= drops+1 })
-	// The last stream stays open: no further reconnects, and no re-login.
-	time.Sleep(300 * time.Millisecond)
+	// The last stream stays open: a keepalive sent on it after all the
+	// drops reaches the agent, with no further reconnect and no re-login.
+	close(marker)
+	waitFor(t, 10*time.Second, "the keepalive sent on the last stream", func() bool { return keepalives.Load() >= drops+2 })
+	if lastEnded.Load() {
+		t.Fatal("the agent left the last stream")
+	}
 	if n := g.syncCount(); n != drops+1 {
 		t.Fatalf("%d Sync calls, want %d", n, drops+1)
 	}
 	if n := g.loginCount(); n != 1 {
 		t.Fatalf("%d logins, want 1 (a dropped stream needs no new login)", n)
 	}
-	if n := keepalives.Load(); n != drops+1 {
-		t.Fatalf("OnEvent saw %d keepalives, want %d", n, drops+1)
+	if n := keepalives.Load(); n != drops+2 {
+		t.Fatalf("OnEvent saw %d keepalives, want %d", n, drops+2)
 	}
 	g.mu.Lock()
 	for i, tok := range g.syncTokens {
@@ -278,15 +296,18 @@ func TestForcedHandshakeAfterGatewayRestart(t *testing.T) {
 				<-stream.Context().Done()
 				return nil
 			}
-			r := start(t, testConfig(t, g, t.TempDir()))
+			var clock testClock
+			cfg := testConfig(t, g, t.TempDir())
+			cfg.Now = clock.Now
+			r := start(t, cfg)
 			r.waitReady(t)
 			pingEventually(t, r.a)
 			key := r.a.PublicKey()
 			if g.lastHandshake(key).IsZero() {
 				t.Fatal("no first handshake")
 			}
-			// Let the minimum gap between forced handshakes pass.
-			time.Sleep(minHandshakeGap + 100*time.Millisecond)
+			// The minimum gap between forced handshakes passes.
+			clock.Advance(minHandshakeGap)
 
 			g.restartWireGuard()
 			if !g.lastHandshake(key).IsZero() {
@@ -311,18 +332,26 @@ func TestForcedHandshakeAfterGatewayRestart(t *testing.T) {
 // its token, and handshakes with the new WireGuard device at once.
 func TestGatewayProcessRestart(t *testing.T) {
 	g := newFakeGateway(t, nil)
-	r := start(t, testConfig(t, g, t.TempDir()))
+	var clock testClock
+	cfg := testConfig(t, g, t.TempDir())
+	logs := newLogCounter(cfg.Logger)
+	cfg.Now, cfg.Logger = clock.Now, slog.New(logs)
+	r := start(t, cfg)
 	r.waitReady(t)
 	pingEventually(t, r.a)
 	waitFor(t, 5*time.Second, "the first Sync", func() bool { return g.syncCount() >= 1 })
-	time.Sleep(minHandshakeGap + 100*time.Millisecond)
+	clock.Advance(minHandshakeGap)
 	key := r.a.PublicKey()
 
 	g.mu.Lock()
 	g.instance = "instance-2"
 	g.mu.Unlock()
 	g.restartWireGuard()
-	g.restartGRPC(300 * time.Millisecond)
+	// Down until the agent has seen its stream end and failed to reconnect.
+	const ended = "sync stream ended; reconnecting"
+	g.restartGRPC(func() {
+		waitFor(t, 10*time.Second, "a failed reconnect while the gateway is down", func() bool { return logs.count(ended) >= 2 })
+	})
 
 	waitFor(t, 10*time.Second, "a Sync with the restarted gateway", func() bool { return g.syncCount() >= 2 })
 	waitFor(t, 8*time.Second, "a handshake with the restarted gateway", func() bool { return !g.lastHandshake(key).IsZero() })
@@ -500,8 +529,12 @@ func TestGatewayDownThenUp(t *testing.T) {
 	g.srv.Stop()
 	addr := g.addr
 	g.mu.Unlock()
-	r := start(t, testConfig(t, g, t.TempDir()))
-	time.Sleep(500 * time.Millisecond)
+	cfg := testConfig(t, g, t.TempDir())
+	logs := newLogCounter(cfg.Logger)
+	cfg.Logger = slog.New(logs)
+	r := start(t, cfg)
+	// Two failed logins are the evidence that the agent tried while down.
+	waitFor(t, 10*time.Second, "two failed logins", func() bool { return logs.count("login failed; retrying") >= 2 })
 	select {
 	case <-r.a.Ready():
 		t.Fatal("Ready while the gateway is down")
@@ -663,4 +696,32 @@ func TestScrubAddrs(t *testing.T) {
 	if !strings.Contains(out, "peer(abc)") {
 		t.Fatalf("scrubbed too much: %s", out)
 	}
+}
+
+// Forced handshakes are at least minHandshakeGap apart on the agent's
+// clock: one asked for sooner leaves the peer alone.
+func TestForcedHandshakesAreSpaced(t *testing.T) {
+	g := newFakeGateway(t, nil)
+	var clock testClock
+	cfg := testConfig(t, g, t.TempDir())
+	cfg.Now = clock.Now
+	r := start(t, cfg)
+	r.waitReady(t)
+	peerSince := func() time.Time {
+		r.a.mu.Lock()
+		defer r.a.mu.Unlock()
+		return r.a.tun.peerSince
+	}
+	first := peerSince()
+	clock.Advance(minHandshakeGap - time.Millisecond)
+	r.a.forceHandshake("too soon")
+	if got := peerSince(); !got.Equal(first) {
+		t.Fatalf("a forced handshake %v after the last one re-created the peer", got.Sub(first))
+	}
+	clock.Advance(time.Millisecond)
+	r.a.forceHandshake("due")
+	if got := peerSince(); !got.After(first) {
+		t.Fatal("a forced handshake minHandshakeGap after the last one left the peer alone")
+	}
+	pingEventually(t, r.a)
 }

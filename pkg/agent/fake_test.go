@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -13,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -26,6 +28,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/planetxlabs/dasset-gateway/internal/poll"
 	gatewayv1 "github.com/planetxlabs/dasset-gateway/proto/dasset/gateway/v1"
 )
 
@@ -119,14 +122,14 @@ func (g *fakeGateway) serveGRPC(addr string) {
 	g.mu.Unlock()
 }
 
-// restartGRPC stops the gRPC server (dropping every stream and connection)
-// and starts a new one on the same address after pause.
-func (g *fakeGateway) restartGRPC(pause time.Duration) {
+// restartGRPC stops the gRPC server (dropping every stream and connection),
+// runs whileDown, and starts a new one on the same address.
+func (g *fakeGateway) restartGRPC(whileDown func()) {
 	g.mu.Lock()
 	srv, addr := g.srv, g.addr
 	g.mu.Unlock()
 	srv.Stop()
-	time.Sleep(pause)
+	whileDown()
 	g.serveGRPC(addr)
 }
 
@@ -402,11 +405,60 @@ func (r *running) stop(t *testing.T) error {
 // waitFor polls cond every 20ms for at most limit.
 func waitFor(t *testing.T, limit time.Duration, what string, cond func() bool) {
 	t.Helper()
-	deadline := time.Now().Add(limit)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out after %v waiting for %s", limit, what)
+	poll.Must(t, limit, "waiting for "+what, func() error {
+		if !cond() {
+			return errors.New("not yet")
 		}
-		time.Sleep(20 * time.Millisecond)
+		return nil
+	})
+}
+
+// testClock is an agent's clock in tests: the wall clock plus an offset
+// the test moves forward instead of sleeping.
+type testClock struct{ offset atomic.Int64 }
+
+func (c *testClock) Now() time.Time          { return time.Now().Add(time.Duration(c.offset.Load())) }
+func (c *testClock) Advance(d time.Duration) { c.offset.Add(int64(d)) }
+
+// logCounter is a slog.Handler that counts records by message (and passes
+// them on to next): what the agent logged is the evidence of what it tried.
+type logCounter struct {
+	next   slog.Handler
+	mu     *sync.Mutex
+	counts map[string]int
+}
+
+func newLogCounter(next *slog.Logger) *logCounter {
+	return &logCounter{next: next.Handler(), mu: &sync.Mutex{}, counts: map[string]int{}}
+}
+
+func (l *logCounter) Enabled(ctx context.Context, lv slog.Level) bool { return true }
+
+func (l *logCounter) Handle(ctx context.Context, r slog.Record) error {
+	l.mu.Lock()
+	l.counts[r.Message]++
+	l.mu.Unlock()
+	if l.next.Enabled(ctx, r.Level) {
+		return l.next.Handle(ctx, r)
 	}
+	return nil
+}
+
+func (l *logCounter) WithAttrs(as []slog.Attr) slog.Handler {
+	c := *l
+	c.next = l.next.WithAttrs(as)
+	return &c
+}
+
+func (l *logCounter) WithGroup(name string) slog.Handler {
+	c := *l
+	c.next = l.next.WithGroup(name)
+	return &c
+}
+
+// count is how often msg was logged.
+func (l *logCounter) count(msg string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.counts[msg]
 }

@@ -30,7 +30,7 @@ type tunnel struct {
 	addrs     []netip.Prefix
 	mtu       int
 	peer      peerConfig
-	peerSince time.Time // when the peer was last (re)created
+	peerSince time.Time // when the peer was last (re)created (Config.Now; device agent only)
 }
 
 func (t *tunnel) close() { t.dev.Close() }
@@ -180,7 +180,7 @@ func (a *Agent) configure(ctx context.Context, resp *gatewayv1.DeviceLoginRespon
 			return fmt.Errorf("configure gateway peer: %w", err)
 		}
 		a.mu.Lock()
-		t.peer, t.peerSince = lc.peer, time.Now()
+		t.peer, t.peerSince = lc.peer, a.cfg.Now()
 		a.mu.Unlock()
 		a.afterPeerSet(t)
 		a.log.Info("tunnel reconfigured", "addresses", lc.addrs)
@@ -194,6 +194,7 @@ func (a *Agent) configure(ctx context.Context, resp *gatewayv1.DeviceLoginRespon
 		return err
 	}
 	a.mu.Lock()
+	t.peerSince = a.cfg.Now()
 	a.tun = t
 	a.mu.Unlock()
 	mode := "tun"
@@ -243,7 +244,6 @@ func newTunnel(lc loginConfig, priv [32]byte, useNetstack bool, iface string, lo
 		t.dev.Close()
 		return nil, fmt.Errorf("wireguard up: %w", err)
 	}
-	t.peerSince = time.Now()
 	startHandshake(t, log)
 	return t, nil
 }
@@ -273,11 +273,12 @@ func startHandshake(t *tunnel, log *slog.Logger) {
 func (a *Agent) forceHandshake(why string) {
 	a.mu.Lock()
 	t := a.tun
-	if t == nil || time.Since(t.peerSince) < minHandshakeGap {
+	now := a.cfg.Now()
+	if t == nil || now.Sub(t.peerSince) < minHandshakeGap {
 		a.mu.Unlock()
 		return
 	}
-	t.peerSince = time.Now()
+	t.peerSince = now
 	peer := t.peer
 	a.mu.Unlock()
 	conf := "public_key=" + hex.EncodeToString(peer.publicKey[:]) + "\nremove=true\n" + peer.uapi()
