@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -11,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/planetxlabs/dasset-gateway/internal/poll"
 	"github.com/planetxlabs/dasset-gateway/scripts/internal/netnstest"
 )
 
@@ -59,13 +61,11 @@ func tcpEcho(addr string) int {
 // tcpDial talks to one tcpEcho; the exit code is 0 only for a full answer.
 func tcpDial(addr string) int {
 	var c net.Conn
-	var err error
-	for i := 0; i < 50; i++ {
-		if c, err = net.DialTimeout("tcp", addr, time.Second); err == nil {
-			break
-		}
-		time.Sleep(100 * time.Millisecond)
-	}
+	err := poll.Until(context.Background(), 10*time.Second, 100*time.Millisecond, func() error {
+		var err error
+		c, err = net.DialTimeout("tcp", addr, time.Second)
+		return err
+	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -88,28 +88,16 @@ func tcpDial(addr string) int {
 // dropReasons are the hub's drop counters this test watches.
 var dropReasons = []string{"no_session", "client_to_client", "device_to_device"}
 
-// dropMeter reads the gateway's router drop counters. The gateway's state
-// collector reads the live state at most once per 5s and serves that
-// snapshot in between; a scrape more than 5s after the previous one is
-// therefore fresh, provided nobody else scrapes this gateway (nobody does).
-type dropMeter struct {
-	g    *gateway
-	last time.Time // when the previous scrape returned
-}
+// dropMeter reads the gateway's router drop counters. The gateway reads
+// them at every scrape (only its WireGuard figures are cached), so a drop
+// shows in the next scrape.
+type dropMeter struct{ g *gateway }
 
-// stateMaxAge is the gateway's state collector cache (pkg/daemon).
-const stateMaxAge = 5 * time.Second
-
-// fresh waits until a scrape is sure to re-read the state, then returns the
-// drop counters by reason.
+// fresh scrapes the drop counters by reason.
 func (m *dropMeter) fresh() map[string]float64 {
 	t := m.g.h.T
 	t.Helper()
-	if wait := time.Until(m.last.Add(stateMaxAge + 200*time.Millisecond)); wait > 0 {
-		time.Sleep(wait)
-	}
 	body, err := m.g.Get(netnstest.MetricsURL + "/metrics")
-	m.last = time.Now()
 	if err != nil {
 		t.Fatal(err)
 	}

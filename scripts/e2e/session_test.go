@@ -354,7 +354,15 @@ func TestSessions(t *testing.T) {
 	before = m.fresh()
 	// Echo requests every 50ms across the unbind; -D stamps each reply.
 	pinger := h.Start(c1NS, "ping-unbind.log", "ping", "-D", "-n", "-i", "0.05", "-w", "5", dev1v4)
-	time.Sleep(1500 * time.Millisecond)
+	// Unbind once replies flow (a few, so the cut is measured mid-stream).
+	if err := h.Poll(3*time.Second, 20*time.Millisecond, func() error {
+		if n := len(replyTimes(pinger.LogText())); n < 5 {
+			return fmt.Errorf("%d echo replies before the unbind, want 5:\n%s", n, pinger.LogText())
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
 	unbindStart := time.Now()
 	out := c1.mustAgent("unbind", "--serial", sn1)
 	unbound := time.Now()

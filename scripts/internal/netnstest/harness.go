@@ -14,7 +14,6 @@ package netnstest
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -23,6 +22,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/planetxlabs/dasset-gateway/internal/poll"
 )
 
 // CmdTimeout bounds every short command (ip, wg, ping, dassetctl, a
@@ -193,29 +194,9 @@ func Tail(text string, n int) string {
 // is done, and then returns the last error. It calls fn at most
 // within/interval+2 times.
 func Poll(ctx context.Context, within, interval time.Duration, fn func() error) error {
-	if interval <= 0 {
-		return errors.New("poll: interval must be positive")
-	}
-	deadline := time.Now().Add(within)
-	maxTries := int(within/interval) + 2
-	var err error
-	for i := 0; i < maxTries; i++ {
-		if err = fn(); err == nil {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			break
-		}
-		select {
-		case <-ctx.Done():
-			return fmt.Errorf("not within %v: %w (%w)", within, err, ctx.Err())
-		case <-time.After(interval):
-		}
-	}
-	return fmt.Errorf("not within %v: %w", within, err)
+	return poll.Until(ctx, within, interval, fn)
 }
 
-// Poll is Poll with the harness's context.
 func (h *Harness) Poll(within, interval time.Duration, fn func() error) error {
 	return Poll(h.ctx, within, interval, fn)
 }
