@@ -66,13 +66,15 @@ func PublicTable() map[string]Access {
 		gatewayv1.DeviceService_CreateBindingCode_FullMethodName: DeviceToken,
 		gatewayv1.DeviceService_Logout_FullMethodName:            DeviceToken,
 
-		gatewayv1.ClientService_Login_FullMethodName:        Public,
-		gatewayv1.ClientService_ListDevices_FullMethodName:  ClientToken,
-		gatewayv1.ClientService_BindDevice_FullMethodName:   ClientToken,
-		gatewayv1.ClientService_UnbindDevice_FullMethodName: ClientToken,
-		gatewayv1.ClientService_OpenSession_FullMethodName:  ClientToken,
-		gatewayv1.ClientService_CloseSession_FullMethodName: ClientToken,
-		gatewayv1.ClientService_GetSession_FullMethodName:   ClientToken,
+		gatewayv1.ClientService_Login_FullMethodName:         Public,
+		gatewayv1.ClientService_ListDevices_FullMethodName:   ClientToken,
+		gatewayv1.ClientService_BindDevice_FullMethodName:    ClientToken,
+		gatewayv1.ClientService_UnbindDevice_FullMethodName:  ClientToken,
+		gatewayv1.ClientService_OpenSession_FullMethodName:   ClientToken,
+		gatewayv1.ClientService_CloseSession_FullMethodName:  ClientToken,
+		gatewayv1.ClientService_GetSession_FullMethodName:    ClientToken,
+		gatewayv1.ClientService_ExportMyData_FullMethodName:  ClientToken,
+		gatewayv1.ClientService_DeleteAccount_FullMethodName: ClientToken,
 	}
 	for _, m := range infraMethods {
 		t[m] = Public

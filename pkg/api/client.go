@@ -17,6 +17,8 @@ import (
 type ClientServer struct {
 	gatewayv1.UnimplementedClientServiceServer
 	GW *gateway.Gateway
+	// Audit, when set, records users' own cancellations.
+	Audit AuditLog
 }
 
 // Login checks an account's password and returns an access token.

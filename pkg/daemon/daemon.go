@@ -462,7 +462,7 @@ func (d *Daemon) listen() error {
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 	)
 	gatewayv1.RegisterDeviceServiceServer(d.grpcSrv, &api.DeviceServer{GW: d.gw, Log: d.log})
-	gatewayv1.RegisterClientServiceServer(d.grpcSrv, &api.ClientServer{GW: d.gw})
+	gatewayv1.RegisterClientServiceServer(d.grpcSrv, &api.ClientServer{GW: d.gw, Audit: d.audit})
 	h := api.Finish(d.grpcSrv, sm)
 	if m := pubGuard.Missing(d.grpcSrv); len(m) > 0 {
 		return fmt.Errorf("gRPC methods without an access entry (pkg/api PublicTable): %v", m)

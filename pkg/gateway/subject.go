@@ -8,6 +8,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/planetxlabs/dasset-gateway/pkg/identity"
 	"github.com/planetxlabs/dasset-gateway/pkg/privacy"
 	"github.com/planetxlabs/dasset-gateway/pkg/store"
 )
@@ -145,33 +146,43 @@ func (g *Gateway) Export(ctx context.Context, s Subject) ([]byte, error) {
 	if g.subj == nil {
 		return nil, newErr(ErrUnavailable, nil, "subject rights are not configured")
 	}
-	out := export{ExportedAt: g.cfg.Now().UTC(), Sessions: []exportSession{}, ConnectionLog: []exportConnLog{}}
-	var idx privacy.BlindIndex
-	var deviceID, accountID int64
-	if !s.Serial.IsZero() {
-		d, err := g.deviceBySerial(ctx, s.Serial)
-		if err != nil {
-			return nil, err
-		}
-		ed, err := g.exportDevice(d)
-		if err != nil {
-			return nil, err
-		}
-		n, err := g.subj.st.BindingCount(ctx, d.ID)
-		if err != nil {
-			return nil, newErr(ErrUnavailable, err, "reading bindings failed")
-		}
-		out.Kind, out.Device, out.BoundAccounts, idx, deviceID = "device", &ed, &n, d.Index, d.ID
-	} else {
+	if s.Serial.IsZero() {
 		a, err := g.accountByName(ctx, s.Account)
 		if err != nil {
 			return nil, err
 		}
+		return g.ExportAccount(ctx, a)
+	}
+	d, err := g.deviceBySerial(ctx, s.Serial)
+	if err != nil {
+		return nil, err
+	}
+	ed, err := g.exportDevice(d)
+	if err != nil {
+		return nil, err
+	}
+	n, err := g.subj.st.BindingCount(ctx, d.ID)
+	if err != nil {
+		return nil, newErr(ErrUnavailable, err, "reading bindings failed")
+	}
+	out := export{Kind: "device", ExportedAt: g.cfg.Now().UTC(), Device: &ed, BoundAccounts: &n, Sessions: []exportSession{}, ConnectionLog: []exportConnLog{}}
+	return g.exportRest(ctx, out, d.Index, d.ID, 0)
+}
+
+// ExportAccount returns every stored row about an account, as JSON: the
+// account, its bound devices, its sessions and the connection-log rows
+// under its pseudonyms (what ClientService.ExportMyData serves its owner).
+func (g *Gateway) ExportAccount(ctx context.Context, a store.Account) ([]byte, error) {
+	if g.subj == nil {
+		return nil, newErr(ErrUnavailable, nil, "subject rights are not configured")
+	}
+	out := export{ExportedAt: g.cfg.Now().UTC(), Sessions: []exportSession{}, ConnectionLog: []exportConnLog{}}
+	{
 		name, err := g.keys.Open(a.SealedName, a.NameIndex[:])
 		if err != nil {
 			return nil, newErr(ErrUnavailable, err, "opening a sealed account name failed")
 		}
-		out.Kind, out.Account, idx, accountID = "account", &exportAccount{Name: string(name), CreatedAt: a.CreatedAt}, a.NameIndex, a.ID
+		out.Kind, out.Account = "account", &exportAccount{Name: string(name), CreatedAt: a.CreatedAt}
 		devs, err := g.subj.st.BoundDevices(ctx, a.ID)
 		if err != nil {
 			return nil, newErr(ErrUnavailable, err, "reading bound devices failed")
@@ -184,6 +195,12 @@ func (g *Gateway) Export(ctx context.Context, s Subject) ([]byte, error) {
 			out.Devices = append(out.Devices, ed)
 		}
 	}
+	return g.exportRest(ctx, out, a.NameIndex, 0, a.ID)
+}
+
+// exportRest adds the subject's sessions and connection-log rows to out and
+// encodes it.
+func (g *Gateway) exportRest(ctx context.Context, out export, idx privacy.BlindIndex, deviceID, accountID int64) ([]byte, error) {
 	sess, err := g.subj.st.SessionsOf(ctx, deviceID, accountID)
 	if err != nil {
 		return nil, newErr(ErrUnavailable, err, "reading sessions failed")
@@ -244,6 +261,22 @@ func (g *Gateway) Erase(ctx context.Context, s Subject) (map[string]int64, error
 		return nil, err
 	}
 	return g.eraseAccount(ctx, a, "account erased")
+}
+
+// CancelAccount is a user's own cancellation of their account, confirmed
+// with its password: the same erasure as an operator's (eraseAccount).
+func (g *Gateway) CancelAccount(ctx context.Context, a store.Account, password []byte) (map[string]int64, error) {
+	if g.subj == nil {
+		return nil, newErr(ErrUnavailable, nil, "subject rights are not configured")
+	}
+	ok, err := identity.CheckPassword(a.PasswordHash, password)
+	if err != nil {
+		return nil, newErr(ErrUnavailable, err, "checking password failed")
+	}
+	if !ok {
+		return nil, newErr(ErrPermission, nil, "password: does not match the account's password; nothing was deleted")
+	}
+	return g.eraseAccount(ctx, a, "account cancelled by its user")
 }
 
 // eraseAccount is the one way an account goes, whether erased by the

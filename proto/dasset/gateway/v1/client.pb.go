@@ -704,6 +704,178 @@ func (x *GetSessionRequest) GetSessionId() string {
 	return ""
 }
 
+type ExportMyDataRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExportMyDataRequest) Reset() {
+	*x = ExportMyDataRequest{}
+	mi := &file_dasset_gateway_v1_client_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExportMyDataRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExportMyDataRequest) ProtoMessage() {}
+
+func (x *ExportMyDataRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_dasset_gateway_v1_client_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExportMyDataRequest.ProtoReflect.Descriptor instead.
+func (*ExportMyDataRequest) Descriptor() ([]byte, []int) {
+	return file_dasset_gateway_v1_client_proto_rawDescGZIP(), []int{14}
+}
+
+type ExportMyDataResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Everything stored about the account, as a JSON document.
+	Json          string `protobuf:"bytes,1,opt,name=json,proto3" json:"json,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ExportMyDataResponse) Reset() {
+	*x = ExportMyDataResponse{}
+	mi := &file_dasset_gateway_v1_client_proto_msgTypes[15]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ExportMyDataResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ExportMyDataResponse) ProtoMessage() {}
+
+func (x *ExportMyDataResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_dasset_gateway_v1_client_proto_msgTypes[15]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ExportMyDataResponse.ProtoReflect.Descriptor instead.
+func (*ExportMyDataResponse) Descriptor() ([]byte, []int) {
+	return file_dasset_gateway_v1_client_proto_rawDescGZIP(), []int{15}
+}
+
+func (x *ExportMyDataResponse) GetJson() string {
+	if x != nil {
+		return x.Json
+	}
+	return ""
+}
+
+type DeleteMyAccountRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The account's password, to confirm the cancellation.
+	Password      string `protobuf:"bytes,1,opt,name=password,proto3" json:"password,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteMyAccountRequest) Reset() {
+	*x = DeleteMyAccountRequest{}
+	mi := &file_dasset_gateway_v1_client_proto_msgTypes[16]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteMyAccountRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteMyAccountRequest) ProtoMessage() {}
+
+func (x *DeleteMyAccountRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_dasset_gateway_v1_client_proto_msgTypes[16]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteMyAccountRequest.ProtoReflect.Descriptor instead.
+func (*DeleteMyAccountRequest) Descriptor() ([]byte, []int) {
+	return file_dasset_gateway_v1_client_proto_rawDescGZIP(), []int{16}
+}
+
+func (x *DeleteMyAccountRequest) GetPassword() string {
+	if x != nil {
+		return x.Password
+	}
+	return ""
+}
+
+type DeleteMyAccountResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Rows removed per table, and wal_checkpointed = 1 once no copy of them
+	// is left in the database's write-ahead log.
+	Removed       map[string]int64 `protobuf:"bytes,1,rep,name=removed,proto3" json:"removed,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DeleteMyAccountResponse) Reset() {
+	*x = DeleteMyAccountResponse{}
+	mi := &file_dasset_gateway_v1_client_proto_msgTypes[17]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DeleteMyAccountResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DeleteMyAccountResponse) ProtoMessage() {}
+
+func (x *DeleteMyAccountResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_dasset_gateway_v1_client_proto_msgTypes[17]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DeleteMyAccountResponse.ProtoReflect.Descriptor instead.
+func (*DeleteMyAccountResponse) Descriptor() ([]byte, []int) {
+	return file_dasset_gateway_v1_client_proto_rawDescGZIP(), []int{17}
+}
+
+func (x *DeleteMyAccountResponse) GetRemoved() map[string]int64 {
+	if x != nil {
+		return x.Removed
+	}
+	return nil
+}
+
 var File_dasset_gateway_v1_client_proto protoreflect.FileDescriptor
 
 const file_dasset_gateway_v1_client_proto_rawDesc = "" +
@@ -752,7 +924,17 @@ const file_dasset_gateway_v1_client_proto_rawDesc = "" +
 	"\x14CloseSessionResponse\"2\n" +
 	"\x11GetSessionRequest\x12\x1d\n" +
 	"\n" +
-	"session_id\x18\x01 \x01(\tR\tsessionId2\x9e\x05\n" +
+	"session_id\x18\x01 \x01(\tR\tsessionId\"\x15\n" +
+	"\x13ExportMyDataRequest\"*\n" +
+	"\x14ExportMyDataResponse\x12\x12\n" +
+	"\x04json\x18\x01 \x01(\tR\x04json\"4\n" +
+	"\x16DeleteMyAccountRequest\x12\x1a\n" +
+	"\bpassword\x18\x01 \x01(\tR\bpassword\"\xa8\x01\n" +
+	"\x17DeleteMyAccountResponse\x12Q\n" +
+	"\aremoved\x18\x01 \x03(\v27.dasset.gateway.v1.DeleteMyAccountResponse.RemovedEntryR\aremoved\x1a:\n" +
+	"\fRemovedEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x012\xe7\x06\n" +
 	"\rClientService\x12V\n" +
 	"\x05Login\x12%.dasset.gateway.v1.ClientLoginRequest\x1a&.dasset.gateway.v1.ClientLoginResponse\x12f\n" +
 	"\vListDevices\x12*.dasset.gateway.v1.ListBoundDevicesRequest\x1a+.dasset.gateway.v1.ListBoundDevicesResponse\x12Y\n" +
@@ -762,7 +944,9 @@ const file_dasset_gateway_v1_client_proto_rawDesc = "" +
 	"\vOpenSession\x12%.dasset.gateway.v1.OpenSessionRequest\x1a&.dasset.gateway.v1.OpenSessionResponse\x12_\n" +
 	"\fCloseSession\x12&.dasset.gateway.v1.CloseSessionRequest\x1a'.dasset.gateway.v1.CloseSessionResponse\x12R\n" +
 	"\n" +
-	"GetSession\x12$.dasset.gateway.v1.GetSessionRequest\x1a\x1e.dasset.gateway.v1.SessionInfoBIZGgithub.com/planetxlabs/dasset-gateway/proto/dasset/gateway/v1;gatewayv1b\x06proto3"
+	"GetSession\x12$.dasset.gateway.v1.GetSessionRequest\x1a\x1e.dasset.gateway.v1.SessionInfo\x12_\n" +
+	"\fExportMyData\x12&.dasset.gateway.v1.ExportMyDataRequest\x1a'.dasset.gateway.v1.ExportMyDataResponse\x12f\n" +
+	"\rDeleteAccount\x12).dasset.gateway.v1.DeleteMyAccountRequest\x1a*.dasset.gateway.v1.DeleteMyAccountResponseBIZGgithub.com/planetxlabs/dasset-gateway/proto/dasset/gateway/v1;gatewayv1b\x06proto3"
 
 var (
 	file_dasset_gateway_v1_client_proto_rawDescOnce sync.Once
@@ -776,7 +960,7 @@ func file_dasset_gateway_v1_client_proto_rawDescGZIP() []byte {
 	return file_dasset_gateway_v1_client_proto_rawDescData
 }
 
-var file_dasset_gateway_v1_client_proto_msgTypes = make([]protoimpl.MessageInfo, 15)
+var file_dasset_gateway_v1_client_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
 var file_dasset_gateway_v1_client_proto_goTypes = []any{
 	(*ClientLoginRequest)(nil),       // 0: dasset.gateway.v1.ClientLoginRequest
 	(*ClientLoginResponse)(nil),      // 1: dasset.gateway.v1.ClientLoginResponse
@@ -792,36 +976,46 @@ var file_dasset_gateway_v1_client_proto_goTypes = []any{
 	(*CloseSessionRequest)(nil),      // 11: dasset.gateway.v1.CloseSessionRequest
 	(*CloseSessionResponse)(nil),     // 12: dasset.gateway.v1.CloseSessionResponse
 	(*GetSessionRequest)(nil),        // 13: dasset.gateway.v1.GetSessionRequest
-	nil,                              // 14: dasset.gateway.v1.UnbindDeviceResponse.RemovedEntry
-	(*timestamppb.Timestamp)(nil),    // 15: google.protobuf.Timestamp
-	(*GatewayPeer)(nil),              // 16: dasset.gateway.v1.GatewayPeer
-	(*SessionInfo)(nil),              // 17: dasset.gateway.v1.SessionInfo
+	(*ExportMyDataRequest)(nil),      // 14: dasset.gateway.v1.ExportMyDataRequest
+	(*ExportMyDataResponse)(nil),     // 15: dasset.gateway.v1.ExportMyDataResponse
+	(*DeleteMyAccountRequest)(nil),   // 16: dasset.gateway.v1.DeleteMyAccountRequest
+	(*DeleteMyAccountResponse)(nil),  // 17: dasset.gateway.v1.DeleteMyAccountResponse
+	nil,                              // 18: dasset.gateway.v1.UnbindDeviceResponse.RemovedEntry
+	nil,                              // 19: dasset.gateway.v1.DeleteMyAccountResponse.RemovedEntry
+	(*timestamppb.Timestamp)(nil),    // 20: google.protobuf.Timestamp
+	(*GatewayPeer)(nil),              // 21: dasset.gateway.v1.GatewayPeer
+	(*SessionInfo)(nil),              // 22: dasset.gateway.v1.SessionInfo
 }
 var file_dasset_gateway_v1_client_proto_depIdxs = []int32{
-	15, // 0: dasset.gateway.v1.ClientLoginResponse.expires_at:type_name -> google.protobuf.Timestamp
+	20, // 0: dasset.gateway.v1.ClientLoginResponse.expires_at:type_name -> google.protobuf.Timestamp
 	3,  // 1: dasset.gateway.v1.ListBoundDevicesResponse.devices:type_name -> dasset.gateway.v1.BoundDevice
-	14, // 2: dasset.gateway.v1.UnbindDeviceResponse.removed:type_name -> dasset.gateway.v1.UnbindDeviceResponse.RemovedEntry
-	16, // 3: dasset.gateway.v1.OpenSessionResponse.gateway:type_name -> dasset.gateway.v1.GatewayPeer
-	15, // 4: dasset.gateway.v1.OpenSessionResponse.expires_at:type_name -> google.protobuf.Timestamp
-	0,  // 5: dasset.gateway.v1.ClientService.Login:input_type -> dasset.gateway.v1.ClientLoginRequest
-	2,  // 6: dasset.gateway.v1.ClientService.ListDevices:input_type -> dasset.gateway.v1.ListBoundDevicesRequest
-	5,  // 7: dasset.gateway.v1.ClientService.BindDevice:input_type -> dasset.gateway.v1.BindDeviceRequest
-	7,  // 8: dasset.gateway.v1.ClientService.UnbindDevice:input_type -> dasset.gateway.v1.UnbindDeviceRequest
-	9,  // 9: dasset.gateway.v1.ClientService.OpenSession:input_type -> dasset.gateway.v1.OpenSessionRequest
-	11, // 10: dasset.gateway.v1.ClientService.CloseSession:input_type -> dasset.gateway.v1.CloseSessionRequest
-	13, // 11: dasset.gateway.v1.ClientService.GetSession:input_type -> dasset.gateway.v1.GetSessionRequest
-	1,  // 12: dasset.gateway.v1.ClientService.Login:output_type -> dasset.gateway.v1.ClientLoginResponse
-	4,  // 13: dasset.gateway.v1.ClientService.ListDevices:output_type -> dasset.gateway.v1.ListBoundDevicesResponse
-	6,  // 14: dasset.gateway.v1.ClientService.BindDevice:output_type -> dasset.gateway.v1.BindDeviceResponse
-	8,  // 15: dasset.gateway.v1.ClientService.UnbindDevice:output_type -> dasset.gateway.v1.UnbindDeviceResponse
-	10, // 16: dasset.gateway.v1.ClientService.OpenSession:output_type -> dasset.gateway.v1.OpenSessionResponse
-	12, // 17: dasset.gateway.v1.ClientService.CloseSession:output_type -> dasset.gateway.v1.CloseSessionResponse
-	17, // 18: dasset.gateway.v1.ClientService.GetSession:output_type -> dasset.gateway.v1.SessionInfo
-	12, // [12:19] is the sub-list for method output_type
-	5,  // [5:12] is the sub-list for method input_type
-	5,  // [5:5] is the sub-list for extension type_name
-	5,  // [5:5] is the sub-list for extension extendee
-	0,  // [0:5] is the sub-list for field type_name
+	18, // 2: dasset.gateway.v1.UnbindDeviceResponse.removed:type_name -> dasset.gateway.v1.UnbindDeviceResponse.RemovedEntry
+	21, // 3: dasset.gateway.v1.OpenSessionResponse.gateway:type_name -> dasset.gateway.v1.GatewayPeer
+	20, // 4: dasset.gateway.v1.OpenSessionResponse.expires_at:type_name -> google.protobuf.Timestamp
+	19, // 5: dasset.gateway.v1.DeleteMyAccountResponse.removed:type_name -> dasset.gateway.v1.DeleteMyAccountResponse.RemovedEntry
+	0,  // 6: dasset.gateway.v1.ClientService.Login:input_type -> dasset.gateway.v1.ClientLoginRequest
+	2,  // 7: dasset.gateway.v1.ClientService.ListDevices:input_type -> dasset.gateway.v1.ListBoundDevicesRequest
+	5,  // 8: dasset.gateway.v1.ClientService.BindDevice:input_type -> dasset.gateway.v1.BindDeviceRequest
+	7,  // 9: dasset.gateway.v1.ClientService.UnbindDevice:input_type -> dasset.gateway.v1.UnbindDeviceRequest
+	9,  // 10: dasset.gateway.v1.ClientService.OpenSession:input_type -> dasset.gateway.v1.OpenSessionRequest
+	11, // 11: dasset.gateway.v1.ClientService.CloseSession:input_type -> dasset.gateway.v1.CloseSessionRequest
+	13, // 12: dasset.gateway.v1.ClientService.GetSession:input_type -> dasset.gateway.v1.GetSessionRequest
+	14, // 13: dasset.gateway.v1.ClientService.ExportMyData:input_type -> dasset.gateway.v1.ExportMyDataRequest
+	16, // 14: dasset.gateway.v1.ClientService.DeleteAccount:input_type -> dasset.gateway.v1.DeleteMyAccountRequest
+	1,  // 15: dasset.gateway.v1.ClientService.Login:output_type -> dasset.gateway.v1.ClientLoginResponse
+	4,  // 16: dasset.gateway.v1.ClientService.ListDevices:output_type -> dasset.gateway.v1.ListBoundDevicesResponse
+	6,  // 17: dasset.gateway.v1.ClientService.BindDevice:output_type -> dasset.gateway.v1.BindDeviceResponse
+	8,  // 18: dasset.gateway.v1.ClientService.UnbindDevice:output_type -> dasset.gateway.v1.UnbindDeviceResponse
+	10, // 19: dasset.gateway.v1.ClientService.OpenSession:output_type -> dasset.gateway.v1.OpenSessionResponse
+	12, // 20: dasset.gateway.v1.ClientService.CloseSession:output_type -> dasset.gateway.v1.CloseSessionResponse
+	22, // 21: dasset.gateway.v1.ClientService.GetSession:output_type -> dasset.gateway.v1.SessionInfo
+	15, // 22: dasset.gateway.v1.ClientService.ExportMyData:output_type -> dasset.gateway.v1.ExportMyDataResponse
+	17, // 23: dasset.gateway.v1.ClientService.DeleteAccount:output_type -> dasset.gateway.v1.DeleteMyAccountResponse
+	15, // [15:24] is the sub-list for method output_type
+	6,  // [6:15] is the sub-list for method input_type
+	6,  // [6:6] is the sub-list for extension type_name
+	6,  // [6:6] is the sub-list for extension extendee
+	0,  // [0:6] is the sub-list for field type_name
 }
 
 func init() { file_dasset_gateway_v1_client_proto_init() }
@@ -836,7 +1030,7 @@ func file_dasset_gateway_v1_client_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_dasset_gateway_v1_client_proto_rawDesc), len(file_dasset_gateway_v1_client_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   15,
+			NumMessages:   20,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

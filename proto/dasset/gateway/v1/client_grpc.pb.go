@@ -19,13 +19,15 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	ClientService_Login_FullMethodName        = "/dasset.gateway.v1.ClientService/Login"
-	ClientService_ListDevices_FullMethodName  = "/dasset.gateway.v1.ClientService/ListDevices"
-	ClientService_BindDevice_FullMethodName   = "/dasset.gateway.v1.ClientService/BindDevice"
-	ClientService_UnbindDevice_FullMethodName = "/dasset.gateway.v1.ClientService/UnbindDevice"
-	ClientService_OpenSession_FullMethodName  = "/dasset.gateway.v1.ClientService/OpenSession"
-	ClientService_CloseSession_FullMethodName = "/dasset.gateway.v1.ClientService/CloseSession"
-	ClientService_GetSession_FullMethodName   = "/dasset.gateway.v1.ClientService/GetSession"
+	ClientService_Login_FullMethodName         = "/dasset.gateway.v1.ClientService/Login"
+	ClientService_ListDevices_FullMethodName   = "/dasset.gateway.v1.ClientService/ListDevices"
+	ClientService_BindDevice_FullMethodName    = "/dasset.gateway.v1.ClientService/BindDevice"
+	ClientService_UnbindDevice_FullMethodName  = "/dasset.gateway.v1.ClientService/UnbindDevice"
+	ClientService_OpenSession_FullMethodName   = "/dasset.gateway.v1.ClientService/OpenSession"
+	ClientService_CloseSession_FullMethodName  = "/dasset.gateway.v1.ClientService/CloseSession"
+	ClientService_GetSession_FullMethodName    = "/dasset.gateway.v1.ClientService/GetSession"
+	ClientService_ExportMyData_FullMethodName  = "/dasset.gateway.v1.ClientService/ExportMyData"
+	ClientService_DeleteAccount_FullMethodName = "/dasset.gateway.v1.ClientService/DeleteAccount"
 )
 
 // ClientServiceClient is the client API for ClientService service.
@@ -45,6 +47,16 @@ type ClientServiceClient interface {
 	// has ended (closed by anyone, expired, idle, unbound), so a client learns
 	// of the end within its poll interval.
 	GetSession(ctx context.Context, in *GetSessionRequest, opts ...grpc.CallOption) (*SessionInfo, error)
+	// ExportMyData returns everything the gateway stores about the caller's
+	// account (the user's right of access): the account, its bound devices,
+	// its sessions and its own connection-log rows, as JSON.
+	ExportMyData(ctx context.Context, in *ExportMyDataRequest, opts ...grpc.CallOption) (*ExportMyDataResponse, error)
+	// DeleteAccount cancels the caller's own account (the user's right to
+	// erasure), confirmed with its password: every row of the account goes
+	// (sessions, bindings, tokens, auth failures, its connection-log rows),
+	// the account goes on the erasure ledger, and the receipt says what was
+	// removed. The access token stops working at once.
+	DeleteAccount(ctx context.Context, in *DeleteMyAccountRequest, opts ...grpc.CallOption) (*DeleteMyAccountResponse, error)
 }
 
 type clientServiceClient struct {
@@ -125,6 +137,26 @@ func (c *clientServiceClient) GetSession(ctx context.Context, in *GetSessionRequ
 	return out, nil
 }
 
+func (c *clientServiceClient) ExportMyData(ctx context.Context, in *ExportMyDataRequest, opts ...grpc.CallOption) (*ExportMyDataResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ExportMyDataResponse)
+	err := c.cc.Invoke(ctx, ClientService_ExportMyData_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *clientServiceClient) DeleteAccount(ctx context.Context, in *DeleteMyAccountRequest, opts ...grpc.CallOption) (*DeleteMyAccountResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(DeleteMyAccountResponse)
+	err := c.cc.Invoke(ctx, ClientService_DeleteAccount_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ClientServiceServer is the server API for ClientService service.
 // All implementations must embed UnimplementedClientServiceServer
 // for forward compatibility.
@@ -142,6 +174,16 @@ type ClientServiceServer interface {
 	// has ended (closed by anyone, expired, idle, unbound), so a client learns
 	// of the end within its poll interval.
 	GetSession(context.Context, *GetSessionRequest) (*SessionInfo, error)
+	// ExportMyData returns everything the gateway stores about the caller's
+	// account (the user's right of access): the account, its bound devices,
+	// its sessions and its own connection-log rows, as JSON.
+	ExportMyData(context.Context, *ExportMyDataRequest) (*ExportMyDataResponse, error)
+	// DeleteAccount cancels the caller's own account (the user's right to
+	// erasure), confirmed with its password: every row of the account goes
+	// (sessions, bindings, tokens, auth failures, its connection-log rows),
+	// the account goes on the erasure ledger, and the receipt says what was
+	// removed. The access token stops working at once.
+	DeleteAccount(context.Context, *DeleteMyAccountRequest) (*DeleteMyAccountResponse, error)
 	mustEmbedUnimplementedClientServiceServer()
 }
 
@@ -172,6 +214,12 @@ func (UnimplementedClientServiceServer) CloseSession(context.Context, *CloseSess
 }
 func (UnimplementedClientServiceServer) GetSession(context.Context, *GetSessionRequest) (*SessionInfo, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method GetSession not implemented")
+}
+func (UnimplementedClientServiceServer) ExportMyData(context.Context, *ExportMyDataRequest) (*ExportMyDataResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ExportMyData not implemented")
+}
+func (UnimplementedClientServiceServer) DeleteAccount(context.Context, *DeleteMyAccountRequest) (*DeleteMyAccountResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method DeleteAccount not implemented")
 }
 func (UnimplementedClientServiceServer) mustEmbedUnimplementedClientServiceServer() {}
 func (UnimplementedClientServiceServer) testEmbeddedByValue()                       {}
@@ -320,6 +368,42 @@ func _ClientService_GetSession_Handler(srv interface{}, ctx context.Context, dec
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ClientService_ExportMyData_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ExportMyDataRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClientServiceServer).ExportMyData(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ClientService_ExportMyData_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClientServiceServer).ExportMyData(ctx, req.(*ExportMyDataRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _ClientService_DeleteAccount_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(DeleteMyAccountRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClientServiceServer).DeleteAccount(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ClientService_DeleteAccount_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClientServiceServer).DeleteAccount(ctx, req.(*DeleteMyAccountRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ClientService_ServiceDesc is the grpc.ServiceDesc for ClientService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -354,6 +438,14 @@ var ClientService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetSession",
 			Handler:    _ClientService_GetSession_Handler,
+		},
+		{
+			MethodName: "ExportMyData",
+			Handler:    _ClientService_ExportMyData_Handler,
+		},
+		{
+			MethodName: "DeleteAccount",
+			Handler:    _ClientService_DeleteAccount_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
