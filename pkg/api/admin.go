@@ -13,7 +13,6 @@ import (
 
 	"github.com/planetxlabs/dasset-gateway/pkg/gateway"
 	"github.com/planetxlabs/dasset-gateway/pkg/privacy"
-	"github.com/planetxlabs/dasset-gateway/pkg/store"
 	gatewayv1 "github.com/planetxlabs/dasset-gateway/proto/dasset/gateway/v1"
 )
 
@@ -84,16 +83,26 @@ func (s *AdminServer) EnrollDevices(ctx context.Context, req *gatewayv1.EnrollDe
 		}
 		batch[i] = gateway.Enrollment{Serial: sn, Hardware: hw}
 	}
-	var res store.EnrollResult
-	err := s.audited(ctx, "enroll_devices", privacy.BlindIndex{}, "", false, func() error {
+	// Only the privacy role learns why an existing device was not enrolled
+	// (another hardware id, erased); for everyone else an existing device
+	// is "unchanged", whatever hardware id was sent.
+	o, _ := OperatorFrom(ctx)
+	opt := gateway.EnrollOptions{Disclose: o.Has(RolePrivacy), AfterErasure: req.GetAfterErasure()}
+	if opt.AfterErasure {
+		if _, err := requireRole(ctx, RolePrivacy); err != nil {
+			return nil, err
+		}
+	}
+	var rep gateway.EnrollReport
+	err := s.auditedAll(ctx, "enroll_devices", func() []privacy.BlindIndex { return rep.Existing }, "", false, func() error {
 		var err error
-		res, err = s.GW.Enroll(ctx, batch, req.GetAfterErasure())
+		rep, err = s.GW.Enroll(ctx, batch, opt)
 		return err
 	})
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	return &gatewayv1.EnrollDevicesResponse{Enrolled: int64(res.Enrolled), Unchanged: int64(res.Unchanged)}, nil
+	return &gatewayv1.EnrollDevicesResponse{Enrolled: int64(rep.Enrolled), Unchanged: int64(rep.Unchanged)}, nil
 }
 
 // ListDevices lists the allow-list; serial numbers masked unless revealed.
@@ -105,13 +114,23 @@ func (s *AdminServer) ListDevices(ctx context.Context, req *gatewayv1.ListDevice
 		if _, err := requireRole(ctx, RolePrivacy); err != nil {
 			return nil, err
 		}
-		if err := s.audited(ctx, "reveal_devices", privacy.BlindIndex{}, req.GetReason(), true, func() error { return nil }); err != nil {
-			return nil, err
-		}
 	}
 	devs, err := s.GW.ListDevices(ctx)
 	if err != nil {
 		return nil, toStatus(err)
+	}
+	if req.GetReveal() {
+		// The audit names every device whose serial number is revealed.
+		targets := func() []privacy.BlindIndex {
+			ts := make([]privacy.BlindIndex, len(devs))
+			for i, d := range devs {
+				ts[i] = s.GW.SubjectIndex(gateway.Subject{Serial: d.Serial})
+			}
+			return ts
+		}
+		if err := s.auditedAll(ctx, "reveal_devices", targets, req.GetReason(), true, func() error { return nil }); err != nil {
+			return nil, err
+		}
 	}
 	out := &gatewayv1.ListDevicesResponse{}
 	for _, d := range devs {

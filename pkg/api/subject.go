@@ -23,6 +23,17 @@ type AuditLog interface {
 // cannot be written the call fails: an unaudited reveal must not happen, so
 // reveals write their entry first (before=true).
 func (s *AdminServer) audited(ctx context.Context, action string, target privacy.BlindIndex, reason string, before bool, fn func() error) error {
+	var targets []privacy.BlindIndex
+	if target != (privacy.BlindIndex{}) {
+		targets = []privacy.BlindIndex{target}
+	}
+	return s.auditedAll(ctx, action, func() []privacy.BlindIndex { return targets }, reason, before, fn)
+}
+
+// auditedAll is audited for a call about several subjects: targets names
+// them (called before fn for the entry a reveal writes first, after fn
+// otherwise, so fn may find them).
+func (s *AdminServer) auditedAll(ctx context.Context, action string, targets func() []privacy.BlindIndex, reason string, before bool, fn func() error) error {
 	if s.Audit == nil {
 		return fn()
 	}
@@ -31,17 +42,34 @@ func (s *AdminServer) audited(ctx context.Context, action string, target privacy
 	if o.Has(RolePrivacy) {
 		role = string(RolePrivacy)
 	}
-	e := audit.Entry{Time: s.GW.Now(), Operator: o.Name, Role: role, Action: action, Reason: reason}
-	if target != (privacy.BlindIndex{}) {
-		e.Target = target.String()
+	entry := func() audit.Entry {
+		e := audit.Entry{Time: s.GW.Now(), Operator: o.Name, Role: role, Action: action, Reason: reason}
+		switch ts := targets(); len(ts) {
+		case 0:
+		case 1:
+			e.Target = ts[0].String()
+		default:
+			e.Targets = make([]string, len(ts))
+			for i, t := range ts {
+				e.Targets[i] = t.String()
+			}
+		}
+		return e
 	}
+	var e audit.Entry
 	if before {
+		e = entry()
 		e.Result = "attempt"
 		if _, err := s.Audit.Append(e); err != nil {
 			return status.Error(codes.Unavailable, "audit log unavailable; refusing to reveal personal data")
 		}
+		// The result entry follows; a list of targets is named once, here.
+		e.Targets = nil
 	}
 	err := fn()
+	if !before {
+		e = entry()
+	}
 	e.Result = "ok"
 	if err != nil {
 		e.Result = status.Code(toStatus(err)).String()

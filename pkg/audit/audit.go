@@ -21,7 +21,7 @@ import (
 )
 
 // Entry is one audited admin call. Target is a blind index (hex), never a
-// raw identifier.
+// raw identifier; a call about several subjects names them all in Targets.
 type Entry struct {
 	Seq      uint64    `json:"seq"`
 	Time     time.Time `json:"time"`
@@ -29,6 +29,7 @@ type Entry struct {
 	Role     string    `json:"role"`
 	Action   string    `json:"action"`
 	Target   string    `json:"target,omitempty"`
+	Targets  []string  `json:"targets,omitempty"`
 	Reason   string    `json:"reason,omitempty"`
 	Result   string    `json:"result"`
 	// Anchor marks the first line after pruning: Prev is the hash of the

@@ -28,9 +28,9 @@ func TestSimpleCommands(t *testing.T) {
 		stdout  string
 	}{
 		{[]string{"devices", "revoke", "DS-000123"}, &gatewayv1.RevokeDeviceRequest{SerialNumber: "DS-000123"},
-			"Revoked device ****0123.\n"},
+			"Revoked device ****23.\n"},
 		{[]string{"devices", "reset-key", "DS-000123"}, &gatewayv1.ResetDeviceKeyRequest{SerialNumber: "DS-000123"},
-			"Reset the pinned key of device ****0123; its next login pins a new one.\n"},
+			"Reset the pinned key of device ****23; its next login pins a new one.\n"},
 		{[]string{"sessions", "close", "s-42"}, &gatewayv1.AdminCloseSessionRequest{SessionId: "s-42"},
 			"Closed session s-42.\n"},
 		{[]string{"accounts", "delete", "alice"}, &gatewayv1.DeleteAccountRequest{Name: "alice"},
@@ -67,7 +67,7 @@ func TestSimpleCommands(t *testing.T) {
 
 func TestSessionsList(t *testing.T) {
 	f := &fakeAdmin{sessions: &gatewayv1.ListSessionsResponse{Sessions: []*gatewayv1.SessionInfo{{
-		SessionId: "s-1", SerialNumber: "****0123", Account: "alice",
+		SessionId: "s-1", SerialNumber: "****23", Account: "alice",
 		ClientAddresses: []string{"100.90.0.2"}, DeviceAddresses: []string{"100.80.0.2"},
 		OpenedAt: timestamppb.New(testNow.Add(-5 * time.Minute)), ExpiresAt: timestamppb.New(testNow.Add(55 * time.Minute)),
 	}}}}
@@ -75,7 +75,7 @@ func TestSessionsList(t *testing.T) {
 	r := runCLI(t, "", nil, "--socket", sock, "sessions", "list")
 	want := [][]string{
 		{"ID", "DEVICE", "ACCOUNT", "CLIENT", "ADDRESSES", "DEVICE", "ADDRESSES", "OPENED", "EXPIRES"},
-		{"s-1", "****0123", "alice", "100.90.0.2", "100.80.0.2", "5m", "ago", "in", "55m"},
+		{"s-1", "****23", "alice", "100.90.0.2", "100.80.0.2", "5m", "ago", "in", "55m"},
 	}
 	if r.code != ExitOK || fmt.Sprint(tableRows(r.stdout)) != fmt.Sprint(want) {
 		t.Fatalf("exit %d, stdout\n%s\nstderr %q", r.code, r.stdout, r.stderr)

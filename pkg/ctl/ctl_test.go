@@ -178,9 +178,9 @@ func TestEnrollBatches(t *testing.T) {
 
 func sampleDevices() *gatewayv1.ListDevicesResponse {
 	return &gatewayv1.ListDevicesResponse{Devices: []*gatewayv1.Device{
-		{SerialNumber: "****0001", Addresses: []string{"100.80.0.2", "fd00::2"}, KeyPinned: true, LastLoginDay: "2025-03-14", Online: true},
-		{SerialNumber: "****0002", Addresses: []string{"100.80.0.3"}, KeyPinned: true, LastLoginDay: "2025-03-01"},
-		{SerialNumber: "****0003", Revoked: true, Online: true},
+		{SerialNumber: "****01", Addresses: []string{"100.80.0.2", "fd00::2"}, KeyPinned: true, LastLoginDay: "2025-03-14", Online: true},
+		{SerialNumber: "****02", Addresses: []string{"100.80.0.3"}, KeyPinned: true, LastLoginDay: "2025-03-01"},
+		{SerialNumber: "****03", Revoked: true, Online: true},
 	}}
 }
 
@@ -215,9 +215,9 @@ func TestDevicesListTableAndJSON(t *testing.T) {
 	}
 	want := [][]string{
 		{"SERIAL", "ADDRESSES", "KEY", "LAST", "LOGIN", "STATE"},
-		{"****0001", "100.80.0.2,fd00::2", "pinned", "2025-03-14", "online"},
-		{"****0002", "100.80.0.3", "pinned", "2025-03-01", "offline"},
-		{"****0003", "–", "–", "never", "revoked"},
+		{"****01", "100.80.0.2,fd00::2", "pinned", "2025-03-14", "online"},
+		{"****02", "100.80.0.3", "pinned", "2025-03-01", "offline"},
+		{"****03", "–", "–", "never", "revoked"},
 	}
 	if got := tableRows(r.stdout); fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Fatalf("table\n%s\ngot %q\nwant %q", r.stdout, got, want)

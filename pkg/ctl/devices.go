@@ -33,7 +33,7 @@ func (a *app) devicesListCommand() *cobra.Command {
 		Long: `List enrolled devices: serial number, virtual addresses, whether a WireGuard
 key is pinned, the day of the last login, and state (online, offline, revoked).
 
-Serial numbers are masked (****1234). --reveal shows them in full; it needs the
+Serial numbers are masked (****34). --reveal shows them in full; it needs the
 privacy role on the gateway and a --reason, which goes to the audit log.`,
 		Example: `  dassetctl devices list
   dassetctl devices list -o json

@@ -30,9 +30,12 @@ header row; lines starting with '#' and blank lines are skipped. The whole file
 is checked before anything is sent: a bad line stops the command with its line
 number and reason, and no device is enrolled. "--file -" reads standard input.
 
-Enrolling a device again with the same hardware id changes nothing (it is
-counted as unchanged), so a batch can be re-run safely. A device whose data was
-erased is only enrolled again with --after-erasure.`,
+Enrolling a device again changes nothing (it is counted as unchanged), so a
+batch can be re-run safely. Without the privacy role every device that already
+exists counts as unchanged, whatever hardware id was given: the answer never
+tells a right hardware id from a wrong one. The privacy role is told instead
+when a device is enrolled with another hardware id, or was erased; only it may
+enroll an erased device again, with --after-erasure.`,
 		Example: `  dassetctl enroll --serial DS-000123 --hwid 3c:52:82:aa:10:0f
   dassetctl enroll --file devices.csv
   dassetctl enroll --file returned.csv --after-erasure`,

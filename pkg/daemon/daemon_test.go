@@ -207,7 +207,7 @@ func TestNetstackLoginAndPing(t *testing.T) {
 	}
 	var found bool
 	for _, d := range list.GetDevices() {
-		if d.GetSerialNumber() == "****0001" {
+		if d.GetSerialNumber() == "****01" {
 			found = true
 			if !d.GetKeyPinned() || len(d.GetAddresses()) != 2 {
 				t.Fatalf("device 1 in list: %+v", d)

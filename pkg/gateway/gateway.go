@@ -6,10 +6,12 @@ package gateway
 
 import (
 	"context"
+	"crypto/hmac"
 	"errors"
 	"fmt"
 	"log/slog"
 	"net/netip"
+	"runtime"
 	"sync"
 	"time"
 
@@ -418,41 +420,113 @@ type Enrollment struct {
 	Hardware privacy.HardwareID
 }
 
-// Enroll adds devices to the allow-list, all or nothing. A device on the
-// erasure ledger is refused unless afterErasure says the re-enrolment is
-// intended.
-func (g *Gateway) Enroll(ctx context.Context, batch []Enrollment, afterErasure bool) (store.EnrollResult, error) {
+// EnrollOptions say what the caller may learn and do.
+type EnrollOptions struct {
+	// Disclose is for the privacy role: a device already enrolled with
+	// another hardware id fails the batch (ErrConflict), and so does an
+	// erased device unless AfterErasure. Without it every existing device
+	// (enrolled with whatever hardware id, or erased) counts as Unchanged and
+	// is left as it is: its stored verifier is never even compared, so the
+	// answer says nothing about the hardware id sent.
+	Disclose bool
+	// AfterErasure re-enrolls erased devices (with Disclose only).
+	AfterErasure bool
+}
+
+// EnrollReport is what an enrolment did, and the devices it found
+// existing (their blind indexes, for the audit log).
+type EnrollReport struct {
+	store.EnrollResult
+	Existing []privacy.BlindIndex
+}
+
+// Enroll adds devices to the allow-list, all or nothing (see EnrollOptions
+// for existing and erased devices).
+func (g *Gateway) Enroll(ctx context.Context, batch []Enrollment, opt EnrollOptions) (EnrollReport, error) {
+	var rep EnrollReport
 	rows := make([]store.Enrollment, len(batch))
+	g.computeEnrollments(batch, rows)
 	var erased []privacy.BlindIndex
-	for i, e := range batch {
-		idx := g.keys.BlindIndex(e.Serial)
+	keep := rows[:0:0]
+	for i, row := range rows {
+		idx := row.Index
 		if g.subj != nil && g.subj.ledger.Contains(idx) {
-			if !afterErasure {
-				return store.EnrollResult{}, newErr(ErrPrecondition, nil, "devices[%d]: this device was erased; re-enroll it explicitly with after_erasure (dassetctl enroll --after-erasure)", i)
+			rep.Existing = append(rep.Existing, idx)
+			switch {
+			case !opt.Disclose:
+				rep.Unchanged++
+				continue
+			case !opt.AfterErasure:
+				return rep, newErr(ErrPrecondition, nil, "devices[%d]: this device was erased; re-enroll it explicitly with after_erasure (dassetctl enroll --after-erasure)", i)
 			}
 			erased = append(erased, idx)
+			keep = append(keep, row)
+			continue
 		}
-		rows[i] = store.Enrollment{
-			Index:        idx,
-			SealedSerial: g.keys.Seal([]byte(e.Serial.Reveal()), idx[:]),
-			Verifier:     g.keys.Verifier(e.Serial, e.Hardware),
+		d, err := g.reg.DeviceByIndex(ctx, idx)
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+			keep = append(keep, row)
+			continue
+		case err != nil:
+			return rep, newErr(ErrUnavailable, err, "enrolling failed")
+		}
+		rep.Existing = append(rep.Existing, idx)
+		switch {
+		case !opt.Disclose:
+			rep.Unchanged++
+		case !hmac.Equal(d.Verifier[:], row.Verifier[:]):
+			return rep, newErr(ErrConflict, nil, "devices[%d]: already enrolled with another hardware id", i)
+		default:
+			keep = append(keep, row) // the store counts it as unchanged
 		}
 	}
-	res, err := g.reg.EnrollDevices(ctx, rows)
+	res, err := g.reg.EnrollDevices(ctx, keep)
 	if errors.Is(err, store.ErrConflict) {
+		if !opt.Disclose {
+			// A device of the batch was enrolled by someone else meanwhile,
+			// or the batch names one serial number twice.
+			return rep, newErr(ErrConflict, nil, "the batch holds a serial number twice, or another enrolment of the same devices ran at the same time; check the batch and re-run it")
+		}
 		// The store names the batch position ("device 3: ...") and no personal data.
-		return res, newErr(ErrConflict, err, "%s", err.Error())
+		return rep, newErr(ErrConflict, err, "%s", err.Error())
 	}
 	if err != nil {
-		return res, newErr(ErrUnavailable, err, "enrolling failed")
+		return rep, newErr(ErrUnavailable, err, "enrolling failed")
 	}
+	rep.Enrolled += res.Enrolled
+	rep.Unchanged += res.Unchanged
 	for _, idx := range erased {
 		if err := g.subj.ledger.Remove(idx); err != nil {
-			return res, newErr(ErrUnavailable, err, "updating the erasure ledger failed")
+			return rep, newErr(ErrUnavailable, err, "updating the erasure ledger failed")
 		}
 	}
-	g.log.Info("devices enrolled", "enrolled", res.Enrolled, "unchanged", res.Unchanged)
-	return res, nil
+	g.log.Info("devices enrolled", "enrolled", rep.Enrolled, "unchanged", rep.Unchanged)
+	return rep, nil
+}
+
+// computeEnrollments fills rows from batch: blind index, sealed serial and
+// verifier. The verifiers (a memory-hard KDF each) are computed on every
+// core.
+func (g *Gateway) computeEnrollments(batch []Enrollment, rows []store.Enrollment) {
+	workers := min(runtime.GOMAXPROCS(0), max(1, len(batch)))
+	var wg sync.WaitGroup
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := w; i < len(batch); i += workers {
+				e := batch[i]
+				idx := g.keys.BlindIndex(e.Serial)
+				rows[i] = store.Enrollment{
+					Index:        idx,
+					SealedSerial: g.keys.Seal([]byte(e.Serial.Reveal()), idx[:]),
+					Verifier:     g.keys.Verifier(e.Serial, e.Hardware),
+				}
+			}
+		}()
+	}
+	wg.Wait()
 }
 
 // DeviceView is a device as operators see it.

@@ -59,16 +59,22 @@ func (s SerialNumber) Reveal() string { return s.v }
 // IsZero reports whether s was never set.
 func (s SerialNumber) IsZero() bool { return s.v == "" }
 
-// Masked shows only the last four characters ("****1234"), for operators
-// without the privacy role.
+// Masked shows only the last two characters ("****34"), for operators
+// without the privacy role: enough to tell a few devices apart on a screen,
+// while a serial number's pattern (prefix and digits) leaves thousands of
+// candidates, not a hundred.
 func (s SerialNumber) Masked() string { return Mask(s.v) }
 
-// Mask masks all but the last four characters of v.
+// MaskedChars is how many characters of a serial number Mask shows.
+const MaskedChars = 2
+
+// Mask masks all but the last two characters of v (and all of a value that
+// short).
 func Mask(v string) string {
-	if len(v) <= 4 {
+	if len(v) <= MaskedChars {
 		return "****"
 	}
-	return "****" + v[len(v)-4:]
+	return "****" + v[len(v)-MaskedChars:]
 }
 
 // String never shows the value.

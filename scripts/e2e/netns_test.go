@@ -295,7 +295,7 @@ func listDevices(t *testing.T, g *gateway) map[string]device {
 }
 
 // mask is how the gateway shows a serial number to an operator.
-func mask(sn string) string { return "****" + sn[len(sn)-4:] }
+func mask(sn string) string { return "****" + sn[len(sn)-2:] }
 
 // base64Key checks that s is a 32-byte base64 key (as wg prints it).
 func base64Key(s string) bool {

@@ -77,7 +77,8 @@ func (x *DeviceEnrollment) GetHardwareId() string {
 type EnrollDevicesRequest struct {
 	state   protoimpl.MessageState `protogen:"open.v1"`
 	Devices []*DeviceEnrollment    `protobuf:"bytes,1,rep,name=devices,proto3" json:"devices,omitempty"`
-	// Re-enroll devices that were erased before (explicit by design).
+	// Re-enroll devices that were erased before (explicit by design; privacy
+	// role only).
 	AfterErasure  bool `protobuf:"varint,2,opt,name=after_erasure,json=afterErasure,proto3" json:"after_erasure,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -131,7 +132,11 @@ type EnrollDevicesResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Number of devices newly enrolled.
 	Enrolled int64 `protobuf:"varint,1,opt,name=enrolled,proto3" json:"enrolled,omitempty"`
-	// Number already enrolled with the same HWID (idempotent re-run of a batch).
+	// Number already known and left as they are (idempotent re-run of a
+	// batch). For the privacy role: enrolled with the same HWID (another HWID,
+	// or an erased device without after_erasure, fails the batch). For every
+	// other caller: any existing device, whatever HWID was sent, so the answer
+	// never tells a right HWID from a wrong one.
 	Unchanged     int64 `protobuf:"varint,2,opt,name=unchanged,proto3" json:"unchanged,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -236,7 +241,7 @@ func (x *ListDevicesRequest) GetReason() string {
 
 type Device struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Masked ("****1234") unless revealed.
+	// Masked ("****34": the last two characters) unless revealed.
 	SerialNumber string   `protobuf:"bytes,1,opt,name=serial_number,json=serialNumber,proto3" json:"serial_number,omitempty"`
 	Addresses    []string `protobuf:"bytes,2,rep,name=addresses,proto3" json:"addresses,omitempty"`
 	KeyPinned    bool     `protobuf:"varint,3,opt,name=key_pinned,json=keyPinned,proto3" json:"key_pinned,omitempty"`
