@@ -198,8 +198,10 @@ type Store interface {
 	ConnLogByPseudonyms(ctx context.Context, ps []privacy.Pseudonym) ([]ConnLogEntry, error)
 
 	// Retention. Prune deletes at most limit rows of table older than before
-	// in one transaction and returns how many it deleted. OldestRecord is the
-	// time of the oldest prunable row (zero when empty).
+	// in one transaction and returns how many it deleted; a backend that
+	// partitions a table by time may instead drop whole partitions lying
+	// before before, and then reports their rows (which may exceed limit).
+	// OldestRecord is the time of the oldest prunable row (zero when empty).
 	Prune(ctx context.Context, table string, before time.Time, limit int) (int, error)
 	OldestRecord(ctx context.Context, table string) (time.Time, error)
 

@@ -24,14 +24,31 @@ type Dialect string
 
 // Dialects.
 const (
-	SQLite Dialect = "sqlite"
+	SQLite   Dialect = "sqlite"
+	Postgres Dialect = "postgres"
 )
 
 // TableName is the table goose records applied versions in.
 const TableName = "goose_db_version"
 
-//go:embed sqlite/*.sql
+//go:embed sqlite/*.sql postgres/*.sql
 var files embed.FS
+
+// LockID is the PostgreSQL advisory lock that PostgresLocker holds while
+// migrating ("dasset-gateway migrations", in ASCII, cut to 63 bits).
+const LockID int64 = 0x6461737365746D69
+
+// PostgresLocker is the session-level advisory lock (LockID) that several
+// gateways starting at once on one database take in turn, so that exactly
+// one of them runs each migration. A waiting gateway retries every second
+// for up to five minutes.
+func PostgresLocker() (lock.SessionLocker, error) {
+	l, err := lock.NewPostgresSessionLocker(lock.WithLockID(LockID), lock.WithLockTimeout(1, 300))
+	if err != nil {
+		return nil, fmt.Errorf("migrations: %w", err)
+	}
+	return l, nil
+}
 
 // ErrNewer is returned for a database written by a newer program: one with a
 // schema version this program does not know.
@@ -47,6 +64,8 @@ func gooseDialect(d Dialect) (database.Dialect, error) {
 	switch d {
 	case SQLite:
 		return database.DialectSQLite3, nil
+	case Postgres:
+		return database.DialectPostgres, nil
 	}
 	return "", fmt.Errorf("migrations: unknown dialect %q", d)
 }

@@ -224,15 +224,39 @@ func Start(t testing.TB) *Cluster {
 	return c
 }
 
+func randomName() string {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	return "t_" + hex.EncodeToString(b[:])
+}
+
 // NewDatabase creates a database with a fresh random name in the cluster
 // and returns its DSN.
 func (c *Cluster) NewDatabase(t testing.TB) string {
 	t.Helper()
-	var b [6]byte
-	_, _ = rand.Read(b[:])
-	dsn, err := c.CreateDatabase(context.Background(), "t_"+hex.EncodeToString(b[:]))
+	dsn, err := c.CreateDatabase(context.Background(), randomName())
 	if err != nil {
 		t.Fatal(err)
 	}
 	return dsn
+}
+
+// NewSchema creates a schema with a fresh random name in database db
+// (which must exist) and returns a DSN whose connections use it
+// (search_path): an empty namespace of its own for a test, ten times
+// cheaper than a new database. Advisory locks stay shared by the whole
+// database.
+func (c *Cluster) NewSchema(t testing.TB, db string) string {
+	t.Helper()
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, c.DSN(db))
+	if err != nil {
+		t.Fatalf("pgtest: connect: %v", err)
+	}
+	defer conn.Close(ctx)
+	name := randomName()
+	if _, err := conn.Exec(ctx, "CREATE SCHEMA "+pgx.Identifier{name}.Sanitize()); err != nil {
+		t.Fatalf("pgtest: create schema: %v", err)
+	}
+	return c.DSN(db) + " search_path=" + name
 }

@@ -1,0 +1,287 @@
+package postgres
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/planetxlabs/dasset-gateway/pkg/privacy"
+	"github.com/planetxlabs/dasset-gateway/pkg/store"
+)
+
+// --- accounts ---
+
+const accountCols = `a.id, a.name_index, a.sealed_name, a.password_hash, a.created_at`
+
+func scanAccount(row pgx.Row) (store.Account, error) {
+	var (
+		a       store.Account
+		idx     []byte
+		created int64
+	)
+	if err := row.Scan(&a.ID, &idx, &a.SealedName, &a.PasswordHash, &created); err != nil {
+		return store.Account{}, err
+	}
+	if err := to32((*[32]byte)(&a.NameIndex), idx, "name_index"); err != nil {
+		return store.Account{}, err
+	}
+	a.CreatedAt = fromNanos(created)
+	return a, nil
+}
+
+// CreateAccount adds an account (ErrConflict if the name exists) and returns
+// it with its id (and CreatedAt, when zero, set to now).
+func (s *Store) CreateAccount(ctx context.Context, a store.Account) (store.Account, error) {
+	switch {
+	case a.NameIndex == privacy.BlindIndex{}:
+		return store.Account{}, fmt.Errorf("store: CreateAccount: %w", store.Invalid("name_index", "must not be zero"))
+	case len(a.SealedName) == 0:
+		return store.Account{}, fmt.Errorf("store: CreateAccount: %w", store.Invalid("sealed_name", "must not be empty"))
+	case a.PasswordHash == "":
+		return store.Account{}, fmt.Errorf("store: CreateAccount: %w", store.Invalid("password_hash", "must not be empty"))
+	}
+	if a.CreatedAt.IsZero() {
+		a.CreatedAt = s.opt.now()
+	}
+	a.CreatedAt = fromNanos(nanos(a.CreatedAt))
+	err := s.write(ctx, "CreateAccount", func(tx pgx.Tx) error {
+		return tx.QueryRow(ctx, `INSERT INTO accounts (name_index, sealed_name, password_hash, created_at) VALUES ($1, $2, $3, $4) RETURNING id`,
+			a.NameIndex[:], a.SealedName, a.PasswordHash, nanos(a.CreatedAt)).Scan(&a.ID)
+	})
+	if err != nil {
+		return store.Account{}, err
+	}
+	return a, nil
+}
+
+// AccountByName finds an account by its name index.
+func (s *Store) AccountByName(ctx context.Context, nameIndex privacy.BlindIndex) (a store.Account, err error) {
+	err = s.read(ctx, "AccountByName", func(q querier) error {
+		a, err = scanAccount(q.QueryRow(ctx, `SELECT `+accountCols+` FROM accounts a WHERE a.name_index = $1`, nameIndex[:]))
+		return err
+	})
+	return a, err
+}
+
+// AccountByID finds an account by id.
+func (s *Store) AccountByID(ctx context.Context, id int64) (a store.Account, err error) {
+	err = s.read(ctx, "AccountByID", func(q querier) error {
+		a, err = scanAccount(q.QueryRow(ctx, `SELECT `+accountCols+` FROM accounts a WHERE a.id = $1`, id))
+		return err
+	})
+	return a, err
+}
+
+// SetPasswordHash replaces the account's password hash.
+func (s *Store) SetPasswordHash(ctx context.Context, accountID int64, hash string) error {
+	if hash == "" {
+		return fmt.Errorf("store: SetPasswordHash: %w", store.Invalid("password_hash", "must not be empty"))
+	}
+	return s.write(ctx, "SetPasswordHash", func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, `UPDATE accounts SET password_hash = $1 WHERE id = $2`, hash, accountID)
+		if err != nil {
+			return err
+		}
+		if tag.RowsAffected() == 0 {
+			return fmt.Errorf("account %d: %w", accountID, store.ErrNotFound)
+		}
+		return nil
+	})
+}
+
+func execCount(ctx context.Context, tx pgx.Tx, q string, args ...any) (int64, error) {
+	tag, err := tx.Exec(ctx, q, args...)
+	if err != nil {
+		return 0, err
+	}
+	return tag.RowsAffected(), nil
+}
+
+// closeSessions closes the open sessions matching where (a condition on
+// sessions using $2, $3, ...) and releases their client keys; it returns
+// how many it closed.
+func closeSessions(ctx context.Context, tx pgx.Tx, at int64, where string, args ...any) (int64, error) {
+	rows, err := tx.Query(ctx, `UPDATE sessions SET closed_at = $1 WHERE closed_at IS NULL AND `+where+` RETURNING id`, append([]any{at}, args...)...)
+	if err != nil {
+		return 0, err
+	}
+	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	if err != nil {
+		return 0, err
+	}
+	if len(ids) == 0 {
+		return 0, nil
+	}
+	if _, err := tx.Exec(ctx, `DELETE FROM wg_keys WHERE owner_kind = 'client' AND owner_id = ANY($1)`, ids); err != nil {
+		return 0, err
+	}
+	return int64(len(ids)), nil
+}
+
+// DeleteAccount deletes the account with its access tokens and bindings and
+// closes its open sessions (releasing their keys and offsets). The receipt
+// counts rows per table; "sessions" counts the sessions closed.
+func (s *Store) DeleteAccount(ctx context.Context, id int64) (map[string]int64, error) {
+	receipt := map[string]int64{}
+	at := nanos(s.opt.now())
+	err := s.write(ctx, "DeleteAccount", func(tx pgx.Tx) error {
+		var one int
+		if err := tx.QueryRow(ctx, `SELECT 1 FROM accounts WHERE id = $1 FOR UPDATE`, id).Scan(&one); err != nil {
+			if errors.Is(err, pgx.ErrNoRows) {
+				return fmt.Errorf("account %d: %w", id, store.ErrNotFound)
+			}
+			return err
+		}
+		var err error
+		if receipt[store.TableSessions], err = closeSessions(ctx, tx, at, `account_id = $2`, id); err != nil {
+			return err
+		}
+		if receipt[store.TableAccessTokens], err = execCount(ctx, tx, `DELETE FROM access_tokens WHERE account_id = $1`, id); err != nil {
+			return err
+		}
+		if receipt[store.TableBindings], err = execCount(ctx, tx, `DELETE FROM bindings WHERE account_id = $1`, id); err != nil {
+			return err
+		}
+		receipt[store.TableAccounts], err = execCount(ctx, tx, `DELETE FROM accounts WHERE id = $1`, id)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return receipt, nil
+}
+
+// CreateAccessToken stores an access token hash for the account
+// (ErrNotFound for an unknown account, ErrConflict for a duplicate hash).
+func (s *Store) CreateAccessToken(ctx context.Context, hash [32]byte, accountID int64, expires time.Time) error {
+	if err := store.CheckTime("expires", expires); err != nil {
+		return fmt.Errorf("store: CreateAccessToken: %w", err)
+	}
+	return s.write(ctx, "CreateAccessToken", func(tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, `INSERT INTO access_tokens (hash, account_id, expires_at) VALUES ($1, $2, $3)`, hash[:], accountID, nanos(expires))
+		return err
+	})
+}
+
+// AccountByToken finds the account holding an unexpired access token.
+func (s *Store) AccountByToken(ctx context.Context, hash [32]byte, now time.Time) (a store.Account, err error) {
+	err = s.read(ctx, "AccountByToken", func(q querier) error {
+		a, err = scanAccount(q.QueryRow(ctx, `SELECT `+accountCols+` FROM access_tokens t JOIN accounts a ON a.id = t.account_id
+			WHERE t.hash = $1 AND t.expires_at > $2`, hash[:], nanos(now)))
+		return err
+	})
+	return a, err
+}
+
+// DeleteAccessTokens deletes every access token of the account.
+func (s *Store) DeleteAccessTokens(ctx context.Context, accountID int64) error {
+	return s.write(ctx, "DeleteAccessTokens", func(tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, `DELETE FROM access_tokens WHERE account_id = $1`, accountID)
+		return err
+	})
+}
+
+// --- bindings ---
+
+// CreateBindingCode stores a binding code hash for the device.
+func (s *Store) CreateBindingCode(ctx context.Context, hash [32]byte, deviceID int64, expires time.Time) error {
+	if err := store.CheckTime("expires", expires); err != nil {
+		return fmt.Errorf("store: CreateBindingCode: %w", err)
+	}
+	return s.write(ctx, "CreateBindingCode", func(tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, `INSERT INTO binding_codes (hash, device_id, expires_at) VALUES ($1, $2, $3)`, hash[:], deviceID, nanos(expires))
+		return err
+	})
+}
+
+// RedeemBindingCode deletes the code and binds its device to the account in
+// one transaction. Unknown or expired codes give ErrNotFound (an expired
+// code is deleted); a revoked device gives ErrRevoked.
+func (s *Store) RedeemBindingCode(ctx context.Context, hash [32]byte, accountID int64, now time.Time) (store.Device, error) {
+	var (
+		d       store.Device
+		expired bool
+	)
+	err := s.write(ctx, "RedeemBindingCode", func(tx pgx.Tx) error {
+		expired = false
+		var deviceID, expires int64
+		err := tx.QueryRow(ctx, `DELETE FROM binding_codes WHERE hash = $1 RETURNING device_id, expires_at`, hash[:]).Scan(&deviceID, &expires)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return fmt.Errorf("binding code: %w", store.ErrNotFound)
+		} else if err != nil {
+			return err
+		}
+		if expires <= nanos(now) {
+			expired = true // commit the deletion, then report
+			return nil
+		}
+		if d, err = deviceForUpdate(ctx, tx, deviceID); err != nil {
+			return err
+		}
+		if d.Revoked {
+			return fmt.Errorf("device %d: %w", d.ID, store.ErrRevoked)
+		}
+		_, err = tx.Exec(ctx, `INSERT INTO bindings (account_id, device_id) VALUES ($1, $2) ON CONFLICT DO NOTHING`, accountID, deviceID)
+		return err
+	})
+	if err != nil {
+		return store.Device{}, err
+	}
+	if expired {
+		return store.Device{}, fmt.Errorf("store: RedeemBindingCode: binding code expired: %w", store.ErrNotFound)
+	}
+	return d, nil
+}
+
+// IsBound reports whether the device is bound to the account.
+func (s *Store) IsBound(ctx context.Context, accountID, deviceID int64) (ok bool, err error) {
+	err = s.read(ctx, "IsBound", func(q querier) error {
+		return q.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM bindings WHERE account_id = $1 AND device_id = $2)`, accountID, deviceID).Scan(&ok)
+	})
+	return ok, err
+}
+
+// BoundDevices lists the devices bound to the account, by id.
+func (s *Store) BoundDevices(ctx context.Context, accountID int64) (ds []store.Device, err error) {
+	err = s.read(ctx, "BoundDevices", func(q querier) error {
+		ds, err = queryDevices(ctx, q, `SELECT `+deviceCols+` FROM bindings b JOIN devices d ON d.id = b.device_id
+			WHERE b.account_id = $1 ORDER BY d.id`, accountID)
+		return err
+	})
+	return ds, err
+}
+
+// Unbind removes the binding and closes the account's open sessions to the
+// device. The receipt counts the rows removed ("bindings") and the sessions
+// closed ("sessions"); ErrNotFound when the device was not bound.
+func (s *Store) Unbind(ctx context.Context, accountID, deviceID int64) (map[string]int64, error) {
+	receipt := map[string]int64{}
+	at := nanos(s.opt.now())
+	err := s.write(ctx, "Unbind", func(tx pgx.Tx) error {
+		n, err := execCount(ctx, tx, `DELETE FROM bindings WHERE account_id = $1 AND device_id = $2`, accountID, deviceID)
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return fmt.Errorf("binding of device %d to account %d: %w", deviceID, accountID, store.ErrNotFound)
+		}
+		receipt[store.TableBindings] = n
+		receipt[store.TableSessions], err = closeSessions(ctx, tx, at, `account_id = $2 AND device_id = $3`, accountID, deviceID)
+		return err
+	})
+	if err != nil {
+		return nil, err
+	}
+	return receipt, nil
+}
+
+// BindingCount counts the accounts a device is bound to.
+func (s *Store) BindingCount(ctx context.Context, deviceID int64) (n int, err error) {
+	err = s.read(ctx, "BindingCount", func(q querier) error {
+		return q.QueryRow(ctx, `SELECT count(*) FROM bindings WHERE device_id = $1`, deviceID).Scan(&n)
+	})
+	return n, err
+}

@@ -1,0 +1,261 @@
+package postgres_test
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"os"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/planetxlabs/dasset-gateway/pkg/privacy"
+	"github.com/planetxlabs/dasset-gateway/pkg/store"
+	"github.com/planetxlabs/dasset-gateway/pkg/store/migrations"
+	"github.com/planetxlabs/dasset-gateway/pkg/store/postgres"
+	"github.com/planetxlabs/dasset-gateway/pkg/store/postgres/pgtest"
+	"github.com/planetxlabs/dasset-gateway/pkg/store/storetest"
+)
+
+// cluster is the package's throw-away PostgreSQL; each test takes its own
+// database in it.
+var cluster *pgtest.Cluster
+
+func TestMain(m *testing.M) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	c, err := pgtest.New(ctx)
+	cancel()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	cluster = c
+	// One database for the conformance suite, a schema per subtest.
+	ctx, cancel = context.WithTimeout(context.Background(), 2*time.Minute)
+	_, err = c.CreateDatabase(ctx, conformanceDB)
+	cancel()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		_ = c.Close()
+		os.Exit(1)
+	}
+	code := m.Run()
+	if err := c.Close(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		code = max(code, 1)
+	}
+	os.Exit(code)
+}
+
+const conformanceDB = "conformance"
+
+func open(t testing.TB, dsn string) *postgres.Store {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	s, err := postgres.Open(ctx, dsn)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	return s
+}
+
+func TestConformance(t *testing.T) {
+	storetest.Run(t, func(t *testing.T) store.Store { return open(t, cluster.NewSchema(t, conformanceDB)) })
+}
+
+// TestConcurrentOpenMigratesOnce: gateways starting at once on one empty
+// database each open it; the migration advisory lock lets one of them run
+// every migration and the others find the schema done: each version is
+// recorded exactly once and every store works.
+func TestConcurrentOpenMigratesOnce(t *testing.T) {
+	ctx := context.Background()
+	dsn := cluster.NewDatabase(t)
+	const n = 6
+	stores := make([]*postgres.Store, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	start := make(chan struct{})
+	for i := range n {
+		wg.Go(func() {
+			<-start
+			stores[i], errs[i] = postgres.Open(ctx, dsn)
+		})
+	}
+	close(start)
+	wg.Wait()
+	for i, err := range errs {
+		if err != nil {
+			t.Fatalf("open %d: %v", i, err)
+		}
+		defer stores[i].Close()
+	}
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	rows, err := conn.Query(ctx, `SELECT version_id, count(*) FROM `+migrations.TableName+` GROUP BY version_id ORDER BY version_id`)
+	if err != nil {
+		t.Fatal(err)
+	}
+	type vc struct{ V, C int64 }
+	got, err := pgx.CollectRows(rows, pgx.RowToStructByPos[vc])
+	if err != nil {
+		t.Fatal(err)
+	}
+	latest, err := migrations.Latest(migrations.Postgres)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if int64(len(got)) != latest+1 {
+		t.Fatalf("versions recorded %v, want 0..%d", got, latest)
+	}
+	for i, r := range got {
+		if r.V != int64(i) || r.C != 1 {
+			t.Fatalf("versions recorded %v: want each of 0..%d exactly once", got, latest)
+		}
+	}
+	// Every store works on the one schema: the enrolments of all of them
+	// land in one table.
+	for i, s := range stores {
+		if _, err := s.EnrollDevices(ctx, []store.Enrollment{{Index: privacy.BlindIndex{byte(i + 1)}, SealedSerial: []byte("s"), Verifier: privacy.Verifier{1}}}); err != nil {
+			t.Fatalf("store %d: %v", i, err)
+		}
+	}
+	if ds, err := stores[0].ListDevices(ctx); err != nil || len(ds) != n {
+		t.Fatalf("ListDevices: %d devices, %v; want %d", len(ds), err, n)
+	}
+	if v, err := stores[n-1].SchemaVersion(ctx); err != nil || v != latest {
+		t.Fatalf("SchemaVersion %d, %v; want %d", v, err, latest)
+	}
+}
+
+// TestOpenRefusesNewerSchema: a database migrated by a newer program is
+// refused, not mangled.
+func TestOpenRefusesNewerSchema(t *testing.T) {
+	ctx := context.Background()
+	dsn := cluster.NewDatabase(t)
+	open(t, dsn).Close()
+	latest, err := migrations.Latest(migrations.Postgres)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, `INSERT INTO `+migrations.TableName+` (version_id, is_applied) VALUES ($1, true)`, latest+1); err != nil {
+		t.Fatal(err)
+	}
+	if s, err := postgres.Open(ctx, dsn); err == nil {
+		s.Close()
+		t.Fatal("opened a database with a newer schema")
+	}
+}
+
+// TestConnLogPartitions: each day's rows go to that day's partition, and
+// retention drops the partitions wholly past retention (reporting their
+// rows) before deleting single rows of the day that straddles the cut.
+func TestConnLogPartitions(t *testing.T) {
+	ctx := context.Background()
+	dsn := cluster.NewDatabase(t)
+	s := open(t, dsn)
+	defer s.Close()
+	day := time.Date(2030, 1, 2, 0, 0, 0, 0, time.UTC)
+	var (
+		old   = privacy.Pseudonym{1}
+		older = privacy.Pseudonym{2}
+		today = privacy.Pseudonym{3}
+	)
+	var entries []store.ConnLogEntry
+	for i := range 3 {
+		entries = append(entries,
+			store.ConnLogEntry{Time: day.Add(-48*time.Hour + time.Duration(i)*time.Hour), Event: "login", Outcome: "ok", Pseudonym: older},
+			store.ConnLogEntry{Time: day.Add(-24*time.Hour + time.Duration(i)*time.Hour), Event: "login", Outcome: "ok", Pseudonym: old},
+			store.ConnLogEntry{Time: day.Add(time.Duration(i) * time.Hour), Event: "login", Outcome: "ok", Pseudonym: today})
+	}
+	if err := s.AppendConnLog(ctx, entries); err != nil {
+		t.Fatal(err)
+	}
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	partitions := func() map[string]int64 {
+		t.Helper()
+		rows, err := conn.Query(ctx, `SELECT tableoid::regclass::text, count(*) FROM connection_log GROUP BY 1`)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out := map[string]int64{}
+		for rows.Next() {
+			var (
+				name string
+				n    int64
+			)
+			if err := rows.Scan(&name, &n); err != nil {
+				t.Fatal(err)
+			}
+			out[name] = n
+		}
+		if err := rows.Err(); err != nil {
+			t.Fatal(err)
+		}
+		var tables int
+		if err := conn.QueryRow(ctx, `SELECT count(*) FROM pg_inherits WHERE inhparent = 'connection_log'::regclass`).Scan(&tables); err != nil {
+			t.Fatal(err)
+		}
+		if tables != len(out) {
+			t.Fatalf("%d partitions, %d with rows: an empty partition was left behind", tables, len(out))
+		}
+		return out
+	}
+	want := map[string]int64{"connection_log_p20291231": 3, "connection_log_p20300101": 3, "connection_log_p20300102": 3}
+	if got := partitions(); !maps.Equal(got, want) {
+		t.Fatalf("partitions %v, want %v", got, want)
+	}
+
+	// Retention up to 01:30 on the 2nd: the two whole days go as two
+	// partitions (6 rows, though the batch limit is 2).
+	cut := day.Add(90 * time.Minute)
+	n, err := s.Prune(ctx, store.TableConnLog, cut, 2)
+	if err != nil || n != 6 {
+		t.Fatalf("Prune dropping partitions: %d, %v; want 6", n, err)
+	}
+	if got := partitions(); !maps.Equal(got, map[string]int64{"connection_log_p20300102": 3}) {
+		t.Fatalf("partitions after the drop %v", got)
+	}
+	// Then single rows of the straddling day, within the limit.
+	if n, err := s.Prune(ctx, store.TableConnLog, cut, 10); err != nil || n != 2 {
+		t.Fatalf("Prune of the day's rows: %d, %v; want 2", n, err)
+	}
+	if n, err := s.Prune(ctx, store.TableConnLog, cut, 10); err != nil || n != 0 {
+		t.Fatalf("Prune again: %d, %v; want 0", n, err)
+	}
+	got, err := s.ConnLogByPseudonyms(ctx, []privacy.Pseudonym{old, older, today})
+	if err != nil || len(got) != 1 || got[0].Pseudonym != today || !got[0].Time.Equal(day.Add(2*time.Hour)) {
+		t.Fatalf("left after retention: %+v, %v", got, err)
+	}
+
+	// Another gateway still believing in a dropped day writes to it: the
+	// partition is made again.
+	other := open(t, dsn)
+	defer other.Close()
+	if err := other.AppendConnLog(ctx, []store.ConnLogEntry{{Time: day.Add(-24 * time.Hour), Event: "login", Outcome: "ok", Pseudonym: old}}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Prune(ctx, store.TableConnLog, cut, 10); err != nil { // drops it in s, which other has cached
+		t.Fatal(err)
+	}
+	if err := other.AppendConnLog(ctx, []store.ConnLogEntry{{Time: day.Add(-24 * time.Hour), Event: "login", Outcome: "ok", Pseudonym: old}}); err != nil {
+		t.Fatalf("append to a day whose partition another gateway dropped: %v", err)
+	}
+	if got := partitions(); got["connection_log_p20300101"] != 1 {
+		t.Fatalf("partitions %v, want the 1st made again with 1 row", got)
+	}
+}
