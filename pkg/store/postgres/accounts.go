@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -282,6 +284,83 @@ func (s *Store) Unbind(ctx context.Context, accountID, deviceID int64) (map[stri
 func (s *Store) BindingCount(ctx context.Context, deviceID int64) (n int, err error) {
 	err = s.read(ctx, "BindingCount", func(q querier) error {
 		return q.QueryRow(ctx, `SELECT count(*) FROM bindings WHERE device_id = $1`, deviceID).Scan(&n)
+	})
+	return n, err
+}
+
+// Verifier versions in meta "verifier_version" (see store.Store).
+const (
+	metaVerifierVersion = "verifier_version"
+	verifierV1          = "1"
+	verifierV2          = "2"
+)
+
+// UpgradeVerifiers rewrites every stored HWID verifier v as upgrade(v) in
+// one transaction when the database still holds version-1 verifiers, and
+// records version 2. The meta row is locked first, so of several gateways
+// starting at once one upgrades and the others find nothing to do.
+func (s *Store) UpgradeVerifiers(ctx context.Context, upgrade func(privacy.Verifier) privacy.Verifier) (n int, err error) {
+	err = s.write(ctx, "UpgradeVerifiers", func(tx pgx.Tx) error {
+		n = 0
+		var v string
+		err := tx.QueryRow(ctx, `SELECT value FROM meta WHERE key = $1 FOR UPDATE`, metaVerifierVersion).Scan(&v)
+		if err != nil && !errors.Is(err, pgx.ErrNoRows) {
+			return err
+		}
+		if v != verifierV1 {
+			return nil
+		}
+		rows, err := tx.Query(ctx, `SELECT id, verifier FROM devices ORDER BY id FOR UPDATE`)
+		if err != nil {
+			return err
+		}
+		var (
+			ids  []int64
+			vers [][]byte
+		)
+		for rows.Next() {
+			var (
+				id  int64
+				b   []byte
+				ver privacy.Verifier
+			)
+			if err := rows.Scan(&id, &b); err != nil {
+				rows.Close()
+				return err
+			}
+			if err := to32((*[32]byte)(&ver), b, "verifier"); err != nil {
+				rows.Close()
+				return err
+			}
+			ids, vers = append(ids, id), append(vers, b)
+		}
+		rows.Close()
+		if err := rows.Err(); err != nil {
+			return err
+		}
+		// upgrade is memory-hard: spread it over the CPUs.
+		var wg sync.WaitGroup
+		workers := min(runtime.GOMAXPROCS(0), max(1, len(ids)))
+		for w := range workers {
+			wg.Go(func() {
+				for i := w; i < len(vers); i += workers {
+					up := upgrade(privacy.Verifier(vers[i]))
+					vers[i] = up[:]
+				}
+			})
+		}
+		wg.Wait()
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `UPDATE devices d SET verifier = u.v FROM unnest($1::bigint[], $2::bytea[]) AS u(id, v) WHERE d.id = u.id`, ids, vers); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, `UPDATE meta SET value = $1 WHERE key = $2`, verifierV2, metaVerifierVersion); err != nil {
+			return err
+		}
+		n = len(ids)
+		return nil
 	})
 	return n, err
 }
