@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -73,6 +74,13 @@ func TestKeyPinningResetAndRekey(t *testing.T) {
 	lowOrder := []byte{0xe0, 0xeb, 0x7a, 0x7c, 0x3b, 0x41, 0xb8, 0xae, 0x16, 0x56, 0xe3, 0xfa, 0xf1, 0x9f, 0xc4, 0x6a, 0xda, 0x09, 0x8d, 0xeb, 0x9c, 0x32, 0xb1, 0xfd, 0x86, 0x62, 0x05, 0x16, 0x5f, 0x49, 0xb8, 0x00}
 	if _, err := login(lowOrder); status.Code(err) != codes.InvalidArgument {
 		t.Fatalf("low-order key: %v, want InvalidArgument", err)
+	}
+	// The pinned key with the top bit set is the same Curve25519 key spelt
+	// another way: refused as non-canonical, never taken as a different key.
+	k1top := append([]byte(nil), k1...)
+	k1top[31] |= 0x80
+	if _, err := login(k1top); status.Code(err) != codes.InvalidArgument || !strings.Contains(status.Convert(err).Message(), "canonical") {
+		t.Fatalf("pinned key with the top bit set: %v, want InvalidArgument (not canonical)", err)
 	}
 	if _, err := g.admin.ResetDeviceKey(ctx, &gatewayv1.ResetDeviceKeyRequest{SerialNumber: "DS-PIN-0001"}); err != nil {
 		t.Fatal(err)

@@ -94,9 +94,12 @@ func (k Key) IsZero() bool {
 	return subtle.ConstantTimeCompare(k[:], zero[:]) == 1
 }
 
-// Validate refuses the all-zero key and the Curve25519 points of small order
-// (ignoring the top bit, which X25519 masks). It is meant for public keys
-// received from outside.
+// Validate refuses the all-zero key, non-canonical encodings and the
+// Curve25519 points of small order. It is meant for public keys received
+// from outside. X25519 ignores the top bit and reduces u modulo 2^255-19, so
+// a key with the top bit set, or with u >= 2^255-19, is another spelling of
+// a canonical key (every honest public key is canonical): it would pass as
+// "a different key" of the same peer. Such keys are refused.
 func (k Key) Validate() error {
 	if k.IsZero() {
 		return fmt.Errorf("%w: all-zero key", ErrInvalidKey)
@@ -108,7 +111,28 @@ func (k Key) Validate() error {
 			return fmt.Errorf("%w: a Curve25519 point of small order", ErrInvalidKey)
 		}
 	}
+	if !k.canonical() {
+		return fmt.Errorf("%w: not canonical (top bit set or u >= 2^255-19)", ErrInvalidKey)
+	}
 	return nil
+}
+
+// canonical reports whether k, read as a little-endian integer, is below
+// p = 2^255-19 (which implies the top bit is clear).
+func (k Key) canonical() bool {
+	if k[KeySize-1]&0x80 != 0 {
+		return false
+	}
+	// u >= p only when bytes 1..30 are 0xff, byte 31 is 0x7f and byte 0 >= 0xed.
+	if k[KeySize-1] != 0x7f || k[0] < 0xed {
+		return true
+	}
+	for _, b := range k[1 : KeySize-1] {
+		if b != 0xff {
+			return true
+		}
+	}
+	return false
 }
 
 // GeneratePrivateKey returns a new random, clamped Curve25519 private key.

@@ -118,6 +118,11 @@ func TestValidate(t *testing.T) {
 		{"p", mustHexKey(t, "edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"), "small order"},
 		{"p+1 with top bit", mustHexKey(t, "eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff"), "small order"},
 		{"generated public key", priv.PublicKey(), ""},
+		{"generated public key with top bit", func() Key { k := priv.PublicKey(); k[31] |= 0x80; return k }(), "not canonical"},
+		{"p+2 (= 2)", mustHexKey(t, "efffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"), "not canonical"},
+		{"2^255-1", mustHexKey(t, "ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"), "not canonical"},
+		{"p-2 (largest canonical)", mustHexKey(t, "ebffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"), ""},
+		{"2^255-20 with a low byte", mustHexKey(t, "ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7e7f"), ""},
 		{"base point", Key{9}, ""},
 	}
 	for _, tc := range tests {
@@ -137,6 +142,19 @@ func TestValidate(t *testing.T) {
 }
 
 // TestPublicKeyRFC7748 uses the X25519 test vector of RFC 7748 section 6.1.
+// TestCanonicalPublicKeys: every public key X25519 makes is canonical.
+func TestCanonicalPublicKeys(t *testing.T) {
+	for range 1000 {
+		priv, err := GeneratePrivateKey()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if pub := priv.PublicKey(); !pub.canonical() {
+			t.Fatalf("X25519 made a non-canonical public key %x", pub)
+		}
+	}
+}
+
 func TestPublicKeyRFC7748(t *testing.T) {
 	alice := mustHexKey(t, "77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a")
 	want := mustHexKey(t, "8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a")
