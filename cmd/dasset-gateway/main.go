@@ -57,6 +57,11 @@ func loadConfig(cmd *cobra.Command) (config.Config, error) {
 	if err := cfg.Validate(); err != nil {
 		return cfg, &configError{fmt.Errorf("invalid configuration:\n%w", err)}
 	}
+	// The checks serve makes before it touches anything (privacy policy vs
+	// retention), shared so that check-config accepts exactly what serve does.
+	if err := daemon.CheckConfig(cfg); err != nil {
+		return cfg, &configError{err}
+	}
 	return cfg, nil
 }
 
