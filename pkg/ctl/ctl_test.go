@@ -112,6 +112,21 @@ func TestParseDevicesCSVErrors(t *testing.T) {
 	}
 }
 
+// TestParseDevicesCSVBOM: a file starting with a UTF-8 byte order mark (as
+// spreadsheets write it) is read like one without, header row included; a
+// BOM anywhere else is still part of the data.
+func TestParseDevicesCSVBOM(t *testing.T) {
+	for _, in := range []string{"\ufeffserial_number,hardware_id\nDS-1,hw1\nDS-2,hw2\n", "\ufeffDS-1,hw1\r\nDS-2,hw2\r\n"} {
+		got, err := ParseDevicesCSV("devices.csv", strings.NewReader(in))
+		if err != nil || len(got) != 2 || got[0].GetSerialNumber() != "DS-1" {
+			t.Fatalf("%q: %v, %v; want DS-1 and DS-2", in, got, err)
+		}
+	}
+	if _, err := ParseDevicesCSV("devices.csv", strings.NewReader("DS-1,hw1\n\ufeffDS-2,hw2\n")); err == nil || !strings.Contains(err.Error(), "devices.csv:2: serial_number") {
+		t.Fatalf("BOM inside the file: %v, want a serial_number error on line 2", err)
+	}
+}
+
 func TestEnrollOneAndFieldErrors(t *testing.T) {
 	f := &fakeAdmin{}
 	sock := serveUnix(t, f)

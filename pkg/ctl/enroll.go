@@ -1,6 +1,7 @@
 package ctl
 
 import (
+	"bufio"
 	"encoding/csv"
 	"errors"
 	"fmt"
@@ -13,6 +14,8 @@ import (
 	"github.com/planetxlabs/dasset-gateway/pkg/privacy"
 	gatewayv1 "github.com/planetxlabs/dasset-gateway/proto/dasset/gateway/v1"
 )
+
+const utf8BOM = "\ufeff"
 
 // enrollBatch bounds one EnrollDevices request (well under gRPC's 4 MiB).
 const enrollBatch = 1000
@@ -123,7 +126,12 @@ func readDevicesFile(cmd *cobra.Command, path string) ([]*gatewayv1.DeviceEnroll
 // header row, '#' comments and blank lines are skipped. It checks every line
 // and returns the first problem as "NAME:LINE: reason", or the whole list.
 func ParseDevicesCSV(name string, r io.Reader) ([]*gatewayv1.DeviceEnrollment, error) {
-	cr := csv.NewReader(r)
+	// Spreadsheet exports often start with a UTF-8 byte order mark.
+	br := bufio.NewReader(r)
+	if b, err := br.Peek(len(utf8BOM)); err == nil && string(b) == utf8BOM {
+		_, _ = br.Discard(len(utf8BOM))
+	}
+	cr := csv.NewReader(br)
 	cr.Comment = '#'
 	cr.FieldsPerRecord = -1 // counted below, with a better message
 	cr.TrimLeadingSpace = true
