@@ -142,6 +142,23 @@ func (s *decodeStream) RecvMsg(m any) error {
 	return s.c.check(m)
 }
 
+// EndStreamsOn ends every stream's context when done closes, so long-lived
+// streams (Sync) return at shutdown and GracefulStop does not wait for them.
+func EndStreamsOn(done <-chan struct{}) grpc.ServerOption {
+	return grpc.ChainStreamInterceptor(func(srv any, ss grpc.ServerStream, _ *grpc.StreamServerInfo, h grpc.StreamHandler) error {
+		ctx, cancel := context.WithCancel(ss.Context())
+		defer cancel()
+		go func() {
+			select {
+			case <-done:
+				cancel()
+			case <-ctx.Done():
+			}
+		}()
+		return h(srv, &idStream{ServerStream: ss, ctx: ctx})
+	})
+}
+
 type idStream struct {
 	grpc.ServerStream
 	ctx context.Context

@@ -17,6 +17,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -71,6 +72,7 @@ type Daemon struct {
 
 	grpcLis, adminLis, httpLis     net.Listener
 	grpcSrv, adminSrv, adminTCPSrv *grpc.Server
+	endStreams                     func() // ends the public listener's streams (shutdown)
 	adminTCPLis                    net.Listener
 	httpSrv                        *http.Server
 	uapi                           interface{ Close() error }
@@ -266,6 +268,14 @@ func moveAuditLog(dataDir, keysDir string) (string, error) {
 	return path, os.Remove(old)
 }
 
+// CheckConfig makes the checks New makes before it changes anything (today:
+// the privacy policy loads and allows the configured retention), so that
+// dasset-gateway check-config accepts exactly what serve accepts.
+func CheckConfig(cfg config.Config) error {
+	_, err := loadPolicy(cfg)
+	return err
+}
+
 // loadPolicy loads the privacy policy and refuses a configuration that asks
 // for more than it allows, naming the key.
 func loadPolicy(cfg config.Config) (*privacy.Policy, error) {
@@ -454,7 +464,9 @@ func (d *Daemon) listen() error {
 	// message size and the streams per connection, and ping idle
 	// connections so dead devices' streams end.
 	pubGuard := api.Guard{Table: api.PublicTable(), Tokens: d.gw}
-	d.grpcSrv = api.NewServer(d.log.With("listener", "grpc"), sm, creds, pubGuard,
+	streamsEnd := make(chan struct{})
+	d.endStreams = sync.OnceFunc(func() { close(streamsEnd) })
+	d.grpcSrv = api.NewServer(d.log.With("listener", "grpc"), sm, creds, pubGuard, api.EndStreamsOn(streamsEnd),
 		grpc.ConnectionTimeout(10*time.Second),
 		grpc.MaxRecvMsgSize(64<<10),
 		grpc.MaxConcurrentStreams(16),
@@ -610,13 +622,14 @@ func (d *Daemon) Run(ctx context.Context) error {
 	g.Go(func() error {
 		<-gctx.Done()
 		d.log.Info("shutting down")
-		stopGRPC(d.grpcSrv)
-		if d.adminSrv != nil {
-			stopGRPC(d.adminSrv)
+		d.endStreams() // Sync streams return now: nothing waits for them
+		var wg sync.WaitGroup
+		for _, s := range []*grpc.Server{d.grpcSrv, d.adminSrv, d.adminTCPSrv} {
+			if s != nil {
+				wg.Go(func() { stopGRPC(s) })
+			}
 		}
-		if d.adminTCPSrv != nil {
-			stopGRPC(d.adminTCPSrv)
-		}
+		wg.Wait()
 		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		_ = d.httpSrv.Shutdown(sctx)
@@ -640,12 +653,14 @@ func serveGRPC(s *grpc.Server, l net.Listener) error {
 }
 
 // stopGRPC stops gracefully, but does not wait on Sync streams for ever.
+// stopGRPC lets calls in flight finish (streams have been ended by then),
+// for at most a second.
 func stopGRPC(s *grpc.Server) {
 	done := make(chan struct{})
 	go func() { s.GracefulStop(); close(done) }()
 	select {
 	case <-done:
-	case <-time.After(3 * time.Second):
+	case <-time.After(time.Second):
 		s.Stop()
 	}
 }

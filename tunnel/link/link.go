@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"time"
 
 	"golang.zx2c4.com/wireguard/tun"
 	"golang.zx2c4.com/wireguard/tun/netstack"
@@ -23,7 +24,14 @@ type Config struct {
 	MTU       int
 	Addresses []netip.Prefix // e.g. 100.80.0.1/12, fdda:55e7::1/48
 	Routes    []netip.Prefix // extra routes through the interface
+	// BusyWait is how long to retry while the interface is busy (another
+	// process, e.g. the previous gateway still exiting, holds it); default
+	// 10s, negative: no retry.
+	BusyWait time.Duration
 }
+
+// ErrBusy means another process holds the TUN interface.
+var ErrBusy = errors.New("the interface is busy: another process holds it (a previous dasset-gateway still exiting, or another program using the same tunnel.interface)")
 
 // CreateTUN creates a kernel TUN interface with wireguard-go's tun.CreateTUN
 // (offloads kept), then addresses it, sets its MTU, brings it up and adds
@@ -35,7 +43,7 @@ func CreateTUN(cfg Config) (tun.Device, error) {
 	if len(cfg.Name) > 15 {
 		return nil, fmt.Errorf("link: interface name %q is longer than 15 bytes", cfg.Name)
 	}
-	dev, err := tun.CreateTUN(cfg.Name, cfg.MTU)
+	dev, err := createTUN(cfg)
 	if err != nil {
 		if errors.Is(err, os.ErrPermission) || isPermission(err) {
 			return nil, fmt.Errorf("link: create TUN %q: %w", cfg.Name, ErrPermission)
