@@ -17,9 +17,11 @@ import (
 
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv4"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/planetxlabs/dasset-gateway/pkg/tlsutil"
 	gatewayv1 "github.com/planetxlabs/dasset-gateway/proto/dasset/gateway/v1"
@@ -724,4 +726,28 @@ func TestForcedHandshakesAreSpaced(t *testing.T) {
 		t.Fatal("a forced handshake minHandshakeGap after the last one left the peer alone")
 	}
 	pingEventually(t, r.a)
+}
+
+// A throttled login comes back as Unauthenticated (the gateway answers an
+// unknown device, a wrong hardware id and "too many attempts" alike) with a
+// google.rpc.RetryInfo hint: the agent waits at least the hint, far longer
+// than its own backoff here, and tries again instead of giving up.
+func TestThrottledLoginHonoursRetryHint(t *testing.T) {
+	g := newFakeGateway(t, nil)
+	const hint = 700 * time.Millisecond
+	st, err := status.New(codes.Unauthenticated, "device not enrolled, wrong hardware id, or too many attempts").
+		WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(hint)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.loginErrs = []error{st.Err()}
+	began := time.Now()
+	r := start(t, testConfig(t, g, t.TempDir())) // backoff 20ms..200ms
+	r.waitReady(t)
+	if waited := time.Since(began); waited < hint {
+		t.Fatalf("logged in after %v, before the %v hint", waited, hint)
+	}
+	if n := g.loginCount(); n != 2 {
+		t.Fatalf("%d logins, want 2 (throttled + success)", n)
+	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -40,16 +41,38 @@ func (a *Agent) login(ctx context.Context, client gatewayv1.DeviceServiceClient)
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
 		}
-		if ferr := loginRefusal(err); ferr != nil {
+		hint := retryHint(err)
+		if ferr := loginRefusal(err); ferr != nil && hint == 0 {
 			return nil, ferr
 		}
-		d := bo.next()
+		// A throttled answer says when to come back: honour it (it is
+		// already jittered by the gateway), never coming back sooner than
+		// our own backoff.
+		d := max(bo.next(), hint)
 		a.log.Warn("login failed; retrying", "code", status.Code(err).String(), "error", scrubAddrs(status.Convert(err).Message()), "attempt", attempt, "retry_in", d)
 		if err := sleep(ctx, d); err != nil {
 			return nil, err
 		}
 	}
 }
+
+// retryHint is the delay a gateway asked for in a google.rpc.RetryInfo
+// detail (0: none). A refusal that carries one is throttling, not a final
+// answer: the same message covers an unknown device, a wrong hardware id
+// and too many attempts, and only the hint tells them apart.
+func retryHint(err error) time.Duration {
+	for _, d := range status.Convert(err).Details() {
+		if ri, ok := d.(*errdetails.RetryInfo); ok && ri.GetRetryDelay().IsValid() {
+			if h := ri.GetRetryDelay().AsDuration(); h > 0 {
+				return min(h, maxRetryHint)
+			}
+		}
+	}
+	return 0
+}
+
+// maxRetryHint bounds how long a hint can park the agent.
+const maxRetryHint = time.Hour
 
 // loginRefusal returns the error for a Login failure that retrying cannot
 // fix, or nil for a transient one.

@@ -99,7 +99,7 @@ func (s *DeviceServer) Sync(_ *gatewayv1.SyncRequest, stream grpc.ServerStreamin
 	if err != nil {
 		return err
 	}
-	events, cancel := s.GW.Subscribe(d)
+	events, replaced, cancel := s.GW.Subscribe(d)
 	defer cancel()
 	every := s.KeepaliveInterval
 	if every <= 0 {
@@ -115,6 +115,8 @@ func (s *DeviceServer) Sync(_ *gatewayv1.SyncRequest, stream grpc.ServerStreamin
 		select {
 		case <-ctx.Done():
 			return nil
+		case <-replaced:
+			return status.Error(codes.Aborted, "replaced by a newer Sync stream of this device (one per device)")
 		case <-t.C:
 			if err := stream.Send(ka); err != nil {
 				return err

@@ -6,9 +6,13 @@ package api
 import (
 	"context"
 	"errors"
+	"math/rand/v2"
+	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 
 	"github.com/planetxlabs/dasset-gateway/pkg/gateway"
 	"github.com/planetxlabs/dasset-gateway/pkg/privacy"
@@ -30,6 +34,22 @@ func toStatus(err error) error {
 	if errors.As(err, &fe) {
 		return status.Error(codes.InvalidArgument, fe.Error())
 	}
+	st := status.Convert(toStatusPlain(err))
+	if d := gateway.RetryAfter(err); d > 0 {
+		if withHint, herr := st.WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(jitter(d))}); herr == nil {
+			st = withHint
+		}
+	}
+	return st.Err()
+}
+
+// jitter spreads retry hints over [d, 1.5d) so throttled callers do not
+// come back in step.
+func jitter(d time.Duration) time.Duration {
+	return d + rand.N(d/2+1)
+}
+
+func toStatusPlain(err error) error {
 	msg := gateway.PublicMessage(err)
 	switch {
 	case errors.Is(err, gateway.ErrInvalid):

@@ -32,6 +32,7 @@ type Config struct {
 	Metrics   Metrics   `mapstructure:"metrics"`
 	Device    Device    `mapstructure:"device"`
 	Client    Client    `mapstructure:"client"`
+	Throttle  Throttle  `mapstructure:"throttle"`
 	Retention Retention `mapstructure:"retention"`
 	Privacy   Privacy   `mapstructure:"privacy"`
 }
@@ -148,8 +149,8 @@ type Metrics struct {
 type Device struct {
 	Rekey           string        `mapstructure:"rekey" usage:"a known device logging in with a new WireGuard key: deny (until an operator resets it) or allow"`
 	TokenTTL        time.Duration `mapstructure:"token_ttl" usage:"lifetime of a device token"`
-	LockoutAttempts int           `mapstructure:"lockout_attempts" usage:"failed logins of one device within lockout_window that lock it out"`
-	LockoutWindow   time.Duration `mapstructure:"lockout_window" usage:"window of lockout_attempts, and how long a lockout lasts"`
+	LockoutAttempts int           `mapstructure:"lockout_attempts" usage:"login attempts on one serial number from one source /24 or /48 before each further one waits (1s, doubling)"`
+	LockoutWindow   time.Duration `mapstructure:"lockout_window" usage:"longest wait between attempts on one serial number from one source prefix"`
 	IdleTimeout     time.Duration `mapstructure:"idle_timeout" usage:"a device peer without a handshake for this long is idle: its endpoint is forgotten"`
 }
 
@@ -160,6 +161,23 @@ type Client struct {
 	MaxSessionsPerAccount int           `mapstructure:"max_sessions_per_account" usage:"open sessions one account may have"`
 	SessionDuration       time.Duration `mapstructure:"session_duration" usage:"longest a session stays open"`
 	IdleTimeout           time.Duration `mapstructure:"idle_timeout" usage:"a session without a handshake for this long is closed"`
+	LockoutAttempts       int           `mapstructure:"lockout_attempts" usage:"login attempts on one account from one source /24 or /48 before each further one waits (1s, doubling)"`
+	LockoutWindow         time.Duration `mapstructure:"lockout_window" usage:"longest wait between attempts on one account from one source prefix"`
+}
+
+// Throttle bounds what unauthenticated callers can make the gateway do.
+// Sources are judged by prefix: /24 for IPv4, /48 for IPv6.
+type Throttle struct {
+	SourceRate        int `mapstructure:"source_rate" usage:"login and binding attempts per second from one source prefix (a device's pinned key is not counted)"`
+	SourceBurst       int `mapstructure:"source_burst" usage:"attempts one source prefix may make at once"`
+	GlobalRate        int `mapstructure:"global_rate" usage:"login and binding attempts per second from all sources (a device's pinned key is not counted)"`
+	GlobalBurst       int `mapstructure:"global_burst" usage:"attempts all sources may make at once"`
+	SubjectAttempts   int `mapstructure:"subject_attempts" usage:"attempts on one serial number or account from all sources before attempts without the pinned key wait (0: off)"`
+	MaxEntries        int `mapstructure:"max_entries" usage:"source prefixes and (subject, prefix) pairs remembered per table; the least recently used go first"`
+	PasswordWorkers   int `mapstructure:"password_workers" usage:"argon2id password checks run at once"`
+	PasswordQueue     int `mapstructure:"password_queue" usage:"password checks waiting for a worker; beyond: ResourceExhausted"`
+	MaxConnsPerSource int `mapstructure:"max_conns_per_source" usage:"live gRPC connections from one source prefix (0: no cap)"`
+	MaxConns          int `mapstructure:"max_conns" usage:"live gRPC connections in all (0: no cap)"`
 }
 
 // Retention configures the pruner and how long each kind of record is kept.
@@ -222,6 +240,20 @@ func Default() Config {
 			MaxSessionsPerAccount: 4,
 			SessionDuration:       time.Hour,
 			IdleTimeout:           10 * time.Minute,
+			LockoutAttempts:       10,
+			LockoutWindow:         15 * time.Minute,
+		},
+		Throttle: Throttle{
+			SourceRate:        20,
+			SourceBurst:       100,
+			GlobalRate:        1000,
+			GlobalBurst:       2000,
+			SubjectAttempts:   100,
+			MaxEntries:        100000,
+			PasswordWorkers:   2,
+			PasswordQueue:     64,
+			MaxConnsPerSource: 1024,
+			MaxConns:          20000,
 		},
 		Retention: Retention{
 			Interval:      time.Minute,

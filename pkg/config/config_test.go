@@ -163,6 +163,11 @@ func TestGoodFileValues(t *testing.T) {
 		Client: Client{
 			TokenTTL: time.Hour, BindingCodeTTL: 2 * time.Minute, MaxSessionsPerAccount: 2,
 			SessionDuration: 30 * time.Minute, IdleTimeout: 5 * time.Minute,
+			LockoutAttempts: 6, LockoutWindow: 30 * time.Minute,
+		},
+		Throttle: Throttle{
+			SourceRate: 5, SourceBurst: 10, GlobalRate: 500, GlobalBurst: 600, SubjectAttempts: 0,
+			MaxEntries: 5000, PasswordWorkers: 1, PasswordQueue: 8, MaxConnsPerSource: 0, MaxConns: 100,
 		},
 		Retention: Retention{
 			Interval: 30 * time.Second, BatchSize: 1000, ConnectionLog: 168 * time.Hour,

@@ -113,6 +113,20 @@ func (c Config) Validate() error {
 	v.intRange("client.max_sessions_per_account", cl.MaxSessionsPerAccount, 1, 1<<20)
 	v.positive("client.session_duration", cl.SessionDuration)
 	v.positive("client.idle_timeout", cl.IdleTimeout)
+	v.intRange("client.lockout_attempts", cl.LockoutAttempts, 1, 1<<20)
+	v.positive("client.lockout_window", cl.LockoutWindow)
+
+	th := c.Throttle
+	v.intRange("throttle.source_rate", th.SourceRate, 1, 1<<30)
+	v.intRange("throttle.source_burst", th.SourceBurst, 1, 1<<30)
+	v.intRange("throttle.global_rate", th.GlobalRate, 1, 1<<30)
+	v.intRange("throttle.global_burst", th.GlobalBurst, 1, 1<<30)
+	v.intRange("throttle.subject_attempts", th.SubjectAttempts, 0, 1<<30)
+	v.intRange("throttle.max_entries", th.MaxEntries, 1000, 10_000_000)
+	v.intRange("throttle.password_workers", th.PasswordWorkers, 1, 64)
+	v.intRange("throttle.password_queue", th.PasswordQueue, 0, 1<<16)
+	v.intRange("throttle.max_conns_per_source", th.MaxConnsPerSource, 0, 1<<30)
+	v.intRange("throttle.max_conns", th.MaxConns, 0, 1<<30)
 
 	r := c.Retention
 	v.positive("retention.interval", r.Interval)

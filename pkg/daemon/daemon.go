@@ -69,6 +69,7 @@ type Daemon struct {
 	ledger *privacy.Ledger
 	audit  *audit.Log
 	pruner *retention.Pruner
+	limits *limits
 
 	grpcLis, adminLis, httpLis     net.Listener
 	grpcSrv, adminSrv, adminTCPSrv *grpc.Server
@@ -154,8 +155,9 @@ func New(ctx context.Context, cfg config.Config, opt Options) (_ *Daemon, err er
 	}
 
 	d.cl = connlog.New(d.st, d.keys, connlog.Options{Logger: d.log, OnDrop: func(n int) { d.m.ConnLogDropped.Add(float64(n)) }})
+	d.limits = newLimits(cfg, now, d.m.Throttled)
 	verifier := identity.NewVerifier(d.keys, d.st, identity.Config{
-		LockoutAttempts: cfg.Device.LockoutAttempts, LockoutWindow: cfg.Device.LockoutWindow, Now: now,
+		Devices: d.limits.devices, Accounts: d.limits.accounts, Passwords: d.limits.passwords,
 	})
 	instance := make([]byte, 8)
 	_, _ = rand.Read(instance)
@@ -460,6 +462,7 @@ func (d *Daemon) listen() error {
 	if d.grpcLis, err = net.Listen("tcp", cfg.GRPC.Listen); err != nil {
 		return fmt.Errorf("grpc.listen %s: %w", cfg.GRPC.Listen, err)
 	}
+	d.grpcLis = d.limits.listener(d.grpcLis)
 	// Devices and apps are on the open network: bound the handshake, the
 	// message size and the streams per connection, and ping idle
 	// connections so dead devices' streams end.

@@ -61,6 +61,11 @@ func testConfig(t testing.TB, dir string) config.Config {
 	cfg.Metrics.Listen = "127.0.0.1:0"
 	cfg.Admin.Socket = filepath.Join(dir, "admin.sock")
 	cfg.Tunnel.Endpoint = ""
+	// Tests and benchmarks log thousands of fresh devices in from one
+	// loopback source: lift the per-source and global buckets (the
+	// hostile-caller tests set them back).
+	cfg.Throttle.SourceRate, cfg.Throttle.SourceBurst = 1<<20, 1<<20
+	cfg.Throttle.GlobalRate, cfg.Throttle.GlobalBurst = 1<<20, 1<<20
 	if err := cfg.Validate(); err != nil {
 		t.Fatalf("test config invalid: %v", err)
 	}

@@ -152,8 +152,9 @@ func TestSubjectExportEraseAndLedger(t *testing.T) {
 		t.Fatalf("erase A: %v", err)
 	}
 	rm := erase.GetRemoved()
-	if rm["devices"] != 1 || rm["auth_failures"] < 1 || rm["connection_log"] != int64(len(docA.ConnectionLog)) || rm["sessions"] != int64(len(docA.Sessions)) {
-		t.Fatalf("erase receipt %v; want devices 1, auth_failures ≥1, connection_log %d, sessions %d", rm, len(docA.ConnectionLog), len(docA.Sessions))
+	// The wrong-HWID login above was counted in memory only: no failure row.
+	if rm["devices"] != 1 || rm["auth_failures"] != 0 || rm["connection_log"] != int64(len(docA.ConnectionLog)) || rm["sessions"] != int64(len(docA.Sessions)) {
+		t.Fatalf("erase receipt %v; want devices 1, auth_failures 0, connection_log %d, sessions %d", rm, len(docA.ConnectionLog), len(docA.Sessions))
 	}
 	if _, err := g.admin.ExportSubject(ctx, &gatewayv1.ExportSubjectRequest{Subject: &gatewayv1.ExportSubjectRequest_SerialNumber{SerialNumber: snA}, Reason: "check"}); status.Code(err) != codes.NotFound {
 		t.Fatalf("export after erase: %v, want NotFound", err)

@@ -3,6 +3,7 @@ package gateway
 import (
 	"errors"
 	"fmt"
+	"time"
 )
 
 // Domain errors. pkg/api maps them to gRPC status codes; nothing else does.
@@ -33,6 +34,9 @@ type Error struct {
 	Kind  error  // one of the Err* sentinels
 	Msg   string // safe to show to the caller: no personal data
 	Cause error
+	// RetryAfter, when positive, says the caller was throttled and may try
+	// again after this long (the API edge sends it as a jittered hint).
+	RetryAfter time.Duration
 }
 
 func (e *Error) Error() string {
@@ -50,6 +54,33 @@ func (e *Error) Unwrap() error { return e.Cause }
 
 func newErr(kind error, cause error, format string, args ...any) error {
 	return &Error{Kind: kind, Msg: fmt.Sprintf(format, args...), Cause: cause}
+}
+
+// Public messages shared by answers that must not be told apart.
+const (
+	// msgDeviceRefused answers an unknown serial number, a wrong hardware
+	// id and a throttled device login alike.
+	msgDeviceRefused = "device not enrolled, wrong hardware id, or too many attempts"
+	// msgClientRefused answers an unknown account, a wrong password and a
+	// throttled client login alike.
+	msgClientRefused = "wrong account or password, or too many attempts"
+	// busyRetry is the hint sent with "gateway busy" answers.
+	busyRetry = time.Second
+)
+
+// throttled is the answer to a throttled attempt: ErrUnauthenticated with
+// the same message as a failed one, plus the retry hint.
+func throttled(cause error, after time.Duration, msg string) error {
+	return &Error{Kind: ErrUnauthenticated, Msg: msg, Cause: cause, RetryAfter: max(after, time.Millisecond)}
+}
+
+// RetryAfter returns the retry hint of a throttled error (0: none).
+func RetryAfter(err error) time.Duration {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.RetryAfter
+	}
+	return 0
 }
 
 // PublicMessage returns the message safe for callers.

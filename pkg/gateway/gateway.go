@@ -36,9 +36,17 @@ type Registry interface {
 	ReserveKey(ctx context.Context, key store.Key, owner store.KeyOwner) error
 }
 
-// DeviceVerifier checks a device's credentials against the allow-list.
+// DeviceVerifier checks a device's credentials against the allow-list,
+// throttling attempts by (serial number, source prefix) and by source.
 type DeviceVerifier interface {
-	VerifyDevice(ctx context.Context, sn privacy.SerialNumber, hw privacy.HardwareID) (store.Device, error)
+	VerifyDevice(ctx context.Context, a identity.DeviceAttempt) (store.Device, error)
+}
+
+// AccountVerifier checks client passwords (throttled by account and source,
+// argon2id in a bounded pool) and hashes new ones in the same pool.
+type AccountVerifier interface {
+	VerifyAccount(ctx context.Context, accounts identity.AccountStore, name string, password []byte, source netip.Addr) (store.Account, error)
+	HashPassword(ctx context.Context, password []byte) (string, error)
 }
 
 // Keys blinds and seals personal data.
@@ -111,6 +119,7 @@ type Gateway struct {
 	cfg      Config
 	reg      Registry
 	verifier DeviceVerifier
+	pw       AccountVerifier
 	keys     Keys
 	plan     *ipam.Allocator
 	tun      Tunnel
@@ -137,14 +146,17 @@ type Deps struct {
 	Registry Registry
 	Sessions SessionRegistry
 	Verifier DeviceVerifier
-	Keys     Keys
-	Accounts AccountKeys
-	Plan     *ipam.Allocator
-	Tunnel   Tunnel
-	ACL      ACL
-	ConnLog  ConnLog
-	Observer Observer
-	Logger   *slog.Logger
+	// Passwords checks client passwords; nil: Verifier, when it is also an
+	// AccountVerifier.
+	Passwords AccountVerifier
+	Keys      Keys
+	Accounts  AccountKeys
+	Plan      *ipam.Allocator
+	Tunnel    Tunnel
+	ACL       ACL
+	ConnLog   ConnLog
+	Observer  Observer
+	Logger    *slog.Logger
 
 	// Subject rights (optional): export and erasure.
 	Subjects   SubjectStore
@@ -188,6 +200,10 @@ func New(cfg Config, d Deps) (*Gateway, error) {
 		queued:  make(chan struct{}, cfg.MaxQueued),
 		hub:     newHub(),
 		devKeys: make(map[[32]byte]int64),
+	}
+	g.pw = d.Passwords
+	if g.pw == nil {
+		g.pw, _ = d.Verifier.(AccountVerifier)
 	}
 	g.sess = newSessions(g, d.Sessions, d.Accounts, d.ACL, cfg.SessionOptions)
 	if d.Subjects != nil && d.Pseudonyms != nil && d.Ledger != nil {
@@ -292,14 +308,19 @@ func (g *Gateway) Admit(ctx context.Context, req LoginRequest) (adm Admission, e
 		return Admission{}, newErr(ErrInvalid, err, "public_key: %v", err)
 	}
 	idx = g.keys.BlindIndex(req.Serial)
-	dev, err := g.verifier.VerifyDevice(ctx, req.Serial, req.Hardware)
+	dev, err := g.verifier.VerifyDevice(ctx, identity.DeviceAttempt{
+		Serial: req.Serial, Hardware: req.Hardware, Key: req.Key, Source: req.Source.Reveal(),
+	})
+	var te *identity.ThrottledError
 	switch {
-	case errors.Is(err, identity.ErrLockedOut):
-		return Admission{}, newErr(ErrRateLimited, err, "too many failed logins for this device; try again later")
+	case errors.As(err, &te):
+		// The same answer as an unknown serial or a wrong hardware id, with
+		// a retry hint: a throttled caller learns nothing about the serial.
+		return Admission{}, throttled(err, te.RetryAfter, msgDeviceRefused)
 	case errors.Is(err, identity.ErrRevoked):
 		return Admission{}, newErr(ErrPermission, err, "device revoked")
 	case errors.Is(err, identity.ErrUnauthenticated):
-		return Admission{}, newErr(ErrUnauthenticated, err, "device not enrolled or wrong hardware id")
+		return Admission{}, newErr(ErrUnauthenticated, err, msgDeviceRefused)
 	case err != nil:
 		return Admission{}, newErr(ErrUnavailable, err, "verifying device failed")
 	}
@@ -372,7 +393,8 @@ func (g *Gateway) acquire(ctx context.Context) (func(), error) {
 	case g.queued <- struct{}{}:
 	default:
 		g.obs.AdmissionRejected()
-		return nil, newErr(ErrRateLimited, nil, "gateway busy: too many logins at once; retry with backoff")
+		e := &Error{Kind: ErrRateLimited, Msg: "gateway busy: too many logins at once; retry with backoff", RetryAfter: busyRetry}
+		return nil, e
 	}
 	g.obs.AdmissionQueue(len(g.queued))
 	defer func() { <-g.queued; g.obs.AdmissionQueue(len(g.queued)) }()
@@ -395,6 +417,10 @@ func (g *Gateway) endpoint(local netip.AddrPort) string {
 }
 
 func outcomeOf(err error) Outcome {
+	var e *Error
+	if errors.As(err, &e) && e.RetryAfter > 0 {
+		return OutcomeRateLimited
+	}
 	switch {
 	case errors.Is(err, ErrInvalid):
 		return OutcomeInvalid
@@ -730,9 +756,11 @@ func (g *Gateway) Logout(ctx context.Context, d store.Device, source privacy.Add
 	return nil
 }
 
-// Subscribe registers a Sync stream for a device. The returned channel gets
-// the device's events; cancel unregisters it.
-func (g *Gateway) Subscribe(d store.Device) (<-chan Event, func()) {
+// Subscribe registers a Sync stream for a device: one live stream per
+// device, so a new one replaces the old. The returned channel gets the
+// device's events; replaced is closed when a newer stream of the same device
+// took over; cancel unregisters it.
+func (g *Gateway) Subscribe(d store.Device) (events <-chan Event, replaced <-chan struct{}, cancel func()) {
 	return g.hub.subscribe(d.ID)
 }
 
@@ -761,41 +789,46 @@ type Event struct {
 	Reason     string
 }
 
-// hub fans events out to the Sync streams of devices.
+// hub fans events out to the Sync streams of devices: at most one stream
+// per device (a token cannot hold thousands of streams open).
 type hub struct {
 	mu   sync.Mutex
-	subs map[int64]map[chan Event]struct{}
+	subs map[int64]*subscription
 }
 
-func newHub() *hub { return &hub{subs: make(map[int64]map[chan Event]struct{})} }
+type subscription struct {
+	ch       chan Event
+	replaced chan struct{}
+}
 
-func (h *hub) subscribe(id int64) (<-chan Event, func()) {
-	ch := make(chan Event, 16)
+func newHub() *hub { return &hub{subs: make(map[int64]*subscription)} }
+
+func (h *hub) subscribe(id int64) (<-chan Event, <-chan struct{}, func()) {
+	s := &subscription{ch: make(chan Event, 16), replaced: make(chan struct{})}
 	h.mu.Lock()
-	if h.subs[id] == nil {
-		h.subs[id] = make(map[chan Event]struct{})
+	if old := h.subs[id]; old != nil {
+		close(old.replaced)
 	}
-	h.subs[id][ch] = struct{}{}
+	h.subs[id] = s
 	h.mu.Unlock()
-	return ch, func() {
+	return s.ch, s.replaced, func() {
 		h.mu.Lock()
-		delete(h.subs[id], ch)
-		if len(h.subs[id]) == 0 {
+		if h.subs[id] == s {
 			delete(h.subs, id)
 		}
 		h.mu.Unlock()
 	}
 }
 
-// publish never blocks: when a stream's buffer of 16 events is full the
-// event is dropped for that stream (a device that slow reconnects, and its
-// agent forces a fresh handshake on every reconnect).
+// publish never blocks: when the stream's buffer of 16 events is full the
+// event is dropped (a device that slow reconnects, and its agent forces a
+// fresh handshake on every reconnect).
 func (h *hub) publish(id int64, e Event) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	for ch := range h.subs[id] {
+	if s := h.subs[id]; s != nil {
 		select {
-		case ch <- e:
+		case s.ch <- e:
 		default:
 		}
 	}
@@ -804,5 +837,5 @@ func (h *hub) publish(id int64, e Event) {
 func (h *hub) connected(id int64) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return len(h.subs[id]) > 0
+	return h.subs[id] != nil
 }

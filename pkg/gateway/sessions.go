@@ -214,9 +214,9 @@ func (g *Gateway) CreateAccount(ctx context.Context, name string, password []byt
 	if len(password) < 8 {
 		return 0, newErr(ErrInvalid, nil, "password: must be at least 8 characters")
 	}
-	hash, err := identity.HashPassword(password)
+	hash, err := g.hashPassword(ctx, password)
 	if err != nil {
-		return 0, newErr(ErrUnavailable, err, "hashing password failed")
+		return 0, err
 	}
 	idx := s.keys.AccountIndex(name)
 	a, err := s.reg.CreateAccount(ctx, store.Account{
@@ -229,6 +229,29 @@ func (g *Gateway) CreateAccount(ctx context.Context, name string, password []byt
 		return 0, newErr(ErrUnavailable, err, "creating account failed")
 	}
 	return a.ID, nil
+}
+
+// hashPassword hashes a new password in the password pool.
+func (g *Gateway) hashPassword(ctx context.Context, password []byte) (string, error) {
+	var (
+		hash string
+		err  error
+	)
+	if g.pw != nil {
+		hash, err = g.pw.HashPassword(ctx, password)
+	} else {
+		hash, err = identity.HashPassword(password)
+	}
+	var fe *privacy.FieldError
+	switch {
+	case errors.As(err, &fe):
+		return "", newErr(ErrInvalid, err, "%s", fe.Error())
+	case errors.Is(err, identity.ErrBusy):
+		return "", &Error{Kind: ErrRateLimited, Msg: "gateway busy: too many password checks at once; retry with backoff", Cause: err, RetryAfter: busyRetry}
+	case err != nil:
+		return "", newErr(ErrUnavailable, err, "hashing password failed")
+	}
+	return hash, nil
 }
 
 func checkAccountName(name string) error {
@@ -244,32 +267,34 @@ func checkAccountName(name string) error {
 }
 
 // ClientLogin checks an account's password and returns an access token.
+// It goes through the verifier's one path: throttled by (account, source
+// prefix) and by source, argon2id in the bounded password pool. An unknown
+// account, a wrong password and a throttled attempt get the same answer
+// (the throttled one with a retry hint); a full pool is ErrRateLimited.
 func (g *Gateway) ClientLogin(ctx context.Context, name string, password []byte, source privacy.Addr) (string, time.Time, error) {
 	s := g.sess
-	if !s.enabled() {
+	if !s.enabled() || g.pw == nil {
 		return "", time.Time{}, newErr(ErrUnavailable, nil, "accounts are not configured")
 	}
 	if err := checkAccountName(name); err != nil {
 		return "", time.Time{}, err
 	}
 	idx := s.keys.AccountIndex(name)
-	a, err := s.reg.AccountByName(ctx, idx)
-	ok := false
-	switch {
-	case errors.Is(err, store.ErrNotFound):
-		identity.DummyPasswordCheck()
-	case err != nil:
-		return "", time.Time{}, newErr(ErrUnavailable, err, "looking up account failed")
-	default:
-		ok, err = identity.CheckPassword(a.PasswordHash, password)
-		if err != nil {
-			return "", time.Time{}, newErr(ErrUnavailable, err, "checking password failed")
-		}
-	}
 	now := g.cfg.Now()
-	if !ok {
+	a, err := g.pw.VerifyAccount(ctx, s.reg, name, password, source.Reveal())
+	var te *identity.ThrottledError
+	switch {
+	case errors.As(err, &te):
+		g.connlog.Record(ConnEvent{At: now, Event: EventClientLogin, Outcome: OutcomeRateLimited, Index: idx, Source: source})
+		return "", time.Time{}, throttled(err, te.RetryAfter, msgClientRefused)
+	case errors.Is(err, identity.ErrUnauthenticated):
 		g.connlog.Record(ConnEvent{At: now, Event: EventClientLogin, Outcome: OutcomeDenied, Index: idx, Source: source})
-		return "", time.Time{}, newErr(ErrUnauthenticated, nil, "wrong account or password")
+		return "", time.Time{}, newErr(ErrUnauthenticated, err, msgClientRefused)
+	case errors.Is(err, identity.ErrBusy):
+		g.connlog.Record(ConnEvent{At: now, Event: EventClientLogin, Outcome: OutcomeRateLimited, Index: idx, Source: source})
+		return "", time.Time{}, &Error{Kind: ErrRateLimited, Msg: "gateway busy: too many logins at once; retry with backoff", Cause: err, RetryAfter: busyRetry}
+	case err != nil:
+		return "", time.Time{}, newErr(ErrUnavailable, err, "checking password failed")
 	}
 	token, hash, err := identity.NewToken()
 	if err != nil {

@@ -1,6 +1,7 @@
 // Package identity decides who a device or a client is: device verification
-// (blind-index lookup, constant-time HWID verifier check, lockout, WireGuard
-// key pinning), client accounts (argon2id passwords), and bearer tokens.
+// (blind-index lookup, constant-time HWID verifier check, throttling by
+// subject and source, WireGuard key pinning), client accounts (argon2id
+// passwords checked in a bounded pool), and bearer tokens.
 //
 // It never holds a raw serial number or hardware id beyond the call that
 // received it: lookups go through the blind index, the HWID through its
@@ -12,10 +13,12 @@ import (
 	"crypto/hmac"
 	"errors"
 	"fmt"
+	"net/netip"
 	"time"
 
 	"github.com/planetxlabs/dasset-gateway/pkg/privacy"
 	"github.com/planetxlabs/dasset-gateway/pkg/store"
+	"github.com/planetxlabs/dasset-gateway/pkg/throttle"
 )
 
 // Errors of verification (match with errors.Is).
@@ -24,9 +27,13 @@ var (
 	// wrong hardware id, an unknown account and a wrong password: callers
 	// cannot tell them apart.
 	ErrUnauthenticated = errors.New("unauthenticated")
-	// ErrLockedOut refuses a subject with too many recent failures, before
-	// its credentials are checked (a correct HWID is refused too).
-	ErrLockedOut = errors.New("locked out: too many failed attempts")
+	// ErrThrottled refuses an attempt before its credentials are checked:
+	// too many recent attempts from its source, or on its (subject, source
+	// prefix). The error is a *ThrottledError with the retry hint.
+	ErrThrottled = errors.New("too many attempts")
+	// ErrBusy refuses a password check when the pool of password checks and
+	// its queue are full.
+	ErrBusy = errors.New("too many password checks at once")
 	// ErrRevoked refuses an authentic but revoked device. It is the store's
 	// sentinel, so either package's name matches.
 	ErrRevoked = store.ErrRevoked
@@ -35,36 +42,60 @@ var (
 	ErrKeyMismatch = errors.New("wireguard key does not match the pinned key")
 )
 
-// Lockout defaults, used for zero (or negative) Config values.
-const (
-	DefaultLockoutAttempts = 10
-	DefaultLockoutWindow   = 15 * time.Minute
-)
+// ThrottledError is ErrThrottled with the reason (a metric label) and when
+// the same attempt may succeed.
+type ThrottledError struct {
+	Reason     string
+	RetryAfter time.Duration
+}
+
+func (e *ThrottledError) Error() string {
+	return fmt.Sprintf("%v (%s); retry after %v", ErrThrottled, e.Reason, e.RetryAfter)
+}
+
+// Is matches ErrThrottled.
+func (e *ThrottledError) Is(target error) bool { return target == ErrThrottled }
 
 // DeviceStore is what device verification needs of the registry
 // (pkg/store.Store satisfies it).
 type DeviceStore interface {
 	DeviceByIndex(ctx context.Context, idx privacy.BlindIndex) (store.Device, error)
-	RecordAuthFailure(ctx context.Context, idx privacy.BlindIndex, at time.Time) error
-	CountAuthFailures(ctx context.Context, idx privacy.BlindIndex, since time.Time) (int, error)
-	ClearAuthFailures(ctx context.Context, idx privacy.BlindIndex) error
 }
 
-// AccountStore is what account verification needs beyond DeviceStore's
-// failure records (pkg/store.Store satisfies it).
+// AccountStore is what account verification needs (pkg/store.Store
+// satisfies it).
 type AccountStore interface {
 	AccountByName(ctx context.Context, nameIndex privacy.BlindIndex) (store.Account, error)
 }
 
-// Config tunes lockout.
+// Throttle decides whether an attempt on a subject (a blind index) from a
+// source address may go ahead before its credentials are checked
+// (pkg/throttle.Guard satisfies it). Its state is memory only: failures
+// never reach the database.
+type Throttle interface {
+	// Begin returns nil to go ahead, or why not. A proven attempt carries
+	// a secret only the subject holds (a device's pinned key).
+	Begin(subject [32]byte, src netip.Addr, proven bool) *throttle.Refusal
+	// Succeeded forgets the attempts of a caller that proved itself.
+	Succeeded(subject [32]byte, src netip.Addr)
+}
+
+// Pool runs password checks on a fixed number of workers with a bounded
+// queue (pkg/throttle.Pool satisfies it).
+type Pool interface {
+	Do(ctx context.Context, fn func()) error
+}
+
+// Config holds the verifier's limits; nil fields mean no limit (tests).
 type Config struct {
-	// LockoutAttempts failures within LockoutWindow lock a subject (a
-	// serial number or an account name, known or not) out until the oldest
-	// of them leaves the window.
-	LockoutAttempts int
-	LockoutWindow   time.Duration
-	// Now is the clock (time.Now when nil).
-	Now func() time.Time
+	// Devices throttles device logins, keyed by the serial number's blind
+	// index and the source.
+	Devices Throttle
+	// Accounts throttles client logins, keyed by the account name's blind
+	// index and the source.
+	Accounts Throttle
+	// Passwords runs argon2id checks.
+	Passwords Pool
 }
 
 // Verifier verifies devices and accounts. It is safe for concurrent use.
@@ -74,31 +105,53 @@ type Verifier struct {
 	cfg  Config
 }
 
-// NewVerifier makes a Verifier; zero Config fields take the defaults.
+// NewVerifier makes a Verifier.
 func NewVerifier(keys *privacy.Keystore, st DeviceStore, cfg Config) *Verifier {
-	if cfg.LockoutAttempts <= 0 {
-		cfg.LockoutAttempts = DefaultLockoutAttempts
+	if cfg.Devices == nil {
+		cfg.Devices = noThrottle{}
 	}
-	if cfg.LockoutWindow <= 0 {
-		cfg.LockoutWindow = DefaultLockoutWindow
+	if cfg.Accounts == nil {
+		cfg.Accounts = noThrottle{}
 	}
-	if cfg.Now == nil {
-		cfg.Now = time.Now
+	if cfg.Passwords == nil {
+		cfg.Passwords = noPool{}
 	}
 	return &Verifier{keys: keys, st: st, cfg: cfg}
 }
 
+type noThrottle struct{}
+
+func (noThrottle) Begin([32]byte, netip.Addr, bool) *throttle.Refusal { return nil }
+func (noThrottle) Succeeded([32]byte, netip.Addr)                     {}
+
+type noPool struct{}
+
+func (noPool) Do(_ context.Context, fn func()) error { fn(); return nil }
+
+// DeviceAttempt is a device login as verification sees it.
+type DeviceAttempt struct {
+	Serial   privacy.SerialNumber
+	Hardware privacy.HardwareID
+	// Key is the WireGuard public key the device logs in with: when it is
+	// the device's pinned key the attempt is proven, and strangers'
+	// failures elsewhere cannot slow it.
+	Key [32]byte
+	// Source is the caller's address (memory only).
+	Source netip.Addr
+}
+
 // VerifyDevice checks a device's serial number and hardware id.
 //
-// The serial number's blind index finds the device; the verifier of (SN,
+// The serial number's blind index finds the device. The throttle then
+// decides whether the attempt may go ahead (ErrThrottled otherwise): an
+// attempt with the device's pinned key is only limited on its own (serial,
+// source prefix); others also by source and globally. The verifier of (SN,
 // HWID) is compared in constant time with the stored one, or, for an unknown
 // SN, with the keystore's dummy verifier, so both take the same path and
-// work. Either failure records an auth failure for the index and returns
-// ErrUnauthenticated. A subject with LockoutAttempts failures within
-// LockoutWindow gets ErrLockedOut before any check. An authentic revoked
-// device gets ErrRevoked. Success clears the failures, writing only when
-// there were some (the count read for the lockout check says so).
-func (v *Verifier) VerifyDevice(ctx context.Context, sn privacy.SerialNumber, hw privacy.HardwareID) (store.Device, error) {
+// work; either failure returns ErrUnauthenticated and is counted in memory
+// only. An authentic revoked device gets ErrRevoked. Nothing is written.
+func (v *Verifier) VerifyDevice(ctx context.Context, a DeviceAttempt) (store.Device, error) {
+	sn, hw := a.Serial, a.Hardware
 	if sn.IsZero() {
 		return store.Device{}, &privacy.FieldError{Field: "serial_number", Reason: "must not be empty"}
 	}
@@ -106,16 +159,15 @@ func (v *Verifier) VerifyDevice(ctx context.Context, sn privacy.SerialNumber, hw
 		return store.Device{}, &privacy.FieldError{Field: "hardware_id", Reason: "must not be empty"}
 	}
 	idx := v.keys.BlindIndex(sn)
-	now := v.cfg.Now()
-	failures, err := v.lockout(ctx, idx, now)
-	if err != nil {
-		return store.Device{}, err
-	}
 
 	d, err := v.st.DeviceByIndex(ctx, idx)
 	known := err == nil
 	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		return store.Device{}, fmt.Errorf("identity: look up device: %w", err)
+	}
+	proven := known && d.KeyPinned && hmac.Equal(d.Key[:], a.Key[:])
+	if r := v.cfg.Devices.Begin(idx, a.Source, proven); r != nil {
+		return store.Device{}, &ThrottledError{Reason: r.Reason, RetryAfter: r.RetryAfter}
 	}
 	want := v.keys.DummyVerifier()
 	if known {
@@ -123,74 +175,75 @@ func (v *Verifier) VerifyDevice(ctx context.Context, sn privacy.SerialNumber, hw
 	}
 	got := v.keys.Verifier(sn, hw)
 	if !hmac.Equal(got[:], want[:]) || !known {
-		return store.Device{}, v.fail(ctx, idx, now)
+		return store.Device{}, ErrUnauthenticated
 	}
 	if d.Revoked {
 		return store.Device{}, fmt.Errorf("identity: device %d: %w", d.ID, ErrRevoked)
 	}
-	if failures > 0 {
-		if err := v.st.ClearAuthFailures(ctx, idx); err != nil {
-			return store.Device{}, fmt.Errorf("identity: clear auth failures: %w", err)
-		}
-	}
+	v.cfg.Devices.Succeeded(idx, a.Source)
 	return d, nil
 }
 
-// VerifyAccount checks a client's account name and password. An unknown
-// account runs DummyPasswordCheck, so it costs what a wrong password costs;
-// both record an auth failure under the account's blind index and return
-// ErrUnauthenticated. Lockout works as for devices.
-func (v *Verifier) VerifyAccount(ctx context.Context, accounts AccountStore, name string, password []byte) (store.Account, error) {
+// VerifyAccount checks a client's account name and password, from source.
+// The throttle goes first (keyed by the account name's blind index and the
+// source prefix, so a stranger's guesses never lock the real user out of
+// their own network); the argon2id check then runs in the password pool
+// (ErrBusy when it is full). An unknown account runs DummyPasswordCheck, so
+// it costs what a wrong password costs; both return ErrUnauthenticated.
+func (v *Verifier) VerifyAccount(ctx context.Context, accounts AccountStore, name string, password []byte, source netip.Addr) (store.Account, error) {
 	if name == "" {
 		return store.Account{}, &privacy.FieldError{Field: "account", Reason: "must not be empty"}
 	}
 	idx := v.keys.AccountIndex(name)
-	now := v.cfg.Now()
-	failures, err := v.lockout(ctx, idx, now)
-	if err != nil {
-		return store.Account{}, err
+	if r := v.cfg.Accounts.Begin(idx, source, false); r != nil {
+		return store.Account{}, &ThrottledError{Reason: r.Reason, RetryAfter: r.RetryAfter}
 	}
 	a, err := accounts.AccountByName(ctx, idx)
-	if errors.Is(err, store.ErrNotFound) {
-		DummyPasswordCheck()
-		return store.Account{}, v.fail(ctx, idx, now)
-	}
-	if err != nil {
+	known := err == nil
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		return store.Account{}, fmt.Errorf("identity: look up account: %w", err)
 	}
-	ok, err := CheckPassword(a.PasswordHash, password)
+	ok, err := v.CheckPassword(ctx, a.PasswordHash, known, password)
 	if err != nil {
 		return store.Account{}, fmt.Errorf("identity: account %d: %w", a.ID, err)
 	}
 	if !ok {
-		return store.Account{}, v.fail(ctx, idx, now)
+		return store.Account{}, ErrUnauthenticated
 	}
-	if failures > 0 {
-		if err := v.st.ClearAuthFailures(ctx, idx); err != nil {
-			return store.Account{}, fmt.Errorf("identity: clear auth failures: %w", err)
-		}
-	}
+	v.cfg.Accounts.Succeeded(idx, source)
 	return a, nil
 }
 
-// lockout returns the subject's recent failures, or ErrLockedOut.
-func (v *Verifier) lockout(ctx context.Context, idx privacy.BlindIndex, now time.Time) (int, error) {
-	n, err := v.st.CountAuthFailures(ctx, idx, now.Add(-v.cfg.LockoutWindow))
-	if err != nil {
-		return 0, fmt.Errorf("identity: count auth failures: %w", err)
+// CheckPassword checks pw against hash in the password pool; known=false
+// runs the dummy check (same cost) and reports false. A full pool is
+// ErrBusy.
+func (v *Verifier) CheckPassword(ctx context.Context, hash string, known bool, pw []byte) (ok bool, err error) {
+	perr := v.cfg.Passwords.Do(ctx, func() {
+		if !known {
+			DummyPasswordCheck()
+			return
+		}
+		ok, err = CheckPassword(hash, pw)
+	})
+	if errors.Is(perr, throttle.ErrBusy) {
+		return false, ErrBusy
 	}
-	if n >= v.cfg.LockoutAttempts {
-		// Not recorded: an attacker cannot extend the lockout forever.
-		return n, ErrLockedOut
+	if perr != nil {
+		return false, perr
 	}
-	return n, nil
+	return ok, err
 }
 
-func (v *Verifier) fail(ctx context.Context, idx privacy.BlindIndex, now time.Time) error {
-	if err := v.st.RecordAuthFailure(ctx, idx, now); err != nil {
-		return fmt.Errorf("identity: record auth failure: %w", err)
+// HashPassword hashes pw in the password pool (ErrBusy when it is full).
+func (v *Verifier) HashPassword(ctx context.Context, pw []byte) (hash string, err error) {
+	perr := v.cfg.Passwords.Do(ctx, func() { hash, err = HashPassword(pw) })
+	if errors.Is(perr, throttle.ErrBusy) {
+		return "", ErrBusy
 	}
-	return ErrUnauthenticated
+	if perr != nil {
+		return "", perr
+	}
+	return hash, err
 }
 
 // CheckKey decides what to do with the WireGuard key a device logs in with:

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/netip"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -12,17 +13,15 @@ import (
 
 	"github.com/planetxlabs/dasset-gateway/pkg/privacy"
 	"github.com/planetxlabs/dasset-gateway/pkg/store"
+	"github.com/planetxlabs/dasset-gateway/pkg/throttle"
 )
 
 // fakeStore is an in-memory DeviceStore and AccountStore that counts its
-// calls.
+// lookups. It has no write method: verification writes nothing.
 type fakeStore struct {
 	mu       sync.Mutex
 	devices  map[privacy.BlindIndex]store.Device
 	accounts map[privacy.BlindIndex]store.Account
-	failures map[privacy.BlindIndex][]time.Time
-	records  int
-	clears   int
 	lookups  int
 }
 
@@ -30,7 +29,6 @@ func newFakeStore() *fakeStore {
 	return &fakeStore{
 		devices:  make(map[privacy.BlindIndex]store.Device),
 		accounts: make(map[privacy.BlindIndex]store.Account),
-		failures: make(map[privacy.BlindIndex][]time.Time),
 	}
 }
 
@@ -55,41 +53,6 @@ func (f *fakeStore) AccountByName(_ context.Context, idx privacy.BlindIndex) (st
 	return a, nil
 }
 
-// maxKept bounds the failures kept per index (enough for any lockout here).
-const maxKept = 64
-
-func (f *fakeStore) RecordAuthFailure(_ context.Context, idx privacy.BlindIndex, at time.Time) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.records++
-	fs := append(f.failures[idx], at)
-	if len(fs) > maxKept {
-		fs = fs[len(fs)-maxKept:]
-	}
-	f.failures[idx] = fs
-	return nil
-}
-
-func (f *fakeStore) CountAuthFailures(_ context.Context, idx privacy.BlindIndex, since time.Time) (int, error) {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	n := 0
-	for _, t := range f.failures[idx] {
-		if !t.Before(since) {
-			n++
-		}
-	}
-	return n, nil
-}
-
-func (f *fakeStore) ClearAuthFailures(_ context.Context, idx privacy.BlindIndex) error {
-	f.mu.Lock()
-	defer f.mu.Unlock()
-	f.clears++
-	delete(f.failures, idx)
-	return nil
-}
-
 type fakeClock struct {
 	mu sync.Mutex
 	t  time.Time
@@ -107,6 +70,7 @@ type fixture struct {
 	st    *fakeStore
 	clock *fakeClock
 	v     *Verifier
+	guard *throttle.Guard
 }
 
 func newFixture(t testing.TB, attempts int) *fixture {
@@ -116,7 +80,11 @@ func newFixture(t testing.TB, attempts int) *fixture {
 		t.Fatal(err)
 	}
 	f := &fixture{keys: keys, st: newFakeStore(), clock: &fakeClock{t: time.Date(2025, 3, 1, 12, 0, 0, 0, time.UTC)}}
-	f.v = NewVerifier(keys, f.st, Config{LockoutAttempts: attempts, LockoutWindow: 10 * time.Minute, Now: f.clock.Now})
+	f.guard = throttle.NewGuard(throttle.GuardConfig{
+		Pair: throttle.BackoffConfig{Free: attempts, Base: time.Second, Max: 10 * time.Minute, Entries: 1000},
+		Now:  f.clock.Now,
+	})
+	f.v = NewVerifier(keys, f.st, Config{Devices: f.guard, Accounts: f.guard})
 	return f
 }
 
@@ -147,18 +115,27 @@ func mustHW(t testing.TB, s string) privacy.HardwareID {
 	return hw
 }
 
+var (
+	stranger = netip.MustParseAddr("198.51.100.7")
+	home     = netip.MustParseAddr("203.0.113.9")
+)
+
+func attempt(sn privacy.SerialNumber, hw privacy.HardwareID, key [32]byte, src netip.Addr) DeviceAttempt {
+	return DeviceAttempt{Serial: sn, Hardware: hw, Key: key, Source: src}
+}
+
 func TestVerifyDeviceSuccess(t *testing.T) {
 	f := newFixture(t, 3)
 	sn, hw, want := f.enroll(t, "SN-1", "HW-1")
-	d, err := f.v.VerifyDevice(context.Background(), sn, hw)
+	d, err := f.v.VerifyDevice(context.Background(), attempt(sn, hw, [32]byte{1}, home))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if d.ID != want.ID {
 		t.Fatalf("got device %d, want %d", d.ID, want.ID)
 	}
-	if f.st.records != 0 || f.st.clears != 0 {
-		t.Fatalf("a clean login wrote: records=%d clears=%d", f.st.records, f.st.clears)
+	if n := f.guard.Entries(); n != 0 { // the pair was forgotten (no source limit here)
+		t.Fatalf("%d throttle entries after a success, want 0", n)
 	}
 }
 
@@ -167,98 +144,107 @@ func TestUnknownAndWrongAreIdentical(t *testing.T) {
 	sn, _, _ := f.enroll(t, "SN-1", "HW-1")
 	ctx := context.Background()
 
-	_, errWrong := f.v.VerifyDevice(ctx, sn, mustHW(t, "HW-WRONG"))
-	_, errUnknown := f.v.VerifyDevice(ctx, mustSN(t, "SN-NOPE"), mustHW(t, "HW-1"))
+	_, errWrong := f.v.VerifyDevice(ctx, attempt(sn, mustHW(t, "HW-WRONG"), [32]byte{1}, stranger))
+	_, errUnknown := f.v.VerifyDevice(ctx, attempt(mustSN(t, "SN-NOPE"), mustHW(t, "HW-1"), [32]byte{1}, stranger))
 	if !errors.Is(errWrong, ErrUnauthenticated) || !errors.Is(errUnknown, ErrUnauthenticated) {
 		t.Fatalf("errors: wrong=%v unknown=%v", errWrong, errUnknown)
 	}
 	if errWrong != errUnknown || errWrong.Error() != errUnknown.Error() {
 		t.Fatalf("distinguishable errors: %q vs %q", errWrong, errUnknown)
 	}
-	if f.st.records != 2 {
-		t.Fatalf("recorded %d failures, want 2", f.st.records)
-	}
 	if f.st.lookups != 2 {
 		t.Fatalf("looked up %d times, want 2 (same path)", f.st.lookups)
 	}
-	for _, s := range []string{"SN-1", "SN-NOPE"} {
-		n, _ := f.st.CountAuthFailures(ctx, f.keys.BlindIndex(mustSN(t, s)), time.Time{})
-		if n != 1 {
-			t.Fatalf("%s: %d failures recorded under its index, want 1", s, n)
-		}
-	}
 }
 
-func TestLockout(t *testing.T) {
+// The finding of the hostile-caller review: ten wrong hardware ids from
+// anywhere locked the serial out everywhere. Now a stranger's failures slow
+// only the stranger's own (serial, source prefix).
+func TestStrangerCannotLockDeviceOut(t *testing.T) {
 	const attempts = 3
 	f := newFixture(t, attempts)
 	sn, hw, _ := f.enroll(t, "SN-1", "HW-1")
 	ctx := context.Background()
 	wrong := mustHW(t, "HW-WRONG")
 
-	for i := range attempts {
-		if _, err := f.v.VerifyDevice(ctx, sn, wrong); !errors.Is(err, ErrUnauthenticated) {
+	var throttled *ThrottledError
+	for i := range 50 {
+		_, err := f.v.VerifyDevice(ctx, attempt(sn, wrong, [32]byte{9}, stranger))
+		if errors.As(err, &throttled) {
+			break
+		}
+		if !errors.Is(err, ErrUnauthenticated) {
 			t.Fatalf("attempt %d: %v", i+1, err)
 		}
-		f.clock.Advance(time.Minute)
 	}
-	// Locked out: even the right HWID is refused, and nothing more is recorded.
-	records := f.st.records
-	if _, err := f.v.VerifyDevice(ctx, sn, hw); !errors.Is(err, ErrLockedOut) {
-		t.Fatalf("right HWID while locked out: %v", err)
+	if throttled == nil || throttled.Reason != "pair" || throttled.RetryAfter <= 0 {
+		t.Fatalf("the stranger was never slowed: %+v", throttled)
 	}
-	if _, err := f.v.VerifyDevice(ctx, sn, wrong); !errors.Is(err, ErrLockedOut) {
-		t.Fatalf("wrong HWID while locked out: %v", err)
+	// The right HWID from the stranger's prefix waits too (it is not proven).
+	if _, err := f.v.VerifyDevice(ctx, attempt(sn, hw, [32]byte{1}, stranger)); !errors.Is(err, ErrThrottled) {
+		t.Fatalf("unproven attempt from the throttled pair: %v", err)
 	}
-	if f.st.records != records {
-		t.Fatal("a refused locked-out attempt was recorded")
+	// The device from its own network: admitted at once.
+	if _, err := f.v.VerifyDevice(ctx, attempt(sn, hw, [32]byte{1}, home)); err != nil {
+		t.Fatalf("device from its own prefix: %v", err)
 	}
-	// The first failure (at 12:00) leaves the 10-minute window at 12:10.
-	f.clock.Advance(6*time.Minute + time.Second) // 12:09:01: failures at 12:00, 12:01, 12:02 still inside
-	if _, err := f.v.VerifyDevice(ctx, sn, hw); !errors.Is(err, ErrLockedOut) {
-		t.Fatalf("inside the window: %v", err)
+	// The delay grows: after the wait, one more wrong attempt, then a longer wait.
+	f.clock.Advance(throttled.RetryAfter)
+	if _, err := f.v.VerifyDevice(ctx, attempt(sn, wrong, [32]byte{9}, stranger)); !errors.Is(err, ErrUnauthenticated) {
+		t.Fatalf("after the wait: %v", err)
 	}
-	f.clock.Advance(time.Minute) // 12:10:01
-	d, err := f.v.VerifyDevice(ctx, sn, hw)
-	if err != nil {
-		t.Fatalf("after the window: %v", err)
-	}
-	if d.ID == 0 {
-		t.Fatal("no device")
-	}
-	// Success with failures on record cleared them, once.
-	if f.st.clears != 1 {
-		t.Fatalf("clears = %d, want 1", f.st.clears)
-	}
-	if n, _ := f.st.CountAuthFailures(ctx, d.Index, time.Time{}); n != 0 {
-		t.Fatalf("%d failures left after success", n)
-	}
-	if _, err := f.v.VerifyDevice(ctx, sn, hw); err != nil || f.st.clears != 1 {
-		t.Fatalf("second login: err=%v clears=%d", err, f.st.clears)
+	_, err := f.v.VerifyDevice(ctx, attempt(sn, wrong, [32]byte{9}, stranger))
+	var again *ThrottledError
+	if !errors.As(err, &again) || again.RetryAfter <= throttled.RetryAfter {
+		t.Fatalf("second wait %+v not longer than the first %v", again, throttled.RetryAfter)
 	}
 }
 
-func TestLockoutUnknownSN(t *testing.T) {
+// A device that carries its pinned key passes the source and global limits:
+// a stranger in its own /24 who exhausted them cannot keep it out.
+func TestPinnedKeyPassesExhaustedSource(t *testing.T) {
+	f := newFixture(t, 3)
+	f.guard = throttle.NewGuard(throttle.GuardConfig{
+		Source: throttle.Rate{PerSecond: 0.001, Burst: 5}, Sources: 100,
+		Global: throttle.Rate{PerSecond: 0.001, Burst: 5},
+		Pair:   throttle.BackoffConfig{Free: 3, Base: time.Second, Max: time.Minute, Entries: 100},
+		Now:    f.clock.Now,
+	})
+	f.v = NewVerifier(f.keys, f.st, Config{Devices: f.guard})
+	sn, hw, d := f.enroll(t, "SN-1", "HW-1")
+	pinned := [32]byte{7}
+	d.Key, d.KeyPinned = pinned, true
+	f.st.devices[d.Index] = d
+	ctx := context.Background()
+	neighbour := netip.MustParseAddr("203.0.113.200") // same /24 as home
+	for i := range 20 {
+		f.v.VerifyDevice(ctx, attempt(mustSN(t, fmt.Sprintf("SN-X%d", i)), hw, [32]byte{9}, neighbour))
+	}
+	if _, err := f.v.VerifyDevice(ctx, attempt(sn, hw, [32]byte{8}, home)); !errors.Is(err, ErrThrottled) {
+		t.Fatalf("unproven attempt from the exhausted /24: %v", err)
+	}
+	if _, err := f.v.VerifyDevice(ctx, attempt(sn, hw, pinned, home)); err != nil {
+		t.Fatalf("pinned key from the exhausted /24: %v", err)
+	}
+}
+
+func TestUnknownSNThrottledLikeKnown(t *testing.T) {
 	f := newFixture(t, 2)
 	ctx := context.Background()
-	sn, hw := mustSN(t, "SN-GHOST"), mustHW(t, "HW")
-	for range 2 {
-		if _, err := f.v.VerifyDevice(ctx, sn, hw); !errors.Is(err, ErrUnauthenticated) {
-			t.Fatal(err)
+	_, hw, _ := f.enroll(t, "SN-REAL", "HW")
+	count := func(sn string) int {
+		for i := range 20 {
+			_, err := f.v.VerifyDevice(ctx, attempt(mustSN(t, sn), mustHW(t, "HW-WRONG"), [32]byte{1}, stranger))
+			if errors.Is(err, ErrThrottled) {
+				return i
+			}
 		}
+		return -1
 	}
-	if _, err := f.v.VerifyDevice(ctx, sn, hw); !errors.Is(err, ErrLockedOut) {
-		t.Fatalf("unknown SN not locked out: %v", err)
+	if k, u := count("SN-REAL"), count("SN-GHOST"); k != u || k != 2 {
+		t.Fatalf("known SN throttled after %d attempts, unknown after %d (want both 2)", k, u)
 	}
-	// Enrolled meanwhile: still locked until the window passes.
-	f.enroll(t, "SN-GHOST", "HW")
-	if _, err := f.v.VerifyDevice(ctx, sn, hw); !errors.Is(err, ErrLockedOut) {
-		t.Fatalf("after enrolment: %v", err)
-	}
-	f.clock.Advance(11 * time.Minute)
-	if _, err := f.v.VerifyDevice(ctx, sn, hw); err != nil {
-		t.Fatalf("after the window: %v", err)
-	}
+	_ = hw
 }
 
 func TestRevoked(t *testing.T) {
@@ -266,23 +252,23 @@ func TestRevoked(t *testing.T) {
 	sn, hw, d := f.enroll(t, "SN-R", "HW-R")
 	d.Revoked = true
 	f.st.devices[d.Index] = d
-	if _, err := f.v.VerifyDevice(context.Background(), sn, hw); !errors.Is(err, ErrRevoked) || !errors.Is(err, store.ErrRevoked) {
+	if _, err := f.v.VerifyDevice(context.Background(), attempt(sn, hw, [32]byte{1}, home)); !errors.Is(err, ErrRevoked) || !errors.Is(err, store.ErrRevoked) {
 		t.Fatalf("revoked: %v", err)
 	}
 	// A wrong HWID does not learn that the device is revoked.
-	if _, err := f.v.VerifyDevice(context.Background(), sn, mustHW(t, "HW-X")); !errors.Is(err, ErrUnauthenticated) {
+	if _, err := f.v.VerifyDevice(context.Background(), attempt(sn, mustHW(t, "HW-X"), [32]byte{1}, home)); !errors.Is(err, ErrUnauthenticated) {
 		t.Fatalf("revoked, wrong HWID: %v", err)
 	}
 }
 
 func TestVerifyDeviceEmptyInput(t *testing.T) {
 	f := newFixture(t, 3)
-	_, err := f.v.VerifyDevice(context.Background(), privacy.SerialNumber{}, mustHW(t, "x"))
+	_, err := f.v.VerifyDevice(context.Background(), attempt(privacy.SerialNumber{}, mustHW(t, "x"), [32]byte{1}, home))
 	var fe *privacy.FieldError
 	if !errors.As(err, &fe) || fe.Field != "serial_number" {
 		t.Fatalf("empty SN: %v", err)
 	}
-	_, err = f.v.VerifyDevice(context.Background(), mustSN(t, "x"), privacy.HardwareID{})
+	_, err = f.v.VerifyDevice(context.Background(), attempt(mustSN(t, "x"), privacy.HardwareID{}, [32]byte{1}, home))
 	if !errors.As(err, &fe) || fe.Field != "hardware_id" {
 		t.Fatalf("empty HWID: %v", err)
 	}
@@ -297,12 +283,9 @@ func (failingStore) DeviceByIndex(context.Context, privacy.BlindIndex) (store.De
 func TestStoreErrorIsNotUnauthenticated(t *testing.T) {
 	f := newFixture(t, 3)
 	v := NewVerifier(f.keys, failingStore{f.st}, Config{})
-	_, err := v.VerifyDevice(context.Background(), mustSN(t, "SN"), mustHW(t, "HW"))
+	_, err := v.VerifyDevice(context.Background(), attempt(mustSN(t, "SN"), mustHW(t, "HW"), [32]byte{1}, home))
 	if err == nil || errors.Is(err, ErrUnauthenticated) || !strings.Contains(err.Error(), "disk on fire") {
 		t.Fatalf("store failure: %v", err)
-	}
-	if f.st.records != 0 {
-		t.Fatal("a store failure counted as an auth failure")
 	}
 }
 
@@ -339,29 +322,44 @@ func TestVerifyAccount(t *testing.T) {
 	idx := f.keys.AccountIndex("alice")
 	f.st.accounts[idx] = store.Account{ID: 7, NameIndex: idx, PasswordHash: hash}
 
-	a, err := f.v.VerifyAccount(ctx, f.st, "alice", []byte("hunter2hunter2"))
+	a, err := f.v.VerifyAccount(ctx, f.st, "alice", []byte("hunter2hunter2"), home)
 	if err != nil || a.ID != 7 {
 		t.Fatalf("good password: %v %v", a.ID, err)
 	}
-	_, errWrong := f.v.VerifyAccount(ctx, f.st, "alice", []byte("hunter3"))
-	_, errUnknown := f.v.VerifyAccount(ctx, f.st, "bob", []byte("hunter2hunter2"))
+	_, errWrong := f.v.VerifyAccount(ctx, f.st, "alice", []byte("hunter3"), stranger)
+	_, errUnknown := f.v.VerifyAccount(ctx, f.st, "bob", []byte("hunter2hunter2"), stranger)
 	if errWrong != ErrUnauthenticated || errUnknown != ErrUnauthenticated {
 		t.Fatalf("wrong=%v unknown=%v", errWrong, errUnknown)
 	}
-	if _, err := f.v.VerifyAccount(ctx, f.st, "alice", []byte("hunter3")); err != ErrUnauthenticated {
-		t.Fatal(err)
+	// The stranger's guesses on alice: two free, then slowed.
+	f.v.VerifyAccount(ctx, f.st, "alice", []byte("hunter3"), stranger)
+	if _, err := f.v.VerifyAccount(ctx, f.st, "alice", []byte("hunter2hunter2"), stranger); !errors.Is(err, ErrThrottled) {
+		t.Fatalf("account guessing not slowed: %v", err)
 	}
-	if _, err := f.v.VerifyAccount(ctx, f.st, "alice", []byte("hunter2hunter2")); !errors.Is(err, ErrLockedOut) {
-		t.Fatalf("account lockout: %v", err)
+	// ... but alice from her own network logs in at once.
+	if _, err := f.v.VerifyAccount(ctx, f.st, "alice", []byte("hunter2hunter2"), home); err != nil {
+		t.Fatalf("alice locked out by a stranger: %v", err)
 	}
-	// Account and device indexes are apart: a device SN "alice" is not locked.
-	if n, _ := f.st.CountAuthFailures(ctx, f.keys.BlindIndex(mustSN(t, "alice")), time.Time{}); n != 0 {
-		t.Fatal("account failures counted under the device index")
+}
+
+// Password checks run in the pool: a full pool refuses with ErrBusy
+// without running argon2id.
+func TestVerifyAccountPoolBusy(t *testing.T) {
+	f := newFixture(t, 100)
+	pool := throttle.NewPool(1, 0)
+	f.v = NewVerifier(f.keys, f.st, Config{Passwords: pool})
+	release := make(chan struct{})
+	started := make(chan struct{})
+	go pool.Do(context.Background(), func() { close(started); <-release })
+	<-started
+	defer close(release)
+	if _, err := f.v.VerifyAccount(context.Background(), f.st, "alice", []byte("pw"), home); !errors.Is(err, ErrBusy) {
+		t.Fatalf("full pool: %v, want ErrBusy", err)
 	}
 }
 
 func benchmarkVerify(b *testing.B, known bool, rightHW bool) {
-	f := newFixture(b, 1000) // the fake keeps at most 64 failures: never locked
+	f := newFixture(b, 1<<30) // never slowed
 	sn, hw, _ := f.enroll(b, "SN-BENCH-0001", "HW-BENCH-0001")
 	if !known {
 		sn = mustSN(b, "SN-BENCH-9999")
@@ -372,7 +370,7 @@ func benchmarkVerify(b *testing.B, known bool, rightHW bool) {
 	ctx := context.Background()
 	b.ReportAllocs()
 	for b.Loop() {
-		_, err := f.v.VerifyDevice(ctx, sn, hw)
+		_, err := f.v.VerifyDevice(ctx, attempt(sn, hw, [32]byte{1}, home))
 		if known && rightHW && err != nil || !(known && rightHW) && !errors.Is(err, ErrUnauthenticated) {
 			b.Fatal(err)
 		}

@@ -25,6 +25,11 @@ type Gateway struct {
 	StoreTx           *prometheus.HistogramVec
 	ConnLogDropped    prometheus.Counter
 	CertExpiry        prometheus.Gauge
+	// Throttled counts attempts refused before their credentials were
+	// checked, by call (device_login, client_login, bind_device,
+	// binding_code, connection) and reason (source, global, pair, subject,
+	// busy, key, total).
+	Throttled *prometheus.CounterVec
 }
 
 // New registers the gateway's event metrics, build info, and the Go and
@@ -61,6 +66,10 @@ func New(reg prometheus.Registerer, outcomes []string, version string) *Gateway 
 			Namespace: Namespace, Name: "tls_certificate_expiry_timestamp_seconds",
 			Help: "When the device/client gRPC TLS certificate expires (Unix time).",
 		}),
+		Throttled: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "throttled_total",
+			Help: "Attempts refused before their credentials were checked, and connections closed over a cap, by call and reason.",
+		}, []string{"call", "reason"}),
 	}
 	for _, o := range outcomes {
 		m.Logins.WithLabelValues(o)
@@ -74,7 +83,7 @@ func New(reg prometheus.Registerer, outcomes []string, version string) *Gateway 
 		gov = bi.GoVersion
 	}
 	build.WithLabelValues(version, gov).Set(1)
-	reg.MustRegister(m.Logins, m.LoginDuration, m.AdmissionQueue, m.AdmissionRejected, m.StoreTx, m.ConnLogDropped, m.CertExpiry, build,
+	reg.MustRegister(m.Logins, m.LoginDuration, m.AdmissionQueue, m.AdmissionRejected, m.StoreTx, m.ConnLogDropped, m.CertExpiry, m.Throttled, build,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
