@@ -18,21 +18,14 @@ import (
 	"github.com/planetxlabs/dasset-gateway/pkg/privacy"
 )
 
-// toStatus maps a domain error to a gRPC status with a message safe to send.
+// toStatus maps a domain error to a gRPC status with a message safe to send;
+// a throttled error carries a jittered google.rpc.RetryInfo hint.
 func toStatus(err error) error {
 	if err == nil {
 		return nil
 	}
 	if _, ok := status.FromError(err); ok {
 		return err
-	}
-	// A malformed credential is an authentication failure, not a bad field.
-	if errors.Is(err, gateway.ErrUnauthenticated) {
-		return status.Error(codes.Unauthenticated, gateway.PublicMessage(err))
-	}
-	var fe *privacy.FieldError
-	if errors.As(err, &fe) {
-		return status.Error(codes.InvalidArgument, fe.Error())
 	}
 	st := status.Convert(toStatusPlain(err))
 	if d := gateway.RetryAfter(err); d > 0 {
@@ -50,6 +43,14 @@ func jitter(d time.Duration) time.Duration {
 }
 
 func toStatusPlain(err error) error {
+	// A malformed credential is an authentication failure, not a bad field.
+	if errors.Is(err, gateway.ErrUnauthenticated) {
+		return status.Error(codes.Unauthenticated, gateway.PublicMessage(err))
+	}
+	var fe *privacy.FieldError
+	if errors.As(err, &fe) {
+		return status.Error(codes.InvalidArgument, fe.Error())
+	}
 	msg := gateway.PublicMessage(err)
 	switch {
 	case errors.Is(err, gateway.ErrInvalid):

@@ -113,7 +113,8 @@ func TestStrangerCannotLockDeviceOut(t *testing.T) {
 	wrong := status.Convert(login(sn, "HW-WRONG"))
 	var throttled *status.Status
 	for i := 0; i < 50 && throttled == nil; i++ {
-		if err := login(sn, "HW-WRONG"); retryHint(err) > 0 {
+		err := login(sn, "HW-WRONG")
+		if retryHint(err) > 0 {
 			throttled = status.Convert(err)
 		}
 	}
