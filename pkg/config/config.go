@@ -52,8 +52,19 @@ type Tunnel struct {
 	Endpoint            string        `mapstructure:"endpoint" usage:"host:port devices dial for WireGuard (empty: the address their gRPC connection reached, with listen_port)"`
 	PersistentKeepalive time.Duration `mapstructure:"persistent_keepalive" usage:"WireGuard persistent keepalive told to peers (whole seconds; 0 disables)"`
 	UAPI                bool          `mapstructure:"uapi" usage:"serve a read-only WireGuard UAPI socket so 'wg show' works"`
+	UAPIEndpoints       string        `mapstructure:"uapi_endpoints" usage:"peer endpoints on the UAPI socket: truncated (/24, /48, port 0, as the connection log) or full (beyond the privacy policy)"`
 	BatchWindow         time.Duration `mapstructure:"batch_window" usage:"how long peer additions wait to be batched with concurrent logins (0: no batching)"`
 }
+
+// tunnel.uapi_endpoints values.
+const (
+	// UAPIEndpointsTruncated shows each peer's endpoint as the connection
+	// log keeps a source address: its /24 (IPv4) or /48 (IPv6), port 0.
+	UAPIEndpointsTruncated = "truncated"
+	// UAPIEndpointsFull shows full endpoints: beyond the privacy policy,
+	// which keeps endpoints in memory only, for connecting.
+	UAPIEndpointsFull = "full"
+)
 
 // Network holds the virtual network's prefixes.
 type Network struct {
@@ -211,6 +222,7 @@ func Default() Config {
 			Endpoint:            "",
 			PersistentKeepalive: 25 * time.Second,
 			UAPI:                true,
+			UAPIEndpoints:       UAPIEndpointsTruncated,
 			BatchWindow:         2 * time.Millisecond,
 		},
 		Network: Network{

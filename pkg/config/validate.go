@@ -28,6 +28,7 @@ func (c Config) Validate() error {
 
 	t := c.Tunnel
 	v.oneOf("tunnel.mode", t.Mode, "tun", "netstack")
+	v.oneOf("tunnel.uapi_endpoints", t.UAPIEndpoints, UAPIEndpointsTruncated, UAPIEndpointsFull)
 	if !validInterfaceName(t.Interface) {
 		v.bad("tunnel.interface", "must be 1 to 15 characters of a-z A-Z 0-9 _ . -, got %q", t.Interface)
 	}

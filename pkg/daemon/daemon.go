@@ -411,7 +411,7 @@ func (d *Daemon) buildDataPlane() error {
 	d.dev = dev
 	d.closers = append(d.closers, dev.Close)
 	if cfg.Tunnel.UAPI {
-		c, err := dev.ServeUAPI(cfg.Tunnel.Interface)
+		c, err := dev.ServeUAPI(cfg.Tunnel.Interface, wg.UAPIOptions{FullEndpoints: cfg.Tunnel.UAPIEndpoints == config.UAPIEndpointsFull})
 		if err != nil {
 			return fmt.Errorf("wireguard UAPI socket: %w", err)
 		}

@@ -160,6 +160,13 @@ func TestNetns(t *testing.T) {
 	if pk, err := h.NsRun(gwNS, "wg", "show", g.Interface, "private-key"); err != nil || strings.TrimSpace(pk) != "(none)" {
 		t.Fatalf("wg show %s private-key: %q, %v; want (none)", g.Interface, pk, err)
 	}
+	// Endpoints are shown as the connection log keeps source addresses (the
+	// /24, port 0), never the device's own address: device 1 has handshaken
+	// from 10.213.1.2.
+	eps, err := h.NsRun(gwNS, "wg", "show", g.Interface, "endpoints")
+	if err != nil || !strings.Contains(eps, pub1+"\t10.213.1.0:0") || strings.Contains(eps, "10.213.1.2") || strings.Contains(eps, "10.213.2.2") {
+		t.Fatalf("wg show %s endpoints: %v\n%s\nwant %s at 10.213.1.0:0 and no full device address", g.Interface, err, eps, pub1)
+	}
 	var peers peerList
 	g.CtlJSON(&peers, "peers")
 	seen := map[string]string{}

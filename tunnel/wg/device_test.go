@@ -615,7 +615,7 @@ func TestClosed(t *testing.T) {
 	if _, err := gw.Stats(ctx); !errors.Is(err, ErrClosed) {
 		t.Fatalf("Stats after Close: %v", err)
 	}
-	if _, err := gw.ServeUAPI("dwgclosed"); !errors.Is(err, ErrClosed) {
+	if _, err := gw.ServeUAPI("dwgclosed", UAPIOptions{}); !errors.Is(err, ErrClosed) {
 		t.Fatalf("ServeUAPI after Close: %v", err)
 	}
 }
@@ -701,14 +701,20 @@ func TestServeUAPI(t *testing.T) {
 		t.Fatal(err)
 	}
 	gw := newNode(t, Config{PrivateKey: priv}, "100.80.0.1")
-	peer := pubKeys(t, 1)[0]
-	if err := gw.AddPeer(ctx, Peer{PublicKey: peer, AllowedIPs: prefixes("100.80.0.2/32"), PersistentKeepalive: 25 * time.Second}); err != nil {
+	keys := pubKeys(t, 2)
+	peer, peer6 := keys[0], keys[1]
+	if err := gw.AddPeer(ctx, Peer{PublicKey: peer, AllowedIPs: prefixes("100.80.0.2/32"), PersistentKeepalive: 25 * time.Second,
+		Endpoint: netip.MustParseAddrPort("198.51.100.77:41234")}); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := gw.ServeUAPI("../etc"); err == nil {
+	if err := gw.AddPeer(ctx, Peer{PublicKey: peer6, AllowedIPs: prefixes("100.80.0.3/32"),
+		Endpoint: netip.MustParseAddrPort("[2001:db8:1:2::5]:41235")}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := gw.ServeUAPI("../etc", UAPIOptions{}); err == nil {
 		t.Fatal("ServeUAPI accepted a name with a path in it")
 	}
-	closer, err := gw.ServeUAPI(name)
+	closer, err := gw.ServeUAPI(name, UAPIOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -737,9 +743,16 @@ func TestServeUAPI(t *testing.T) {
 		"public_key=" + peer.Hex() + "\n",
 		"allowed_ip=100.80.0.2/32\n",
 		"persistent_keepalive_interval=25\n",
+		"endpoint=198.51.100.0:0\n",
+		"endpoint=[2001:db8:1::]:0\n",
 	} {
 		if !strings.Contains(ans, want) {
 			t.Fatalf("get answer lacks %q:\n%s", want, ans)
+		}
+	}
+	for _, leak := range []string{"198.51.100.77", "41234", "2001:db8:1:2", "41235"} {
+		if strings.Contains(ans, leak) {
+			t.Fatalf("get answer shows %q of a full endpoint:\n%s", leak, ans)
 		}
 	}
 	if !strings.HasSuffix(ans, "\nerrno=0\n") {
@@ -797,6 +810,21 @@ func TestServeUAPI(t *testing.T) {
 		if strings.Contains(string(out), priv.String()) || strings.Contains(string(out), "private key") {
 			t.Fatalf("wg show prints the private key:\n%s", out)
 		}
+		// Endpoints are truncated as in the connection log.
+		out, err = exec.CommandContext(ctx, "wg", "show", name, "endpoints").CombinedOutput()
+		if err != nil {
+			t.Fatalf("wg show %s endpoints: %v\n%s", name, err, out)
+		}
+		for _, want := range []string{peer.String() + "\t198.51.100.0:0", peer6.String() + "\t[2001:db8:1::]:0"} {
+			if !strings.Contains(string(out), want) {
+				t.Fatalf("wg show endpoints lacks %q:\n%s", want, out)
+			}
+		}
+		for _, leak := range []string{"198.51.100.77", "41234", "2001:db8:1:2", "41235"} {
+			if strings.Contains(string(out), leak) {
+				t.Fatalf("wg show endpoints shows %q of a full endpoint:\n%s", leak, out)
+			}
+		}
 		out, err = exec.CommandContext(ctx, "wg", "set", name, "peer", peer.String(), "remove").CombinedOutput()
 		if err == nil || !strings.Contains(string(out), "Operation not permitted") {
 			t.Fatalf("wg set: %v\n%s\nwant a failure with 'Operation not permitted'", err, out)
@@ -812,9 +840,17 @@ func TestServeUAPI(t *testing.T) {
 	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {
 		t.Fatalf("socket still there after Close: %v", err)
 	}
-	// The name can be served again, and the Device's Close closes it.
-	if _, err := gw.ServeUAPI(name); err != nil {
+	// The name can be served again (here with full endpoints, beyond the
+	// policy: the positive control of the truncation), and the Device's
+	// Close closes it.
+	if _, err := gw.ServeUAPI(name, UAPIOptions{FullEndpoints: true}); err != nil {
 		t.Fatal(err)
+	}
+	if _, err := exec.LookPath("wg"); err == nil {
+		out, err := exec.CommandContext(ctx, "wg", "show", name, "endpoints").CombinedOutput()
+		if err != nil || !strings.Contains(string(out), "198.51.100.77:41234") || !strings.Contains(string(out), "[2001:db8:1:2::5]:41235") {
+			t.Fatalf("wg show endpoints with FullEndpoints: %v\n%s", err, out)
+		}
 	}
 	gw.Close()
 	if _, err := os.Stat(path); !errors.Is(err, os.ErrNotExist) {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"strings"
 	"sync"
@@ -32,9 +33,18 @@ const (
 	uapiEINVAL = "-22" // unknown operation or malformed request
 )
 
+// UAPIOptions tune what the read-only UAPI socket shows.
+type UAPIOptions struct {
+	// FullEndpoints shows each peer's endpoint as it is. By default an
+	// endpoint is shown truncated like a source address in the connection
+	// log: its /24 (IPv4) or /48 (IPv6) network address, port 0.
+	FullEndpoints bool
+}
+
 // uapiServer serves a read-only UAPI socket.
 type uapiServer struct {
 	d    *Device
+	opt  UAPIOptions
 	name string
 	path string
 	fi   os.FileInfo // the socket file we made
@@ -51,7 +61,8 @@ type uapiServer struct {
 
 // ServeUAPI serves a read-only UAPI socket at /var/run/wireguard/NAME.sock,
 // the place `wg show NAME` looks for a userspace interface. "get=1" answers
-// the device state without the private_key line, then errno=0; "set=1" is
+// the device state without the private_key line, endpoints truncated unless
+// opt.FullEndpoints, then errno=0; "set=1" is
 // read to its blank line, nothing is applied, and it is answered errno=-1
 // (EPERM); anything else is answered errno=-22 (EINVAL) and the connection
 // closed. Errnos are negated as wireguard-go sends them and wg(8) reads them
@@ -59,7 +70,7 @@ type uapiServer struct {
 // permitted"). Connections have a per-operation deadline and bounded lines
 // and requests. Closing the returned Closer (or the Device) stops
 // serving and removes the socket.
-func (d *Device) ServeUAPI(name string) (io.Closer, error) {
+func (d *Device) ServeUAPI(name string, opt UAPIOptions) (io.Closer, error) {
 	if err := checkIfaceName(name); err != nil {
 		return nil, fmt.Errorf("wg: serve uapi: %w", err)
 	}
@@ -86,6 +97,7 @@ func (d *Device) ServeUAPI(name string) (io.Closer, error) {
 	}
 	s := &uapiServer{
 		d:     d,
+		opt:   opt,
 		fi:    fi,
 		name:  name,
 		path:  uapiSocketDir + "/" + name + ".sock",
@@ -187,7 +199,7 @@ func (s *uapiServer) handle(c net.Conn) {
 				answer(w, uapiEINVAL)
 				return
 			}
-			w.WriteString(withoutPrivateKey(out))
+			w.WriteString(getAnswer(out, s.opt.FullEndpoints))
 			if answer(w, "0") != nil {
 				return
 			}
@@ -244,18 +256,45 @@ func drainRequest(r *bufio.Reader) error {
 	}
 }
 
-// withoutPrivateKey drops the private_key line of an IpcGet answer.
-func withoutPrivateKey(s string) string {
+// getAnswer is an IpcGet answer as the socket shows it: without the
+// private_key line, and with every endpoint truncated unless full.
+func getAnswer(s string, full bool) string {
 	var b strings.Builder
 	b.Grow(len(s))
 	for line := range strings.SplitSeq(s, "\n") {
 		if line == "" || strings.HasPrefix(line, "private_key=") {
 			continue
 		}
+		if v, ok := strings.CutPrefix(line, "endpoint="); ok && !full {
+			ep, ok := truncateEndpoint(v)
+			if !ok {
+				continue // not an address we can truncate: not shown at all
+			}
+			line = "endpoint=" + ep
+		}
 		b.WriteString(line)
 		b.WriteByte('\n')
 	}
 	return b.String()
+}
+
+// truncateEndpoint gives the /24 (IPv4) or /48 (IPv6) network address of an
+// ip:port endpoint, with port 0.
+func truncateEndpoint(v string) (string, bool) {
+	ap, err := netip.ParseAddrPort(v)
+	if err != nil {
+		return "", false
+	}
+	a := ap.Addr().Unmap().WithZone("")
+	bits := 48
+	if a.Is4() {
+		bits = 24
+	}
+	p, err := a.Prefix(bits)
+	if err != nil {
+		return "", false
+	}
+	return netip.AddrPortFrom(p.Addr(), 0).String(), true
 }
 
 // Close stops the listener (removing the socket file), closes open

@@ -109,17 +109,45 @@ func TestParseUAPI(t *testing.T) {
 	}
 }
 
-func TestWithoutPrivateKey(t *testing.T) {
-	out := withoutPrivateKey(sampleGet)
-	if strings.Contains(out, "private_key") || strings.Contains(out, "e84b5a6d") {
-		t.Fatalf("private key left in:\n%s", out)
+func TestGetAnswerWithoutPrivateKey(t *testing.T) {
+	for _, full := range []bool{false, true} {
+		out := getAnswer(sampleGet, full)
+		if strings.Contains(out, "private_key") || strings.Contains(out, "e84b5a6d") {
+			t.Fatalf("private key left in:\n%s", out)
+		}
+		if !strings.HasPrefix(out, "listen_port=51820\n") || strings.Contains(out, "\n\n") {
+			t.Fatalf("unexpected rendering:\n%s", out)
+		}
+		st, err := parseUAPI(out)
+		if err != nil || len(st.peers) != 2 || st.hasPrivateKey {
+			t.Fatalf("filtered answer parses as %+v, %v", st, err)
+		}
 	}
-	if !strings.HasPrefix(out, "listen_port=51820\n") || strings.Contains(out, "\n\n") {
-		t.Fatalf("unexpected rendering:\n%s", out)
+}
+
+func TestGetAnswerTruncatesEndpoints(t *testing.T) {
+	in := "listen_port=51820\n" +
+		"public_key=" + strings.Repeat("1", 64) + "\nendpoint=198.51.100.77:41234\n" +
+		"public_key=" + strings.Repeat("2", 64) + "\nendpoint=[2001:db8:1:2::5]:41235\n" +
+		"public_key=" + strings.Repeat("3", 64) + "\nendpoint=[::ffff:203.0.113.9]:7\n" +
+		"public_key=" + strings.Repeat("4", 64) + "\nendpoint=[fe80::1%eth0]:9\n" +
+		"public_key=" + strings.Repeat("5", 64) + "\nendpoint=not-an-address\n"
+	got := getAnswer(in, false)
+	for _, want := range []string{"endpoint=198.51.100.0:0\n", "endpoint=[2001:db8:1::]:0\n", "endpoint=203.0.113.0:0\n", "endpoint=[fe80::]:0\n"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("truncated answer lacks %q:\n%s", want, got)
+		}
 	}
-	st, err := parseUAPI(out)
-	if err != nil || len(st.peers) != 2 || st.hasPrivateKey {
-		t.Fatalf("filtered answer parses as %+v, %v", st, err)
+	for _, leak := range []string{".77", "41234", "1:2::5", "41235", ".9]", "eth0", "not-an-address"} {
+		if strings.Contains(got, leak) {
+			t.Errorf("truncated answer shows %q:\n%s", leak, got)
+		}
+	}
+	if strings.Count(got, "endpoint=") != 4 {
+		t.Errorf("want the unparsable endpoint dropped:\n%s", got)
+	}
+	if full := getAnswer(in, true); !strings.Contains(full, "endpoint=198.51.100.77:41234\n") || !strings.Contains(full, "endpoint=not-an-address\n") {
+		t.Errorf("full answer changed endpoints:\n%s", full)
 	}
 }
 
