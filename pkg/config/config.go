@@ -35,6 +35,20 @@ type Config struct {
 	Throttle  Throttle  `mapstructure:"throttle"`
 	Retention Retention `mapstructure:"retention"`
 	Privacy   Privacy   `mapstructure:"privacy"`
+	Store     Store     `mapstructure:"store"`
+}
+
+// Store drivers.
+const (
+	DriverSQLite   = "sqlite"
+	DriverPostgres = "postgres"
+)
+
+// Store chooses the registry database.
+type Store struct {
+	Driver  string `mapstructure:"driver" usage:"registry database: sqlite (embedded, in data_dir) or postgres (a fleet's shared registry)"`
+	DSN     string `mapstructure:"dsn" usage:"PostgreSQL connection string (key=value or postgres:// URL) with store.driver postgres; for a password prefer DASSET_STORE_DSN or store.dsn_file"`
+	DSNFile string `mapstructure:"dsn_file" usage:"file holding the PostgreSQL connection string (not readable by others), instead of store.dsn"`
 }
 
 // Log configures the process log.
@@ -213,6 +227,7 @@ func Default() Config {
 	return Config{
 		DataDir:     "/var/lib/dasset-gateway",
 		KeystoreDir: "",
+		Store:       Store{Driver: DriverSQLite},
 		Log:         Log{Level: "info", Format: "json"},
 		Tunnel: Tunnel{
 			Mode:                "tun",

@@ -130,6 +130,7 @@ func TestGoodFileValues(t *testing.T) {
 	full := Config{
 		DataDir:     "/data/gw",
 		KeystoreDir: "/keys/gw",
+		Store:       Store{Driver: DriverPostgres, DSN: "host=/run/postgresql dbname=dasset user=gateway"},
 		Log:         Log{Level: "warn", Format: "text"},
 		Tunnel: Tunnel{
 			Mode: "netstack", Interface: "wg.gw_1", ListenPort: 51999, MTU: 1380,
@@ -181,11 +182,13 @@ func TestGoodFileValues(t *testing.T) {
 		t.Errorf("full.yaml = %+v\nwant %+v", c, full)
 	}
 	// full.yaml must really set every key away from its default (but
-	// grpc.insecure, which cannot be true with a certificate).
+	// grpc.insecure, which cannot be true with a certificate, and
+	// store.dsn_file, which cannot be set with store.dsn: see
+	// postgres_dsn_file.yaml).
 	def := reflect.ValueOf(Default())
 	got := reflect.ValueOf(c)
 	for _, f := range fields() {
-		if f.key != "grpc.insecure" && reflect.DeepEqual(got.FieldByIndex(f.path).Interface(), def.FieldByIndex(f.path).Interface()) {
+		if f.key != "grpc.insecure" && f.key != "store.dsn_file" && reflect.DeepEqual(got.FieldByIndex(f.path).Interface(), def.FieldByIndex(f.path).Interface()) {
 			t.Errorf("full.yaml leaves %s at its default", f.key)
 		}
 	}

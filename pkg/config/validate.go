@@ -23,6 +23,8 @@ func (c Config) Validate() error {
 		v.bad("keystore_dir", "must not be data_dir itself: database backups must not hold the keys")
 	}
 
+	c.Store.validate(&v)
+
 	v.oneOf("log.level", c.Log.Level, "debug", "info", "warn", "error")
 	v.oneOf("log.format", c.Log.Format, "json", "text")
 

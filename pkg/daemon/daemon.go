@@ -40,6 +40,7 @@ import (
 	"github.com/planetxlabs/dasset-gateway/pkg/privacy"
 	"github.com/planetxlabs/dasset-gateway/pkg/retention"
 	"github.com/planetxlabs/dasset-gateway/pkg/store"
+	"github.com/planetxlabs/dasset-gateway/pkg/store/postgres"
 	"github.com/planetxlabs/dasset-gateway/pkg/tlsutil"
 	gatewayv1 "github.com/planetxlabs/dasset-gateway/proto/dasset/gateway/v1"
 	"github.com/planetxlabs/dasset-gateway/tunnel/link"
@@ -55,7 +56,7 @@ type Daemon struct {
 	cfg  config.Config
 	log  *slog.Logger
 	keys *privacy.Keystore
-	st   *store.SQLite
+	st   store.Store
 	plan *ipam.Allocator
 	dev  *wg.Device
 	rt   *router.Router
@@ -125,8 +126,8 @@ func New(ctx context.Context, cfg config.Config, opt Options) (_ *Daemon, err er
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data_dir: %w", err)
 	}
-	if d.st, err = store.OpenSQLite(ctx, filepath.Join(cfg.DataDir, "gateway.db"), store.WithObserver(d.m.ObserveStore)); err != nil {
-		return nil, fmt.Errorf("store: %w", err)
+	if d.st, err = openStore(ctx, cfg, d.m.ObserveStore); err != nil {
+		return nil, err
 	}
 	d.closers = append(d.closers, d.st.Close)
 
@@ -306,7 +307,7 @@ func loadPolicy(cfg config.Config) (*privacy.Policy, error) {
 // upgradeVerifiers wraps the HMAC-only HWID verifiers of an older database
 // into the current memory-hard ones (no HWID needed), then checkpoints so no
 // old verifier stays in the WAL or the database file.
-func upgradeVerifiers(ctx context.Context, st *store.SQLite, ks *privacy.Keystore, log *slog.Logger) error {
+func upgradeVerifiers(ctx context.Context, st store.Store, ks *privacy.Keystore, log *slog.Logger) error {
 	start := time.Now()
 	n, err := st.UpgradeVerifiers(ctx, ks.UpgradeVerifier)
 	if err != nil {
@@ -322,9 +323,34 @@ func upgradeVerifiers(ctx context.Context, st *store.SQLite, ks *privacy.Keystor
 	return nil
 }
 
+// openStore opens the registry store.driver names: the embedded SQLite
+// file in data_dir, or the PostgreSQL database of store.dsn (or
+// store.dsn_file), migrated at open.
+func openStore(ctx context.Context, cfg config.Config, observe func(op string, d time.Duration, err error)) (store.Store, error) {
+	switch cfg.Store.Driver {
+	case config.DriverSQLite:
+		st, err := store.OpenSQLite(ctx, filepath.Join(cfg.DataDir, "gateway.db"), store.WithObserver(observe))
+		if err != nil {
+			return nil, fmt.Errorf("store: %w", err)
+		}
+		return st, nil
+	case config.DriverPostgres:
+		dsn, err := cfg.Store.ResolveDSN()
+		if err != nil {
+			return nil, err
+		}
+		st, err := postgres.Open(ctx, dsn, postgres.WithObserver(observe))
+		if err != nil {
+			return nil, fmt.Errorf("store (postgres): %w", err)
+		}
+		return st, nil
+	}
+	return nil, fmt.Errorf("store.driver: unknown driver %q", cfg.Store.Driver)
+}
+
 // checkKeystoreID refuses a database written with another keystore: its
 // sealed values and blind indexes would be unreadable.
-func checkKeystoreID(ctx context.Context, st *store.SQLite, ks *privacy.Keystore) error {
+func checkKeystoreID(ctx context.Context, st store.Store, ks *privacy.Keystore) error {
 	id, err := st.Meta(ctx, "keystore_id")
 	if err != nil {
 		return fmt.Errorf("store: %w", err)
