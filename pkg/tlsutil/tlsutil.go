@@ -20,6 +20,7 @@ import (
 	"io/fs"
 	"math/big"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -37,9 +38,12 @@ const (
 // EnsureSelfSigned returns the server certificate and key in dir
 // (dir/tls.crt, dir/tls.key). When neither exists it makes an ECDSA P-256
 // self-signed certificate valid for two years from now, for "localhost",
-// 127.0.0.1, ::1, the host name and every entry of hosts (a DNS name or an
-// IP address), and writes the key with mode 0600. fingerprint is the
-// lowercase hex SHA-256 of the leaf certificate's DER, the pin clients use.
+// 127.0.0.1, ::1, the host name, the host's own non-loopback addresses
+// (HostAddrs) and every entry of hosts (a DNS name or an IP address), and
+// writes the key with mode 0600, so that clients given the certificate as
+// their CA can dial the host by any of its names or addresses. fingerprint
+// is the lowercase hex SHA-256 of the leaf certificate's DER, the pin
+// clients use.
 func EnsureSelfSigned(dir string, hosts []string, now time.Time) (certFile, keyFile, fingerprint string, err error) {
 	certFile = filepath.Join(dir, CertFileName)
 	keyFile = filepath.Join(dir, KeyFileName)
@@ -66,7 +70,11 @@ func EnsureSelfSigned(dir string, hosts []string, now time.Time) (certFile, keyF
 		return "", "", "", fmt.Errorf("tlsutil: %s is missing while its pair exists; remove both to make a new self-signed certificate", missing)
 	}
 
-	certPEM, keyPEM, der, err := selfSigned(hosts, now)
+	local, err := HostAddrs()
+	if err != nil {
+		return "", "", "", err
+	}
+	certPEM, keyPEM, der, err := selfSigned(hosts, local, now)
 	if err != nil {
 		return "", "", "", err
 	}
@@ -84,7 +92,29 @@ func EnsureSelfSigned(dir string, hosts []string, now time.Time) (certFile, keyF
 	return certFile, keyFile, Fingerprint(der), nil
 }
 
-func selfSigned(hosts []string, now time.Time) (certPEM, keyPEM, der []byte, err error) {
+// HostAddrs returns the host's own unicast addresses that others can dial:
+// every interface address except loopback, link-local and multicast ones.
+func HostAddrs() ([]netip.Addr, error) {
+	ifAddrs, err := net.InterfaceAddrs()
+	if err != nil {
+		return nil, fmt.Errorf("tlsutil: the host's addresses: %w", err)
+	}
+	var out []netip.Addr
+	for _, a := range ifAddrs {
+		p, err := netip.ParsePrefix(a.String())
+		if err != nil {
+			continue
+		}
+		ip := p.Addr().Unmap()
+		if ip.IsLoopback() || ip.IsLinkLocalUnicast() || ip.IsMulticast() || ip.IsUnspecified() || !ip.IsGlobalUnicast() {
+			continue
+		}
+		out = append(out, ip.WithZone(""))
+	}
+	return out, nil
+}
+
+func selfSigned(hosts []string, local []netip.Addr, now time.Time) (certPEM, keyPEM, der []byte, err error) {
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("tlsutil: generate key: %w", err)
@@ -112,6 +142,9 @@ func selfSigned(hosts []string, now time.Time) (certPEM, keyPEM, der []byte, err
 	all := append([]string{}, hosts...)
 	if h, err := os.Hostname(); err == nil && checkHost(h) == nil {
 		all = append(all, h)
+	}
+	for _, a := range local {
+		all = append(all, a.String())
 	}
 	for _, h := range all {
 		h = strings.TrimSpace(h)
@@ -291,14 +324,75 @@ func ClientConfig(caFile, pin, serverName string) (*tls.Config, error) {
 			}
 			return nil
 		}
-	case caFile != "":
-		pool, err := loadPool(caFile)
-		if err != nil {
-			return nil, err
+	default:
+		var pool *x509.CertPool // nil: the system roots
+		if caFile != "" {
+			p, err := loadPool(caFile)
+			if err != nil {
+				return nil, err
+			}
+			pool = p
 		}
+		// The chain and the name are checked here rather than by crypto/tls,
+		// so that a name mismatch says which name was dialled and which
+		// names the certificate has.
 		cfg.RootCAs = pool
+		cfg.InsecureSkipVerify = true // replaced by verifyChainAndName
+		cfg.VerifyConnection = func(cs tls.ConnectionState) error {
+			name := serverName
+			if name == "" {
+				name = cs.ServerName
+			}
+			return verifyChainAndName(cs.PeerCertificates, pool, name)
+		}
 	}
 	return cfg, nil
+}
+
+// verifyChainAndName verifies the server's chain against roots (nil: the
+// system roots) for server authentication, then the leaf for name.
+func verifyChainAndName(certs []*x509.Certificate, roots *x509.CertPool, name string) error {
+	if len(certs) == 0 {
+		return errors.New("tlsutil: server sent no certificate")
+	}
+	opts := x509.VerifyOptions{Roots: roots, Intermediates: x509.NewCertPool()}
+	for _, c := range certs[1:] {
+		opts.Intermediates.AddCert(c)
+	}
+	if _, err := certs[0].Verify(opts); err != nil {
+		return fmt.Errorf("tlsutil: server certificate: %w", err)
+	}
+	if name == "" {
+		return errors.New("tlsutil: no server name to check the certificate against")
+	}
+	if err := certs[0].VerifyHostname(name); err != nil {
+		return &NameMismatchError{Dialled: name, Names: CertNames(certs[0])}
+	}
+	return nil
+}
+
+// NameMismatchError is a server certificate that is valid, but not for the
+// name the client dialled.
+type NameMismatchError struct {
+	Dialled string   // the host name or address the client dialled
+	Names   []string // every DNS name and IP address the certificate has
+}
+
+func (e *NameMismatchError) Error() string {
+	names := "no names at all"
+	if len(e.Names) > 0 {
+		names = strings.Join(e.Names, ", ")
+	}
+	return fmt.Sprintf("tlsutil: the server's certificate is not valid for %s, the name dialled; it is valid for %s", e.Dialled, names)
+}
+
+// CertNames lists a certificate's DNS names and IP addresses.
+func CertNames(c *x509.Certificate) []string {
+	out := append([]string{}, c.DNSNames...)
+	for _, ip := range c.IPAddresses {
+		out = append(out, ip.String())
+	}
+	return out
 }
 
 // ServerConfig returns a TLS 1.3 server config with the given key pair. With

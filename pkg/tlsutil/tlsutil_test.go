@@ -9,8 +9,10 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -141,7 +143,13 @@ func TestParsePin(t *testing.T) {
 // serve runs a TLS echo-once server on loopback with cfg and returns its address.
 func serve(t *testing.T, cfg *tls.Config) string {
 	t.Helper()
-	ln, err := tls.Listen("tcp", "127.0.0.1:0", cfg)
+	return serveOn(t, "127.0.0.1:0", cfg)
+}
+
+// serveOn is serve on the address at.
+func serveOn(t *testing.T, at string, cfg *tls.Config) string {
+	t.Helper()
+	ln, err := tls.Listen("tcp", at, cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -337,5 +345,108 @@ func TestServerConfigMutualTLS(t *testing.T) {
 
 	if _, err := ServerConfig(cert, key, filepath.Join(dir, "nope.pem")); err == nil {
 		t.Fatal("ServerConfig accepted a missing client CA file")
+	}
+}
+
+// The self-made certificate names the host's own addresses: a client given
+// it as its CA can dial the gateway at a non-loopback address.
+func TestSelfSignedNamesHostAddresses(t *testing.T) {
+	// Any given list of local addresses ends up in the certificate.
+	_, _, der, err := selfSigned(nil, []netip.Addr{netip.MustParseAddr("192.0.2.9"), netip.MustParseAddr("2001:db8::9")}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	leaf, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, h := range []string{"192.0.2.9", "2001:db8::9", "localhost", "127.0.0.1"} {
+		if err := leaf.VerifyHostname(h); err != nil {
+			t.Errorf("certificate not valid for %s: %v", h, err)
+		}
+	}
+
+	// This host's: the certificate EnsureSelfSigned makes works through a
+	// real TLS handshake on each of them.
+	local, err := HostAddrs()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(local) == 0 {
+		t.Skip("this host has no non-loopback address")
+	}
+	dir := t.TempDir()
+	cert, key, _, err := EnsureSelfSigned(dir, nil, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := ServerConfig(cert, key, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, a := range local {
+		if a.IsLoopback() || a.IsLinkLocalUnicast() {
+			t.Fatalf("HostAddrs returned %s", a)
+		}
+		addr := serveOn(t, netip.AddrPortFrom(a, 0).String(), srv)
+		cli, err := ClientConfig(cert, "", a.String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := roundTrip(addr, cli); err != nil {
+			t.Errorf("dialling %s with the self-made certificate as CA: %v", addr, err)
+		}
+	}
+}
+
+// A name mismatch says which name was dialled and which names the
+// certificate has.
+func TestNameMismatchNamesBoth(t *testing.T) {
+	dir := t.TempDir()
+	cert, key, _, err := EnsureSelfSigned(dir, []string{"gw.example.test"}, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := ServerConfig(cert, key, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := serve(t, srv)
+	for _, dialled := range []string{"other.invalid", "198.51.100.7"} {
+		cli, err := ClientConfig(cert, "", dialled)
+		if err != nil {
+			t.Fatal(err)
+		}
+		err = roundTrip(addr, cli)
+		var nm *NameMismatchError
+		if !errors.As(err, &nm) {
+			t.Fatalf("dialling as %s: %v, want a NameMismatchError", dialled, err)
+		}
+		if nm.Dialled != dialled {
+			t.Fatalf("error names %q as dialled, want %q", nm.Dialled, dialled)
+		}
+		for _, want := range []string{"localhost", "gw.example.test", "127.0.0.1", "::1"} {
+			if !slices.Contains(nm.Names, want) || !strings.Contains(err.Error(), want) {
+				t.Fatalf("error %q / names %v lack %s", err, nm.Names, want)
+			}
+		}
+		if !strings.Contains(err.Error(), "not valid for "+dialled+", the name dialled") {
+			t.Fatalf("error %q does not name the dialled %s", err, dialled)
+		}
+	}
+	// A chain that does not verify is not reported as a name mismatch.
+	other, _, _, err := EnsureSelfSigned(t.TempDir(), nil, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	cli, err := ClientConfig(other, "", "localhost")
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = roundTrip(addr, cli)
+	var nm *NameMismatchError
+	var unknown x509.UnknownAuthorityError
+	if err == nil || errors.As(err, &nm) || !errors.As(err, &unknown) {
+		t.Fatalf("another CA: %v, want an unknown-authority error", err)
 	}
 }
