@@ -100,6 +100,8 @@ type Agent struct {
 	readyOnce sync.Once
 	running   atomic.Bool
 
+	scrub *addrScrubber // keeps the gateway's own addresses in log lines
+
 	mu  sync.Mutex
 	tun *tunnel // nil while down
 }
@@ -162,6 +164,7 @@ func New(cfg Config) (*Agent, error) {
 	return &Agent{
 		cfg:    cfg,
 		log:    cfg.Logger,
+		scrub:  newAddrScrubber(cfg.Gateway),
 		serial: serial,
 		hwid:   hwid,
 		priv:   priv,
@@ -207,7 +210,7 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.cfg.Insecure {
 		a.log.Warn("TLS is off (--insecure): the gateway is not authenticated and traffic to it is readable")
 	}
-	conn, err := Dial(a.cfg.Gateway, a.cfg.tlsOptions())
+	conn, err := dialWith(a.cfg.Gateway, a.cfg.tlsOptions(), a.scrub)
 	if err != nil {
 		return err
 	}
@@ -247,16 +250,16 @@ func (a *Agent) teardown() {
 func (a *Agent) markReady() { a.readyOnce.Do(func() { close(a.ready) }) }
 
 // wgLogger adapts wireguard-go's logger to slog at debug (verbose) and warn
-// (errors), with IP addresses scrubbed.
-func wgLogger(l *slog.Logger) *device.Logger {
+// (errors), with IP addresses but the gateway's scrubbed.
+func wgLogger(l *slog.Logger, sc *addrScrubber) *device.Logger {
 	return &device.Logger{
 		Verbosef: func(format string, args ...any) {
 			if l.Enabled(context.Background(), slog.LevelDebug) {
-				l.Debug(scrubAddrs(fmt.Sprintf(format, args...)), "component", "wireguard")
+				l.Debug(sc.text(fmt.Sprintf(format, args...)), "component", "wireguard")
 			}
 		},
 		Errorf: func(format string, args ...any) {
-			l.Warn(scrubAddrs(fmt.Sprintf(format, args...)), "component", "wireguard")
+			l.Warn(sc.text(fmt.Sprintf(format, args...)), "component", "wireguard")
 		},
 	}
 }

@@ -203,7 +203,7 @@ func clientError(op string, err error) error {
 	default:
 		kind = ErrUnavailable
 	}
-	return fmt.Errorf("%s: %w: %s", op, kind, scrubAddrs(st.Message()))
+	return fmt.Errorf("%s: %w: %s", op, kind, st.Message())
 }
 
 // call dials the gateway and runs f with a ClientService client and a
@@ -220,12 +220,13 @@ func call(ctx context.Context, cfg ClientConfig, withToken bool, f func(context.
 		}
 		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+tok)
 	}
-	conn, err := Dial(cfg.Gateway, cfg.TLS)
+	sc := newAddrScrubber(cfg.Gateway)
+	conn, err := dialWith(cfg.Gateway, cfg.TLS, sc)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
-	return f(ctx, gatewayv1.NewClientServiceClient(conn))
+	return sc.err(f(ctx, gatewayv1.NewClientServiceClient(conn)))
 }
 
 // ClientLogin logs in with cfg.Account and cfg.Password and returns the
@@ -419,7 +420,8 @@ func OpenSession(ctx context.Context, cfg ClientConfig, serial string) (*Session
 	if err != nil {
 		return nil, err
 	}
-	conn, err := Dial(cfg.Gateway, cfg.TLS)
+	sc := newAddrScrubber(cfg.Gateway)
+	conn, err := dialWith(cfg.Gateway, cfg.TLS, sc)
 	if err != nil {
 		return nil, err
 	}
@@ -431,14 +433,14 @@ func OpenSession(ctx context.Context, cfg ClientConfig, serial string) (*Session
 		&gatewayv1.OpenSessionRequest{SerialNumber: serial, ClientPublicKey: pub[:]})
 	if err != nil {
 		conn.Close()
-		return nil, clientError("open session", err)
+		return nil, sc.err(clientError("open session", err))
 	}
 	s.id, s.expires, s.opened = resp.GetSessionId(), resp.GetExpiresAt().AsTime(), time.Now()
 	fail := func(err error) (*Session, error) {
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), clientCallTimeout)
 		defer cancel()
 		if _, cerr := gatewayv1.NewClientServiceClient(conn).CloseSession(s.authCtx(cctx), &gatewayv1.CloseSessionRequest{SessionId: s.id}); cerr != nil {
-			s.log.Warn("closing the session after a failed start", "session", s.id, "error", errorMessage(cerr))
+			s.log.Warn("closing the session after a failed start", "session", s.id, "error", sc.message(cerr))
 		}
 		conn.Close()
 		return nil, err
@@ -472,7 +474,7 @@ func OpenSession(ctx context.Context, cfg ClientConfig, serial string) (*Session
 		mode = "netstack"
 	}
 	if !cfg.NoTunnel {
-		t, err := newTunnel(lc, priv, cfg.Netstack, cfg.Interface, s.log)
+		t, err := newTunnel(lc, priv, cfg.Netstack, cfg.Interface, s.log, sc)
 		if err != nil {
 			return fail(fmt.Errorf("session tunnel: %w", err))
 		}

@@ -49,6 +49,12 @@ func (o TLSOptions) Validate() error {
 // connection is made by the first call. Shared by the device agent and the
 // client mode. extra options come last and so override the defaults.
 func Dial(gateway string, opts TLSOptions, extra ...grpc.DialOption) (*grpc.ClientConn, error) {
+	return dialWith(gateway, opts, nil, extra...)
+}
+
+// dialWith is Dial; with sc, the addresses of the gateway's certificate are
+// kept by sc.
+func dialWith(gateway string, opts TLSOptions, sc *addrScrubber, extra ...grpc.DialOption) (*grpc.ClientConn, error) {
 	host, err := splitGateway(gateway)
 	if err != nil {
 		return nil, err
@@ -63,6 +69,9 @@ func Dial(gateway string, opts TLSOptions, extra ...grpc.DialOption) (*grpc.Clie
 		cfg, err := tlsutil.ClientConfig(opts.CAFile, opts.Pin, host)
 		if err != nil {
 			return nil, err
+		}
+		if sc != nil {
+			sc.watchCert(cfg)
 		}
 		creds = credentials.NewTLS(cfg)
 	}

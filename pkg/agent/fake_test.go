@@ -413,12 +413,29 @@ func waitFor(t *testing.T, limit time.Duration, what string, cond func() bool) {
 	})
 }
 
-// testClock is an agent's clock in tests: the wall clock plus an offset
-// the test moves forward instead of sleeping.
+// testClock is an agent's clock in tests: it stands still until the test
+// moves it forward (instead of sleeping).
 type testClock struct{ offset atomic.Int64 }
 
-func (c *testClock) Now() time.Time          { return time.Now().Add(time.Duration(c.offset.Load())) }
+var testEpoch = time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+
+func (c *testClock) Now() time.Time          { return testEpoch.Add(time.Duration(c.offset.Load())) }
 func (c *testClock) Advance(d time.Duration) { c.offset.Add(int64(d)) }
+
+// countEvents makes cfg count the agent's Sync events. The first one proves
+// that the handshake the agent forces when its stream connects has been
+// decided, so a test's clock moves only after it.
+func countEvents(cfg *Config) *atomic.Int32 {
+	var n atomic.Int32
+	prev := cfg.OnEvent
+	cfg.OnEvent = func(ev *gatewayv1.SyncEvent) {
+		if prev != nil {
+			prev(ev)
+		}
+		n.Add(1)
+	}
+	return &n
+}
 
 // logCounter is a slog.Handler that counts records by message (and passes
 // them on to next): what the agent logged is the evidence of what it tried.

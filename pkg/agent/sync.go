@@ -49,7 +49,7 @@ func (a *Agent) login(ctx context.Context, client gatewayv1.DeviceServiceClient)
 		// already jittered by the gateway), never coming back sooner than
 		// our own backoff.
 		d := max(bo.next(), hint)
-		a.log.Warn("login failed; retrying", "code", status.Code(err).String(), "error", scrubAddrs(status.Convert(err).Message()), "attempt", attempt, "retry_in", d)
+		a.log.Warn("login failed; retrying", "code", status.Code(err).String(), "error", a.scrub.message(err), "attempt", attempt, "retry_in", d)
 		if err := sleep(ctx, d); err != nil {
 			return nil, err
 		}
@@ -128,7 +128,7 @@ func (a *Agent) syncLoop(ctx context.Context, client gatewayv1.DeviceServiceClie
 		if c := status.Code(err); c == codes.Unauthenticated || c == codes.PermissionDenied {
 			// The token is unknown (a wiped or replaced gateway) or no longer
 			// good: a fresh login says whether the device is still welcome.
-			a.log.Warn("the gateway refused the device token; logging in again", "code", c.String(), "error", scrubAddrs(status.Convert(err).Message()))
+			a.log.Warn("the gateway refused the device token; logging in again", "code", c.String(), "error", a.scrub.message(err))
 			if reloginPending {
 				// The last fresh token was refused too: do not spin.
 				if err := sleep(ctx, bo.next()); err != nil {
@@ -147,21 +147,11 @@ func (a *Agent) syncLoop(ctx context.Context, client gatewayv1.DeviceServiceClie
 			continue
 		}
 		d := bo.next()
-		a.log.Warn("sync stream ended; reconnecting", "code", status.Code(err).String(), "error", errorMessage(err), "retry_in", d)
+		a.log.Warn("sync stream ended; reconnecting", "code", status.Code(err).String(), "error", a.scrub.message(err), "retry_in", d)
 		if err := sleep(ctx, d); err != nil {
 			return err
 		}
 	}
-}
-
-func errorMessage(err error) string {
-	if err == nil {
-		return "end of stream"
-	}
-	if s, ok := status.FromError(err); ok {
-		return scrubAddrs(s.Message())
-	}
-	return scrubAddrs(err.Error())
 }
 
 // syncOnce opens one Sync stream and handles its events until it ends.

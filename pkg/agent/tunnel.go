@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -207,14 +206,14 @@ func (a *Agent) configure(ctx context.Context, resp *gatewayv1.DeviceLoginRespon
 }
 
 func (a *Agent) bringUp(lc loginConfig) (*tunnel, error) {
-	return newTunnel(lc, a.priv, a.cfg.Netstack, a.cfg.Interface, a.log)
+	return newTunnel(lc, a.priv, a.cfg.Netstack, a.cfg.Interface, a.log, a.scrub)
 }
 
 // newTunnel builds a wireguard-go device with private key priv and the
 // gateway as its one peer, on a userspace netstack or on a kernel TUN named
 // iface (addressed with lc.addrs, routed to the peer's allowed IPs), and
 // starts the first handshake. Shared by the device agent and client sessions.
-func newTunnel(lc loginConfig, priv [32]byte, useNetstack bool, iface string, log *slog.Logger) (*tunnel, error) {
+func newTunnel(lc loginConfig, priv [32]byte, useNetstack bool, iface string, log *slog.Logger, sc *addrScrubber) (*tunnel, error) {
 	t := &tunnel{addrs: lc.addrs, mtu: lc.mtu, peer: lc.peer}
 	var tdev tun.Device
 	if useNetstack {
@@ -234,7 +233,7 @@ func newTunnel(lc loginConfig, priv [32]byte, useNetstack bool, iface string, lo
 		}
 		tdev = d
 	}
-	t.dev = device.NewDevice(tdev, conn.NewDefaultBind(), wgLogger(log))
+	t.dev = device.NewDevice(tdev, conn.NewDefaultBind(), wgLogger(log, sc))
 	conf := "private_key=" + hex.EncodeToString(priv[:]) + "\nreplace_peers=true\n" + lc.peer.uapi()
 	if err := t.dev.IpcSet(conf); err != nil {
 		t.dev.Close()
@@ -289,8 +288,3 @@ func (a *Agent) forceHandshake(why string) {
 	a.afterPeerSet(t)
 	a.log.Debug("forced a WireGuard handshake", "reason", why)
 }
-
-var addrRE = regexp.MustCompile(`\[[0-9A-Fa-f:.%a-z]+\](:\d+)?|\b\d{1,3}(\.\d{1,3}){3}(:\d+)?\b|\b[0-9A-Fa-f]{0,4}(:[0-9A-Fa-f]{0,4}){2,7}\b`)
-
-// scrubAddrs replaces IP addresses in a wireguard-go log line.
-func scrubAddrs(s string) string { return addrRE.ReplaceAllString(s, "[addr]") }
