@@ -120,6 +120,16 @@ type ConnLogEntry struct {
 	SourcePrefix string // truncated source IP prefix ("198.51.100.0/24"), or ""
 }
 
+// Gateway is one gateway of the fleet (the only one on a single SQLite
+// gateway), as it last reported itself.
+type Gateway struct {
+	InstanceID  string // stable across restarts
+	PublicKey   Key    // its WireGuard key
+	Endpoint    string // host:port devices dial for WireGuard; "" = the address their gRPC connection reached
+	StartedAt   time.Time
+	HeartbeatAt time.Time
+}
+
 // Table names, used by Prune and in erasure receipts.
 const (
 	TableDevices      = "devices"
@@ -227,6 +237,11 @@ type Store interface {
 	// (meta "verifier_version" is "1"), and records version 2. It returns
 	// how many rows it rewrote (0 when there was nothing to upgrade).
 	UpgradeVerifiers(ctx context.Context, upgrade func(privacy.Verifier) privacy.Verifier) (int, error)
+
+	// Gateways. Heartbeat records g (insert or replace by InstanceID);
+	// Gateways lists every gateway by instance id.
+	Heartbeat(ctx context.Context, g Gateway) error
+	Gateways(ctx context.Context) ([]Gateway, error)
 
 	// Metadata of the store itself (e.g. the keystore id it was written with).
 	Meta(ctx context.Context, key string) (string, error)

@@ -63,6 +63,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"Erase/DeviceReceipt", testEraseDevice},
 		{"Erase/AccountReceipt", testEraseAccount},
 		{"Meta", testMeta},
+		{"Gateways", testGateways},
 		{"Checkpoint", testCheckpoint},
 		{"Meta/UpgradeVerifiers", testUpgradeVerifiers},
 		{"ConnLog", testConnLog},
@@ -1874,4 +1875,50 @@ func testCheckpoint(t *h) {
 	t.must(err, "DeviceByID after Checkpoint")
 	_, err = t.s.DeviceByID(t.ctx, devs[0].ID)
 	t.wantErr(err, store.ErrNotFound, "erased device after Checkpoint")
+}
+
+// testGateways: a heartbeat inserts a gateway's record, the next replaces
+// it (same instance, new key, endpoint and times); bad records are refused
+// with the field named and write nothing.
+func testGateways(t *h) {
+	gs, err := t.s.Gateways(t.ctx)
+	t.must(err, "Gateways")
+	if len(gs) != 0 {
+		t.Fatalf("Gateways of an empty store: %+v", gs)
+	}
+	a := store.Gateway{InstanceID: "gw-b", PublicKey: random[store.Key](), Endpoint: "198.51.100.7:51820",
+		StartedAt: t0, HeartbeatAt: t0.Add(time.Second)}
+	b := store.Gateway{InstanceID: "gw-a", PublicKey: random[store.Key](), StartedAt: t0, HeartbeatAt: t0}
+	t.must(t.s.Heartbeat(t.ctx, a), "Heartbeat a")
+	t.must(t.s.Heartbeat(t.ctx, b), "Heartbeat b")
+	a2 := a
+	a2.PublicKey, a2.Endpoint, a2.StartedAt, a2.HeartbeatAt = random[store.Key](), "gw.example.net:51999", t0.Add(time.Hour), t0.Add(time.Hour+time.Second)
+	t.must(t.s.Heartbeat(t.ctx, a2), "Heartbeat a again")
+	gs, err = t.s.Gateways(t.ctx)
+	t.must(err, "Gateways")
+	same := func(x, y store.Gateway) bool {
+		return x.InstanceID == y.InstanceID && x.PublicKey == y.PublicKey && x.Endpoint == y.Endpoint &&
+			x.StartedAt.Equal(y.StartedAt) && x.HeartbeatAt.Equal(y.HeartbeatAt)
+	}
+	if len(gs) != 2 || !same(gs[0], b) || !same(gs[1], a2) {
+		t.Fatalf("Gateways = %+v, want [%+v %+v]", gs, b, a2)
+	}
+	for name, mut := range map[string]func(*store.Gateway){
+		"instance_id":  func(g *store.Gateway) { g.InstanceID = "" },
+		"public_key":   func(g *store.Gateway) { g.PublicKey = store.Key{} },
+		"heartbeat_at": func(g *store.Gateway) { g.HeartbeatAt = time.Time{} },
+	} {
+		bad := store.Gateway{InstanceID: "gw-bad", PublicKey: random[store.Key](), StartedAt: t0, HeartbeatAt: t0}
+		mut(&bad)
+		err := t.s.Heartbeat(t.ctx, bad)
+		t.wantErr(err, privacy.ErrInvalid, "Heartbeat with a bad "+name)
+		if !strings.Contains(err.Error(), name) {
+			t.Fatalf("Heartbeat with a bad %s: %v does not name it", name, err)
+		}
+	}
+	gs, err = t.s.Gateways(t.ctx)
+	t.must(err, "Gateways")
+	if len(gs) != 2 {
+		t.Fatalf("refused heartbeats wrote something: %+v", gs)
+	}
 }

@@ -1,0 +1,69 @@
+package store
+
+import (
+	"context"
+	"fmt"
+)
+
+// checkGateway validates a gateway record before it is written.
+func checkGateway(g Gateway) error {
+	switch {
+	case g.InstanceID == "":
+		return invalid("instance_id", "must not be empty")
+	case len(g.InstanceID) > 64:
+		return invalid("instance_id", "must be at most 64 bytes")
+	case g.PublicKey == Key{}:
+		return invalid("public_key", "must not be zero")
+	case len(g.Endpoint) > 255:
+		return invalid("endpoint", "must be at most 255 bytes")
+	}
+	if err := checkTime("started_at", g.StartedAt); err != nil {
+		return err
+	}
+	return checkTime("heartbeat_at", g.HeartbeatAt)
+}
+
+// CheckGateway validates a gateway record as every backend does.
+func CheckGateway(g Gateway) error { return checkGateway(g) }
+
+// Heartbeat records g, replacing the gateway's previous record.
+func (s *SQLite) Heartbeat(ctx context.Context, g Gateway) error {
+	if err := checkGateway(g); err != nil {
+		return fmt.Errorf("store: Heartbeat: %w", err)
+	}
+	return s.write(ctx, "Heartbeat", func(tx *wtx) error {
+		_, err := tx.ExecContext(ctx, `INSERT INTO gateways (instance_id, public_key, endpoint, started_at, heartbeat_at) VALUES (?, ?, ?, ?, ?)
+			ON CONFLICT (instance_id) DO UPDATE SET public_key = excluded.public_key, endpoint = excluded.endpoint,
+			started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at`,
+			g.InstanceID, g.PublicKey[:], g.Endpoint, nanos(g.StartedAt), nanos(g.HeartbeatAt))
+		return err
+	})
+}
+
+// Gateways lists every gateway, by instance id.
+func (s *SQLite) Gateways(ctx context.Context) (out []Gateway, err error) {
+	err = s.read(ctx, "Gateways", func(db *rdb) error {
+		rows, err := db.QueryContext(ctx, `SELECT instance_id, public_key, endpoint, started_at, heartbeat_at FROM gateways ORDER BY instance_id`)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var (
+				g           Gateway
+				key         []byte
+				start, beat int64
+			)
+			if err := rows.Scan(&g.InstanceID, &key, &g.Endpoint, &start, &beat); err != nil {
+				return err
+			}
+			if err := to32((*[32]byte)(&g.PublicKey), key, "public_key"); err != nil {
+				return err
+			}
+			g.StartedAt, g.HeartbeatAt = fromNanos(start), fromNanos(beat)
+			out = append(out, g)
+		}
+		return rows.Err()
+	})
+	return out, err
+}

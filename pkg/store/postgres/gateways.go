@@ -1,0 +1,52 @@
+package postgres
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/planetxlabs/dasset-gateway/pkg/store"
+)
+
+// Heartbeat records g, replacing the gateway's previous record.
+func (s *Store) Heartbeat(ctx context.Context, g store.Gateway) error {
+	if err := store.CheckGateway(g); err != nil {
+		return fmt.Errorf("store: Heartbeat: %w", err)
+	}
+	return s.write(ctx, "Heartbeat", func(tx pgx.Tx) error {
+		_, err := tx.Exec(ctx, `INSERT INTO gateways (instance_id, public_key, endpoint, started_at, heartbeat_at) VALUES ($1, $2, $3, $4, $5)
+			ON CONFLICT (instance_id) DO UPDATE SET public_key = excluded.public_key, endpoint = excluded.endpoint,
+			started_at = excluded.started_at, heartbeat_at = excluded.heartbeat_at`,
+			g.InstanceID, g.PublicKey[:], g.Endpoint, nanos(g.StartedAt), nanos(g.HeartbeatAt))
+		return err
+	})
+}
+
+// Gateways lists every gateway, by instance id.
+func (s *Store) Gateways(ctx context.Context) (out []store.Gateway, err error) {
+	err = s.read(ctx, "Gateways", func(q querier) error {
+		rows, err := q.Query(ctx, `SELECT instance_id, public_key, endpoint, started_at, heartbeat_at FROM gateways ORDER BY instance_id`)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var (
+				g           store.Gateway
+				key         []byte
+				start, beat int64
+			)
+			if err := rows.Scan(&g.InstanceID, &key, &g.Endpoint, &start, &beat); err != nil {
+				return err
+			}
+			if err := to32((*[32]byte)(&g.PublicKey), key, "public_key"); err != nil {
+				return err
+			}
+			g.StartedAt, g.HeartbeatAt = fromNanos(start), fromNanos(beat)
+			out = append(out, g)
+		}
+		return rows.Err()
+	})
+	return out, err
+}
