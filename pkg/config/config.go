@@ -22,7 +22,7 @@ import (
 // YAML keys; the usage tags are the flags' help texts.
 type Config struct {
 	DataDir     string `mapstructure:"data_dir" usage:"directory of the database"`
-	KeystoreDir string `mapstructure:"keystore_dir" usage:"directory of the key files (empty: <data_dir>/keystore)"`
+	KeystoreDir string `mapstructure:"keystore_dir" usage:"directory of the key files, outside data_dir (empty: <data_dir>-keys, i.e. /var/lib/dasset-gateway-keys)"`
 
 	Log       Log       `mapstructure:"log"`
 	Tunnel    Tunnel    `mapstructure:"tunnel"`
@@ -294,10 +294,17 @@ func Default() Config {
 	}
 }
 
-// KeystorePath returns keystore_dir, or <data_dir>/keystore when it is empty.
+// KeystorePath returns keystore_dir, or <data_dir>-keys when it is empty
+// (/var/lib/dasset-gateway-keys for the default data_dir): beside the data
+// directory, never inside it, so that no copy of the data directory holds
+// the keys.
 func (c Config) KeystorePath() string {
 	if c.KeystoreDir != "" {
 		return c.KeystoreDir
 	}
-	return filepath.Join(c.DataDir, "keystore")
+	return filepath.Clean(c.DataDir) + "-keys"
 }
+
+// LegacyKeystorePath is where keystores were kept by default before they
+// moved out of the data directory.
+func (c Config) LegacyKeystorePath() string { return filepath.Join(c.DataDir, "keystore") }

@@ -489,7 +489,7 @@ func TestEffectiveOperators(t *testing.T) {
 
 func TestKeystorePath(t *testing.T) {
 	c := Default()
-	if got := c.KeystorePath(); got != "/var/lib/dasset-gateway/keystore" {
+	if got := c.KeystorePath(); got != "/var/lib/dasset-gateway-keys" {
 		t.Errorf("default KeystorePath() = %q", got)
 	}
 	c.KeystoreDir = "/etc/dasset/keys"

@@ -19,8 +19,16 @@ func (c Config) Validate() error {
 	var v validator
 
 	v.nonEmpty("data_dir", c.DataDir)
-	if c.KeystoreDir != "" && c.DataDir != "" && filepath.Clean(c.KeystoreDir) == filepath.Clean(c.DataDir) {
-		v.bad("keystore_dir", "must not be data_dir itself: database backups must not hold the keys")
+	if c.DataDir != "" {
+		keys, data := filepath.Clean(c.KeystorePath()), filepath.Clean(c.DataDir)
+		switch {
+		case keys == data:
+			v.bad("keystore_dir", "must not be data_dir itself: a copy of the data directory must never hold the keys")
+		case within(keys, data):
+			v.bad("keystore_dir", "%s is inside data_dir %s: a copy of the data directory would hold the keys; use a directory outside it, e.g. %s-keys", keys, data, data)
+		case within(data, keys):
+			v.bad("keystore_dir", "%s holds data_dir %s: keep the keys and the data in separate directories", keys, data)
+		}
 	}
 
 	c.Store.validate(&v)
@@ -298,4 +306,10 @@ func validDNSName(s string) bool {
 		}
 	}
 	return true
+}
+
+// within reports whether path lies strictly inside dir (both cleaned).
+func within(path, dir string) bool {
+	rel, err := filepath.Rel(dir, path)
+	return err == nil && rel != "." && rel != ".." && !strings.HasPrefix(rel, "../")
 }

@@ -19,12 +19,12 @@ func (a *app) keysCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "keys",
 		Short: "Back up and restore the gateway's keystore (local, on the gateway host)",
-		Long: `The keystore (keystore_dir, default /var/lib/dasset-gateway/keystore) holds the keys
+		Long: `The keystore (keystore_dir, default /var/lib/dasset-gateway-keys) holds the keys
 that blind, seal and pseudonymise personal data, and the gateway's WireGuard key. Database
 backups never contain it, and the database cannot be read without it. These commands work on
 the directory directly, not through the gateway.`,
-		Example: `  dassetctl keys backup --keystore /var/lib/dasset-gateway/keystore --out keystore.backup
-  dassetctl keys restore --keystore /var/lib/dasset-gateway/keystore --in keystore.backup`,
+		Example: `  dassetctl keys backup --keystore /var/lib/dasset-gateway-keys --out keystore.backup
+  dassetctl keys restore --keystore /var/lib/dasset-gateway-keys --in keystore.backup`,
 	}
 	var dir, out, in string
 	var stdinPass bool
@@ -37,7 +37,7 @@ the directory directly, not through the gateway.`,
 	backup := &cobra.Command{
 		Use:     "backup",
 		Short:   "Write the keystore, encrypted under a passphrase (argon2id + XChaCha20-Poly1305)",
-		Example: `  dassetctl keys backup --keystore /var/lib/dasset-gateway/keystore --out keystore.backup`,
+		Example: `  dassetctl keys backup --keystore /var/lib/dasset-gateway-keys --out keystore.backup`,
 		Args:    exactArgs(),
 		RunE: run(func(cmd *cobra.Command, _ []string) error {
 			if out == "" {
@@ -65,7 +65,7 @@ the directory directly, not through the gateway.`,
 	restore := &cobra.Command{
 		Use:     "restore",
 		Short:   "Restore a keystore backup into an empty keystore directory",
-		Example: `  dassetctl keys restore --keystore /var/lib/dasset-gateway/keystore --in keystore.backup`,
+		Example: `  dassetctl keys restore --keystore /var/lib/dasset-gateway-keys --in keystore.backup`,
 		Args:    exactArgs(),
 		RunE: run(func(cmd *cobra.Command, _ []string) error {
 			if in == "" {
@@ -83,15 +83,18 @@ the directory directly, not through the gateway.`,
 			if err := os.MkdirAll(filepath.Dir(filepath.Clean(dir)), 0o700); err != nil {
 				return err
 			}
-			if err := privacy.RestoreKeystore(f, []byte(pw), dir); err != nil {
+			info, err := privacy.RestoreKeystore(f, []byte(pw), dir)
+			if err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "keystore restored into %s\n", dir)
+			fmt.Fprintf(cmd.OutOrStdout(), "keystore restored into %s: %d day keys (%d dropped as past their retention); "+
+				"erasure ledger: %d devices, %d accounts, erased again at the gateway's next start\n",
+				dir, info.DayKeys, info.ExpiredDayKeys, info.ErasedDevices, info.ErasedAccounts)
 			return nil
 		}),
 	}
 	for _, c := range []*cobra.Command{backup, restore} {
-		c.Flags().StringVar(&dir, "keystore", "/var/lib/dasset-gateway/keystore", "keystore directory (the gateway's keystore_dir)")
+		c.Flags().StringVar(&dir, "keystore", "/var/lib/dasset-gateway-keys", "keystore directory (the gateway's keystore_dir)")
 		c.Flags().BoolVar(&stdinPass, "passphrase-stdin", false, "read the passphrase from standard input")
 	}
 	backup.Flags().StringVar(&out, "out", "", "backup file to write (0600)")

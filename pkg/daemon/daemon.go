@@ -117,7 +117,14 @@ func New(ctx context.Context, cfg config.Config, opt Options) (_ *Daemon, err er
 	if d.policy, err = loadPolicy(cfg); err != nil {
 		return nil, err
 	}
+	if err := checkLegacyKeystore(cfg); err != nil {
+		return nil, err
+	}
 	if d.keys, err = privacy.OpenKeystore(cfg.KeystorePath()); err != nil {
+		return nil, fmt.Errorf("keystore: %w", err)
+	}
+	// Recorded with the keys so that keystore backups expire their day keys.
+	if err := d.keys.SetDayKeyRetention(cfg.Retention.ConnectionLog); err != nil {
 		return nil, fmt.Errorf("keystore: %w", err)
 	}
 	d.reg = prometheus.NewRegistry()
@@ -225,6 +232,23 @@ func New(ctx context.Context, cfg config.Config, opt Options) (_ *Daemon, err er
 		return nil, err
 	}
 	return d, nil
+}
+
+// checkLegacyKeystore refuses to start beside a keystore left inside the
+// data directory (the old default, <data_dir>/keystore) when the keystore
+// directory does not exist yet: a new, empty keystore would be made and the
+// database refused for want of its keys. The operator moves it out.
+func checkLegacyKeystore(cfg config.Config) error {
+	legacy := cfg.LegacyKeystorePath()
+	if _, err := os.Stat(filepath.Join(legacy, "keystore.id")); err != nil {
+		return nil
+	}
+	keys := cfg.KeystorePath()
+	if _, err := os.Stat(keys); err == nil {
+		return fmt.Errorf("keystore_dir: a keystore is inside data_dir (%s) and another at %s; keep only the one the database was written with, outside data_dir", legacy, keys)
+	}
+	return fmt.Errorf("keystore_dir: the keystore is inside data_dir (%s), where a copy of the data directory would hold the keys; "+
+		"stop the gateway and move it out: mv %s %s (or set keystore_dir to another directory outside data_dir)", legacy, legacy, keys)
 }
 
 // moveAuditLog returns where the audit log lives: in the keystore directory,

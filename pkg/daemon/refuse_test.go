@@ -2,6 +2,7 @@ package daemon_test
 
 import (
 	"context"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -35,4 +36,33 @@ func TestRefusesDatabaseWithoutItsKeys(t *testing.T) {
 	if err == nil || !strings.Contains(err.Error(), "its keys are missing") || !strings.Contains(err.Error(), "keys restore") {
 		t.Fatalf("New with the wrong keystore: %v", err)
 	}
+}
+
+// TestRefusesKeystoreInsideDataDir: a keystore left inside the data
+// directory (the old default) stops the daemon with the command that moves
+// it out; once moved, the same database starts with it.
+func TestRefusesKeystoreInsideDataDir(t *testing.T) {
+	dir := t.TempDir()
+	cfg := testConfig(t, dir)
+	legacy := cfg.LegacyKeystorePath()
+	inside := cfg
+	inside.KeystoreDir = filepath.Join(dir, "elsewhere")
+	g := startGateway(t, inside)
+	g.enroll(t, [2]string{"DS-LEGACY-01", "HW-LEGACY-01"})
+	g.stop()
+	if err := os.Rename(inside.KeystoreDir, legacy); err != nil {
+		t.Fatal(err)
+	}
+
+	_, err := daemon.New(context.Background(), cfg, daemon.Options{})
+	if err == nil || !strings.Contains(err.Error(), "mv "+legacy+" "+cfg.KeystorePath()) {
+		t.Fatalf("New with the keystore inside data_dir: %v", err)
+	}
+	if _, err := os.Stat(cfg.KeystorePath()); !os.IsNotExist(err) {
+		t.Fatalf("a new keystore was made beside the refused one: %v", err)
+	}
+	if err := os.Rename(legacy, cfg.KeystorePath()); err != nil {
+		t.Fatal(err)
+	}
+	startGateway(t, cfg).stop()
 }

@@ -34,11 +34,23 @@ const (
 // backupFile is the versioned envelope; every field but Ciphertext is bound
 // to it as associated data.
 type backupFile struct {
-	Format     string    `json:"format"`
-	Version    int       `json:"version"`
-	KDF        backupKDF `json:"kdf"`
-	Created    string    `json:"created"`
-	Ciphertext []byte    `json:"ciphertext"` // nonce ‖ XChaCha20-Poly1305(files)
+	Format  string    `json:"format"`
+	Version int       `json:"version"`
+	KDF     backupKDF `json:"kdf"`
+	Created string    `json:"created"`
+	// DayKeys makes the backup expire itself: it holds no day key before
+	// Horizon, and a restore drops every day key whose day lies more than
+	// Retention before the day of the restore (what the pruner would have
+	// destroyed meanwhile), so a backup never brings back a key past its
+	// retention. Absent in backups of a keystore that never had a
+	// retention recorded.
+	DayKeys    *backupDayKeys `json:"day_keys,omitempty"`
+	Ciphertext []byte         `json:"ciphertext"` // nonce ‖ XChaCha20-Poly1305(files)
+}
+
+type backupDayKeys struct {
+	Retention string `json:"retention"` // Go duration, e.g. "720h0m0s"
+	Horizon   string `json:"horizon"`   // first UTC day whose key the backup holds
 }
 
 type backupKDF struct {
@@ -54,19 +66,41 @@ type backupPayload struct {
 }
 
 func (b *backupFile) aad() []byte {
-	return fmt.Appendf(nil, "%s/v%d argon2id t=%d m=%d p=%d salt=%x created=%s",
+	out := fmt.Appendf(nil, "%s/v%d argon2id t=%d m=%d p=%d salt=%x created=%s",
 		b.Format, b.Version, b.KDF.Time, b.KDF.MemoryKiB, b.KDF.Threads, b.KDF.Salt, b.Created)
+	if b.DayKeys != nil {
+		out = fmt.Appendf(out, " day_keys retention=%s horizon=%s", b.DayKeys.Retention, b.DayKeys.Horizon)
+	}
+	return out
 }
 
 // Backup writes every key file of the keystore to w, encrypted under a key
 // derived from passphrase with argon2id (XChaCha20-Poly1305). Keep the
 // backup apart from database backups: together they undo the blinding.
+//
+// The backup expires itself (see backupFile.DayKeys): day keys already past
+// the recorded retention (SetDayKeyRetention) are left out, and a restore
+// drops those that passed it since.
 func (k *Keystore) Backup(w io.Writer, passphrase []byte) error {
+	return k.backupAt(w, passphrase, time.Now())
+}
+
+func (k *Keystore) backupAt(w io.Writer, passphrase []byte, now time.Time) error {
 	if len(passphrase) == 0 {
 		return &FieldError{Field: "passphrase", Reason: "must not be empty"}
 	}
 	k.mu.RLock()
-	files, err := k.readAllFiles()
+	retention, err := k.dayKeyRetentionLocked()
+	var dayKeys *backupDayKeys
+	horizon := k.horizon
+	if err == nil && retention > 0 {
+		horizon = max(horizon, dayCut(now, retention))
+		dayKeys = &backupDayKeys{Retention: retention.String(), Horizon: horizon}
+	}
+	var files map[string][]byte
+	if err == nil {
+		files, err = k.readAllFiles(horizon)
+	}
 	k.mu.RUnlock()
 	if err != nil {
 		return err
@@ -84,7 +118,8 @@ func (k *Keystore) Backup(w io.Writer, passphrase []byte) error {
 		Format:  backupFormat,
 		Version: backupVersion,
 		KDF:     backupKDF{Name: "argon2id", Time: backupTime, MemoryKiB: backupMemory, Threads: backupThreads, Salt: make([]byte, 16)},
-		Created: time.Now().UTC().Format(time.RFC3339),
+		Created: now.UTC().Format(time.RFC3339),
+		DayKeys: dayKeys,
 	}
 	if _, err := rand.Read(bf.KDF.Salt); err != nil {
 		return fmt.Errorf("privacy: backup: %w", err)
@@ -117,12 +152,13 @@ const (
 	AuditHeadFile = "audit.head"
 )
 
-// readAllFiles reads every file of the keystore (caller holds mu).
-func (k *Keystore) readAllFiles() (map[string][]byte, error) {
+// readAllFiles reads every file of the keystore but the day keys before
+// horizon, and records horizon as the horizon (caller holds mu).
+func (k *Keystore) readAllFiles(horizon string) (map[string][]byte, error) {
 	files := make(map[string][]byte)
-	for _, name := range []string{indexKeyFile, sealKeyFile, wireguardKeyFile, idFile, horizonFile, LedgerFile} {
+	for _, name := range []string{indexKeyFile, sealKeyFile, wireguardKeyFile, idFile, horizonFile, LedgerFile, retentionFile} {
 		b, err := readPrivateFile(filepath.Join(k.dir, name))
-		if errors.Is(err, fs.ErrNotExist) && (name == horizonFile || name == LedgerFile) {
+		if errors.Is(err, fs.ErrNotExist) && (name == horizonFile || name == LedgerFile || name == retentionFile) {
 			continue
 		}
 		if err != nil {
@@ -137,7 +173,13 @@ func (k *Keystore) readAllFiles() (map[string][]byte, error) {
 	if head != nil {
 		files[AuditHeadFile], files[AuditLogFile] = head, logb
 	}
+	if horizon != "" {
+		files[horizonFile] = []byte(horizon + "\n")
+	}
 	for d := range k.dayKeys {
+		if d < horizon {
+			continue
+		}
 		name := daysDir + "/" + d + ".key"
 		b, err := readKey(filepath.Join(k.dir, filepath.FromSlash(name)))
 		if err != nil {
@@ -190,58 +232,72 @@ func auditSnapshot(dir string) (logb, head []byte, err error) {
 // exist or be empty. Nothing is written unless the whole backup opens and
 // checks: the files go to a temporary directory beside dir, renamed into
 // place at the end.
-func RestoreKeystore(r io.Reader, passphrase []byte, dir string) error {
+func RestoreKeystore(r io.Reader, passphrase []byte, dir string) (RestoreInfo, error) {
+	return restoreAt(r, passphrase, dir, time.Now())
+}
+
+// RestoreInfo says what a restore brought back.
+type RestoreInfo struct {
+	DayKeys        int    // day keys restored
+	ExpiredDayKeys int    // day keys in the backup dropped as past their retention
+	Horizon        string // first day whose key may exist ("" = none destroyed)
+	ErasedDevices  int    // on the restored erasure ledger
+	ErasedAccounts int
+}
+
+func restoreAt(r io.Reader, passphrase []byte, dir string, now time.Time) (RestoreInfo, error) {
+	var info RestoreInfo
 	raw, err := io.ReadAll(io.LimitReader(r, maxBackupSize+1))
 	if err != nil {
-		return fmt.Errorf("privacy: restore: read: %w", err)
+		return info, fmt.Errorf("privacy: restore: read: %w", err)
 	}
 	if len(raw) > maxBackupSize {
-		return fmt.Errorf("privacy: restore: backup is larger than %d bytes", maxBackupSize)
+		return info, fmt.Errorf("privacy: restore: backup is larger than %d bytes", maxBackupSize)
 	}
 	var bf backupFile
 	dec := json.NewDecoder(strings.NewReader(string(raw)))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&bf); err != nil {
-		return fmt.Errorf("privacy: restore: not a keystore backup: %w", err)
+		return info, fmt.Errorf("privacy: restore: not a keystore backup: %w", err)
 	}
 	switch {
 	case bf.Format != backupFormat:
-		return fmt.Errorf("privacy: restore: format %q is not %q", bf.Format, backupFormat)
+		return info, fmt.Errorf("privacy: restore: format %q is not %q", bf.Format, backupFormat)
 	case bf.Version != backupVersion:
-		return fmt.Errorf("privacy: restore: backup version %d is not supported (want %d)", bf.Version, backupVersion)
+		return info, fmt.Errorf("privacy: restore: backup version %d is not supported (want %d)", bf.Version, backupVersion)
 	case bf.KDF.Name != "argon2id":
-		return fmt.Errorf("privacy: restore: kdf.name %q is not supported", bf.KDF.Name)
+		return info, fmt.Errorf("privacy: restore: kdf.name %q is not supported", bf.KDF.Name)
 	case bf.KDF.Time < 1 || bf.KDF.Time > 16:
-		return fmt.Errorf("privacy: restore: kdf.time %d is out of range 1..16", bf.KDF.Time)
+		return info, fmt.Errorf("privacy: restore: kdf.time %d is out of range 1..16", bf.KDF.Time)
 	case bf.KDF.MemoryKiB < 8*1024 || bf.KDF.MemoryKiB > 1<<20:
-		return fmt.Errorf("privacy: restore: kdf.memory_kib %d is out of range 8192..1048576", bf.KDF.MemoryKiB)
+		return info, fmt.Errorf("privacy: restore: kdf.memory_kib %d is out of range 8192..1048576", bf.KDF.MemoryKiB)
 	case bf.KDF.Threads < 1 || bf.KDF.Threads > 16:
-		return fmt.Errorf("privacy: restore: kdf.threads %d is out of range 1..16", bf.KDF.Threads)
+		return info, fmt.Errorf("privacy: restore: kdf.threads %d is out of range 1..16", bf.KDF.Threads)
 	case len(bf.KDF.Salt) < 16:
-		return fmt.Errorf("privacy: restore: kdf.salt is %d bytes, want at least 16", len(bf.KDF.Salt))
+		return info, fmt.Errorf("privacy: restore: kdf.salt is %d bytes, want at least 16", len(bf.KDF.Salt))
 	}
 	if err := checkRestoreTarget(dir); err != nil {
-		return err
+		return info, err
 	}
 
 	key := argon2.IDKey(passphrase, bf.KDF.Salt, bf.KDF.Time, bf.KDF.MemoryKiB, bf.KDF.Threads, chacha20poly1305.KeySize)
 	defer clear(key)
 	aead, err := chacha20poly1305.NewX(key)
 	if err != nil {
-		return fmt.Errorf("privacy: restore: %w", err)
+		return info, fmt.Errorf("privacy: restore: %w", err)
 	}
 	if len(bf.Ciphertext) < aead.NonceSize()+aead.Overhead() {
-		return fmt.Errorf("privacy: restore: ciphertext is too short")
+		return info, fmt.Errorf("privacy: restore: ciphertext is too short")
 	}
 	ns := aead.NonceSize()
 	plain, err := aead.Open(nil, bf.Ciphertext[:ns], bf.Ciphertext[ns:], bf.aad())
 	if err != nil {
-		return fmt.Errorf("privacy: restore: %w", ErrWrongPassphrase)
+		return info, fmt.Errorf("privacy: restore: %w", ErrWrongPassphrase)
 	}
 	defer clear(plain)
 	var p backupPayload
 	if err := json.Unmarshal(plain, &p); err != nil {
-		return fmt.Errorf("privacy: restore: payload: %w", err)
+		return info, fmt.Errorf("privacy: restore: payload: %w", err)
 	}
 	defer func() {
 		for _, b := range p.Files {
@@ -249,34 +305,76 @@ func RestoreKeystore(r io.Reader, passphrase []byte, dir string) error {
 		}
 	}()
 	if err := checkPayload(p.Files); err != nil {
-		return err
+		return info, err
+	}
+	if err := expireDayKeys(&bf, p.Files, now, &info); err != nil {
+		return info, err
+	}
+	if b, ok := p.Files[LedgerFile]; ok {
+		info.ErasedDevices, info.ErasedAccounts, _ = ParseLedger(b)
 	}
 
 	parent := filepath.Dir(filepath.Clean(dir))
 	if err := os.MkdirAll(parent, 0o755); err != nil {
-		return fmt.Errorf("privacy: restore: %w", err)
+		return info, fmt.Errorf("privacy: restore: %w", err)
 	}
 	stage, err := os.MkdirTemp(parent, ".keystore-restore-*") // 0700
 	if err != nil {
-		return fmt.Errorf("privacy: restore: %w", err)
+		return info, fmt.Errorf("privacy: restore: %w", err)
 	}
 	defer os.RemoveAll(stage) // gone after the rename
 	if err := os.Mkdir(filepath.Join(stage, daysDir), 0o700); err != nil {
-		return fmt.Errorf("privacy: restore: %w", err)
+		return info, fmt.Errorf("privacy: restore: %w", err)
 	}
 	for name, b := range p.Files {
 		d, base := filepath.Split(filepath.Join(stage, filepath.FromSlash(name)))
 		if err := writeAtomic(filepath.Clean(d), base, b, true); err != nil {
-			return fmt.Errorf("privacy: restore: %w", err)
+			return info, fmt.Errorf("privacy: restore: %w", err)
 		}
 	}
 	if err := os.Remove(dir); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return fmt.Errorf("privacy: restore: %w", err)
+		return info, fmt.Errorf("privacy: restore: %w", err)
 	}
 	if err := os.Rename(stage, dir); err != nil {
-		return fmt.Errorf("privacy: restore: %w", err)
+		return info, fmt.Errorf("privacy: restore: %w", err)
 	}
-	return syncDir(parent)
+	return info, syncDir(parent)
+}
+
+// expireDayKeys drops the day keys of a backup that are past their
+// retention at now (or before the backup's horizon) and moves the horizon
+// file to the cut, so the restored keystore never makes those days again.
+func expireDayKeys(bf *backupFile, files map[string][]byte, now time.Time, info *RestoreInfo) error {
+	cut := strings.TrimSpace(string(files[horizonFile]))
+	if bf.DayKeys != nil {
+		retention, err := time.ParseDuration(bf.DayKeys.Retention)
+		if err != nil || retention <= 0 {
+			return fmt.Errorf("privacy: restore: day_keys.retention %q is not a positive duration", bf.DayKeys.Retention)
+		}
+		if _, err := time.Parse(dayLayout, bf.DayKeys.Horizon); err != nil {
+			return fmt.Errorf("privacy: restore: day_keys.horizon %q is not a day", bf.DayKeys.Horizon)
+		}
+		cut = max(cut, bf.DayKeys.Horizon, dayCut(now, retention))
+	}
+	for name, b := range files {
+		d, ok := strings.CutPrefix(name, daysDir+"/")
+		if !ok {
+			continue
+		}
+		d = strings.TrimSuffix(d, ".key")
+		if cut != "" && d < cut {
+			clear(b)
+			delete(files, name)
+			info.ExpiredDayKeys++
+			continue
+		}
+		info.DayKeys++
+	}
+	if cut != "" {
+		files[horizonFile] = []byte(cut + "\n")
+	}
+	info.Horizon = cut
+	return nil
 }
 
 func checkRestoreTarget(dir string) error {
@@ -305,7 +403,7 @@ func checkPayload(files map[string][]byte) error {
 	for name, b := range files {
 		switch name {
 		case indexKeyFile, sealKeyFile, wireguardKeyFile:
-		case idFile, horizonFile, AuditLogFile, AuditHeadFile:
+		case idFile, horizonFile, AuditLogFile, AuditHeadFile, retentionFile:
 			continue
 		case LedgerFile:
 			if _, _, err := ParseLedger(b); err != nil {

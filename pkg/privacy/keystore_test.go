@@ -399,14 +399,14 @@ func TestBackupRestore(t *testing.T) {
 	}
 
 	target := filepath.Join(t.TempDir(), "restored")
-	err := RestoreKeystore(bytes.NewReader(buf.Bytes()), []byte("wrong horse"), target)
+	_, err := RestoreKeystore(bytes.NewReader(buf.Bytes()), []byte("wrong horse"), target)
 	if !errors.Is(err, ErrWrongPassphrase) {
 		t.Fatalf("wrong passphrase: %v", err)
 	}
 	if _, err := os.Stat(target); !errors.Is(err, fs.ErrNotExist) {
 		t.Fatal("a failed restore left files behind")
 	}
-	if err := RestoreKeystore(bytes.NewReader(buf.Bytes()), []byte("correct horse"), target); err != nil {
+	if _, err := RestoreKeystore(bytes.NewReader(buf.Bytes()), []byte("correct horse"), target); err != nil {
 		t.Fatal(err)
 	}
 	r, err := OpenKeystore(target)
@@ -427,16 +427,16 @@ func TestBackupRestore(t *testing.T) {
 	}
 
 	// Never over an existing keystore.
-	err = RestoreKeystore(bytes.NewReader(buf.Bytes()), []byte("correct horse"), target)
+	_, err = RestoreKeystore(bytes.NewReader(buf.Bytes()), []byte("correct horse"), target)
 	if err == nil || !strings.Contains(err.Error(), "non-empty") {
 		t.Fatalf("restore over a keystore: %v", err)
 	}
 	// A damaged backup is refused.
 	bad := bytes.Replace(buf.Bytes(), []byte(`"version": 1`), []byte(`"version": 2`), 1)
-	if err := RestoreKeystore(bytes.NewReader(bad), []byte("correct horse"), filepath.Join(t.TempDir(), "x")); err == nil || !strings.Contains(err.Error(), "version 2") {
+	if _, err := RestoreKeystore(bytes.NewReader(bad), []byte("correct horse"), filepath.Join(t.TempDir(), "x")); err == nil || !strings.Contains(err.Error(), "version 2") {
 		t.Fatalf("version 2: %v", err)
 	}
-	if err := RestoreKeystore(strings.NewReader("not json"), []byte("p"), filepath.Join(t.TempDir(), "y")); err == nil {
+	if _, err := RestoreKeystore(strings.NewReader("not json"), []byte("p"), filepath.Join(t.TempDir(), "y")); err == nil {
 		t.Fatal("restored garbage")
 	}
 	if err := k.Backup(&buf, nil); err == nil {

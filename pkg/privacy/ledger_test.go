@@ -2,6 +2,7 @@ package privacy
 
 import (
 	"bytes"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -96,7 +97,7 @@ func TestBackupCarriesLedgerAndAudit(t *testing.T) {
 		t.Fatal(err)
 	}
 	target := filepath.Join(t.TempDir(), "restored")
-	if err := RestoreKeystore(&buf, []byte("pw"), target); err != nil {
+	if _, err := RestoreKeystore(&buf, []byte("pw"), target); err != nil {
 		t.Fatal(err)
 	}
 	r, err := OpenLedger(target)
@@ -111,5 +112,63 @@ func TestBackupCarriesLedgerAndAudit(t *testing.T) {
 	}
 	if b, _ := os.ReadFile(filepath.Join(target, AuditHeadFile)); string(b) != "2 b\n" {
 		t.Fatalf("restored audit head %q", b)
+	}
+}
+
+// TestBackupExpiresItself: a backup holds no day key already past the
+// recorded retention, and a restore later drops those that passed it since
+// (and moves the horizon, so they are never made again); the header that
+// says so cannot be altered.
+func TestBackupExpiresItself(t *testing.T) {
+	k, _ := openTestKeystore(t)
+	if err := k.SetDayKeyRetention(48 * time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	idx := k.BlindIndex(mustSN(t, "SN-EXPIRY"))
+	want := map[string]Pseudonym{}
+	for _, d := range []string{"2030-01-01", "2030-01-02", "2030-01-03", "2030-01-04", "2030-01-05"} {
+		p, err := k.Pseudonym(day(d+" 12:00"), idx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		want[d] = p
+	}
+	var buf bytes.Buffer
+	if err := k.backupAt(&buf, []byte("pw"), day("2030-01-05 10:00")); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Contains(buf.Bytes(), []byte(`"horizon": "2030-01-03"`)) || !bytes.Contains(buf.Bytes(), []byte(`"retention": "48h0m0s"`)) {
+		t.Fatalf("backup header lacks its horizon:\n%.400s", buf.Bytes())
+	}
+	if _, err := RestoreKeystore(bytes.NewReader(bytes.Replace(buf.Bytes(), []byte(`"horizon": "2030-01-03"`), []byte(`"horizon": "2030-01-01"`), 1)), []byte("pw"), filepath.Join(t.TempDir(), "x")); err == nil {
+		t.Fatal("a backup with an altered horizon was restored")
+	}
+
+	// Restored a day later: 01-03 is now past the retention too.
+	target := filepath.Join(t.TempDir(), "restored")
+	info, err := restoreAt(bytes.NewReader(buf.Bytes()), []byte("pw"), target, day("2030-01-06 10:00"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.DayKeys != 2 || info.ExpiredDayKeys != 1 || info.Horizon != "2030-01-04" {
+		t.Fatalf("restore info %+v, want 2 day keys, 1 expired, horizon 2030-01-04", info)
+	}
+	r, err := OpenKeystore(target)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := r.Days(); len(got) != 2 || got[0] != "2030-01-04" || got[1] != "2030-01-05" {
+		t.Fatalf("restored day keys %v", got)
+	}
+	for _, d := range []string{"2030-01-01", "2030-01-03"} {
+		if _, err := r.Pseudonym(day(d+" 12:00"), idx); !errors.Is(err, ErrKeyDestroyed) {
+			t.Errorf("day %s after restore: %v, want ErrKeyDestroyed", d, err)
+		}
+	}
+	if p, err := r.Pseudonym(day("2030-01-05 12:00"), idx); err != nil || p != want["2030-01-05"] {
+		t.Fatalf("kept day key differs: %v", err)
+	}
+	if d, err := r.DayKeyRetention(); err != nil || d != 48*time.Hour {
+		t.Fatalf("restored retention %v, %v", d, err)
 	}
 }

@@ -123,11 +123,17 @@ func TestGatewayUnitMatchesConfig(t *testing.T) {
 		}
 		return u[k][0]
 	}
-	if got, want := "/var/lib/"+one("StateDirectory"), cfg.DataDir; got != want {
-		t.Errorf("StateDirectory gives %s, data_dir is %s", got, want)
+	// StateDirectory makes data_dir and, apart from it, keystore_dir
+	// (empty: <data_dir>-keys).
+	keys := cfg.KeystoreDir
+	if keys == "" {
+		keys = cfg.DataDir + "-keys"
 	}
-	if cfg.KeystoreDir != "" && !strings.HasPrefix(cfg.KeystoreDir, cfg.DataDir+"/") {
-		t.Errorf("keystore_dir %s is outside the writable data_dir", cfg.KeystoreDir)
+	if got, want := one("StateDirectory"), strings.TrimPrefix(cfg.DataDir, "/var/lib/")+" "+strings.TrimPrefix(keys, "/var/lib/"); got != want {
+		t.Errorf("StateDirectory is %q; data_dir %s and keystore_dir %s want %q", got, cfg.DataDir, keys, want)
+	}
+	if strings.HasPrefix(keys, cfg.DataDir+"/") {
+		t.Errorf("keystore_dir %s is inside data_dir", keys)
 	}
 	if got, want := "/run/"+one("RuntimeDirectory"), filepath.Dir(cfg.Admin.Socket); got != want {
 		t.Errorf("RuntimeDirectory gives %s, admin.socket is in %s", got, want)
