@@ -249,12 +249,13 @@ pid_og=$LAST_PID
 wait_for 30 "gateway admin socket" ctl status
 alive $pid_og gateway
 fp=$(openssl x509 -in "$gwdir/data/tls.crt" -outform DER | sha256sum | cut -d' ' -f1)
-ctl enroll --serial $SN --hwid $HWID >/dev/null
+printf '%s\n' "$HWID" | ctl enroll --serial $SN --hwid - >/dev/null
+(umask 077; printf '%s\n' "$SN" >"$work/serial"; printf '%s\n' "$HWID" >"$work/hwid")
 printf '%s\n' "$PASSWORD" | ctl accounts create $ACCOUNT --password-stdin >/dev/null
 
 agent() { local ns=$1; shift; ip netns exec "$ns" "$BIN/dasset-agent" "$@"; }
 start_bg "$NS_OD" agent-up "$BIN/dasset-agent" up --gateway 10.214.3.1:8443 --pin "$fp" \
-  --serial $SN --hwid $HWID --interface "$IF_OD" --state-dir "$work/device" --log-format json
+  --serial-file "$work/serial" --hwid-file "$work/hwid" --interface "$IF_OD" --state-dir "$work/device" --log-format json
 pid_od=$LAST_PID
 wait_for 30 "the device's virtual address" bash -c "ip -n $NS_OD -o -4 addr show dev $IF_OD | grep -q ' 100\.'"
 alive $pid_od agent-up

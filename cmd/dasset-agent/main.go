@@ -108,12 +108,14 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 
 func newUpCmd(logOut io.Writer) *cobra.Command {
 	var (
-		conn     connFlags
-		logs     logFlags
-		serial   string
-		hwid     string
-		iface    string
-		netstack bool
+		conn       connFlags
+		logs       logFlags
+		serial     string
+		hwid       string
+		serialFile string
+		hwidFile   string
+		iface      string
+		netstack   bool
 	)
 	cmd := &cobra.Command{
 		Use:   "up",
@@ -124,6 +126,11 @@ func newUpCmd(logOut io.Writer) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			id, err := deviceIdentity(logger, serial, hwid, serialFile, hwidFile)
+			if err != nil {
+				return err
+			}
+			serial, hwid = id.Serial, id.HardwareID
 			a, err := agent.New(agent.Config{
 				Gateway:    conn.gateway,
 				Serial:     serial,
@@ -149,13 +156,38 @@ func newUpCmd(logOut io.Writer) *cobra.Command {
 	}
 	conn.add(cmd)
 	logs.add(cmd)
-	cmd.Flags().StringVar(&serial, "serial", "", "the device's serial number")
-	cmd.Flags().StringVar(&hwid, "hwid", "", "the device's hardware identifier")
+	cmd.Flags().StringVar(&serialFile, "serial-file", "", "file holding the device's serial number (default: the platform's, "+agent.DMISerialPath+")")
+	cmd.Flags().StringVar(&hwidFile, "hwid-file", "", "file holding the device's hardware id (default: the platform's, "+agent.DMIUUIDPath+", else "+agent.MachineIDPath+")")
+	cmd.Flags().StringVar(&serial, "serial", "", "the serial number itself (labs only: every local user can read a command line; use --serial-file)")
+	cmd.Flags().StringVar(&hwid, "hwid", "", "the hardware id itself (labs only: every local user can read a command line; use --hwid-file)")
 	cmd.Flags().StringVar(&iface, "interface", agent.DefaultInterface, "WireGuard TUN interface name (at most 15 bytes)")
 	cmd.Flags().BoolVar(&netstack, "netstack", false, "run the tunnel on a userspace network stack instead of a kernel TUN (no root needed; only this process can use it)")
-	_ = cmd.MarkFlagRequired("serial")
-	_ = cmd.MarkFlagRequired("hwid")
+	cmd.MarkFlagsMutuallyExclusive("serial", "serial-file")
+	cmd.MarkFlagsMutuallyExclusive("hwid", "hwid-file")
 	return cmd
+}
+
+// deviceIdentity finds the device's serial number and hardware id: from
+// --serial-file and --hwid-file, or the platform, or (labs) the command line,
+// which it warns about. It logs where each came from, never the values.
+func deviceIdentity(log *slog.Logger, serial, hwid, serialFile, hwidFile string) (agent.Identity, error) {
+	id, err := agent.ReadIdentity(agent.IdentitySources{Serial: serial, HWID: hwid, SerialFile: serialFile, HWIDFile: hwidFile})
+	if err != nil {
+		return agent.Identity{}, err
+	}
+	for _, f := range []struct {
+		flag   string
+		source *string
+	}{{"--serial", &id.SerialSource}, {"--hwid", &id.HWIDSource}} {
+		if *f.source == agent.SourceGiven {
+			*f.source = "command line (" + f.flag + ")"
+			log.Warn(f.flag+" puts a device identifier on the command line, where every local user can read it (/proc/PID/cmdline): use "+f.flag+"-file, or let the agent read the platform's identity", "flag", f.flag)
+		}
+	}
+	// One attribute under a plain key: the log's safety net redacts any
+	// value under a key naming a serial number or hardware id, paths too.
+	log.Info("device identity", "sources", "serial number from "+id.SerialSource+", hardware id from "+id.HWIDSource)
+	return id, nil
 }
 
 func newBindCodeCmd(stdout io.Writer) *cobra.Command {

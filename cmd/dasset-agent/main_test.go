@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -22,7 +23,14 @@ import (
 	gatewayv1 "github.com/planetxlabs/dasset-gateway/proto/dasset/gateway/v1"
 )
 
-// fakeDevices is a DeviceService that admits only serial "SN-OK".
+// The one device fakeDevices admits; unusual enough to be searched for in
+// every process's command line.
+const (
+	okSerial = "DS-ARGV-CANARY-5e1"
+	okHWID   = "HW-ARGV-CANARY-93b"
+)
+
+// fakeDevices is a DeviceService that admits only okSerial with okHWID.
 type fakeDevices struct {
 	gatewayv1.UnimplementedDeviceServiceServer
 	logins atomic.Int32
@@ -30,7 +38,7 @@ type fakeDevices struct {
 
 func (f *fakeDevices) Login(_ context.Context, req *gatewayv1.DeviceLoginRequest) (*gatewayv1.DeviceLoginResponse, error) {
 	f.logins.Add(1)
-	if req.GetSerialNumber() != "SN-OK" {
+	if req.GetSerialNumber() != okSerial || req.GetHardwareId() != okHWID {
 		return nil, status.Error(codes.Unauthenticated, "unknown device")
 	}
 	key := make([]byte, 32)
@@ -146,8 +154,15 @@ func TestBinaryUpAndSIGTERM(t *testing.T) {
 	}
 	f, addr := serveFake(t)
 	state := t.TempDir()
+	serialFile, hwidFile := filepath.Join(t.TempDir(), "serial"), filepath.Join(t.TempDir(), "hwid")
+	if err := os.WriteFile(serialFile, []byte(okSerial+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(hwidFile, []byte(okHWID+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	var stderr syncBuffer
-	cmd := exec.Command(bin, "up", "--gateway", addr, "--serial", "SN-OK", "--hwid", "HW1", "--insecure", "--netstack",
+	cmd := exec.Command(bin, "up", "--gateway", addr, "--serial-file", serialFile, "--hwid-file", hwidFile, "--insecure", "--netstack",
 		"--state-dir", state, "--log-format", "json")
 	cmd.Stderr = &stderr
 	if err := cmd.Start(); err != nil {
@@ -166,6 +181,33 @@ func TestBinaryUpAndSIGTERM(t *testing.T) {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
+
+	// No process's command line shows the serial number or hardware id
+	// while the agent runs: positive control first, a process with both in
+	// its argv, which the scan must find (and only it).
+	// It waits on a shell builtin (no child process) until killed.
+	canary := exec.Command("sh", "-c", "read -r line", "argv-canary", okSerial, okHWID)
+	canaryIn, err := canary.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer canaryIn.Close()
+	if err := canary.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if pids := argvHolding(t, okSerial, okHWID); len(pids) != 1 || pids[0] != canary.Process.Pid {
+		_ = canary.Process.Kill()
+		t.Fatalf("scan of /proc/*/cmdline found %v, want only the planted process %d: the scan cannot work", pids, canary.Process.Pid)
+	}
+	_ = canary.Process.Kill()
+	_ = canary.Wait()
+	if pids := argvHolding(t, okSerial, okHWID); len(pids) != 0 {
+		t.Fatalf("processes %v (the agent is %d) show the serial number or hardware id in their command line", pids, cmd.Process.Pid)
+	}
+	if ps, err := exec.Command("ps", "-eww", "-o", "args").Output(); err == nil && (strings.Contains(string(ps), okSerial) || strings.Contains(string(ps), okHWID)) {
+		t.Fatalf("ps shows the serial number or hardware id:\n%s", ps)
+	}
+
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
@@ -179,12 +221,16 @@ func TestBinaryUpAndSIGTERM(t *testing.T) {
 		t.Fatal("agent did not exit within 10s of SIGTERM")
 	}
 	logs := stderr.String()
-	for _, want := range []string{`"msg":"tunnel up"`, `"msg":"tunnel down"`, `"msg":"stopped"`} {
+	for _, want := range []string{`"msg":"tunnel up"`, `"msg":"tunnel down"`, `"msg":"stopped"`,
+		`"msg":"device identity","sources":"serial number from ` + serialFile + `, hardware id from ` + hwidFile + `"`} {
 		if !strings.Contains(logs, want) {
 			t.Errorf("log lacks %s:\n%s", want, logs)
 		}
 	}
-	for _, leak := range []string{"SN-OK", "HW1"} {
+	if strings.Contains(logs, "command line") {
+		t.Errorf("agent warned about identifiers on its command line, which has none:\n%s", logs)
+	}
+	for _, leak := range []string{okSerial, okHWID} {
 		if strings.Contains(logs, leak) {
 			t.Errorf("log leaks %q:\n%s", leak, logs)
 		}
@@ -194,5 +240,54 @@ func TestBinaryUpAndSIGTERM(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(state, "private.key")); err != nil {
 		t.Error(err)
+	}
+}
+
+// argvHolding lists the processes whose command line (/proc/PID/cmdline,
+// what ps shows every user) holds any of the values.
+func argvHolding(t *testing.T, values ...string) []int {
+	t.Helper()
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var pids []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue // gone meanwhile
+		}
+		for _, v := range values {
+			if bytes.Contains(b, []byte(v)) {
+				pids = append(pids, pid)
+				break
+			}
+		}
+	}
+	return pids
+}
+
+// --serial and --hwid still work (labs), with a warning naming the risk.
+func TestUpWarnsAboutIdentifiersOnCommandLine(t *testing.T) {
+	_, addr := serveFake(t)
+	_, stderr, err := run("up", "--gateway", addr, "--serial", "SN-UNKNOWN", "--hwid", "HW1", "--insecure", "--netstack", "--state-dir", t.TempDir())
+	if err == nil {
+		t.Fatal("an unknown device came up")
+	}
+	for _, want := range []string{"--serial puts a device identifier on the command line", "--hwid puts a device identifier on the command line", "sources=\"serial number from command line (--serial), hardware id from command line (--hwid)\""} {
+		if !strings.Contains(stderr, want) {
+			t.Errorf("log lacks %q:\n%s", want, stderr)
+		}
+	}
+	if strings.Contains(stderr, "SN-UNKNOWN") || strings.Contains(stderr, "HW1") {
+		t.Errorf("log shows the values:\n%s", stderr)
+	}
+	_, _, err = run("up", "--gateway", addr, "--serial", "S", "--serial-file", "/dev/null", "--insecure")
+	if err == nil || !strings.Contains(err.Error(), "serial") {
+		t.Fatalf("--serial with --serial-file: %v", err)
 	}
 }

@@ -525,3 +525,33 @@ func TestEveryCommandHasHelpAndExample(t *testing.T) {
 		t.Fatalf("walked %d commands", n)
 	}
 }
+
+// TestEnrollHWIDFromStdin: --hwid - takes the hardware id from standard
+// input (off the command line); bad input sends nothing.
+func TestEnrollHWIDFromStdin(t *testing.T) {
+	f := &fakeAdmin{}
+	sock := serveUnix(t, f)
+	for _, bad := range []struct{ stdin, want string }{
+		{"", "standard input holds no hardware id"},
+		{"  \n\n", "standard input holds no hardware id"},
+		{"hw-1\nhw-2\n", "more than one line"},
+		{"hw 1\n", "hardware_id: character 3 is not allowed"},
+	} {
+		r := runCLI(t, bad.stdin, nil, "--socket", sock, "enroll", "--serial", "DS-1", "--hwid", "-")
+		if r.code != ExitUsage || !strings.Contains(r.stderr, bad.want) {
+			t.Errorf("stdin %q: exit %d, stderr %q; want usage error %q", bad.stdin, r.code, r.stderr, bad.want)
+		}
+	}
+	if n := f.total(); n != 0 {
+		t.Fatalf("the fake received %d requests after bad input", n)
+	}
+	r := runCLI(t, "3c:52:82:aa:10:0f\n", nil, "--socket", sock, "enroll", "--serial", "DS-1", "--hwid", "-")
+	if r.code != ExitOK {
+		t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
+	}
+	reqs := received[*gatewayv1.EnrollDevicesRequest](f)
+	want := &gatewayv1.EnrollDevicesRequest{Devices: []*gatewayv1.DeviceEnrollment{{SerialNumber: "DS-1", HardwareId: "3c:52:82:aa:10:0f"}}}
+	if len(reqs) != 1 || !proto.Equal(reqs[0], want) {
+		t.Fatalf("sent %v, want %v", reqs, want)
+	}
+}

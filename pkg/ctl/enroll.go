@@ -32,6 +32,8 @@ A CSV file has two columns, serial_number,hardware_id, and may start with that
 header row; lines starting with '#' and blank lines are skipped. The whole file
 is checked before anything is sent: a bad line stops the command with its line
 number and reason, and no device is enrolled. "--file -" reads standard input.
+"--hwid -" reads one device's hardware id from standard input: a command line
+is visible to every local user (ps, /proc), standard input is not.
 
 Enrolling a device again changes nothing (it is counted as unchanged), so a
 batch can be re-run safely. Without the privacy role every device that already
@@ -39,7 +41,7 @@ exists counts as unchanged, whatever hardware id was given: the answer never
 tells a right hardware id from a wrong one. The privacy role is told instead
 when a device is enrolled with another hardware id, or was erased; only it may
 enroll an erased device again, with --after-erasure.`,
-		Example: `  dassetctl enroll --serial DS-000123 --hwid 3c:52:82:aa:10:0f
+		Example: `  dassetctl enroll --serial DS-000123 --hwid - < hwid.txt
   dassetctl enroll --file devices.csv
   dassetctl enroll --file returned.csv --after-erasure`,
 		Args: exactArgs(),
@@ -51,6 +53,12 @@ enroll an erased device again, with --after-erasure.`,
 					return err
 				}
 			} else {
+				if hwid == "-" {
+					var err error
+					if hwid, err = readHWID(cmd.InOrStdin()); err != nil {
+						return &usageError{err: err}
+					}
+				}
 				d, err := enrollment(serial, hwid)
 				if err != nil {
 					return &usageError{err: err}
@@ -86,7 +94,7 @@ enroll an erased device again, with --after-erasure.`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&serial, "serial", "", "serial number of one device")
-	f.StringVar(&hwid, "hwid", "", "hardware id of that device")
+	f.StringVar(&hwid, "hwid", "", "hardware id of that device; - reads it from standard input (keeps it off the command line, which every local user can read)")
 	f.StringVarP(&file, "file", "f", "", "CSV file of serial_number,hardware_id lines (- for standard input)")
 	f.BoolVar(&afterErasure, "after-erasure", false, "also enroll devices whose data was erased before")
 	cmd.MarkFlagsRequiredTogether("serial", "hwid")
@@ -94,6 +102,23 @@ enroll an erased device again, with --after-erasure.`,
 	cmd.MarkFlagsMutuallyExclusive("hwid", "file")
 	cmd.MarkFlagsOneRequired("serial", "file")
 	return cmd
+}
+
+// readHWID reads a hardware id from r: its first line, trimmed; nothing may
+// follow but blank lines.
+func readHWID(r io.Reader) (string, error) {
+	b, err := io.ReadAll(io.LimitReader(r, privacy.MaxHardwareIDLen+64))
+	if err != nil {
+		return "", fmt.Errorf("--hwid -: reading standard input: %w", err)
+	}
+	v := strings.TrimSpace(string(b))
+	switch {
+	case v == "":
+		return "", errors.New("--hwid -: standard input holds no hardware id")
+	case strings.ContainsAny(v, "\r\n"):
+		return "", errors.New("--hwid -: standard input holds more than one line (use --file for a batch)")
+	}
+	return v, nil
 }
 
 // enrollment validates one serial number and hardware id with the same rules

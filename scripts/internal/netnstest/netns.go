@@ -10,6 +10,8 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -85,11 +87,23 @@ type AgentSpec struct {
 	LogPath   string // relative to the harness's Dir unless absolute
 }
 
-// StartAgent runs `dasset-agent up` as s says, logging JSON.
+// StartAgent runs `dasset-agent up` as s says, logging JSON. The serial
+// number and hardware id reach it in files (0600, beside its state
+// directory), as on a device: never on its command line.
 func (h *Harness) StartAgent(s AgentSpec) *Proc {
 	h.T.Helper()
+	dir, err := os.MkdirTemp(h.Dir, "identity-")
+	if err != nil {
+		h.T.Fatal(err)
+	}
+	serialFile, hwidFile := filepath.Join(dir, "serial"), filepath.Join(dir, "hwid")
+	for f, v := range map[string]string{serialFile: s.Serial, hwidFile: s.HWID} {
+		if err := os.WriteFile(f, []byte(v+"\n"), 0o600); err != nil {
+			h.T.Fatal(err)
+		}
+	}
 	return h.Start(s.NS, s.LogPath, h.Path("dasset-agent"), "up",
-		"--gateway", s.Gateway, "--serial", s.Serial, "--hwid", s.HWID,
+		"--gateway", s.Gateway, "--serial-file", serialFile, "--hwid-file", hwidFile,
 		"--interface", s.Interface, "--state-dir", s.StateDir, "--pin", s.Pin,
 		"--log-format", "json")
 }
@@ -191,4 +205,31 @@ func HTTPGet(url string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
+}
+
+// ArgvHolding lists the processes whose command line (/proc/PID/cmdline,
+// what ps shows every local user) holds any of the values.
+func ArgvHolding(values ...string) ([]int, error) {
+	ents, err := os.ReadDir("/proc")
+	if err != nil {
+		return nil, err
+	}
+	var pids []int
+	for _, e := range ents {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
+		if err != nil {
+			continue // gone meanwhile
+		}
+		for _, v := range values {
+			if strings.Contains(string(b), v) {
+				pids = append(pids, pid)
+				break
+			}
+		}
+	}
+	return pids, nil
 }
