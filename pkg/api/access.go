@@ -75,6 +75,7 @@ func PublicTable() map[string]Access {
 		gatewayv1.ClientService_GetSession_FullMethodName:    ClientToken,
 		gatewayv1.ClientService_ExportMyData_FullMethodName:  ClientToken,
 		gatewayv1.ClientService_DeleteAccount_FullMethodName: ClientToken,
+		gatewayv1.ClientService_ChangePassword_FullMethodName: ClientToken,
 	}
 	for _, m := range infraMethods {
 		t[m] = Public

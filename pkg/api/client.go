@@ -74,7 +74,8 @@ func (s *ClientServer) BindDevice(ctx context.Context, req *gatewayv1.BindDevice
 	if req.GetCode() == "" {
 		return nil, invalid("code", "must not be empty")
 	}
-	sn, err := s.GW.BindDevice(ctx, a, req.GetCode())
+	src, _ := peerAddrs(ctx)
+	sn, err := s.GW.BindDevice(ctx, a, req.GetCode(), src)
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -158,4 +159,25 @@ func (s *ClientServer) GetSession(ctx context.Context, req *gatewayv1.GetSession
 		SessionId: v.ID, ClientAddresses: prefixStrings(v.ClientAddrs), DeviceAddresses: prefixStrings(v.DeviceAddrs),
 		OpenedAt: timestamppb.New(v.OpenedAt), ExpiresAt: timestamppb.New(v.ExpiresAt),
 	}, nil
+}
+
+// ChangePassword replaces the caller's password; the account's sessions
+// close and its tokens are revoked, and the answer carries a fresh token.
+func (s *ClientServer) ChangePassword(ctx context.Context, req *gatewayv1.ChangePasswordRequest) (*gatewayv1.ChangePasswordResponse, error) {
+	a, err := s.account(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if n := len(req.GetOldPassword()); n == 0 || n > 1024 {
+		return nil, invalid("old_password", "must be 1 to 1024 bytes")
+	}
+	if n := len(req.GetNewPassword()); n < 8 || n > 1024 {
+		return nil, invalid("new_password", "must be 8 to 1024 bytes")
+	}
+	src, _ := peerAddrs(ctx)
+	tok, exp, closed, err := s.GW.ChangePassword(ctx, a, []byte(req.GetOldPassword()), []byte(req.GetNewPassword()), src)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &gatewayv1.ChangePasswordResponse{AccessToken: tok, ExpiresAt: timestamppb.New(exp), SessionsClosed: int32(closed)}, nil
 }

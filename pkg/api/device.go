@@ -154,7 +154,8 @@ func (s *DeviceServer) CreateBindingCode(ctx context.Context, _ *gatewayv1.Creat
 	if err != nil {
 		return nil, err
 	}
-	bc, err := s.GW.CreateBindingCode(ctx, d)
+	src, _ := peerAddrs(ctx)
+	bc, err := s.GW.CreateBindingCode(ctx, d, src)
 	if err != nil {
 		return nil, toStatus(err)
 	}

@@ -191,6 +191,7 @@ func New(ctx context.Context, cfg config.Config, opt Options) (_ *Daemon, err er
 		Registry: d.st, Sessions: d.st, Verifier: verifier, Keys: d.keys, Accounts: d.keys,
 		Plan: d.plan, Tunnel: tunnelAdapter{d.dev}, ACL: aclAdapter{d.rt}, ConnLog: d.cl,
 		Observer: metrics.LoginObserver{M: d.m}, Logger: d.log,
+		BindThrottle: d.limits.binds, CodeThrottle: d.limits.codes,
 		Subjects: d.st, Pseudonyms: d.keys, Ledger: d.ledger,
 	})
 	if err != nil {

@@ -197,3 +197,120 @@ func TestOneSyncStreamPerDevice(t *testing.T) {
 		}
 	}
 }
+
+// Client accounts: a stranger's wrong passwords slow the stranger's own
+// (account, source prefix), never the user from theirs (60 wrong then the
+// right one no longer gives OK from the guessing source); ChangePassword
+// revokes every old token and hands out a fresh one; binding-code guesses
+// and code creation are throttled.
+func TestClientAccountsAndBindingThrottles(t *testing.T) {
+	g := startGateway(t, hostileConfig(t, t.TempDir()))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	const account, password = "carol", "carol-password-1"
+	if _, err := g.admin.CreateAccount(ctx, &gatewayv1.CreateAccountRequest{Name: account, Password: password}); err != nil {
+		t.Fatal(err)
+	}
+	strangerConn := connFrom(t, g.d.GRPCAddr().String(), g.d.Fingerprint(), strangerSrc)
+	stranger := gatewayv1.NewClientServiceClient(strangerConn)
+	mineConn := connFrom(t, g.d.GRPCAddr().String(), g.d.Fingerprint(), "127.0.0.1")
+	mine := gatewayv1.NewClientServiceClient(mineConn)
+
+	var throttledAt int
+	for i := range 60 {
+		_, err := stranger.Login(ctx, &gatewayv1.ClientLoginRequest{Account: account, Password: "wrong-password"})
+		if status.Code(err) != codes.Unauthenticated {
+			t.Fatalf("wrong password %d: %v", i, err)
+		}
+		if retryHint(err) > 0 {
+			throttledAt = i
+			break
+		}
+	}
+	if throttledAt == 0 {
+		t.Fatal("60 wrong passwords from one source were never throttled")
+	}
+	_, err := stranger.Login(ctx, &gatewayv1.ClientLoginRequest{Account: account, Password: password})
+	if status.Code(err) != codes.Unauthenticated || retryHint(err) == 0 {
+		t.Fatalf("right password from the guessing source during its wait: %v (want a throttled refusal)", err)
+	}
+	login, err := mine.Login(ctx, &gatewayv1.ClientLoginRequest{Account: account, Password: password})
+	if err != nil {
+		t.Fatalf("the user from their own source: %v", err)
+	}
+	auth := func(tok string) context.Context {
+		return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+tok)
+	}
+	old := login.GetAccessToken()
+	second, err := mine.Login(ctx, &gatewayv1.ClientLoginRequest{Account: account, Password: password})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// ChangePassword: a wrong old password changes nothing.
+	if _, err := mine.ChangePassword(auth(old), &gatewayv1.ChangePasswordRequest{OldPassword: "nope-nope", NewPassword: "carol-password-2"}); status.Code(err) != codes.PermissionDenied {
+		t.Fatalf("wrong old password: %v", err)
+	}
+	if _, err := mine.ChangePassword(auth(old), &gatewayv1.ChangePasswordRequest{OldPassword: password, NewPassword: "short"}); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("short new password: %v", err)
+	}
+	ch, err := mine.ChangePassword(auth(old), &gatewayv1.ChangePasswordRequest{OldPassword: password, NewPassword: "carol-password-2"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for name, tok := range map[string]string{"the caller's old token": old, "another token": second.GetAccessToken()} {
+		if _, err := mine.ListDevices(auth(tok), &gatewayv1.ListBoundDevicesRequest{}); status.Code(err) != codes.Unauthenticated {
+			t.Fatalf("%s after ChangePassword: %v, want Unauthenticated", name, err)
+		}
+	}
+	if _, err := mine.ListDevices(auth(ch.GetAccessToken()), &gatewayv1.ListBoundDevicesRequest{}); err != nil {
+		t.Fatalf("fresh token: %v", err)
+	}
+	if _, err := mine.Login(ctx, &gatewayv1.ClientLoginRequest{Account: account, Password: password}); status.Code(err) != codes.Unauthenticated {
+		t.Fatalf("old password after the change: %v", err)
+	}
+	if _, err := mine.Login(ctx, &gatewayv1.ClientLoginRequest{Account: account, Password: "carol-password-2"}); err != nil {
+		t.Fatalf("new password: %v", err)
+	}
+
+	// Binding-code guessing: slowed after a few tries, with a hint.
+	var bindThrottled bool
+	for i := 0; i < 40 && !bindThrottled; i++ {
+		_, err := mine.BindDevice(auth(ch.GetAccessToken()), &gatewayv1.BindDeviceRequest{Code: "ABCDEFGHJK"})
+		switch {
+		case status.Code(err) == codes.ResourceExhausted && retryHint(err) > 0:
+			bindThrottled = true
+		case status.Code(err) != codes.NotFound:
+			t.Fatalf("guess %d: %v", i, err)
+		}
+	}
+	if !bindThrottled {
+		t.Fatal("40 wrong binding codes were never throttled")
+	}
+
+	// Code creation: a device gets a few codes back to back, then waits.
+	g.enroll(t, [2]string{"SN-CODES-01", "HW-CODES-01"})
+	dev := deviceClient(t, g)
+	resp, err := dev.Login(ctx, &gatewayv1.DeviceLoginRequest{SerialNumber: "SN-CODES-01", HardwareId: "HW-CODES-01", PublicKey: newKey(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var made int
+	for ; made < 20; made++ {
+		_, err := dev.CreateBindingCode(auth(resp.GetDeviceToken()), &gatewayv1.CreateBindingCodeRequest{})
+		if err != nil {
+			if status.Code(err) != codes.ResourceExhausted || retryHint(err) == 0 {
+				t.Fatalf("code %d: %v", made, err)
+			}
+			break
+		}
+	}
+	if made == 0 || made == 20 {
+		t.Fatalf("%d codes made back to back, want a few then a throttled refusal", made)
+	}
+	for _, call := range []string{"client_login", "bind_device", "binding_code"} {
+		if n := counter(t, g.d.HTTPAddr().String(), "dasset_gateway_throttled_total", map[string]string{"call": call}); n < 1 {
+			t.Fatalf("throttled_total{call=%q} = %v", call, n)
+		}
+	}
+}

@@ -18,6 +18,8 @@ type limits struct {
 	cfg       config.Throttle
 	devices   countedGuard
 	accounts  countedGuard
+	binds     countedGuard
+	codes     countedGuard
 	passwords *throttle.Pool
 	refused   *prometheus.CounterVec
 }
@@ -34,7 +36,7 @@ func newLimits(cfg config.Config, now func() time.Time, refused *prometheus.Coun
 			Now:     now,
 		})
 	}
-	for _, call := range []string{"device_login", "client_login"} {
+	for _, call := range []string{"device_login", "client_login", "bind_device", "binding_code"} {
 		for _, r := range throttle.Reasons() {
 			refused.WithLabelValues(call, r)
 		}
@@ -43,13 +45,28 @@ func newLimits(cfg config.Config, now func() time.Time, refused *prometheus.Coun
 		refused.WithLabelValues("connection", r)
 	}
 	return &limits{
-		cfg:       th,
-		devices:   countedGuard{g: guard(cfg.Device.LockoutAttempts, cfg.Device.LockoutWindow), c: refused, call: "device_login"},
-		accounts:  countedGuard{g: guard(cfg.Client.LockoutAttempts, cfg.Client.LockoutWindow), c: refused, call: "client_login"},
+		cfg:      th,
+		devices:  countedGuard{g: guard(cfg.Device.LockoutAttempts, cfg.Device.LockoutWindow), c: refused, call: "device_login"},
+		accounts: countedGuard{g: guard(cfg.Client.LockoutAttempts, cfg.Client.LockoutWindow), c: refused, call: "client_login"},
+		binds:    countedGuard{g: guard(cfg.Client.LockoutAttempts, cfg.Client.LockoutWindow), c: refused, call: "bind_device"},
+		// A device shows a code now and then: 5 back to back, then 10s
+		// between codes, doubling up to 5 minutes (per device; the source
+		// buckets apply too). Nothing forgets a device's codes but time.
+		codes: countedGuard{g: throttle.NewGuard(throttle.GuardConfig{
+			Source:  throttle.Rate{PerSecond: float64(th.SourceRate), Burst: th.SourceBurst},
+			Sources: th.MaxEntries,
+			Global:  throttle.Rate{PerSecond: float64(th.GlobalRate), Burst: th.GlobalBurst},
+			Pair:    throttle.BackoffConfig{Free: 1 << 30, Entries: 1},
+			Subject: throttle.BackoffConfig{Free: codesPerDevice, Base: 10 * time.Second, Max: 5 * time.Minute, Entries: th.MaxEntries},
+			Now:     now,
+		}), c: refused, call: "binding_code"},
 		passwords: throttle.NewPool(th.PasswordWorkers, th.PasswordQueue),
 		refused:   refused,
 	}
 }
+
+// codesPerDevice binding codes a device may create back to back.
+const codesPerDevice = 5
 
 // listener caps the live connections of the device and client listener.
 func (l *limits) listener(inner net.Listener) net.Listener {

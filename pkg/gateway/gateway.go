@@ -46,6 +46,7 @@ type DeviceVerifier interface {
 // argon2id in a bounded pool) and hashes new ones in the same pool.
 type AccountVerifier interface {
 	VerifyAccount(ctx context.Context, accounts identity.AccountStore, name string, password []byte, source netip.Addr) (store.Account, error)
+	VerifyPassword(ctx context.Context, a store.Account, password []byte, source netip.Addr) error
 	HashPassword(ctx context.Context, password []byte) (string, error)
 }
 
@@ -120,6 +121,8 @@ type Gateway struct {
 	reg      Registry
 	verifier DeviceVerifier
 	pw       AccountVerifier
+	binds    identity.Throttle
+	codes    identity.Throttle
 	keys     Keys
 	plan     *ipam.Allocator
 	tun      Tunnel
@@ -157,6 +160,11 @@ type Deps struct {
 	ConnLog   ConnLog
 	Observer  Observer
 	Logger    *slog.Logger
+
+	// Binding limits (optional): BindDevice by (account, source prefix),
+	// source and globally; CreateBindingCode by device and source.
+	BindThrottle identity.Throttle
+	CodeThrottle identity.Throttle
 
 	// Subject rights (optional): export and erasure.
 	Subjects   SubjectStore
@@ -202,6 +210,7 @@ func New(cfg Config, d Deps) (*Gateway, error) {
 		devKeys: make(map[[32]byte]int64),
 	}
 	g.pw = d.Passwords
+	g.binds, g.codes = d.BindThrottle, d.CodeThrottle
 	if g.pw == nil {
 		g.pw, _ = d.Verifier.(AccountVerifier)
 	}

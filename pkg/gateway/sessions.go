@@ -23,6 +23,8 @@ type SessionRegistry interface {
 	DeleteAccount(ctx context.Context, id int64) (map[string]int64, error)
 	CreateAccessToken(ctx context.Context, hash [32]byte, accountID int64, expires time.Time) error
 	AccountByToken(ctx context.Context, hash [32]byte, now time.Time) (store.Account, error)
+	SetPasswordHash(ctx context.Context, accountID int64, hash string) error
+	DeleteAccessTokens(ctx context.Context, accountID int64) error
 	CreateBindingCode(ctx context.Context, hash [32]byte, deviceID int64, expires time.Time) error
 	RedeemBindingCode(ctx context.Context, hash [32]byte, accountID int64, now time.Time) (store.Device, error)
 	IsBound(ctx context.Context, accountID, deviceID int64) (bool, error)
@@ -308,6 +310,77 @@ func (g *Gateway) ClientLogin(ctx context.Context, name string, password []byte,
 	return token, exp, nil
 }
 
+// checkOwnPassword confirms the password of an account the caller holds a
+// token for; the answers are those of ClientLogin (a wrong password and a
+// throttled attempt alike, the latter with a retry hint).
+func (g *Gateway) checkOwnPassword(ctx context.Context, a store.Account, password []byte, source privacy.Addr) error {
+	if g.pw == nil {
+		return newErr(ErrUnavailable, nil, "accounts are not configured")
+	}
+	err := g.pw.VerifyPassword(ctx, a, password, source.Reveal())
+	var te *identity.ThrottledError
+	switch {
+	case err == nil:
+		return nil
+	case errors.As(err, &te):
+		return throttled(err, te.RetryAfter, "old_password: wrong password, or too many attempts")
+	case errors.Is(err, identity.ErrUnauthenticated):
+		return newErr(ErrPermission, err, "old_password: wrong password, or too many attempts")
+	case errors.Is(err, identity.ErrBusy):
+		return &Error{Kind: ErrRateLimited, Msg: "gateway busy: too many password checks at once; retry with backoff", Cause: err, RetryAfter: busyRetry}
+	default:
+		return newErr(ErrUnavailable, err, "checking password failed")
+	}
+}
+
+// ChangePassword replaces an account's password, given the current one.
+// Every open session of the account closes and every access token of the
+// account is revoked; the caller gets a fresh token.
+func (g *Gateway) ChangePassword(ctx context.Context, a store.Account, oldPassword, newPassword []byte, source privacy.Addr) (token string, expires time.Time, closed int, err error) {
+	s := g.sess
+	if !s.enabled() {
+		return "", time.Time{}, 0, newErr(ErrUnavailable, nil, "accounts are not configured")
+	}
+	if len(newPassword) < 8 {
+		return "", time.Time{}, 0, newErr(ErrInvalid, nil, "new_password: must be at least 8 characters")
+	}
+	if err := g.checkOwnPassword(ctx, a, oldPassword, source); err != nil {
+		return "", time.Time{}, 0, err
+	}
+	hash, err := g.hashPassword(ctx, newPassword)
+	if err != nil {
+		return "", time.Time{}, 0, err
+	}
+	if err := s.reg.SetPasswordHash(ctx, a.ID, hash); err != nil {
+		return "", time.Time{}, 0, newErr(ErrUnavailable, err, "storing the new password failed")
+	}
+	// Tokens before sessions: a stolen token stops working at once.
+	if err := s.reg.DeleteAccessTokens(ctx, a.ID); err != nil {
+		return "", time.Time{}, 0, newErr(ErrUnavailable, err, "revoking access tokens failed")
+	}
+	s.mu.Lock()
+	for _, os := range s.open {
+		if os.AccountID == a.ID {
+			closed++
+		}
+	}
+	s.mu.Unlock()
+	if err := s.closeWhere(ctx, "password changed", func(os *openSession) bool { return os.AccountID == a.ID }); err != nil {
+		return "", time.Time{}, 0, err
+	}
+	token, th, err := identity.NewToken()
+	if err != nil {
+		return "", time.Time{}, 0, newErr(ErrUnavailable, err, "making token failed")
+	}
+	now := g.cfg.Now()
+	expires = now.Add(s.opt.TokenTTL)
+	if err := s.reg.CreateAccessToken(ctx, th, a.ID, expires); err != nil {
+		return "", time.Time{}, 0, newErr(ErrUnavailable, err, "storing token failed")
+	}
+	g.log.Info("account password changed", "account_id", a.ID, "sessions_closed", closed)
+	return token, expires, closed, nil
+}
+
 // AccountByToken authenticates a client access token.
 func (g *Gateway) AccountByToken(ctx context.Context, token string) (store.Account, error) {
 	s := g.sess
@@ -369,10 +442,17 @@ type BindingCode struct {
 }
 
 // CreateBindingCode makes a binding code for a logged-in device.
-func (g *Gateway) CreateBindingCode(ctx context.Context, d store.Device) (BindingCode, error) {
+// Codes are throttled per device and per source: a device shows a code now
+// and then, never thousands.
+func (g *Gateway) CreateBindingCode(ctx context.Context, d store.Device, source privacy.Addr) (BindingCode, error) {
 	s := g.sess
 	if !s.enabled() {
 		return BindingCode{}, newErr(ErrUnavailable, nil, "binding is not configured")
+	}
+	if g.codes != nil {
+		if r := g.codes.Begin(d.Index, source.Reveal(), false); r != nil {
+			return BindingCode{}, &Error{Kind: ErrRateLimited, Msg: "too many binding codes; retry later", RetryAfter: r.RetryAfter}
+		}
 	}
 	code, hash, err := newBindingCode()
 	if err != nil {
@@ -390,11 +470,18 @@ func (g *Gateway) CreateBindingCode(ctx context.Context, d store.Device) (Bindin
 }
 
 // BindDevice redeems a binding code for an account.
-func (g *Gateway) BindDevice(ctx context.Context, a store.Account, code string) (privacy.SerialNumber, error) {
+// Guesses are throttled by (account, source prefix), by source and
+// globally; a successful bind forgets the account's attempts.
+func (g *Gateway) BindDevice(ctx context.Context, a store.Account, code string, source privacy.Addr) (privacy.SerialNumber, error) {
 	s := g.sess
 	hash, err := hashBindingCode(code)
 	if err != nil {
 		return privacy.SerialNumber{}, newErr(ErrInvalid, err, "code: %v", err)
+	}
+	if g.binds != nil {
+		if r := g.binds.Begin(a.NameIndex, source.Reveal(), false); r != nil {
+			return privacy.SerialNumber{}, &Error{Kind: ErrRateLimited, Msg: "too many binding attempts; retry later", RetryAfter: r.RetryAfter}
+		}
 	}
 	d, err := s.reg.RedeemBindingCode(ctx, hash, a.ID, g.cfg.Now())
 	if errors.Is(err, store.ErrNotFound) {
@@ -402,6 +489,9 @@ func (g *Gateway) BindDevice(ctx context.Context, a store.Account, code string) 
 	}
 	if err != nil {
 		return privacy.SerialNumber{}, newErr(ErrUnavailable, err, "binding failed")
+	}
+	if g.binds != nil {
+		g.binds.Succeeded(a.NameIndex, source.Reveal())
 	}
 	return g.openSerial(d)
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"errors"
+	"net/netip"
 	"sort"
 	"time"
 
@@ -268,6 +269,23 @@ func (g *Gateway) Erase(ctx context.Context, s Subject) (map[string]int64, error
 func (g *Gateway) CancelAccount(ctx context.Context, a store.Account, password []byte) (map[string]int64, error) {
 	if g.subj == nil {
 		return nil, newErr(ErrUnavailable, nil, "subject rights are not configured")
+	}
+	if g.pw != nil {
+		// Throttled by (account, source) and run in the password pool.
+		// Only the token's holder gets here, so the pair is (account, any source).
+		if err := g.pw.VerifyPassword(ctx, a, password, netip.Addr{}); err != nil {
+			var te *identity.ThrottledError
+			switch {
+			case errors.Is(err, identity.ErrUnauthenticated):
+				return nil, newErr(ErrPermission, nil, "password: does not match the account's password; nothing was deleted")
+			case errors.As(err, &te):
+				return nil, &Error{Kind: ErrPermission, Msg: "password: does not match the account's password, or too many attempts; nothing was deleted", Cause: err, RetryAfter: te.RetryAfter}
+			case errors.Is(err, identity.ErrBusy):
+				return nil, &Error{Kind: ErrRateLimited, Msg: "gateway busy: too many password checks at once; retry with backoff", Cause: err, RetryAfter: busyRetry}
+			}
+			return nil, newErr(ErrUnavailable, err, "checking password failed")
+		}
+		return g.eraseAccount(ctx, a, "account cancelled by its user")
 	}
 	ok, err := identity.CheckPassword(a.PasswordHash, password)
 	if err != nil {

@@ -214,6 +214,24 @@ func (v *Verifier) VerifyAccount(ctx context.Context, accounts AccountStore, nam
 	return a, nil
 }
 
+// VerifyPassword checks the password of an account the caller already holds
+// a token for (changing the password, cancelling the account): throttled by
+// (account, source prefix) like a login, argon2id in the pool.
+func (v *Verifier) VerifyPassword(ctx context.Context, a store.Account, password []byte, source netip.Addr) error {
+	if r := v.cfg.Accounts.Begin(a.NameIndex, source, false); r != nil {
+		return &ThrottledError{Reason: r.Reason, RetryAfter: r.RetryAfter}
+	}
+	ok, err := v.CheckPassword(ctx, a.PasswordHash, true, password)
+	if err != nil {
+		return fmt.Errorf("identity: account %d: %w", a.ID, err)
+	}
+	if !ok {
+		return ErrUnauthenticated
+	}
+	v.cfg.Accounts.Succeeded(a.NameIndex, source)
+	return nil
+}
+
 // CheckPassword checks pw against hash in the password pool; known=false
 // runs the dummy check (same cost) and reports false. A full pool is
 // ErrBusy.

@@ -876,6 +876,120 @@ func (x *DeleteMyAccountResponse) GetRemoved() map[string]int64 {
 	return nil
 }
 
+type ChangePasswordRequest struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	OldPassword string                 `protobuf:"bytes,1,opt,name=old_password,json=oldPassword,proto3" json:"old_password,omitempty"`
+	// At least 8 bytes, at most 1024.
+	NewPassword   string `protobuf:"bytes,2,opt,name=new_password,json=newPassword,proto3" json:"new_password,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ChangePasswordRequest) Reset() {
+	*x = ChangePasswordRequest{}
+	mi := &file_dasset_gateway_v1_client_proto_msgTypes[18]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChangePasswordRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChangePasswordRequest) ProtoMessage() {}
+
+func (x *ChangePasswordRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_dasset_gateway_v1_client_proto_msgTypes[18]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChangePasswordRequest.ProtoReflect.Descriptor instead.
+func (*ChangePasswordRequest) Descriptor() ([]byte, []int) {
+	return file_dasset_gateway_v1_client_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *ChangePasswordRequest) GetOldPassword() string {
+	if x != nil {
+		return x.OldPassword
+	}
+	return ""
+}
+
+func (x *ChangePasswordRequest) GetNewPassword() string {
+	if x != nil {
+		return x.NewPassword
+	}
+	return ""
+}
+
+type ChangePasswordResponse struct {
+	state       protoimpl.MessageState `protogen:"open.v1"`
+	AccessToken string                 `protobuf:"bytes,1,opt,name=access_token,json=accessToken,proto3" json:"access_token,omitempty"`
+	ExpiresAt   *timestamppb.Timestamp `protobuf:"bytes,2,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
+	// Sessions of the account that were closed.
+	SessionsClosed int32 `protobuf:"varint,3,opt,name=sessions_closed,json=sessionsClosed,proto3" json:"sessions_closed,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
+}
+
+func (x *ChangePasswordResponse) Reset() {
+	*x = ChangePasswordResponse{}
+	mi := &file_dasset_gateway_v1_client_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ChangePasswordResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ChangePasswordResponse) ProtoMessage() {}
+
+func (x *ChangePasswordResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_dasset_gateway_v1_client_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ChangePasswordResponse.ProtoReflect.Descriptor instead.
+func (*ChangePasswordResponse) Descriptor() ([]byte, []int) {
+	return file_dasset_gateway_v1_client_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *ChangePasswordResponse) GetAccessToken() string {
+	if x != nil {
+		return x.AccessToken
+	}
+	return ""
+}
+
+func (x *ChangePasswordResponse) GetExpiresAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.ExpiresAt
+	}
+	return nil
+}
+
+func (x *ChangePasswordResponse) GetSessionsClosed() int32 {
+	if x != nil {
+		return x.SessionsClosed
+	}
+	return 0
+}
+
 var File_dasset_gateway_v1_client_proto protoreflect.FileDescriptor
 
 const file_dasset_gateway_v1_client_proto_rawDesc = "" +
@@ -934,7 +1048,15 @@ const file_dasset_gateway_v1_client_proto_rawDesc = "" +
 	"\aremoved\x18\x01 \x03(\v27.dasset.gateway.v1.DeleteMyAccountResponse.RemovedEntryR\aremoved\x1a:\n" +
 	"\fRemovedEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x012\xe7\x06\n" +
+	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"]\n" +
+	"\x15ChangePasswordRequest\x12!\n" +
+	"\fold_password\x18\x01 \x01(\tR\voldPassword\x12!\n" +
+	"\fnew_password\x18\x02 \x01(\tR\vnewPassword\"\x9f\x01\n" +
+	"\x16ChangePasswordResponse\x12!\n" +
+	"\faccess_token\x18\x01 \x01(\tR\vaccessToken\x129\n" +
+	"\n" +
+	"expires_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x12'\n" +
+	"\x0fsessions_closed\x18\x03 \x01(\x05R\x0esessionsClosed2\xce\a\n" +
 	"\rClientService\x12V\n" +
 	"\x05Login\x12%.dasset.gateway.v1.ClientLoginRequest\x1a&.dasset.gateway.v1.ClientLoginResponse\x12f\n" +
 	"\vListDevices\x12*.dasset.gateway.v1.ListBoundDevicesRequest\x1a+.dasset.gateway.v1.ListBoundDevicesResponse\x12Y\n" +
@@ -946,7 +1068,8 @@ const file_dasset_gateway_v1_client_proto_rawDesc = "" +
 	"\n" +
 	"GetSession\x12$.dasset.gateway.v1.GetSessionRequest\x1a\x1e.dasset.gateway.v1.SessionInfo\x12_\n" +
 	"\fExportMyData\x12&.dasset.gateway.v1.ExportMyDataRequest\x1a'.dasset.gateway.v1.ExportMyDataResponse\x12f\n" +
-	"\rDeleteAccount\x12).dasset.gateway.v1.DeleteMyAccountRequest\x1a*.dasset.gateway.v1.DeleteMyAccountResponseBIZGgithub.com/planetxlabs/dasset-gateway/proto/dasset/gateway/v1;gatewayv1b\x06proto3"
+	"\rDeleteAccount\x12).dasset.gateway.v1.DeleteMyAccountRequest\x1a*.dasset.gateway.v1.DeleteMyAccountResponse\x12e\n" +
+	"\x0eChangePassword\x12(.dasset.gateway.v1.ChangePasswordRequest\x1a).dasset.gateway.v1.ChangePasswordResponseBIZGgithub.com/planetxlabs/dasset-gateway/proto/dasset/gateway/v1;gatewayv1b\x06proto3"
 
 var (
 	file_dasset_gateway_v1_client_proto_rawDescOnce sync.Once
@@ -960,7 +1083,7 @@ func file_dasset_gateway_v1_client_proto_rawDescGZIP() []byte {
 	return file_dasset_gateway_v1_client_proto_rawDescData
 }
 
-var file_dasset_gateway_v1_client_proto_msgTypes = make([]protoimpl.MessageInfo, 20)
+var file_dasset_gateway_v1_client_proto_msgTypes = make([]protoimpl.MessageInfo, 22)
 var file_dasset_gateway_v1_client_proto_goTypes = []any{
 	(*ClientLoginRequest)(nil),       // 0: dasset.gateway.v1.ClientLoginRequest
 	(*ClientLoginResponse)(nil),      // 1: dasset.gateway.v1.ClientLoginResponse
@@ -980,42 +1103,47 @@ var file_dasset_gateway_v1_client_proto_goTypes = []any{
 	(*ExportMyDataResponse)(nil),     // 15: dasset.gateway.v1.ExportMyDataResponse
 	(*DeleteMyAccountRequest)(nil),   // 16: dasset.gateway.v1.DeleteMyAccountRequest
 	(*DeleteMyAccountResponse)(nil),  // 17: dasset.gateway.v1.DeleteMyAccountResponse
-	nil,                              // 18: dasset.gateway.v1.UnbindDeviceResponse.RemovedEntry
-	nil,                              // 19: dasset.gateway.v1.DeleteMyAccountResponse.RemovedEntry
-	(*timestamppb.Timestamp)(nil),    // 20: google.protobuf.Timestamp
-	(*GatewayPeer)(nil),              // 21: dasset.gateway.v1.GatewayPeer
-	(*SessionInfo)(nil),              // 22: dasset.gateway.v1.SessionInfo
+	(*ChangePasswordRequest)(nil),    // 18: dasset.gateway.v1.ChangePasswordRequest
+	(*ChangePasswordResponse)(nil),   // 19: dasset.gateway.v1.ChangePasswordResponse
+	nil,                              // 20: dasset.gateway.v1.UnbindDeviceResponse.RemovedEntry
+	nil,                              // 21: dasset.gateway.v1.DeleteMyAccountResponse.RemovedEntry
+	(*timestamppb.Timestamp)(nil),    // 22: google.protobuf.Timestamp
+	(*GatewayPeer)(nil),              // 23: dasset.gateway.v1.GatewayPeer
+	(*SessionInfo)(nil),              // 24: dasset.gateway.v1.SessionInfo
 }
 var file_dasset_gateway_v1_client_proto_depIdxs = []int32{
-	20, // 0: dasset.gateway.v1.ClientLoginResponse.expires_at:type_name -> google.protobuf.Timestamp
+	22, // 0: dasset.gateway.v1.ClientLoginResponse.expires_at:type_name -> google.protobuf.Timestamp
 	3,  // 1: dasset.gateway.v1.ListBoundDevicesResponse.devices:type_name -> dasset.gateway.v1.BoundDevice
-	18, // 2: dasset.gateway.v1.UnbindDeviceResponse.removed:type_name -> dasset.gateway.v1.UnbindDeviceResponse.RemovedEntry
-	21, // 3: dasset.gateway.v1.OpenSessionResponse.gateway:type_name -> dasset.gateway.v1.GatewayPeer
-	20, // 4: dasset.gateway.v1.OpenSessionResponse.expires_at:type_name -> google.protobuf.Timestamp
-	19, // 5: dasset.gateway.v1.DeleteMyAccountResponse.removed:type_name -> dasset.gateway.v1.DeleteMyAccountResponse.RemovedEntry
-	0,  // 6: dasset.gateway.v1.ClientService.Login:input_type -> dasset.gateway.v1.ClientLoginRequest
-	2,  // 7: dasset.gateway.v1.ClientService.ListDevices:input_type -> dasset.gateway.v1.ListBoundDevicesRequest
-	5,  // 8: dasset.gateway.v1.ClientService.BindDevice:input_type -> dasset.gateway.v1.BindDeviceRequest
-	7,  // 9: dasset.gateway.v1.ClientService.UnbindDevice:input_type -> dasset.gateway.v1.UnbindDeviceRequest
-	9,  // 10: dasset.gateway.v1.ClientService.OpenSession:input_type -> dasset.gateway.v1.OpenSessionRequest
-	11, // 11: dasset.gateway.v1.ClientService.CloseSession:input_type -> dasset.gateway.v1.CloseSessionRequest
-	13, // 12: dasset.gateway.v1.ClientService.GetSession:input_type -> dasset.gateway.v1.GetSessionRequest
-	14, // 13: dasset.gateway.v1.ClientService.ExportMyData:input_type -> dasset.gateway.v1.ExportMyDataRequest
-	16, // 14: dasset.gateway.v1.ClientService.DeleteAccount:input_type -> dasset.gateway.v1.DeleteMyAccountRequest
-	1,  // 15: dasset.gateway.v1.ClientService.Login:output_type -> dasset.gateway.v1.ClientLoginResponse
-	4,  // 16: dasset.gateway.v1.ClientService.ListDevices:output_type -> dasset.gateway.v1.ListBoundDevicesResponse
-	6,  // 17: dasset.gateway.v1.ClientService.BindDevice:output_type -> dasset.gateway.v1.BindDeviceResponse
-	8,  // 18: dasset.gateway.v1.ClientService.UnbindDevice:output_type -> dasset.gateway.v1.UnbindDeviceResponse
-	10, // 19: dasset.gateway.v1.ClientService.OpenSession:output_type -> dasset.gateway.v1.OpenSessionResponse
-	12, // 20: dasset.gateway.v1.ClientService.CloseSession:output_type -> dasset.gateway.v1.CloseSessionResponse
-	22, // 21: dasset.gateway.v1.ClientService.GetSession:output_type -> dasset.gateway.v1.SessionInfo
-	15, // 22: dasset.gateway.v1.ClientService.ExportMyData:output_type -> dasset.gateway.v1.ExportMyDataResponse
-	17, // 23: dasset.gateway.v1.ClientService.DeleteAccount:output_type -> dasset.gateway.v1.DeleteMyAccountResponse
-	15, // [15:24] is the sub-list for method output_type
-	6,  // [6:15] is the sub-list for method input_type
-	6,  // [6:6] is the sub-list for extension type_name
-	6,  // [6:6] is the sub-list for extension extendee
-	0,  // [0:6] is the sub-list for field type_name
+	20, // 2: dasset.gateway.v1.UnbindDeviceResponse.removed:type_name -> dasset.gateway.v1.UnbindDeviceResponse.RemovedEntry
+	23, // 3: dasset.gateway.v1.OpenSessionResponse.gateway:type_name -> dasset.gateway.v1.GatewayPeer
+	22, // 4: dasset.gateway.v1.OpenSessionResponse.expires_at:type_name -> google.protobuf.Timestamp
+	21, // 5: dasset.gateway.v1.DeleteMyAccountResponse.removed:type_name -> dasset.gateway.v1.DeleteMyAccountResponse.RemovedEntry
+	22, // 6: dasset.gateway.v1.ChangePasswordResponse.expires_at:type_name -> google.protobuf.Timestamp
+	0,  // 7: dasset.gateway.v1.ClientService.Login:input_type -> dasset.gateway.v1.ClientLoginRequest
+	2,  // 8: dasset.gateway.v1.ClientService.ListDevices:input_type -> dasset.gateway.v1.ListBoundDevicesRequest
+	5,  // 9: dasset.gateway.v1.ClientService.BindDevice:input_type -> dasset.gateway.v1.BindDeviceRequest
+	7,  // 10: dasset.gateway.v1.ClientService.UnbindDevice:input_type -> dasset.gateway.v1.UnbindDeviceRequest
+	9,  // 11: dasset.gateway.v1.ClientService.OpenSession:input_type -> dasset.gateway.v1.OpenSessionRequest
+	11, // 12: dasset.gateway.v1.ClientService.CloseSession:input_type -> dasset.gateway.v1.CloseSessionRequest
+	13, // 13: dasset.gateway.v1.ClientService.GetSession:input_type -> dasset.gateway.v1.GetSessionRequest
+	14, // 14: dasset.gateway.v1.ClientService.ExportMyData:input_type -> dasset.gateway.v1.ExportMyDataRequest
+	16, // 15: dasset.gateway.v1.ClientService.DeleteAccount:input_type -> dasset.gateway.v1.DeleteMyAccountRequest
+	18, // 16: dasset.gateway.v1.ClientService.ChangePassword:input_type -> dasset.gateway.v1.ChangePasswordRequest
+	1,  // 17: dasset.gateway.v1.ClientService.Login:output_type -> dasset.gateway.v1.ClientLoginResponse
+	4,  // 18: dasset.gateway.v1.ClientService.ListDevices:output_type -> dasset.gateway.v1.ListBoundDevicesResponse
+	6,  // 19: dasset.gateway.v1.ClientService.BindDevice:output_type -> dasset.gateway.v1.BindDeviceResponse
+	8,  // 20: dasset.gateway.v1.ClientService.UnbindDevice:output_type -> dasset.gateway.v1.UnbindDeviceResponse
+	10, // 21: dasset.gateway.v1.ClientService.OpenSession:output_type -> dasset.gateway.v1.OpenSessionResponse
+	12, // 22: dasset.gateway.v1.ClientService.CloseSession:output_type -> dasset.gateway.v1.CloseSessionResponse
+	24, // 23: dasset.gateway.v1.ClientService.GetSession:output_type -> dasset.gateway.v1.SessionInfo
+	15, // 24: dasset.gateway.v1.ClientService.ExportMyData:output_type -> dasset.gateway.v1.ExportMyDataResponse
+	17, // 25: dasset.gateway.v1.ClientService.DeleteAccount:output_type -> dasset.gateway.v1.DeleteMyAccountResponse
+	19, // 26: dasset.gateway.v1.ClientService.ChangePassword:output_type -> dasset.gateway.v1.ChangePasswordResponse
+	17, // [17:27] is the sub-list for method output_type
+	7,  // [7:17] is the sub-list for method input_type
+	7,  // [7:7] is the sub-list for extension type_name
+	7,  // [7:7] is the sub-list for extension extendee
+	0,  // [0:7] is the sub-list for field type_name
 }
 
 func init() { file_dasset_gateway_v1_client_proto_init() }
@@ -1030,7 +1158,7 @@ func file_dasset_gateway_v1_client_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_dasset_gateway_v1_client_proto_rawDesc), len(file_dasset_gateway_v1_client_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   20,
+			NumMessages:   22,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

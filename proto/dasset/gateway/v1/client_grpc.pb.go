@@ -19,15 +19,16 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	ClientService_Login_FullMethodName         = "/dasset.gateway.v1.ClientService/Login"
-	ClientService_ListDevices_FullMethodName   = "/dasset.gateway.v1.ClientService/ListDevices"
-	ClientService_BindDevice_FullMethodName    = "/dasset.gateway.v1.ClientService/BindDevice"
-	ClientService_UnbindDevice_FullMethodName  = "/dasset.gateway.v1.ClientService/UnbindDevice"
-	ClientService_OpenSession_FullMethodName   = "/dasset.gateway.v1.ClientService/OpenSession"
-	ClientService_CloseSession_FullMethodName  = "/dasset.gateway.v1.ClientService/CloseSession"
-	ClientService_GetSession_FullMethodName    = "/dasset.gateway.v1.ClientService/GetSession"
-	ClientService_ExportMyData_FullMethodName  = "/dasset.gateway.v1.ClientService/ExportMyData"
-	ClientService_DeleteAccount_FullMethodName = "/dasset.gateway.v1.ClientService/DeleteAccount"
+	ClientService_Login_FullMethodName          = "/dasset.gateway.v1.ClientService/Login"
+	ClientService_ListDevices_FullMethodName    = "/dasset.gateway.v1.ClientService/ListDevices"
+	ClientService_BindDevice_FullMethodName     = "/dasset.gateway.v1.ClientService/BindDevice"
+	ClientService_UnbindDevice_FullMethodName   = "/dasset.gateway.v1.ClientService/UnbindDevice"
+	ClientService_OpenSession_FullMethodName    = "/dasset.gateway.v1.ClientService/OpenSession"
+	ClientService_CloseSession_FullMethodName   = "/dasset.gateway.v1.ClientService/CloseSession"
+	ClientService_GetSession_FullMethodName     = "/dasset.gateway.v1.ClientService/GetSession"
+	ClientService_ExportMyData_FullMethodName   = "/dasset.gateway.v1.ClientService/ExportMyData"
+	ClientService_DeleteAccount_FullMethodName  = "/dasset.gateway.v1.ClientService/DeleteAccount"
+	ClientService_ChangePassword_FullMethodName = "/dasset.gateway.v1.ClientService/ChangePassword"
 )
 
 // ClientServiceClient is the client API for ClientService service.
@@ -57,6 +58,12 @@ type ClientServiceClient interface {
 	// the account goes on the erasure ledger, and the receipt says what was
 	// removed. The access token stops working at once.
 	DeleteAccount(ctx context.Context, in *DeleteMyAccountRequest, opts ...grpc.CallOption) (*DeleteMyAccountResponse, error)
+	// ChangePassword replaces the caller's password, given the current one
+	// (checked as Login checks it: throttled by account and source, argon2id
+	// in the bounded pool). Every open session of the account closes and
+	// every access token of the account is revoked, the caller's too; the
+	// answer carries a fresh token for the caller.
+	ChangePassword(ctx context.Context, in *ChangePasswordRequest, opts ...grpc.CallOption) (*ChangePasswordResponse, error)
 }
 
 type clientServiceClient struct {
@@ -157,6 +164,16 @@ func (c *clientServiceClient) DeleteAccount(ctx context.Context, in *DeleteMyAcc
 	return out, nil
 }
 
+func (c *clientServiceClient) ChangePassword(ctx context.Context, in *ChangePasswordRequest, opts ...grpc.CallOption) (*ChangePasswordResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ChangePasswordResponse)
+	err := c.cc.Invoke(ctx, ClientService_ChangePassword_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // ClientServiceServer is the server API for ClientService service.
 // All implementations must embed UnimplementedClientServiceServer
 // for forward compatibility.
@@ -184,6 +201,12 @@ type ClientServiceServer interface {
 	// the account goes on the erasure ledger, and the receipt says what was
 	// removed. The access token stops working at once.
 	DeleteAccount(context.Context, *DeleteMyAccountRequest) (*DeleteMyAccountResponse, error)
+	// ChangePassword replaces the caller's password, given the current one
+	// (checked as Login checks it: throttled by account and source, argon2id
+	// in the bounded pool). Every open session of the account closes and
+	// every access token of the account is revoked, the caller's too; the
+	// answer carries a fresh token for the caller.
+	ChangePassword(context.Context, *ChangePasswordRequest) (*ChangePasswordResponse, error)
 	mustEmbedUnimplementedClientServiceServer()
 }
 
@@ -220,6 +243,9 @@ func (UnimplementedClientServiceServer) ExportMyData(context.Context, *ExportMyD
 }
 func (UnimplementedClientServiceServer) DeleteAccount(context.Context, *DeleteMyAccountRequest) (*DeleteMyAccountResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method DeleteAccount not implemented")
+}
+func (UnimplementedClientServiceServer) ChangePassword(context.Context, *ChangePasswordRequest) (*ChangePasswordResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ChangePassword not implemented")
 }
 func (UnimplementedClientServiceServer) mustEmbedUnimplementedClientServiceServer() {}
 func (UnimplementedClientServiceServer) testEmbeddedByValue()                       {}
@@ -404,6 +430,24 @@ func _ClientService_DeleteAccount_Handler(srv interface{}, ctx context.Context, 
 	return interceptor(ctx, in, info, handler)
 }
 
+func _ClientService_ChangePassword_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ChangePasswordRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(ClientServiceServer).ChangePassword(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: ClientService_ChangePassword_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(ClientServiceServer).ChangePassword(ctx, req.(*ChangePasswordRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // ClientService_ServiceDesc is the grpc.ServiceDesc for ClientService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -446,6 +490,10 @@ var ClientService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteAccount",
 			Handler:    _ClientService_DeleteAccount_Handler,
+		},
+		{
+			MethodName: "ChangePassword",
+			Handler:    _ClientService_ChangePassword_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
