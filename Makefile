@@ -7,7 +7,7 @@ VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev
 LDFLAGS  := -X github.com/planetxlabs/dasset-gateway/pkg/daemon.Version=$(VERSION)
 FUZZTIME ?= 60s
 
-.PHONY: all build run test deps vet check-generated generate unit e2e fuzz bench clean
+.PHONY: all build run test deps vet lint check-generated generate unit e2e fuzz bench clean
 
 all: build
 
@@ -18,7 +18,7 @@ run: build
 	./$(BIN)/dasset-gateway serve --config configs/gateway.yaml
 
 # Everything CI runs. Root-only end-to-end tests skip themselves elsewhere.
-test: deps build vet check-generated unit e2e
+test: deps build vet lint check-generated unit e2e
 
 deps:
 	@bash scripts/install-deps.sh
@@ -27,6 +27,12 @@ vet:
 	@out=$$(gofmt -l $$(git ls-files '*.go' | grep -v '\.pb\.go$$')); \
 	  if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+
+# golangci-lint, pinned in scripts/tools.sh (installed into .bin on first
+# use); configuration in .golangci.yml.
+lint:
+	@source scripts/tools.sh && tool golangci-lint
+	.bin/golangci-lint run ./...
 
 generate:
 	bash scripts/generate.sh

@@ -4,6 +4,7 @@
 TOOLS_BIN=${TOOLS_BIN:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/.bin}
 declare -A TOOL_MODULE=(
   [buf]=github.com/bufbuild/buf/cmd/buf@v1.75.0
+  [golangci-lint]=github.com/golangci/golangci-lint/v2/cmd/golangci-lint@v2.15.0
   [protoc-gen-go]=google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
   [protoc-gen-go-grpc]=google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.5.1
 )

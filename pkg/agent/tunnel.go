@@ -42,11 +42,6 @@ type peerConfig struct {
 	keepalive  uint32
 }
 
-func (p peerConfig) equal(q peerConfig) bool {
-	return p.publicKey == q.publicKey && p.endpoint == q.endpoint && p.keepalive == q.keepalive &&
-		slices.Equal(p.allowedIPs, q.allowedIPs)
-}
-
 // uapi renders the peer in wireguard-go's IpcSet form.
 func (p peerConfig) uapi() string {
 	var b strings.Builder

@@ -34,7 +34,7 @@ field in each sink, retention periods), as YAML; -o json wraps it in {"yaml": ..
 				if !strings.HasSuffix(y, "\n") {
 					y += "\n"
 				}
-				io.WriteString(w, y)
+				_, _ = io.WriteString(w, y)
 			})
 		}),
 	})

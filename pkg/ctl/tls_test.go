@@ -6,7 +6,6 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"net"
-	"path/filepath"
 	"strings"
 	"testing"
 
@@ -27,13 +26,6 @@ func newTestPKI(t *testing.T) testPKI {
 	srv := ca.Issue(t, "gateway", x509.ExtKeyUsageServerAuth, net.IPv4(127, 0, 0, 1))
 	cli := ca.Issue(t, "operator", x509.ExtKeyUsageClientAuth)
 	return testPKI{caFile: ca.File, certFile: cli.CertFile, keyFile: cli.KeyFile, pool: ca.Pool, server: srv.Cert}
-}
-
-func writeFileIn(t *testing.T, dir, name, content string) string {
-	t.Helper()
-	path := filepath.Join(dir, name)
-	writeFileAt(t, path, content)
-	return path
 }
 
 func TestServerMutualTLS(t *testing.T) {

@@ -132,7 +132,7 @@ func parsePHC(s string) (phc, error) {
 		return bad("parameters are not m=<KiB>,t=<passes>,p=<threads>")
 	}
 	// Bounds keep a bad row from costing the gateway more than a login.
-	if m < 8*uint64(par) || m > 1<<20 || t < 1 || t > 16 || par < 1 || par > 16 {
+	if m < 8*par || m > 1<<20 || t < 1 || t > 16 || par < 1 || par > 16 {
 		return bad("parameters out of range")
 	}
 	p.memory, p.time, p.threads = uint32(m), uint32(t), uint8(par)

@@ -56,7 +56,8 @@ func TestVerifierNeedsTheKeystore(t *testing.T) {
 	if k1.Verifier(sn, hw) == k1.Verifier(sn, mustHW(t, "hw:abd")) {
 		t.Fatal("two hardware ids give the same verifier")
 	}
-	if k1.Verifier(sn, hw) != k1.Verifier(sn, hw) {
+	first, second := k1.Verifier(sn, hw), k1.Verifier(sn, hw)
+	if first != second {
 		t.Fatal("the verifier is not deterministic")
 	}
 }

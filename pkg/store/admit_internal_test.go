@@ -9,8 +9,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/planetxlabs/dasset-gateway/pkg/privacy"
 )
 
 func key32() (k [32]byte) {
@@ -39,7 +37,7 @@ func enrollInternal(t *testing.T, s *SQLite, n int) []int64 {
 	}
 	ids := make([]int64, n)
 	for i, e := range batch {
-		d, err := s.DeviceByIndex(ctx, privacy.BlindIndex(e.Index))
+		d, err := s.DeviceByIndex(ctx, e.Index)
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -292,13 +292,6 @@ func nanos(t time.Time) int64 { return t.UnixNano() }
 
 func fromNanos(n int64) time.Time { return time.Unix(0, n).UTC() }
 
-func nullNanos(t time.Time) any {
-	if t.IsZero() {
-		return nil
-	}
-	return t.UnixNano()
-}
-
 func fromNullNanos(n sql.NullInt64) time.Time {
 	if !n.Valid {
 		return time.Time{}

@@ -73,14 +73,6 @@ func ipv6(src, dst netip.Addr, payload int) []byte {
 	return p
 }
 
-// ip builds a packet of the family of src.
-func ip(src, dst netip.Addr, payload int) []byte {
-	if src.Is4() {
-		return ipv4(src, dst, payload)
-	}
-	return ipv6(src, dst, payload)
-}
-
 // withOffset returns pkt preceded by offset bytes of headroom, with spare
 // capacity after it as wireguard-go's buffers have.
 func withOffset(pkt []byte, offset int) []byte {

@@ -41,7 +41,7 @@ func newWGNode(t *testing.T, addrs []netip.Addr, wrap func(tun.Device) tun.Devic
 	if err != nil {
 		t.Fatal(err)
 	}
-	var dtun tun.Device = tdev
+	dtun := tdev
 	if wrap != nil {
 		dtun = wrap(tdev)
 	}

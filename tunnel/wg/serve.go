@@ -191,21 +191,21 @@ func (s *uapiServer) handle(c net.Conn) {
 		switch op {
 		case "get=1":
 			if blank, err := readLine(r); err != nil || blank != "" {
-				answer(w, uapiEINVAL)
+				_ = answer(w, uapiEINVAL)
 				return
 			}
 			out, err := s.d.dev.IpcGet()
 			if err != nil {
-				answer(w, uapiEINVAL)
+				_ = answer(w, uapiEINVAL)
 				return
 			}
-			w.WriteString(getAnswer(out, s.opt.FullEndpoints))
+			_, _ = w.WriteString(getAnswer(out, s.opt.FullEndpoints)) // a write error sticks: answer's Flush reports it
 			if answer(w, "0") != nil {
 				return
 			}
 		case "set=1":
 			if err := drainRequest(r); err != nil {
-				answer(w, uapiEINVAL)
+				_ = answer(w, uapiEINVAL)
 				return
 			}
 			s.d.log.Warn("refused a UAPI set request: the socket is read-only", "path", s.path)
@@ -213,16 +213,16 @@ func (s *uapiServer) handle(c net.Conn) {
 				return
 			}
 		default:
-			answer(w, uapiEINVAL)
+			_ = answer(w, uapiEINVAL)
 			return
 		}
 	}
 }
 
+// answer ends a reply with its errno. bufio.Writer errors stick, so Flush
+// reports any error of this or an earlier write.
 func answer(w *bufio.Writer, errno string) error {
-	w.WriteString("errno=")
-	w.WriteString(errno)
-	w.WriteString("\n\n")
+	_, _ = w.WriteString("errno=" + errno + "\n\n")
 	return w.Flush()
 }
 

@@ -47,7 +47,7 @@ func (h *Harness) Start(ns, logPath string, argv ...string) *Proc {
 		p.err = cmd.Wait()
 		close(p.done)
 	}()
-	h.T.Cleanup(func() { p.Stop(5 * time.Second) })
+	h.T.Cleanup(func() { _, _ = p.Stop(5 * time.Second) })
 	return p
 }
 
