@@ -153,6 +153,3 @@ func (s *addrScrubber) watchCert(cfg *tls.Config) {
 
 // scrubAddrs replaces every IP address but loopback in s.
 func scrubAddrs(s string) string { return (*addrScrubber)(nil).text(s) }
-
-// errorMessage is err's message with every address but loopback replaced.
-func errorMessage(err error) string { return (*addrScrubber)(nil).message(err) }
