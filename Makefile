@@ -60,7 +60,7 @@ bench: build
 	@# Data-plane throughput (iperf3 over namespaces); needs root, iperf3 and wg,
 	@# so it is skipped, saying why, where they are missing.
 	@rc=0; BIN=$(BIN) bash scripts/bench-throughput.sh || rc=$$?; \
-	  if [ $$rc = 77 ]; then echo "bench: throughput part skipped (needs root, iperf3, wireguard-tools: make deps)"; \
+	  if [ $$rc = 77 ]; then echo "bench: throughput part skipped (needs root, iperf3 and wg: bash scripts/install-deps.sh bench)"; \
 	  elif [ $$rc != 0 ]; then exit $$rc; fi
 
 clean:
