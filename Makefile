@@ -7,7 +7,7 @@ VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev
 LDFLAGS  := -X github.com/planetxlabs/dasset-gateway/pkg/daemon.Version=$(VERSION)
 FUZZTIME ?= 60s
 
-.PHONY: all build run test deps vet lint check-generated generate unit e2e fuzz bench clean
+.PHONY: all build run test deps vet lint check-generated check-refs generate unit e2e fuzz bench clean
 
 all: build
 
@@ -18,7 +18,7 @@ run: build
 	./$(BIN)/dasset-gateway serve --config configs/gateway.yaml
 
 # Everything CI runs. Root-only end-to-end tests skip themselves elsewhere.
-test: deps build vet lint check-generated unit e2e
+test: deps build vet lint check-generated check-refs unit e2e
 
 deps:
 	@bash scripts/install-deps.sh
@@ -33,6 +33,10 @@ vet:
 lint:
 	@source scripts/tools.sh && tool golangci-lint
 	.bin/golangci-lint run ./...
+
+# No file may refer to a document outside the repository.
+check-refs:
+	bash scripts/check-refs
 
 generate:
 	bash scripts/generate.sh

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Data-plane throughput of the gateway, each figure beside its reference in the
-# same run (DESIGN.md "Performance"):
+# same run (docs/ARCHITECTURE.md, "Performance targets"):
 #
 #   A  reference   device → hub's WireGuard address, two stock wireguard-go peers
 #   B  ours        device (dasset-agent up) → gateway's virtual address 100.80.0.1

@@ -2,7 +2,7 @@
 # Boot storm against a real gateway beside its reference, in the same run.
 #
 #   scripts/bench.sh [DEVICES [CONCURRENCY]]     (defaults 2000 256)
-#   BENCH_DEVICES=10000 make bench               (the DESIGN.md figure)
+#   BENCH_DEVICES=10000 make bench               (the figure of docs/ARCHITECTURE.md)
 #
 # Starts a netstack gateway (no TUN, no root needed) on free loopback ports
 # with its data in a temporary directory, runs `dasset-bench baseline` (a bare

@@ -17,7 +17,7 @@ func p99(l []time.Duration) time.Duration { return l[len(l)*99/100] }
 
 // BenchmarkLoginP99DuringPrune: login p99 on an idle gateway beside login
 // p99 while the pruner deletes ROWS expired connection-log rows (1,000,000
-// by default; DESIGN.md: within 2× of idle). Run with -benchtime 1x.
+// by default; target in docs/ARCHITECTURE.md: within 2× of idle). Run with -benchtime 1x.
 func BenchmarkLoginP99DuringPrune(b *testing.B) {
 	const rows, logins = 1_000_000, 2000
 	cfg := testConfig(b, b.TempDir())

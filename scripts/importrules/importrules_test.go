@@ -1,4 +1,4 @@
-// Package importrules enforces the layering of DESIGN.md with `go list`:
+// Package importrules enforces the layering of docs/ARCHITECTURE.md with `go list`:
 // the data plane imports nothing of the gateway, the domain knows nothing of
 // gRPC, protobuf, the tunnel or viper, and only pkg/config reads config.
 package importrules

@@ -11,7 +11,7 @@ import (
 	"golang.zx2c4.com/wireguard/device"
 )
 
-// IP addresses and endpoints are personal data (DESIGN.md, privacy model):
+// IP addresses and endpoints are personal data (docs/ARCHITECTURE.md, "The privacy model"):
 // wireguard-go's messages and errors can carry peers' endpoints, so every
 // text that leaves this package through a log or an error is passed through
 // redact first.
