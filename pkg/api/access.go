@@ -102,6 +102,7 @@ func AdminTable() map[string]Access {
 		gatewayv1.AdminService_GetPolicy_FullMethodName:      AnyOperator,
 		gatewayv1.AdminService_RunRetention_FullMethodName:   AnyOperator,
 		gatewayv1.AdminService_VerifyAudit_FullMethodName:    AnyOperator,
+		gatewayv1.AdminService_GetSummary_FullMethodName:     AnyOperator,
 	}
 	for _, m := range infraMethods {
 		t[m] = AnyOperator

@@ -18,6 +18,8 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protowire"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/timestamppb"
 
 	"github.com/planetxlabs/dasset-gateway/pkg/gateway"
 	"github.com/planetxlabs/dasset-gateway/pkg/privacy"
@@ -206,5 +208,78 @@ func TestUndecodableRequest(t *testing.T) {
 	var out []byte
 	if err := conn.Invoke(context.Background(), gatewayv1.DeviceService_Login_FullMethodName, good, &out, grpc.ForceCodecV2(rawCodec{})); err != nil || dev.reached.Load() != 1 {
 		t.Fatalf("well-formed request: %v, handler reached %d times", err, dev.reached.Load())
+	}
+}
+
+// TestMaxPageFitsMessageLimit: a full page of the largest devices, sessions
+// and peers the gateway can produce stays far below gRPC's default 4 MiB
+// receive limit, whatever the fleet's size.
+func TestMaxPageFitsMessageLimit(t *testing.T) {
+	long := strings.Repeat("S", 128) // the longest serial number, revealed
+	devs := &gatewayv1.ListDevicesResponse{NextPageToken: encodeToken("devices", "9223372036854775807")}
+	sess := &gatewayv1.ListSessionsResponse{NextPageToken: sessionToken(gateway.SessionView{ID: strings.Repeat("x", 32)})}
+	peers := &gatewayv1.ListPeersResponse{NextPageToken: encodeToken("peers", strings.Repeat("ff", 32))}
+	addrs := []string{"100.95.255.254/32", "fdda:55e7:ffff:ffff:ffff:ffff:ffff:fffe/128"}
+	ts := timestamppb.Now()
+	for range MaxPageSize {
+		devs.Devices = append(devs.Devices, &gatewayv1.Device{SerialNumber: long, Addresses: addrs, KeyPinned: true, LastLoginDay: "2030-12-31", Revoked: true, Online: true})
+		sess.Sessions = append(sess.Sessions, &gatewayv1.SessionInfo{SessionId: strings.Repeat("x", 32), SerialNumber: long, Account: "account #9223372036854775807",
+			ClientAddresses: addrs, DeviceAddresses: addrs, OpenedAt: ts, ExpiresAt: ts})
+		peers.Peers = append(peers.Peers, &gatewayv1.Peer{PublicKey: make([]byte, 32), Kind: "device", AllowedIps: addrs, LastHandshake: ts, RxBytes: ^uint64(0), TxBytes: ^uint64(0)})
+	}
+	for name, m := range map[string]proto.Message{"devices": devs, "sessions": sess, "peers": peers} {
+		if n := proto.Size(m); n > 2<<20 {
+			t.Errorf("a full page of %s is %d bytes, over half of gRPC's 4 MiB limit", name, n)
+		}
+	}
+}
+
+type fakePeers []PeerStatus
+
+func (f fakePeers) PeerStatuses(context.Context) ([]PeerStatus, error) {
+	return append([]PeerStatus(nil), f...), nil
+}
+
+// TestListPeersPages: peers come in pages by public key, each once; a token
+// of another list, a garbled one and a negative page size are refused.
+func TestListPeersPages(t *testing.T) {
+	var ps fakePeers
+	for _, b := range []byte{9, 3, 7, 1, 8, 2, 5} {
+		ps = append(ps, PeerStatus{Key: [32]byte{b}, Kind: "device"})
+	}
+	srv := &AdminServer{Peers: ps}
+	ctx := context.Background()
+	var got []byte
+	token := ""
+	for range 10 {
+		resp, err := srv.ListPeers(ctx, &gatewayv1.ListPeersRequest{PageSize: 3, PageToken: token})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(resp.GetPeers()) > 3 {
+			t.Fatalf("page of %d peers", len(resp.GetPeers()))
+		}
+		for _, p := range resp.GetPeers() {
+			got = append(got, p.GetPublicKey()[0])
+		}
+		if token = resp.GetNextPageToken(); token == "" {
+			break
+		}
+	}
+	if string(got) != string([]byte{1, 2, 3, 5, 7, 8, 9}) {
+		t.Fatalf("peers %v, want each once by key", got)
+	}
+	for name, req := range map[string]*gatewayv1.ListPeersRequest{
+		"devices token": {PageToken: encodeToken("devices", "5")},
+		"garbled token": {PageToken: "!!"},
+		"negative size": {PageSize: -1},
+		"short key":     {PageToken: encodeToken("peers", "abcd")},
+	} {
+		if _, err := srv.ListPeers(ctx, req); status.Code(err) != codes.InvalidArgument {
+			t.Errorf("%s: %v, want InvalidArgument", name, err)
+		}
+	}
+	if _, err := (&AdminServer{}).ListDevices(ctx, &gatewayv1.ListDevicesRequest{PageToken: encodeToken("peers", strings.Repeat("00", 32))}); status.Code(err) != codes.InvalidArgument {
+		t.Errorf("peers token to ListDevices: %v, want InvalidArgument", err)
 	}
 }

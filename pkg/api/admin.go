@@ -1,9 +1,12 @@
 package api
 
 import (
+	"bytes"
 	"context"
+	"encoding/hex"
 	"errors"
 	"net/netip"
+	"slices"
 	"strconv"
 	"time"
 
@@ -115,7 +118,15 @@ func (s *AdminServer) ListDevices(ctx context.Context, req *gatewayv1.ListDevice
 			return nil, err
 		}
 	}
-	devs, err := s.GW.ListDevices(ctx)
+	size, err := pageSize(req.GetPageSize())
+	if err != nil {
+		return nil, err
+	}
+	after, err := deviceCursor(req.GetPageToken())
+	if err != nil {
+		return nil, err
+	}
+	devs, err := s.GW.DevicesPage(ctx, after, size)
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -142,6 +153,9 @@ func (s *AdminServer) ListDevices(ctx context.Context, req *gatewayv1.ListDevice
 			SerialNumber: sn, Addresses: prefixStrings(d.Addresses), KeyPinned: d.KeyPinned,
 			LastLoginDay: d.LastLoginDay, Revoked: d.Revoked, Online: d.Online,
 		})
+	}
+	if len(devs) == size {
+		out.NextPageToken = encodeToken("devices", strconv.FormatInt(devs[len(devs)-1].ID, 10))
 	}
 	return out, nil
 }
@@ -218,9 +232,21 @@ func (s *AdminServer) DeleteAccount(ctx context.Context, req *gatewayv1.DeleteAc
 }
 
 // ListSessions lists open sessions.
-func (s *AdminServer) ListSessions(ctx context.Context, _ *gatewayv1.ListSessionsRequest) (*gatewayv1.ListSessionsResponse, error) {
+func (s *AdminServer) ListSessions(ctx context.Context, req *gatewayv1.ListSessionsRequest) (*gatewayv1.ListSessionsResponse, error) {
+	size, err := pageSize(req.GetPageSize())
+	if err != nil {
+		return nil, err
+	}
+	after, err := sessionCursor(req.GetPageToken())
+	if err != nil {
+		return nil, err
+	}
+	page := s.GW.SessionsPage(ctx, after, size)
 	out := &gatewayv1.ListSessionsResponse{}
-	for _, ss := range s.GW.ListSessions(ctx) {
+	if len(page) == size {
+		out.NextPageToken = sessionToken(page[len(page)-1])
+	}
+	for _, ss := range page {
 		out.Sessions = append(out.Sessions, &gatewayv1.SessionInfo{
 			SessionId:       ss.ID,
 			SerialNumber:    ss.Serial.Masked(),
@@ -246,18 +272,64 @@ func (s *AdminServer) CloseSession(ctx context.Context, req *gatewayv1.AdminClos
 }
 
 // ListPeers shows the live WireGuard view.
-func (s *AdminServer) ListPeers(ctx context.Context, _ *gatewayv1.ListPeersRequest) (*gatewayv1.ListPeersResponse, error) {
+func (s *AdminServer) ListPeers(ctx context.Context, req *gatewayv1.ListPeersRequest) (*gatewayv1.ListPeersResponse, error) {
+	size, err := pageSize(req.GetPageSize())
+	if err != nil {
+		return nil, err
+	}
+	after, err := peerCursor(req.GetPageToken())
+	if err != nil {
+		return nil, err
+	}
 	ps, err := s.Peers.PeerStatuses(ctx)
 	if err != nil {
 		return nil, toStatus(err)
 	}
+	// Keyset on the public key: peers after the cursor, by key.
+	if after != nil {
+		ps = slices.DeleteFunc(ps, func(p PeerStatus) bool { return bytes.Compare(p.Key[:], after) <= 0 })
+	}
+	slices.SortFunc(ps, func(a, b PeerStatus) int { return bytes.Compare(a.Key[:], b.Key[:]) })
 	out := &gatewayv1.ListPeersResponse{}
+	if len(ps) > size {
+		ps = ps[:size]
+		out.NextPageToken = encodeToken("peers", hex.EncodeToString(ps[size-1].Key[:]))
+	}
 	for _, p := range ps {
 		pp := &gatewayv1.Peer{PublicKey: p.Key[:], Kind: p.Kind, AllowedIps: prefixStrings(p.AllowedIPs), RxBytes: p.RxBytes, TxBytes: p.TxBytes}
 		if !p.LastHandshake.IsZero() {
 			pp.LastHandshake = timestamppb.New(p.LastHandshake)
 		}
 		out.Peers = append(out.Peers, pp)
+	}
+	return out, nil
+}
+
+// recentHandshake is how fresh a handshake must be for a peer to count as
+// recent in the summary (WireGuard re-handshakes every 2 minutes under load).
+const recentHandshake = 3 * time.Minute
+
+// GetSummary counts devices, sessions and peers without listing them.
+func (s *AdminServer) GetSummary(ctx context.Context, _ *gatewayv1.GetSummaryRequest) (*gatewayv1.GetSummaryResponse, error) {
+	dc, err := s.GW.CountDevices(ctx)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	ps, err := s.Peers.PeerStatuses(ctx)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	out := &gatewayv1.GetSummaryResponse{
+		DevicesEnrolled: int64(dc.Enrolled), DevicesOnline: int64(dc.Online), DevicesRevoked: int64(dc.Revoked),
+		SessionsOpen: int64(s.GW.OpenSessionCount()), Peers: int64(len(ps)),
+	}
+	now := time.Now()
+	for _, p := range ps {
+		if !p.LastHandshake.IsZero() && now.Sub(p.LastHandshake) <= recentHandshake {
+			out.PeersRecent++
+		}
+		out.RxBytes += p.RxBytes
+		out.TxBytes += p.TxBytes
 	}
 	return out, nil
 }

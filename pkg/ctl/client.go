@@ -30,16 +30,12 @@ import (
 // global flags, the connection (to Close) and the context's cancel. Commands
 // call it only after their own input is validated.
 func (a *app) newClient(cmd *cobra.Command) (context.Context, gatewayv1.AdminServiceClient, *grpc.ClientConn, context.CancelFunc, error) {
-	target, opts, err := a.dialOptions(cmd)
+	client, conn, err := a.dialAdmin(cmd)
 	if err != nil {
 		return nil, nil, nil, nil, err
 	}
-	conn, err := grpc.NewClient(target, opts...)
-	if err != nil {
-		return nil, nil, nil, nil, fmt.Errorf("connect to %s: %w", a.dial.where, err)
-	}
 	ctx, cancel := context.WithTimeout(cmd.Context(), a.timeout)
-	return ctx, gatewayv1.NewAdminServiceClient(conn), conn, cancel, nil
+	return ctx, client, conn, cancel, nil
 }
 
 func (a *app) dialOptions(cmd *cobra.Command) (string, []grpc.DialOption, error) {

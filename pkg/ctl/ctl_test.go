@@ -191,6 +191,32 @@ func TestEnrollBatches(t *testing.T) {
 	}
 }
 
+// TestEnrollNoOverallTimeout: a file of many batches may take longer than
+// --timeout in total, since each batch has its own; progress goes to
+// stderr, the result to stdout.
+func TestEnrollNoOverallTimeout(t *testing.T) {
+	f := &fakeAdmin{enrollDelay: 100 * time.Millisecond}
+	sock := serveUnix(t, f)
+	var b strings.Builder
+	const n = 12 * enrollBatch
+	for i := range n {
+		fmt.Fprintf(&b, "DS-%05d,hw-%05d\n", i, i)
+	}
+	r := runCLI(t, "", nil, "--socket", sock, "--timeout", "1s", "enroll", "--file", writeFile(t, "devices.csv", b.String()))
+	if r.code != ExitOK {
+		t.Fatalf("exit %d, stderr %q", r.code, r.stderr)
+	}
+	if got := len(received[*gatewayv1.EnrollDevicesRequest](f)); got != 12 {
+		t.Fatalf("%d batches, want 12", got)
+	}
+	if want := fmt.Sprintf("sent %d of %d devices (100%%)\n", n, n); !strings.HasSuffix(r.stderr, want) {
+		t.Fatalf("stderr %q, want progress ending with %q", r.stderr, want)
+	}
+	if want := fmt.Sprintf("%d enrolled, 12 unchanged\n", n-12); r.stdout != want {
+		t.Fatalf("stdout %q, want %q", r.stdout, want)
+	}
+}
+
 func sampleDevices() *gatewayv1.ListDevicesResponse {
 	return &gatewayv1.ListDevicesResponse{Devices: []*gatewayv1.Device{
 		{SerialNumber: "****01", Addresses: []string{"100.80.0.2", "fd00::2"}, KeyPinned: true, LastLoginDay: "2025-03-14", Online: true},

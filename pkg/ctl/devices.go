@@ -46,11 +46,14 @@ privacy role on the gateway and a --reason, which goes to the audit log.`,
 			if reason != "" && !reveal {
 				return usagef("--reason is only for --reveal")
 			}
-			return call(a, cmd, func(ctx context.Context, c gatewayv1.AdminServiceClient) (*gatewayv1.ListDevicesResponse, error) {
-				return c.ListDevices(ctx, &gatewayv1.ListDevicesRequest{Reveal: reveal, Reason: reason})
-			}, func(w io.Writer, resp *gatewayv1.ListDevicesResponse) {
-				row(w, "SERIAL", "ADDRESSES", "KEY", "LAST LOGIN", "STATE")
-				for _, d := range resp.GetDevices() {
+			return listPages(a, cmd, pager[*gatewayv1.Device]{
+				field:  "devices",
+				header: []string{"SERIAL", "ADDRESSES", "KEY", "LAST LOGIN", "STATE"},
+				fetch: func(ctx context.Context, c gatewayv1.AdminServiceClient, token string) ([]*gatewayv1.Device, string, error) {
+					resp, err := c.ListDevices(ctx, &gatewayv1.ListDevicesRequest{Reveal: reveal, Reason: reason, PageSize: listPageSize, PageToken: token})
+					return resp.GetDevices(), resp.GetNextPageToken(), err
+				},
+				row: func(w io.Writer, d *gatewayv1.Device) {
 					key := none
 					if d.GetKeyPinned() {
 						key = "pinned"
@@ -60,7 +63,7 @@ privacy role on the gateway and a --reason, which goes to the audit log.`,
 						lastLogin = "never"
 					}
 					row(w, d.GetSerialNumber(), joinOrNone(d.GetAddresses()), key, lastLogin, deviceState(d))
-				}
+				},
 			})
 		}),
 	}

@@ -2,12 +2,14 @@ package ctl
 
 import (
 	"bufio"
+	"context"
 	"encoding/csv"
 	"errors"
 	"fmt"
 	"io"
 	"os"
 	"strings"
+	"time"
 
 	"github.com/spf13/cobra"
 
@@ -66,17 +68,20 @@ enroll an erased device again, with --after-erasure.`,
 				devices = []*gatewayv1.DeviceEnrollment{d}
 			}
 
-			ctx, client, conn, cancel, err := a.newClient(cmd)
+			// Each batch has its own --timeout; the whole file has none.
+			client, conn, err := a.dialAdmin(cmd)
 			if err != nil {
 				return err
 			}
-			defer cancel()
 			defer conn.Close()
 
 			total := &gatewayv1.EnrollDevicesResponse{}
+			lastProgress := a.env.Now()
 			for start := 0; start < len(devices); start += enrollBatch {
 				end := min(start+enrollBatch, len(devices))
+				ctx, cancel := context.WithTimeout(cmd.Context(), a.timeout)
 				resp, err := client.EnrollDevices(ctx, &gatewayv1.EnrollDevicesRequest{Devices: devices[start:end], AfterErasure: afterErasure})
+				cancel()
 				if err != nil {
 					if start > 0 {
 						fmt.Fprintf(cmd.ErrOrStderr(), "%d of %d devices were sent before this error (%d enrolled, %d unchanged); re-running the file is safe.\n",
@@ -86,6 +91,12 @@ enroll an erased device again, with --after-erasure.`,
 				}
 				total.Enrolled += resp.GetEnrolled()
 				total.Unchanged += resp.GetUnchanged()
+				// Progress on stderr for files of several batches, at most
+				// once a second, and the last batch.
+				if len(devices) > enrollBatch && (end == len(devices) || a.env.Now().Sub(lastProgress) >= time.Second) {
+					lastProgress = a.env.Now()
+					fmt.Fprintf(cmd.ErrOrStderr(), "sent %d of %d devices (%d%%)\n", end, len(devices), end*100/len(devices))
+				}
 			}
 			return a.print(cmd, total, func(w io.Writer) {
 				fmt.Fprintf(w, "%d enrolled, %d unchanged\n", total.Enrolled, total.Unchanged)

@@ -6,6 +6,7 @@ import (
 	"crypto/tls"
 	"net"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -34,6 +35,10 @@ type fakeAdmin struct {
 	export   string
 	policy   string
 	pruned   *gatewayv1.RunRetentionResponse
+	// enrollDelay is how long each EnrollDevices call takes.
+	enrollDelay time.Duration
+	// maxPage, when set, caps the lists' page size (to see several pages).
+	maxPage int
 	// block makes GetPolicy wait until the caller gives up.
 	block bool
 }
@@ -64,20 +69,71 @@ func (f *fakeAdmin) total() int {
 	return len(f.requests)
 }
 
-func (f *fakeAdmin) EnrollDevices(_ context.Context, r *gatewayv1.EnrollDevicesRequest) (*gatewayv1.EnrollDevicesResponse, error) {
+func (f *fakeAdmin) EnrollDevices(ctx context.Context, r *gatewayv1.EnrollDevicesRequest) (*gatewayv1.EnrollDevicesResponse, error) {
 	if err := f.record(r); err != nil {
 		return nil, err
+	}
+	if f.enrollDelay > 0 {
+		select {
+		case <-time.After(f.enrollDelay):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
 	}
 	// The first device of a batch counts as already enrolled, to see both
 	// counters summed.
 	return &gatewayv1.EnrollDevicesResponse{Enrolled: int64(len(r.Devices) - 1), Unchanged: 1}, nil
 }
 
+// fakePage serves items in pages of pageSize (at most f.maxPage when set):
+// the token is the index of the next item.
+func fakePage[T any](f *fakeAdmin, items []T, size int32, token string) ([]T, string) {
+	start := 0
+	if token != "" {
+		start, _ = strconv.Atoi(token)
+	}
+	n := int(size)
+	if n <= 0 || (f.maxPage > 0 && n > f.maxPage) {
+		n = f.maxPage
+	}
+	if n <= 0 || start+n >= len(items) {
+		return items[min(start, len(items)):], ""
+	}
+	return items[start : start+n], strconv.Itoa(start + n)
+}
+
 func (f *fakeAdmin) ListDevices(_ context.Context, r *gatewayv1.ListDevicesRequest) (*gatewayv1.ListDevicesResponse, error) {
 	if err := f.record(r); err != nil {
 		return nil, err
 	}
-	return f.devices, nil
+	page, next := fakePage(f, f.devices.GetDevices(), r.GetPageSize(), r.GetPageToken())
+	return &gatewayv1.ListDevicesResponse{Devices: page, NextPageToken: next}, nil
+}
+
+// GetSummary counts the canned lists.
+func (f *fakeAdmin) GetSummary(_ context.Context, r *gatewayv1.GetSummaryRequest) (*gatewayv1.GetSummaryResponse, error) {
+	if err := f.record(r); err != nil {
+		return nil, err
+	}
+	s := &gatewayv1.GetSummaryResponse{SessionsOpen: int64(len(f.sessions.GetSessions()))}
+	for _, d := range f.devices.GetDevices() {
+		s.DevicesEnrolled++
+		switch {
+		case d.GetRevoked():
+			s.DevicesRevoked++
+		case d.GetOnline():
+			s.DevicesOnline++
+		}
+	}
+	for _, p := range f.peers.GetPeers() {
+		s.Peers++
+		if hs := p.GetLastHandshake(); hs != nil && testNow.Sub(hs.AsTime()) <= 3*time.Minute {
+			s.PeersRecent++
+		}
+		s.RxBytes += p.GetRxBytes()
+		s.TxBytes += p.GetTxBytes()
+	}
+	return s, nil
 }
 
 func (f *fakeAdmin) RevokeDevice(_ context.Context, r *gatewayv1.RevokeDeviceRequest) (*gatewayv1.RevokeDeviceResponse, error) {
@@ -98,14 +154,16 @@ func (f *fakeAdmin) ListSessions(_ context.Context, r *gatewayv1.ListSessionsReq
 	if err := f.record(r); err != nil {
 		return nil, err
 	}
-	return f.sessions, nil
+	page, next := fakePage(f, f.sessions.GetSessions(), r.GetPageSize(), r.GetPageToken())
+	return &gatewayv1.ListSessionsResponse{Sessions: page, NextPageToken: next}, nil
 }
 
 func (f *fakeAdmin) ListPeers(_ context.Context, r *gatewayv1.ListPeersRequest) (*gatewayv1.ListPeersResponse, error) {
 	if err := f.record(r); err != nil {
 		return nil, err
 	}
-	return f.peers, nil
+	page, next := fakePage(f, f.peers.GetPeers(), r.GetPageSize(), r.GetPageToken())
+	return &gatewayv1.ListPeersResponse{Peers: page, NextPageToken: next}, nil
 }
 
 func (f *fakeAdmin) ExportSubject(_ context.Context, r *gatewayv1.ExportSubjectRequest) (*gatewayv1.ExportSubjectResponse, error) {

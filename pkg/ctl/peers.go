@@ -21,14 +21,17 @@ last handshake, and bytes received and sent.`,
 		Args: exactArgs(),
 		RunE: run(func(cmd *cobra.Command, _ []string) error {
 			now := a.env.Now()
-			return call(a, cmd, func(ctx context.Context, c gatewayv1.AdminServiceClient) (*gatewayv1.ListPeersResponse, error) {
-				return c.ListPeers(ctx, &gatewayv1.ListPeersRequest{})
-			}, func(w io.Writer, resp *gatewayv1.ListPeersResponse) {
-				row(w, "PUBLIC KEY", "KIND", "ALLOWED IPS", "LAST HANDSHAKE", "RX", "TX")
-				for _, p := range resp.GetPeers() {
+			return listPages(a, cmd, pager[*gatewayv1.Peer]{
+				field:  "peers",
+				header: []string{"PUBLIC KEY", "KIND", "ALLOWED IPS", "LAST HANDSHAKE", "RX", "TX"},
+				fetch: func(ctx context.Context, c gatewayv1.AdminServiceClient, token string) ([]*gatewayv1.Peer, string, error) {
+					resp, err := c.ListPeers(ctx, &gatewayv1.ListPeersRequest{PageSize: listPageSize, PageToken: token})
+					return resp.GetPeers(), resp.GetNextPageToken(), err
+				},
+				row: func(w io.Writer, p *gatewayv1.Peer) {
 					row(w, shortKey(p.GetPublicKey()), orNone(p.GetKind()), joinOrNone(p.GetAllowedIps()),
 						ago(now, p.GetLastHandshake()), bytesHuman(p.GetRxBytes()), bytesHuman(p.GetTxBytes()))
-				}
+				},
 			})
 		}),
 	}

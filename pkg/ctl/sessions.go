@@ -32,15 +32,18 @@ the client's and the device's virtual addresses, when it opened and when it expi
 		Args: exactArgs(),
 		RunE: run(func(cmd *cobra.Command, _ []string) error {
 			now := a.env.Now()
-			return call(a, cmd, func(ctx context.Context, c gatewayv1.AdminServiceClient) (*gatewayv1.ListSessionsResponse, error) {
-				return c.ListSessions(ctx, &gatewayv1.ListSessionsRequest{})
-			}, func(w io.Writer, resp *gatewayv1.ListSessionsResponse) {
-				row(w, "ID", "DEVICE", "ACCOUNT", "CLIENT ADDRESSES", "DEVICE ADDRESSES", "OPENED", "EXPIRES")
-				for _, s := range resp.GetSessions() {
+			return listPages(a, cmd, pager[*gatewayv1.SessionInfo]{
+				field:  "sessions",
+				header: []string{"ID", "DEVICE", "ACCOUNT", "CLIENT ADDRESSES", "DEVICE ADDRESSES", "OPENED", "EXPIRES"},
+				fetch: func(ctx context.Context, c gatewayv1.AdminServiceClient, token string) ([]*gatewayv1.SessionInfo, string, error) {
+					resp, err := c.ListSessions(ctx, &gatewayv1.ListSessionsRequest{PageSize: listPageSize, PageToken: token})
+					return resp.GetSessions(), resp.GetNextPageToken(), err
+				},
+				row: func(w io.Writer, s *gatewayv1.SessionInfo) {
 					row(w, s.GetSessionId(), orNone(s.GetSerialNumber()), orNone(s.GetAccount()),
 						joinOrNone(s.GetClientAddresses()), joinOrNone(s.GetDeviceAddresses()),
 						ago(now, s.GetOpenedAt()), until(now, s.GetExpiresAt()))
-				}
+				},
 			})
 		}),
 	}

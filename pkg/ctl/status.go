@@ -3,52 +3,22 @@ package ctl
 import (
 	"fmt"
 	"io"
-	"time"
 
 	"github.com/spf13/cobra"
-	"golang.org/x/sync/errgroup"
 
 	gatewayv1 "github.com/planetxlabs/dasset-gateway/proto/dasset/gateway/v1"
 )
 
-// recentHandshake is how fresh a handshake must be for a peer to count as
-// alive in the summary (WireGuard re-handshakes every 2 minutes under load).
-const recentHandshake = 3 * time.Minute
-
 // Summary is what dassetctl status prints.
 type Summary struct {
-	DevicesEnrolled int    `json:"devices_enrolled"`
-	DevicesOnline   int    `json:"devices_online"`
-	DevicesRevoked  int    `json:"devices_revoked"`
-	SessionsOpen    int    `json:"sessions_open"`
-	Peers           int    `json:"peers"`
-	PeersRecent     int    `json:"peers_handshake_last_3m"`
+	DevicesEnrolled int64  `json:"devices_enrolled"`
+	DevicesOnline   int64  `json:"devices_online"`
+	DevicesRevoked  int64  `json:"devices_revoked"`
+	SessionsOpen    int64  `json:"sessions_open"`
+	Peers           int64  `json:"peers"`
+	PeersRecent     int64  `json:"peers_handshake_last_3m"`
 	RxBytes         uint64 `json:"rx_bytes"`
 	TxBytes         uint64 `json:"tx_bytes"`
-}
-
-// Summarize counts what status shows from the three lists.
-func Summarize(now time.Time, devices *gatewayv1.ListDevicesResponse, sessions *gatewayv1.ListSessionsResponse, peers *gatewayv1.ListPeersResponse) Summary {
-	var s Summary
-	for _, d := range devices.GetDevices() {
-		s.DevicesEnrolled++
-		switch {
-		case d.GetRevoked():
-			s.DevicesRevoked++
-		case d.GetOnline():
-			s.DevicesOnline++
-		}
-	}
-	s.SessionsOpen = len(sessions.GetSessions())
-	for _, p := range peers.GetPeers() {
-		s.Peers++
-		if hs := p.GetLastHandshake(); hs != nil && (hs.GetSeconds() != 0 || hs.GetNanos() != 0) && now.Sub(hs.AsTime()) <= recentHandshake {
-			s.PeersRecent++
-		}
-		s.RxBytes += p.GetRxBytes()
-		s.TxBytes += p.GetTxBytes()
-	}
-	return s
 }
 
 func (a *app) statusCommand() *cobra.Command {
@@ -69,28 +39,16 @@ total bytes received and sent.`,
 			defer cancel()
 			defer conn.Close()
 
-			var (
-				devices  *gatewayv1.ListDevicesResponse
-				sessions *gatewayv1.ListSessionsResponse
-				peers    *gatewayv1.ListPeersResponse
-			)
-			g, gctx := errgroup.WithContext(ctx)
-			g.Go(func() (err error) {
-				devices, err = client.ListDevices(gctx, &gatewayv1.ListDevicesRequest{})
-				return err
-			})
-			g.Go(func() (err error) {
-				sessions, err = client.ListSessions(gctx, &gatewayv1.ListSessionsRequest{})
-				return err
-			})
-			g.Go(func() (err error) {
-				peers, err = client.ListPeers(gctx, &gatewayv1.ListPeersRequest{})
-				return err
-			})
-			if err := g.Wait(); err != nil {
+			// The gateway counts: nothing is listed, whatever the fleet's size.
+			r, err := client.GetSummary(ctx, &gatewayv1.GetSummaryRequest{})
+			if err != nil {
 				return err
 			}
-			s := Summarize(a.env.Now(), devices, sessions, peers)
+			s := Summary{
+				DevicesEnrolled: r.GetDevicesEnrolled(), DevicesOnline: r.GetDevicesOnline(), DevicesRevoked: r.GetDevicesRevoked(),
+				SessionsOpen: r.GetSessionsOpen(), Peers: r.GetPeers(), PeersRecent: r.GetPeersRecent(),
+				RxBytes: r.GetRxBytes(), TxBytes: r.GetTxBytes(),
+			}
 			return a.printPlain(cmd, s, func(w io.Writer) {
 				row(w, "Devices:", fmt.Sprintf("%d enrolled, %d online, %d revoked", s.DevicesEnrolled, s.DevicesOnline, s.DevicesRevoked))
 				row(w, "Sessions:", fmt.Sprintf("%d open", s.SessionsOpen))

@@ -99,7 +99,24 @@ func TestSessionLimitConcurrent(t *testing.T) {
 		t.Fatalf("%d of %d concurrent OpenSession calls succeeded, want exactly the limit %d", ok, calls, limit)
 	}
 	ls, err := g.admin.ListSessions(ctx, &gatewayv1.ListSessionsRequest{})
-	if err != nil || len(ls.GetSessions()) != limit {
-		t.Fatalf("admin ListSessions: %d sessions, %v; want %d", len(ls.GetSessions()), err, limit)
+	if err != nil || len(ls.GetSessions()) != limit || ls.GetNextPageToken() != "" {
+		t.Fatalf("admin ListSessions: %d sessions, %v; want %d on one page", len(ls.GetSessions()), err, limit)
+	}
+	// In pages of 2: every session once, in the same order.
+	p1, err := g.admin.ListSessions(ctx, &gatewayv1.ListSessionsRequest{PageSize: 2})
+	if err != nil || len(p1.GetSessions()) != 2 || p1.GetNextPageToken() == "" {
+		t.Fatalf("first page: %v, %v", p1, err)
+	}
+	p2, err := g.admin.ListSessions(ctx, &gatewayv1.ListSessionsRequest{PageSize: 2, PageToken: p1.GetNextPageToken()})
+	if err != nil || len(p2.GetSessions()) != 1 || p2.GetNextPageToken() != "" {
+		t.Fatalf("second page: %v, %v", p2, err)
+	}
+	for i, s := range append(p1.GetSessions(), p2.GetSessions()...) {
+		if s.GetSessionId() != ls.GetSessions()[i].GetSessionId() {
+			t.Fatalf("paged session %d is %s, want %s", i, s.GetSessionId(), ls.GetSessions()[i].GetSessionId())
+		}
+	}
+	if _, err := g.admin.ListDevices(ctx, &gatewayv1.ListDevicesRequest{PageToken: p1.GetNextPageToken()}); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("a sessions token to ListDevices: %v, want InvalidArgument", err)
 	}
 }

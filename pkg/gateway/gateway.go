@@ -27,6 +27,8 @@ type Registry interface {
 	DeviceByIndex(ctx context.Context, idx privacy.BlindIndex) (store.Device, error)
 	DeviceByID(ctx context.Context, id int64) (store.Device, error)
 	ListDevices(ctx context.Context) ([]store.Device, error)
+	DevicesAfter(ctx context.Context, afterID int64, limit int) ([]store.Device, error)
+	CountDevices(ctx context.Context) (total, revoked int, err error)
 	AdmittedDevices(ctx context.Context) ([]store.Device, error)
 	Admit(ctx context.Context, a store.Admission) (store.Device, error)
 	RevokeDevice(ctx context.Context, id int64) error
@@ -573,24 +575,6 @@ type DeviceView struct {
 	LastLoginDay string
 	Revoked      bool
 	Online       bool
-}
-
-// ListDevices lists the allow-list with each device's state.
-func (g *Gateway) ListDevices(ctx context.Context) ([]DeviceView, error) {
-	devs, err := g.reg.ListDevices(ctx)
-	if err != nil {
-		return nil, newErr(ErrUnavailable, err, "listing devices failed")
-	}
-	online := g.onlineSet(ctx)
-	out := make([]DeviceView, 0, len(devs))
-	for _, d := range devs {
-		v, err := g.view(d, online)
-		if err != nil {
-			return nil, err
-		}
-		out = append(out, v)
-	}
-	return out, nil
 }
 
 func (g *Gateway) view(d store.Device, online map[[32]byte]bool) (DeviceView, error) {

@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"net/netip"
-	"sort"
 	"sync"
 	"time"
 
@@ -673,25 +672,6 @@ type SessionView struct {
 	DeviceAddrs []netip.Prefix
 	OpenedAt    time.Time
 	ExpiresAt   time.Time
-}
-
-// ListSessions lists open sessions, oldest first, with each device's
-// serial number (callers show it masked unless revealed).
-func (g *Gateway) ListSessions(ctx context.Context) []SessionView {
-	s := g.sess
-	s.mu.Lock()
-	out := make([]SessionView, 0, len(s.open))
-	for _, os := range s.open {
-		out = append(out, SessionView{ID: os.ID, DeviceID: os.DeviceID, AccountID: os.AccountID, ClientAddrs: os.clientAddrs, DeviceAddrs: os.deviceAddrs, OpenedAt: os.OpenedAt, ExpiresAt: os.ExpiresAt})
-	}
-	s.mu.Unlock()
-	for i := range out {
-		if d, err := g.reg.DeviceByID(ctx, out[i].DeviceID); err == nil {
-			out[i].Serial, _ = g.openSerial(d)
-		}
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].OpenedAt.Before(out[j].OpenedAt) })
-	return out
 }
 
 // ReapSessions closes sessions past their expiry or idle longer than the

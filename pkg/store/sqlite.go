@@ -480,6 +480,27 @@ func (s *SQLite) DeviceByKey(ctx context.Context, key Key) (d Device, err error)
 }
 
 // ListDevices lists every device, by id.
+// DevicesAfter lists at most limit devices with an id above afterID, by id
+// (keyset pagination).
+func (s *SQLite) DevicesAfter(ctx context.Context, afterID int64, limit int) (ds []Device, err error) {
+	if limit <= 0 {
+		return nil, fmt.Errorf("store: DevicesAfter: %w", invalid("limit", "must be positive"))
+	}
+	err = s.read(ctx, "DevicesAfter", func(db *rdb) error {
+		ds, err = queryDevices(ctx, db, `SELECT `+deviceCols+` FROM devices d WHERE d.id > ? ORDER BY d.id LIMIT ?`, afterID, limit)
+		return err
+	})
+	return ds, err
+}
+
+// CountDevices counts the enrolled devices and, of them, the revoked.
+func (s *SQLite) CountDevices(ctx context.Context) (total, revoked int, err error) {
+	err = s.read(ctx, "CountDevices", func(db *rdb) error {
+		return db.QueryRowContext(ctx, `SELECT COUNT(*), COALESCE(SUM(revoked), 0) FROM devices`).Scan(&total, &revoked)
+	})
+	return total, revoked, err
+}
+
 func (s *SQLite) ListDevices(ctx context.Context) (ds []Device, err error) {
 	err = s.read(ctx, "ListDevices", func(db *rdb) error {
 		ds, err = queryDevices(ctx, db, `SELECT `+deviceCols+` FROM devices d ORDER BY d.id`)

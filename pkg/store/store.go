@@ -158,6 +158,11 @@ type Store interface {
 	DeviceByID(ctx context.Context, id int64) (Device, error)
 	DeviceByKey(ctx context.Context, key Key) (Device, error)
 	ListDevices(ctx context.Context) ([]Device, error)
+	// DevicesAfter is one page of devices: at most limit (> 0) with an id
+	// above afterID, by id.
+	DevicesAfter(ctx context.Context, afterID int64, limit int) ([]Device, error)
+	// CountDevices counts the enrolled devices and, of them, the revoked.
+	CountDevices(ctx context.Context) (total, revoked int, err error)
 	// AdmittedDevices are the devices with a pinned key and an address that
 	// are not revoked: the peers to re-add on start.
 	AdmittedDevices(ctx context.Context) ([]Device, error)

@@ -380,6 +380,27 @@ func (s *Store) DeviceByKey(ctx context.Context, key store.Key) (store.Device, e
 }
 
 // ListDevices lists every device, by id.
+// DevicesAfter lists at most limit devices with an id above afterID, by id
+// (keyset pagination).
+func (s *Store) DevicesAfter(ctx context.Context, afterID int64, limit int) (ds []store.Device, err error) {
+	if limit <= 0 {
+		return nil, fmt.Errorf("store: DevicesAfter: %w", store.Invalid("limit", "must be positive"))
+	}
+	err = s.read(ctx, "DevicesAfter", func(q querier) error {
+		ds, err = queryDevices(ctx, q, `SELECT `+deviceCols+` FROM devices d WHERE d.id > $1 ORDER BY d.id LIMIT $2`, afterID, limit)
+		return err
+	})
+	return ds, err
+}
+
+// CountDevices counts the enrolled devices and, of them, the revoked.
+func (s *Store) CountDevices(ctx context.Context) (total, revoked int, err error) {
+	err = s.read(ctx, "CountDevices", func(q querier) error {
+		return q.QueryRow(ctx, `SELECT COUNT(*), COUNT(*) FILTER (WHERE revoked) FROM devices`).Scan(&total, &revoked)
+	})
+	return total, revoked, err
+}
+
 func (s *Store) ListDevices(ctx context.Context) (ds []store.Device, err error) {
 	err = s.read(ctx, "ListDevices", func(q querier) error {
 		ds, err = queryDevices(ctx, q, `SELECT `+deviceCols+` FROM devices d ORDER BY d.id`)

@@ -34,6 +34,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"Enroll/DuplicateInBatch", testEnrollDuplicateInBatch},
 		{"Enroll/InvalidInput", testEnrollInvalid},
 		{"Devices/NotFound", testDevicesNotFound},
+		{"Devices/Pages", testDevicesPages},
 		{"Admit/FirstAndRepeat", testAdmitFirstAndRepeat},
 		{"Admit/KeyPinnedAndReplace", testAdmitKeyPinned},
 		{"Admit/Revoked", testAdmitRevoked},
@@ -308,6 +309,46 @@ func testEnrollInvalid(t *h) {
 			t.Fatalf("%s: error %v, want ErrInvalid naming device 1", name, err)
 		}
 		t.wantNoDevices([]store.Enrollment{good})
+	}
+}
+
+// testDevicesPages walks the devices in pages: every device once, by id,
+// whatever the page size; an empty page after the last. CountDevices counts
+// them and the revoked.
+func testDevicesPages(t *h) {
+	ds := t.enroll(10)
+	for _, size := range []int{1, 3, 10, 11} {
+		var got []store.Device
+		after := int64(0)
+		for range 20 {
+			page, err := t.s.DevicesAfter(t.ctx, after, size)
+			t.must(err, "DevicesAfter")
+			if len(page) > size {
+				t.Fatalf("page of %d devices, limit %d", len(page), size)
+			}
+			if len(page) == 0 {
+				break
+			}
+			got = append(got, page...)
+			after = page[len(page)-1].ID
+		}
+		if len(got) != len(ds) {
+			t.Fatalf("page size %d: %d devices, want %d", size, len(got), len(ds))
+		}
+		for i := range got {
+			if !sameDevice(got[i], ds[i]) {
+				t.Fatalf("page size %d: device %d = %+v, want %+v", size, i, got[i], ds[i])
+			}
+		}
+	}
+	_, err := t.s.DevicesAfter(t.ctx, 0, 0)
+	t.wantErr(err, privacy.ErrInvalid, "DevicesAfter with limit 0")
+	t.must(t.s.RevokeDevice(t.ctx, ds[2].ID), "RevokeDevice")
+	t.must(t.s.RevokeDevice(t.ctx, ds[7].ID), "RevokeDevice")
+	total, revoked, err := t.s.CountDevices(t.ctx)
+	t.must(err, "CountDevices")
+	if total != 10 || revoked != 2 {
+		t.Fatalf("CountDevices = %d, %d revoked; want 10, 2", total, revoked)
 	}
 }
 

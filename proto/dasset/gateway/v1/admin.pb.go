@@ -191,6 +191,8 @@ type ListDevicesRequest struct {
 	// Show full serial numbers (needs the privacy role and a reason).
 	Reveal        bool   `protobuf:"varint,1,opt,name=reveal,proto3" json:"reveal,omitempty"`
 	Reason        string `protobuf:"bytes,2,opt,name=reason,proto3" json:"reason,omitempty"`
+	PageSize      int32  `protobuf:"varint,3,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken     string `protobuf:"bytes,4,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -235,6 +237,20 @@ func (x *ListDevicesRequest) GetReveal() bool {
 func (x *ListDevicesRequest) GetReason() string {
 	if x != nil {
 		return x.Reason
+	}
+	return ""
+}
+
+func (x *ListDevicesRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListDevicesRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
 	}
 	return ""
 }
@@ -328,6 +344,7 @@ func (x *Device) GetOnline() bool {
 type ListDevicesResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Devices       []*Device              `protobuf:"bytes,1,rep,name=devices,proto3" json:"devices,omitempty"`
+	NextPageToken string                 `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -367,6 +384,13 @@ func (x *ListDevicesResponse) GetDevices() []*Device {
 		return x.Devices
 	}
 	return nil
+}
+
+func (x *ListDevicesResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
 }
 
 type RevokeDeviceRequest struct {
@@ -715,6 +739,8 @@ func (x *DeleteAccountResponse) GetRemoved() map[string]int64 {
 
 type ListSessionsRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
+	PageSize      int32                  `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken     string                 `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -749,9 +775,24 @@ func (*ListSessionsRequest) Descriptor() ([]byte, []int) {
 	return file_dasset_gateway_v1_admin_proto_rawDescGZIP(), []int{14}
 }
 
+func (x *ListSessionsRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListSessionsRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
+}
+
 type ListSessionsResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Sessions      []*SessionInfo         `protobuf:"bytes,1,rep,name=sessions,proto3" json:"sessions,omitempty"`
+	NextPageToken string                 `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -791,6 +832,13 @@ func (x *ListSessionsResponse) GetSessions() []*SessionInfo {
 		return x.Sessions
 	}
 	return nil
+}
+
+func (x *ListSessionsResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
 }
 
 type AdminCloseSessionRequest struct {
@@ -875,6 +923,8 @@ func (*AdminCloseSessionResponse) Descriptor() ([]byte, []int) {
 
 type ListPeersRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
+	PageSize      int32                  `protobuf:"varint,1,opt,name=page_size,json=pageSize,proto3" json:"page_size,omitempty"`
+	PageToken     string                 `protobuf:"bytes,2,opt,name=page_token,json=pageToken,proto3" json:"page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -907,6 +957,20 @@ func (x *ListPeersRequest) ProtoReflect() protoreflect.Message {
 // Deprecated: Use ListPeersRequest.ProtoReflect.Descriptor instead.
 func (*ListPeersRequest) Descriptor() ([]byte, []int) {
 	return file_dasset_gateway_v1_admin_proto_rawDescGZIP(), []int{18}
+}
+
+func (x *ListPeersRequest) GetPageSize() int32 {
+	if x != nil {
+		return x.PageSize
+	}
+	return 0
+}
+
+func (x *ListPeersRequest) GetPageToken() string {
+	if x != nil {
+		return x.PageToken
+	}
+	return ""
 }
 
 type Peer struct {
@@ -997,6 +1061,7 @@ func (x *Peer) GetTxBytes() uint64 {
 type ListPeersResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
 	Peers         []*Peer                `protobuf:"bytes,1,rep,name=peers,proto3" json:"peers,omitempty"`
+	NextPageToken string                 `protobuf:"bytes,2,opt,name=next_page_token,json=nextPageToken,proto3" json:"next_page_token,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1038,6 +1103,151 @@ func (x *ListPeersResponse) GetPeers() []*Peer {
 	return nil
 }
 
+func (x *ListPeersResponse) GetNextPageToken() string {
+	if x != nil {
+		return x.NextPageToken
+	}
+	return ""
+}
+
+type GetSummaryRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetSummaryRequest) Reset() {
+	*x = GetSummaryRequest{}
+	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetSummaryRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetSummaryRequest) ProtoMessage() {}
+
+func (x *GetSummaryRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetSummaryRequest.ProtoReflect.Descriptor instead.
+func (*GetSummaryRequest) Descriptor() ([]byte, []int) {
+	return file_dasset_gateway_v1_admin_proto_rawDescGZIP(), []int{21}
+}
+
+type GetSummaryResponse struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	DevicesEnrolled int64                  `protobuf:"varint,1,opt,name=devices_enrolled,json=devicesEnrolled,proto3" json:"devices_enrolled,omitempty"`
+	// Not revoked, key pinned, and a recent handshake or a live Sync stream.
+	DevicesOnline  int64 `protobuf:"varint,2,opt,name=devices_online,json=devicesOnline,proto3" json:"devices_online,omitempty"`
+	DevicesRevoked int64 `protobuf:"varint,3,opt,name=devices_revoked,json=devicesRevoked,proto3" json:"devices_revoked,omitempty"`
+	SessionsOpen   int64 `protobuf:"varint,4,opt,name=sessions_open,json=sessionsOpen,proto3" json:"sessions_open,omitempty"`
+	Peers          int64 `protobuf:"varint,5,opt,name=peers,proto3" json:"peers,omitempty"`
+	// Peers whose last handshake is at most 3 minutes old.
+	PeersRecent   int64  `protobuf:"varint,6,opt,name=peers_recent,json=peersRecent,proto3" json:"peers_recent,omitempty"`
+	RxBytes       uint64 `protobuf:"varint,7,opt,name=rx_bytes,json=rxBytes,proto3" json:"rx_bytes,omitempty"`
+	TxBytes       uint64 `protobuf:"varint,8,opt,name=tx_bytes,json=txBytes,proto3" json:"tx_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetSummaryResponse) Reset() {
+	*x = GetSummaryResponse{}
+	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetSummaryResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetSummaryResponse) ProtoMessage() {}
+
+func (x *GetSummaryResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetSummaryResponse.ProtoReflect.Descriptor instead.
+func (*GetSummaryResponse) Descriptor() ([]byte, []int) {
+	return file_dasset_gateway_v1_admin_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *GetSummaryResponse) GetDevicesEnrolled() int64 {
+	if x != nil {
+		return x.DevicesEnrolled
+	}
+	return 0
+}
+
+func (x *GetSummaryResponse) GetDevicesOnline() int64 {
+	if x != nil {
+		return x.DevicesOnline
+	}
+	return 0
+}
+
+func (x *GetSummaryResponse) GetDevicesRevoked() int64 {
+	if x != nil {
+		return x.DevicesRevoked
+	}
+	return 0
+}
+
+func (x *GetSummaryResponse) GetSessionsOpen() int64 {
+	if x != nil {
+		return x.SessionsOpen
+	}
+	return 0
+}
+
+func (x *GetSummaryResponse) GetPeers() int64 {
+	if x != nil {
+		return x.Peers
+	}
+	return 0
+}
+
+func (x *GetSummaryResponse) GetPeersRecent() int64 {
+	if x != nil {
+		return x.PeersRecent
+	}
+	return 0
+}
+
+func (x *GetSummaryResponse) GetRxBytes() uint64 {
+	if x != nil {
+		return x.RxBytes
+	}
+	return 0
+}
+
+func (x *GetSummaryResponse) GetTxBytes() uint64 {
+	if x != nil {
+		return x.TxBytes
+	}
+	return 0
+}
+
 type ExportSubjectRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Subject:
@@ -1052,7 +1262,7 @@ type ExportSubjectRequest struct {
 
 func (x *ExportSubjectRequest) Reset() {
 	*x = ExportSubjectRequest{}
-	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[21]
+	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1064,7 +1274,7 @@ func (x *ExportSubjectRequest) String() string {
 func (*ExportSubjectRequest) ProtoMessage() {}
 
 func (x *ExportSubjectRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[21]
+	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1077,7 +1287,7 @@ func (x *ExportSubjectRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportSubjectRequest.ProtoReflect.Descriptor instead.
 func (*ExportSubjectRequest) Descriptor() ([]byte, []int) {
-	return file_dasset_gateway_v1_admin_proto_rawDescGZIP(), []int{21}
+	return file_dasset_gateway_v1_admin_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ExportSubjectRequest) GetSubject() isExportSubjectRequest_Subject {
@@ -1138,7 +1348,7 @@ type ExportSubjectResponse struct {
 
 func (x *ExportSubjectResponse) Reset() {
 	*x = ExportSubjectResponse{}
-	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[22]
+	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1150,7 +1360,7 @@ func (x *ExportSubjectResponse) String() string {
 func (*ExportSubjectResponse) ProtoMessage() {}
 
 func (x *ExportSubjectResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[22]
+	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1163,7 +1373,7 @@ func (x *ExportSubjectResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportSubjectResponse.ProtoReflect.Descriptor instead.
 func (*ExportSubjectResponse) Descriptor() ([]byte, []int) {
-	return file_dasset_gateway_v1_admin_proto_rawDescGZIP(), []int{22}
+	return file_dasset_gateway_v1_admin_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ExportSubjectResponse) GetJson() string {
@@ -1187,7 +1397,7 @@ type EraseSubjectRequest struct {
 
 func (x *EraseSubjectRequest) Reset() {
 	*x = EraseSubjectRequest{}
-	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[23]
+	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1199,7 +1409,7 @@ func (x *EraseSubjectRequest) String() string {
 func (*EraseSubjectRequest) ProtoMessage() {}
 
 func (x *EraseSubjectRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[23]
+	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1212,7 +1422,7 @@ func (x *EraseSubjectRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EraseSubjectRequest.ProtoReflect.Descriptor instead.
 func (*EraseSubjectRequest) Descriptor() ([]byte, []int) {
-	return file_dasset_gateway_v1_admin_proto_rawDescGZIP(), []int{23}
+	return file_dasset_gateway_v1_admin_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *EraseSubjectRequest) GetSubject() isEraseSubjectRequest_Subject {
@@ -1272,7 +1482,7 @@ type EraseSubjectResponse struct {
 
 func (x *EraseSubjectResponse) Reset() {
 	*x = EraseSubjectResponse{}
-	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[24]
+	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1284,7 +1494,7 @@ func (x *EraseSubjectResponse) String() string {
 func (*EraseSubjectResponse) ProtoMessage() {}
 
 func (x *EraseSubjectResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[24]
+	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1297,7 +1507,7 @@ func (x *EraseSubjectResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EraseSubjectResponse.ProtoReflect.Descriptor instead.
 func (*EraseSubjectResponse) Descriptor() ([]byte, []int) {
-	return file_dasset_gateway_v1_admin_proto_rawDescGZIP(), []int{24}
+	return file_dasset_gateway_v1_admin_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *EraseSubjectResponse) GetRemoved() map[string]int64 {
@@ -1315,7 +1525,7 @@ type GetPolicyRequest struct {
 
 func (x *GetPolicyRequest) Reset() {
 	*x = GetPolicyRequest{}
-	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[25]
+	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1327,7 +1537,7 @@ func (x *GetPolicyRequest) String() string {
 func (*GetPolicyRequest) ProtoMessage() {}
 
 func (x *GetPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[25]
+	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1340,7 +1550,7 @@ func (x *GetPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPolicyRequest.ProtoReflect.Descriptor instead.
 func (*GetPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_dasset_gateway_v1_admin_proto_rawDescGZIP(), []int{25}
+	return file_dasset_gateway_v1_admin_proto_rawDescGZIP(), []int{27}
 }
 
 type GetPolicyResponse struct {
@@ -1353,7 +1563,7 @@ type GetPolicyResponse struct {
 
 func (x *GetPolicyResponse) Reset() {
 	*x = GetPolicyResponse{}
-	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[26]
+	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1365,7 +1575,7 @@ func (x *GetPolicyResponse) String() string {
 func (*GetPolicyResponse) ProtoMessage() {}
 
 func (x *GetPolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[26]
+	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1378,7 +1588,7 @@ func (x *GetPolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPolicyResponse.ProtoReflect.Descriptor instead.
 func (*GetPolicyResponse) Descriptor() ([]byte, []int) {
-	return file_dasset_gateway_v1_admin_proto_rawDescGZIP(), []int{26}
+	return file_dasset_gateway_v1_admin_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *GetPolicyResponse) GetYaml() string {
@@ -1396,7 +1606,7 @@ type RunRetentionRequest struct {
 
 func (x *RunRetentionRequest) Reset() {
 	*x = RunRetentionRequest{}
-	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[27]
+	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1408,7 +1618,7 @@ func (x *RunRetentionRequest) String() string {
 func (*RunRetentionRequest) ProtoMessage() {}
 
 func (x *RunRetentionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[27]
+	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1421,7 +1631,7 @@ func (x *RunRetentionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunRetentionRequest.ProtoReflect.Descriptor instead.
 func (*RunRetentionRequest) Descriptor() ([]byte, []int) {
-	return file_dasset_gateway_v1_admin_proto_rawDescGZIP(), []int{27}
+	return file_dasset_gateway_v1_admin_proto_rawDescGZIP(), []int{29}
 }
 
 type RunRetentionResponse struct {
@@ -1435,7 +1645,7 @@ type RunRetentionResponse struct {
 
 func (x *RunRetentionResponse) Reset() {
 	*x = RunRetentionResponse{}
-	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[28]
+	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1447,7 +1657,7 @@ func (x *RunRetentionResponse) String() string {
 func (*RunRetentionResponse) ProtoMessage() {}
 
 func (x *RunRetentionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[28]
+	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1460,7 +1670,7 @@ func (x *RunRetentionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunRetentionResponse.ProtoReflect.Descriptor instead.
 func (*RunRetentionResponse) Descriptor() ([]byte, []int) {
-	return file_dasset_gateway_v1_admin_proto_rawDescGZIP(), []int{28}
+	return file_dasset_gateway_v1_admin_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *RunRetentionResponse) GetPruned() map[string]int64 {
@@ -1492,7 +1702,7 @@ type VerifyAuditRequest struct {
 
 func (x *VerifyAuditRequest) Reset() {
 	*x = VerifyAuditRequest{}
-	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[29]
+	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1504,7 +1714,7 @@ func (x *VerifyAuditRequest) String() string {
 func (*VerifyAuditRequest) ProtoMessage() {}
 
 func (x *VerifyAuditRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[29]
+	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1517,7 +1727,7 @@ func (x *VerifyAuditRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyAuditRequest.ProtoReflect.Descriptor instead.
 func (*VerifyAuditRequest) Descriptor() ([]byte, []int) {
-	return file_dasset_gateway_v1_admin_proto_rawDescGZIP(), []int{29}
+	return file_dasset_gateway_v1_admin_proto_rawDescGZIP(), []int{31}
 }
 
 type VerifyAuditResponse struct {
@@ -1532,7 +1742,7 @@ type VerifyAuditResponse struct {
 
 func (x *VerifyAuditResponse) Reset() {
 	*x = VerifyAuditResponse{}
-	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[30]
+	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1544,7 +1754,7 @@ func (x *VerifyAuditResponse) String() string {
 func (*VerifyAuditResponse) ProtoMessage() {}
 
 func (x *VerifyAuditResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[30]
+	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1557,7 +1767,7 @@ func (x *VerifyAuditResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyAuditResponse.ProtoReflect.Descriptor instead.
 func (*VerifyAuditResponse) Descriptor() ([]byte, []int) {
-	return file_dasset_gateway_v1_admin_proto_rawDescGZIP(), []int{30}
+	return file_dasset_gateway_v1_admin_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *VerifyAuditResponse) GetEntries() int64 {
@@ -1595,10 +1805,13 @@ const file_dasset_gateway_v1_admin_proto_rawDesc = "" +
 	"\rafter_erasure\x18\x02 \x01(\bR\fafterErasure\"Q\n" +
 	"\x15EnrollDevicesResponse\x12\x1a\n" +
 	"\benrolled\x18\x01 \x01(\x03R\benrolled\x12\x1c\n" +
-	"\tunchanged\x18\x02 \x01(\x03R\tunchanged\"D\n" +
+	"\tunchanged\x18\x02 \x01(\x03R\tunchanged\"\x80\x01\n" +
 	"\x12ListDevicesRequest\x12\x16\n" +
 	"\x06reveal\x18\x01 \x01(\bR\x06reveal\x12\x16\n" +
-	"\x06reason\x18\x02 \x01(\tR\x06reason\"\xc2\x01\n" +
+	"\x06reason\x18\x02 \x01(\tR\x06reason\x12\x1b\n" +
+	"\tpage_size\x18\x03 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x04 \x01(\tR\tpageToken\"\xc2\x01\n" +
 	"\x06Device\x12#\n" +
 	"\rserial_number\x18\x01 \x01(\tR\fserialNumber\x12\x1c\n" +
 	"\taddresses\x18\x02 \x03(\tR\taddresses\x12\x1d\n" +
@@ -1606,9 +1819,10 @@ const file_dasset_gateway_v1_admin_proto_rawDesc = "" +
 	"key_pinned\x18\x03 \x01(\bR\tkeyPinned\x12$\n" +
 	"\x0elast_login_day\x18\x04 \x01(\tR\flastLoginDay\x12\x18\n" +
 	"\arevoked\x18\x05 \x01(\bR\arevoked\x12\x16\n" +
-	"\x06online\x18\x06 \x01(\bR\x06online\"J\n" +
+	"\x06online\x18\x06 \x01(\bR\x06online\"r\n" +
 	"\x13ListDevicesResponse\x123\n" +
-	"\adevices\x18\x01 \x03(\v2\x19.dasset.gateway.v1.DeviceR\adevices\":\n" +
+	"\adevices\x18\x01 \x03(\v2\x19.dasset.gateway.v1.DeviceR\adevices\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\":\n" +
 	"\x13RevokeDeviceRequest\x12#\n" +
 	"\rserial_number\x18\x01 \x01(\tR\fserialNumber\"\x16\n" +
 	"\x14RevokeDeviceResponse\"<\n" +
@@ -1627,15 +1841,22 @@ const file_dasset_gateway_v1_admin_proto_rawDesc = "" +
 	"\aremoved\x18\x01 \x03(\v25.dasset.gateway.v1.DeleteAccountResponse.RemovedEntryR\aremoved\x1a:\n" +
 	"\fRemovedEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"\x15\n" +
-	"\x13ListSessionsRequest\"R\n" +
+	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"Q\n" +
+	"\x13ListSessionsRequest\x12\x1b\n" +
+	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\"z\n" +
 	"\x14ListSessionsResponse\x12:\n" +
-	"\bsessions\x18\x01 \x03(\v2\x1e.dasset.gateway.v1.SessionInfoR\bsessions\"9\n" +
+	"\bsessions\x18\x01 \x03(\v2\x1e.dasset.gateway.v1.SessionInfoR\bsessions\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"9\n" +
 	"\x18AdminCloseSessionRequest\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\"\x1b\n" +
-	"\x19AdminCloseSessionResponse\"\x12\n" +
-	"\x10ListPeersRequest\"\xd3\x01\n" +
+	"\x19AdminCloseSessionResponse\"N\n" +
+	"\x10ListPeersRequest\x12\x1b\n" +
+	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
+	"\n" +
+	"page_token\x18\x02 \x01(\tR\tpageToken\"\xd3\x01\n" +
 	"\x04Peer\x12\x1d\n" +
 	"\n" +
 	"public_key\x18\x01 \x01(\fR\tpublicKey\x12\x12\n" +
@@ -1644,9 +1865,20 @@ const file_dasset_gateway_v1_admin_proto_rawDesc = "" +
 	"allowedIps\x12A\n" +
 	"\x0elast_handshake\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\rlastHandshake\x12\x19\n" +
 	"\brx_bytes\x18\x05 \x01(\x04R\arxBytes\x12\x19\n" +
-	"\btx_bytes\x18\x06 \x01(\x04R\atxBytes\"B\n" +
+	"\btx_bytes\x18\x06 \x01(\x04R\atxBytes\"j\n" +
 	"\x11ListPeersResponse\x12-\n" +
-	"\x05peers\x18\x01 \x03(\v2\x17.dasset.gateway.v1.PeerR\x05peers\"|\n" +
+	"\x05peers\x18\x01 \x03(\v2\x17.dasset.gateway.v1.PeerR\x05peers\x12&\n" +
+	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"\x13\n" +
+	"\x11GetSummaryRequest\"\xa3\x02\n" +
+	"\x12GetSummaryResponse\x12)\n" +
+	"\x10devices_enrolled\x18\x01 \x01(\x03R\x0fdevicesEnrolled\x12%\n" +
+	"\x0edevices_online\x18\x02 \x01(\x03R\rdevicesOnline\x12'\n" +
+	"\x0fdevices_revoked\x18\x03 \x01(\x03R\x0edevicesRevoked\x12#\n" +
+	"\rsessions_open\x18\x04 \x01(\x03R\fsessionsOpen\x12\x14\n" +
+	"\x05peers\x18\x05 \x01(\x03R\x05peers\x12!\n" +
+	"\fpeers_recent\x18\x06 \x01(\x03R\vpeersRecent\x12\x19\n" +
+	"\brx_bytes\x18\a \x01(\x04R\arxBytes\x12\x19\n" +
+	"\btx_bytes\x18\b \x01(\x04R\atxBytes\"|\n" +
 	"\x14ExportSubjectRequest\x12%\n" +
 	"\rserial_number\x18\x01 \x01(\tH\x00R\fserialNumber\x12\x1a\n" +
 	"\aaccount\x18\x02 \x01(\tH\x00R\aaccount\x12\x16\n" +
@@ -1679,8 +1911,7 @@ const file_dasset_gateway_v1_admin_proto_rawDesc = "" +
 	"\x13VerifyAuditResponse\x12\x18\n" +
 	"\aentries\x18\x01 \x01(\x03R\aentries\x12\x0e\n" +
 	"\x02ok\x18\x02 \x01(\bR\x02ok\x12\x18\n" +
-	"\aproblem\x18\x03 \x01(\tR\aproblem2\xe0\n" +
-	"\n" +
+	"\aproblem\x18\x03 \x01(\tR\aproblem2\xbb\v\n" +
 	"\fAdminService\x12b\n" +
 	"\rEnrollDevices\x12'.dasset.gateway.v1.EnrollDevicesRequest\x1a(.dasset.gateway.v1.EnrollDevicesResponse\x12\\\n" +
 	"\vListDevices\x12%.dasset.gateway.v1.ListDevicesRequest\x1a&.dasset.gateway.v1.ListDevicesResponse\x12_\n" +
@@ -1695,7 +1926,9 @@ const file_dasset_gateway_v1_admin_proto_rawDesc = "" +
 	"\fEraseSubject\x12&.dasset.gateway.v1.EraseSubjectRequest\x1a'.dasset.gateway.v1.EraseSubjectResponse\x12V\n" +
 	"\tGetPolicy\x12#.dasset.gateway.v1.GetPolicyRequest\x1a$.dasset.gateway.v1.GetPolicyResponse\x12_\n" +
 	"\fRunRetention\x12&.dasset.gateway.v1.RunRetentionRequest\x1a'.dasset.gateway.v1.RunRetentionResponse\x12\\\n" +
-	"\vVerifyAudit\x12%.dasset.gateway.v1.VerifyAuditRequest\x1a&.dasset.gateway.v1.VerifyAuditResponseBIZGgithub.com/planetxlabs/dasset-gateway/proto/dasset/gateway/v1;gatewayv1b\x06proto3"
+	"\vVerifyAudit\x12%.dasset.gateway.v1.VerifyAuditRequest\x1a&.dasset.gateway.v1.VerifyAuditResponse\x12Y\n" +
+	"\n" +
+	"GetSummary\x12$.dasset.gateway.v1.GetSummaryRequest\x1a%.dasset.gateway.v1.GetSummaryResponseBIZGgithub.com/planetxlabs/dasset-gateway/proto/dasset/gateway/v1;gatewayv1b\x06proto3"
 
 var (
 	file_dasset_gateway_v1_admin_proto_rawDescOnce sync.Once
@@ -1709,7 +1942,7 @@ func file_dasset_gateway_v1_admin_proto_rawDescGZIP() []byte {
 	return file_dasset_gateway_v1_admin_proto_rawDescData
 }
 
-var file_dasset_gateway_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
+var file_dasset_gateway_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
 var file_dasset_gateway_v1_admin_proto_goTypes = []any{
 	(*DeviceEnrollment)(nil),          // 0: dasset.gateway.v1.DeviceEnrollment
 	(*EnrollDevicesRequest)(nil),      // 1: dasset.gateway.v1.EnrollDevicesRequest
@@ -1732,32 +1965,34 @@ var file_dasset_gateway_v1_admin_proto_goTypes = []any{
 	(*ListPeersRequest)(nil),          // 18: dasset.gateway.v1.ListPeersRequest
 	(*Peer)(nil),                      // 19: dasset.gateway.v1.Peer
 	(*ListPeersResponse)(nil),         // 20: dasset.gateway.v1.ListPeersResponse
-	(*ExportSubjectRequest)(nil),      // 21: dasset.gateway.v1.ExportSubjectRequest
-	(*ExportSubjectResponse)(nil),     // 22: dasset.gateway.v1.ExportSubjectResponse
-	(*EraseSubjectRequest)(nil),       // 23: dasset.gateway.v1.EraseSubjectRequest
-	(*EraseSubjectResponse)(nil),      // 24: dasset.gateway.v1.EraseSubjectResponse
-	(*GetPolicyRequest)(nil),          // 25: dasset.gateway.v1.GetPolicyRequest
-	(*GetPolicyResponse)(nil),         // 26: dasset.gateway.v1.GetPolicyResponse
-	(*RunRetentionRequest)(nil),       // 27: dasset.gateway.v1.RunRetentionRequest
-	(*RunRetentionResponse)(nil),      // 28: dasset.gateway.v1.RunRetentionResponse
-	(*VerifyAuditRequest)(nil),        // 29: dasset.gateway.v1.VerifyAuditRequest
-	(*VerifyAuditResponse)(nil),       // 30: dasset.gateway.v1.VerifyAuditResponse
-	nil,                               // 31: dasset.gateway.v1.DeleteAccountResponse.RemovedEntry
-	nil,                               // 32: dasset.gateway.v1.EraseSubjectResponse.RemovedEntry
-	nil,                               // 33: dasset.gateway.v1.RunRetentionResponse.PrunedEntry
-	(*SessionInfo)(nil),               // 34: dasset.gateway.v1.SessionInfo
-	(*timestamppb.Timestamp)(nil),     // 35: google.protobuf.Timestamp
+	(*GetSummaryRequest)(nil),         // 21: dasset.gateway.v1.GetSummaryRequest
+	(*GetSummaryResponse)(nil),        // 22: dasset.gateway.v1.GetSummaryResponse
+	(*ExportSubjectRequest)(nil),      // 23: dasset.gateway.v1.ExportSubjectRequest
+	(*ExportSubjectResponse)(nil),     // 24: dasset.gateway.v1.ExportSubjectResponse
+	(*EraseSubjectRequest)(nil),       // 25: dasset.gateway.v1.EraseSubjectRequest
+	(*EraseSubjectResponse)(nil),      // 26: dasset.gateway.v1.EraseSubjectResponse
+	(*GetPolicyRequest)(nil),          // 27: dasset.gateway.v1.GetPolicyRequest
+	(*GetPolicyResponse)(nil),         // 28: dasset.gateway.v1.GetPolicyResponse
+	(*RunRetentionRequest)(nil),       // 29: dasset.gateway.v1.RunRetentionRequest
+	(*RunRetentionResponse)(nil),      // 30: dasset.gateway.v1.RunRetentionResponse
+	(*VerifyAuditRequest)(nil),        // 31: dasset.gateway.v1.VerifyAuditRequest
+	(*VerifyAuditResponse)(nil),       // 32: dasset.gateway.v1.VerifyAuditResponse
+	nil,                               // 33: dasset.gateway.v1.DeleteAccountResponse.RemovedEntry
+	nil,                               // 34: dasset.gateway.v1.EraseSubjectResponse.RemovedEntry
+	nil,                               // 35: dasset.gateway.v1.RunRetentionResponse.PrunedEntry
+	(*SessionInfo)(nil),               // 36: dasset.gateway.v1.SessionInfo
+	(*timestamppb.Timestamp)(nil),     // 37: google.protobuf.Timestamp
 }
 var file_dasset_gateway_v1_admin_proto_depIdxs = []int32{
 	0,  // 0: dasset.gateway.v1.EnrollDevicesRequest.devices:type_name -> dasset.gateway.v1.DeviceEnrollment
 	4,  // 1: dasset.gateway.v1.ListDevicesResponse.devices:type_name -> dasset.gateway.v1.Device
-	31, // 2: dasset.gateway.v1.DeleteAccountResponse.removed:type_name -> dasset.gateway.v1.DeleteAccountResponse.RemovedEntry
-	34, // 3: dasset.gateway.v1.ListSessionsResponse.sessions:type_name -> dasset.gateway.v1.SessionInfo
-	35, // 4: dasset.gateway.v1.Peer.last_handshake:type_name -> google.protobuf.Timestamp
+	33, // 2: dasset.gateway.v1.DeleteAccountResponse.removed:type_name -> dasset.gateway.v1.DeleteAccountResponse.RemovedEntry
+	36, // 3: dasset.gateway.v1.ListSessionsResponse.sessions:type_name -> dasset.gateway.v1.SessionInfo
+	37, // 4: dasset.gateway.v1.Peer.last_handshake:type_name -> google.protobuf.Timestamp
 	19, // 5: dasset.gateway.v1.ListPeersResponse.peers:type_name -> dasset.gateway.v1.Peer
-	32, // 6: dasset.gateway.v1.EraseSubjectResponse.removed:type_name -> dasset.gateway.v1.EraseSubjectResponse.RemovedEntry
-	33, // 7: dasset.gateway.v1.RunRetentionResponse.pruned:type_name -> dasset.gateway.v1.RunRetentionResponse.PrunedEntry
-	35, // 8: dasset.gateway.v1.RunRetentionResponse.ran_at:type_name -> google.protobuf.Timestamp
+	34, // 6: dasset.gateway.v1.EraseSubjectResponse.removed:type_name -> dasset.gateway.v1.EraseSubjectResponse.RemovedEntry
+	35, // 7: dasset.gateway.v1.RunRetentionResponse.pruned:type_name -> dasset.gateway.v1.RunRetentionResponse.PrunedEntry
+	37, // 8: dasset.gateway.v1.RunRetentionResponse.ran_at:type_name -> google.protobuf.Timestamp
 	1,  // 9: dasset.gateway.v1.AdminService.EnrollDevices:input_type -> dasset.gateway.v1.EnrollDevicesRequest
 	3,  // 10: dasset.gateway.v1.AdminService.ListDevices:input_type -> dasset.gateway.v1.ListDevicesRequest
 	6,  // 11: dasset.gateway.v1.AdminService.RevokeDevice:input_type -> dasset.gateway.v1.RevokeDeviceRequest
@@ -1767,27 +2002,29 @@ var file_dasset_gateway_v1_admin_proto_depIdxs = []int32{
 	14, // 15: dasset.gateway.v1.AdminService.ListSessions:input_type -> dasset.gateway.v1.ListSessionsRequest
 	16, // 16: dasset.gateway.v1.AdminService.CloseSession:input_type -> dasset.gateway.v1.AdminCloseSessionRequest
 	18, // 17: dasset.gateway.v1.AdminService.ListPeers:input_type -> dasset.gateway.v1.ListPeersRequest
-	21, // 18: dasset.gateway.v1.AdminService.ExportSubject:input_type -> dasset.gateway.v1.ExportSubjectRequest
-	23, // 19: dasset.gateway.v1.AdminService.EraseSubject:input_type -> dasset.gateway.v1.EraseSubjectRequest
-	25, // 20: dasset.gateway.v1.AdminService.GetPolicy:input_type -> dasset.gateway.v1.GetPolicyRequest
-	27, // 21: dasset.gateway.v1.AdminService.RunRetention:input_type -> dasset.gateway.v1.RunRetentionRequest
-	29, // 22: dasset.gateway.v1.AdminService.VerifyAudit:input_type -> dasset.gateway.v1.VerifyAuditRequest
-	2,  // 23: dasset.gateway.v1.AdminService.EnrollDevices:output_type -> dasset.gateway.v1.EnrollDevicesResponse
-	5,  // 24: dasset.gateway.v1.AdminService.ListDevices:output_type -> dasset.gateway.v1.ListDevicesResponse
-	7,  // 25: dasset.gateway.v1.AdminService.RevokeDevice:output_type -> dasset.gateway.v1.RevokeDeviceResponse
-	9,  // 26: dasset.gateway.v1.AdminService.ResetDeviceKey:output_type -> dasset.gateway.v1.ResetDeviceKeyResponse
-	11, // 27: dasset.gateway.v1.AdminService.CreateAccount:output_type -> dasset.gateway.v1.CreateAccountResponse
-	13, // 28: dasset.gateway.v1.AdminService.DeleteAccount:output_type -> dasset.gateway.v1.DeleteAccountResponse
-	15, // 29: dasset.gateway.v1.AdminService.ListSessions:output_type -> dasset.gateway.v1.ListSessionsResponse
-	17, // 30: dasset.gateway.v1.AdminService.CloseSession:output_type -> dasset.gateway.v1.AdminCloseSessionResponse
-	20, // 31: dasset.gateway.v1.AdminService.ListPeers:output_type -> dasset.gateway.v1.ListPeersResponse
-	22, // 32: dasset.gateway.v1.AdminService.ExportSubject:output_type -> dasset.gateway.v1.ExportSubjectResponse
-	24, // 33: dasset.gateway.v1.AdminService.EraseSubject:output_type -> dasset.gateway.v1.EraseSubjectResponse
-	26, // 34: dasset.gateway.v1.AdminService.GetPolicy:output_type -> dasset.gateway.v1.GetPolicyResponse
-	28, // 35: dasset.gateway.v1.AdminService.RunRetention:output_type -> dasset.gateway.v1.RunRetentionResponse
-	30, // 36: dasset.gateway.v1.AdminService.VerifyAudit:output_type -> dasset.gateway.v1.VerifyAuditResponse
-	23, // [23:37] is the sub-list for method output_type
-	9,  // [9:23] is the sub-list for method input_type
+	23, // 18: dasset.gateway.v1.AdminService.ExportSubject:input_type -> dasset.gateway.v1.ExportSubjectRequest
+	25, // 19: dasset.gateway.v1.AdminService.EraseSubject:input_type -> dasset.gateway.v1.EraseSubjectRequest
+	27, // 20: dasset.gateway.v1.AdminService.GetPolicy:input_type -> dasset.gateway.v1.GetPolicyRequest
+	29, // 21: dasset.gateway.v1.AdminService.RunRetention:input_type -> dasset.gateway.v1.RunRetentionRequest
+	31, // 22: dasset.gateway.v1.AdminService.VerifyAudit:input_type -> dasset.gateway.v1.VerifyAuditRequest
+	21, // 23: dasset.gateway.v1.AdminService.GetSummary:input_type -> dasset.gateway.v1.GetSummaryRequest
+	2,  // 24: dasset.gateway.v1.AdminService.EnrollDevices:output_type -> dasset.gateway.v1.EnrollDevicesResponse
+	5,  // 25: dasset.gateway.v1.AdminService.ListDevices:output_type -> dasset.gateway.v1.ListDevicesResponse
+	7,  // 26: dasset.gateway.v1.AdminService.RevokeDevice:output_type -> dasset.gateway.v1.RevokeDeviceResponse
+	9,  // 27: dasset.gateway.v1.AdminService.ResetDeviceKey:output_type -> dasset.gateway.v1.ResetDeviceKeyResponse
+	11, // 28: dasset.gateway.v1.AdminService.CreateAccount:output_type -> dasset.gateway.v1.CreateAccountResponse
+	13, // 29: dasset.gateway.v1.AdminService.DeleteAccount:output_type -> dasset.gateway.v1.DeleteAccountResponse
+	15, // 30: dasset.gateway.v1.AdminService.ListSessions:output_type -> dasset.gateway.v1.ListSessionsResponse
+	17, // 31: dasset.gateway.v1.AdminService.CloseSession:output_type -> dasset.gateway.v1.AdminCloseSessionResponse
+	20, // 32: dasset.gateway.v1.AdminService.ListPeers:output_type -> dasset.gateway.v1.ListPeersResponse
+	24, // 33: dasset.gateway.v1.AdminService.ExportSubject:output_type -> dasset.gateway.v1.ExportSubjectResponse
+	26, // 34: dasset.gateway.v1.AdminService.EraseSubject:output_type -> dasset.gateway.v1.EraseSubjectResponse
+	28, // 35: dasset.gateway.v1.AdminService.GetPolicy:output_type -> dasset.gateway.v1.GetPolicyResponse
+	30, // 36: dasset.gateway.v1.AdminService.RunRetention:output_type -> dasset.gateway.v1.RunRetentionResponse
+	32, // 37: dasset.gateway.v1.AdminService.VerifyAudit:output_type -> dasset.gateway.v1.VerifyAuditResponse
+	22, // 38: dasset.gateway.v1.AdminService.GetSummary:output_type -> dasset.gateway.v1.GetSummaryResponse
+	24, // [24:39] is the sub-list for method output_type
+	9,  // [9:24] is the sub-list for method input_type
 	9,  // [9:9] is the sub-list for extension type_name
 	9,  // [9:9] is the sub-list for extension extendee
 	0,  // [0:9] is the sub-list for field type_name
@@ -1799,11 +2036,11 @@ func file_dasset_gateway_v1_admin_proto_init() {
 		return
 	}
 	file_dasset_gateway_v1_common_proto_init()
-	file_dasset_gateway_v1_admin_proto_msgTypes[21].OneofWrappers = []any{
+	file_dasset_gateway_v1_admin_proto_msgTypes[23].OneofWrappers = []any{
 		(*ExportSubjectRequest_SerialNumber)(nil),
 		(*ExportSubjectRequest_Account)(nil),
 	}
-	file_dasset_gateway_v1_admin_proto_msgTypes[23].OneofWrappers = []any{
+	file_dasset_gateway_v1_admin_proto_msgTypes[25].OneofWrappers = []any{
 		(*EraseSubjectRequest_SerialNumber)(nil),
 		(*EraseSubjectRequest_Account)(nil),
 	}
@@ -1813,7 +2050,7 @@ func file_dasset_gateway_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_dasset_gateway_v1_admin_proto_rawDesc), len(file_dasset_gateway_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   34,
+			NumMessages:   36,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
