@@ -32,6 +32,9 @@ func (h *harness) newGateway(ns, scanned string) *gateway {
 		NS: ns, Interface: "cgw" + h.Suffix, Dir: filepath.Join(h.Dir, "gw"),
 		DataDir: filepath.Join(scanned, "data"), KeystoreDir: filepath.Join(scanned, "keystore"),
 		LogLevel: "debug", GRPCListen: ":8443", WrittenBy: "scripts/canary",
+		// Full endpoints on the UAPI socket (memory only, never written):
+		// `wg show` then proves the canary addresses reached WireGuard.
+		UAPIEndpoints: "full",
 	})}
 }
 

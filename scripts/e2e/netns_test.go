@@ -65,8 +65,11 @@ func TestNetns(t *testing.T) {
 	fp := g.fingerprint()
 	t.Logf("gateway up on %s in %s, certificate sha256 %s", g.Interface, gwNS, fp)
 
-	// Enrollment: one by flags, one from a CSV batch.
-	g.MustCtl("enroll", "--serial", sn1, "--hwid", hw1)
+	// Enrollment: one with its hardware id on standard input (never on a
+	// command line), one from a CSV batch.
+	if out, err := g.CtlStdin(hw1+"\n", "enroll", "--serial", sn1, "--hwid", "-"); err != nil || !strings.Contains(out, "1 enrolled") {
+		t.Fatalf("enroll --hwid -: %v\n%s", err, out)
+	}
 	csv := filepath.Join(h.Dir, "devices.csv")
 	if err := os.WriteFile(csv, []byte("serial_number,hardware_id\n# e2e batch\n"+sn2+","+hw2+"\n"), 0o600); err != nil {
 		t.Fatal(err)

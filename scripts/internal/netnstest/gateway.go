@@ -31,6 +31,8 @@ type GatewaySpec struct {
 	GRPCListen string
 	// WrittenBy names the test in the config's first comment line.
 	WrittenBy string
+	// UAPIEndpoints is tunnel.uapi_endpoints (default "truncated").
+	UAPIEndpoints string
 }
 
 // Gateway is one dasset-gateway in its namespace, with its config.
@@ -57,6 +59,9 @@ func (h *Harness) NewGateway(s GatewaySpec) *Gateway {
 	if s.GRPCListen == "" {
 		s.GRPCListen = "0.0.0.0:8443"
 	}
+	if s.UAPIEndpoints == "" {
+		s.UAPIEndpoints = "truncated"
+	}
 	g := &Gateway{h: h, NS: s.NS, Interface: s.Interface, DataDir: s.DataDir,
 		Config: filepath.Join(s.Dir, "gateway.yaml"), Sock: filepath.Join(s.Dir, "admin.sock")}
 	if err := os.MkdirAll(s.Dir, 0o700); err != nil {
@@ -73,13 +78,14 @@ tunnel:
   interface: %s
   listen_port: 51820
   uapi: true
+  uapi_endpoints: %s
 grpc:
   listen: %q
 admin:
   socket: %s
 metrics:
   listen: %s
-`, s.WrittenBy, s.DataDir, s.KeystoreDir, s.LogLevel, s.Interface, s.GRPCListen, g.Sock, strings.TrimPrefix(MetricsURL, "http://"))
+`, s.WrittenBy, s.DataDir, s.KeystoreDir, s.LogLevel, s.Interface, s.UAPIEndpoints, s.GRPCListen, g.Sock, strings.TrimPrefix(MetricsURL, "http://"))
 	if err := os.WriteFile(g.Config, []byte(yaml), 0o600); err != nil {
 		h.T.Fatal(err)
 	}
