@@ -97,6 +97,7 @@ func AdminTable() map[string]Access {
 		gatewayv1.AdminService_ListSessions_FullMethodName:   AnyOperator,
 		gatewayv1.AdminService_CloseSession_FullMethodName:   AnyOperator,
 		gatewayv1.AdminService_ListPeers_FullMethodName:      AnyOperator,
+		gatewayv1.AdminService_ListGateways_FullMethodName:   AnyOperator,
 		gatewayv1.AdminService_ExportSubject_FullMethodName:  PrivacyRole,
 		gatewayv1.AdminService_EraseSubject_FullMethodName:   PrivacyRole,
 		gatewayv1.AdminService_GetPolicy_FullMethodName:      AnyOperator,

@@ -16,6 +16,7 @@ import (
 
 	"github.com/planetxlabs/dasset-gateway/pkg/gateway"
 	"github.com/planetxlabs/dasset-gateway/pkg/privacy"
+	"github.com/planetxlabs/dasset-gateway/pkg/store"
 	gatewayv1 "github.com/planetxlabs/dasset-gateway/proto/dasset/gateway/v1"
 )
 
@@ -42,6 +43,33 @@ type AdminServer struct {
 	Policy    []byte // the policy in force, as YAML
 	Retention RetentionRunner
 	Audit     AuditLog
+	Fleet     FleetSource
+	Instance  string // this gateway's instance id
+}
+
+// FleetSource lists the gateways of the registry (the store).
+type FleetSource interface {
+	Gateways(ctx context.Context) ([]store.Gateway, error)
+}
+
+// ListGateways lists the gateways as their heartbeats recorded them.
+func (s *AdminServer) ListGateways(ctx context.Context, _ *gatewayv1.ListGatewaysRequest) (*gatewayv1.ListGatewaysResponse, error) {
+	if s.Fleet == nil {
+		return nil, status.Error(codes.Unavailable, "no fleet registry")
+	}
+	gs, err := s.Fleet.Gateways(ctx)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	out := &gatewayv1.ListGatewaysResponse{}
+	for _, g := range gs {
+		out.Gateways = append(out.Gateways, &gatewayv1.FleetGateway{
+			InstanceId: g.InstanceID, PublicKey: g.PublicKey[:], Endpoint: g.Endpoint,
+			StartedAt: timestamppb.New(g.StartedAt), HeartbeatAt: timestamppb.New(g.HeartbeatAt),
+			Self: g.InstanceID == s.Instance,
+		})
+	}
+	return out, nil
 }
 
 // RetentionRunner runs the pruner now.

@@ -28,6 +28,9 @@ type DeviceServer struct {
 	GW                *gateway.Gateway
 	Log               *slog.Logger
 	KeepaliveInterval time.Duration // Sync keepalive; default 15s
+	// Instance is this gateway's stable instance id, named in the Login
+	// response.
+	Instance string
 }
 
 // Login admits a device.
@@ -58,12 +61,13 @@ func (s *DeviceServer) Login(ctx context.Context, req *gatewayv1.DeviceLoginRequ
 		return nil, toStatus(err)
 	}
 	return &gatewayv1.DeviceLoginResponse{
-		Addresses:      prefixStrings(adm.Addresses),
-		Gateway:        gatewayPeer(adm.GatewayKey, adm.Endpoint, adm.AllowedIPs, adm.Keepalive),
-		Mtu:            uint32(adm.MTU),
-		DeviceToken:    adm.Token,
-		TokenExpiresAt: timestamppb.New(adm.TokenExpires),
-		Outcome:        outcomeProto(adm.Outcome),
+		Addresses:         prefixStrings(adm.Addresses),
+		Gateway:           gatewayPeer(adm.GatewayKey, adm.Endpoint, adm.AllowedIPs, adm.Keepalive),
+		Mtu:               uint32(adm.MTU),
+		DeviceToken:       adm.Token,
+		TokenExpiresAt:    timestamppb.New(adm.TokenExpires),
+		Outcome:           outcomeProto(adm.Outcome),
+		GatewayInstanceId: s.Instance,
 	}, nil
 }
 

@@ -201,6 +201,7 @@ or $` + EnvSocket + `), or to its TCP admin listener with mutual TLS
 		a.accountsCommand(),
 		a.sessionsCommand(),
 		a.peersCommand(),
+		a.fleetCommand(),
 		a.subjectCommand(),
 		a.policyCommand(),
 		a.retentionCommand(),

@@ -31,6 +31,7 @@ type fakeAdmin struct {
 	devices  *gatewayv1.ListDevicesResponse
 	sessions *gatewayv1.ListSessionsResponse
 	peers    *gatewayv1.ListPeersResponse
+	gateways *gatewayv1.ListGatewaysResponse
 	removed  map[string]int64
 	export   string
 	policy   string
@@ -164,6 +165,13 @@ func (f *fakeAdmin) ListPeers(_ context.Context, r *gatewayv1.ListPeersRequest) 
 	}
 	page, next := fakePage(f, f.peers.GetPeers(), r.GetPageSize(), r.GetPageToken())
 	return &gatewayv1.ListPeersResponse{Peers: page, NextPageToken: next}, nil
+}
+
+func (f *fakeAdmin) ListGateways(_ context.Context, r *gatewayv1.ListGatewaysRequest) (*gatewayv1.ListGatewaysResponse, error) {
+	if err := f.record(r); err != nil {
+		return nil, err
+	}
+	return f.gateways, nil
 }
 
 func (f *fakeAdmin) ExportSubject(_ context.Context, r *gatewayv1.ExportSubjectRequest) (*gatewayv1.ExportSubjectResponse, error) {

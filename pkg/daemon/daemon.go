@@ -53,18 +53,23 @@ var Version = "dev"
 
 // Daemon is a running gateway.
 type Daemon struct {
-	cfg  config.Config
-	log  *slog.Logger
-	keys *privacy.Keystore
-	st   store.Store
-	plan *ipam.Allocator
-	dev  *wg.Device
-	rt   *router.Router
-	ns   *link.Netstack
-	gw   *gateway.Gateway
-	cl   *connlog.Recorder
-	reg  *prometheus.Registry
-	m    *metrics.Gateway
+	cfg config.Config
+	now func() time.Time
+	// instance is the gateway's stable instance id (data_dir/instance_id),
+	// started when this run began: its row in the gateways table.
+	instance string
+	started  time.Time
+	log      *slog.Logger
+	keys     *privacy.Keystore
+	st       store.Store
+	plan     *ipam.Allocator
+	dev      *wg.Device
+	rt       *router.Router
+	ns       *link.Netstack
+	gw       *gateway.Gateway
+	cl       *connlog.Recorder
+	reg      *prometheus.Registry
+	m        *metrics.Gateway
 
 	policy *privacy.Policy
 	ledger *privacy.Ledger
@@ -132,6 +137,10 @@ func New(ctx context.Context, cfg config.Config, opt Options) (_ *Daemon, err er
 
 	if err := os.MkdirAll(cfg.DataDir, 0o700); err != nil {
 		return nil, fmt.Errorf("data_dir: %w", err)
+	}
+	d.now, d.started = now, now()
+	if d.instance, err = loadInstanceID(cfg.DataDir); err != nil {
+		return nil, err
 	}
 	if d.st, err = openStore(ctx, cfg, d.m.ObserveStore); err != nil {
 		return nil, err
@@ -207,6 +216,9 @@ func New(ctx context.Context, cfg config.Config, opt Options) (_ *Daemon, err er
 		return nil, err
 	}
 	d.log.Info("peers restored from the store", "devices", n)
+	if err := d.heartbeat(ctx); err != nil {
+		return nil, fmt.Errorf("store: recording this gateway (instance %s): %w", d.instance, err)
+	}
 	metrics.RegisterState(d.reg, d.state, router.Reasons())
 
 	r := cfg.Retention
@@ -527,7 +539,7 @@ func (d *Daemon) listen() error {
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 	)
-	gatewayv1.RegisterDeviceServiceServer(d.grpcSrv, &api.DeviceServer{GW: d.gw, Log: d.log})
+	gatewayv1.RegisterDeviceServiceServer(d.grpcSrv, &api.DeviceServer{GW: d.gw, Log: d.log, Instance: d.instance})
 	gatewayv1.RegisterClientServiceServer(d.grpcSrv, &api.ClientServer{GW: d.gw, Audit: d.audit})
 	h := api.Finish(d.grpcSrv, sm)
 	if m := pubGuard.Missing(d.grpcSrv); len(m) > 0 {
@@ -539,7 +551,7 @@ func (d *Daemon) listen() error {
 	// mutual TLS (operators by certificate common name).
 	admin := &api.AdminServer{
 		GW: d.gw, Peers: peerSource{d.dev, d.plan}, Policy: d.policy.YAML(), Audit: d.audit,
-		Retention: retentionRunner{d},
+		Retention: retentionRunner{d}, Fleet: d.st, Instance: d.instance,
 	}
 	adminGuard := api.Guard{Table: api.AdminTable(), Operators: operators(cfg.Admin)}
 	newAdmin := func(creds credentials.TransportCredentials, name string) *grpc.Server {
@@ -648,6 +660,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 			}
 		}
 	})
+	g.Go(func() error { return d.heartbeats(gctx) })
 	g.Go(func() error { return serveGRPC(d.grpcSrv, d.grpcLis) })
 	if d.adminSrv != nil {
 		g.Go(func() error { return serveGRPC(d.adminSrv, d.adminLis) })
@@ -690,7 +703,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		return nil
 	})
 	d.log.Info("dasset-gateway serving",
-		"version", Version, "grpc", d.grpcLis.Addr().String(), "metrics", d.httpLis.Addr().String(),
+		"version", Version, "instance", d.instance, "grpc", d.grpcLis.Addr().String(), "metrics", d.httpLis.Addr().String(),
 		"wireguard_port", d.dev.ListenPort(), "mode", d.cfg.Tunnel.Mode, "interface", d.cfg.Tunnel.Interface)
 	err := g.Wait()
 	if errors.Is(err, context.Canceled) {
@@ -733,6 +746,10 @@ func (d *Daemon) close() {
 
 // GRPCAddr is the bound device/client gRPC address.
 func (d *Daemon) GRPCAddr() net.Addr { return d.grpcLis.Addr() }
+
+// InstanceID is the gateway's stable instance id (its row in the gateways
+// table, named in Login responses).
+func (d *Daemon) InstanceID() string { return d.instance }
 
 // HTTPAddr is the bound metrics address.
 func (d *Daemon) HTTPAddr() net.Addr { return d.httpLis.Addr() }

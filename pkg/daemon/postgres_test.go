@@ -2,12 +2,14 @@ package daemon_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
 	"testing"
 	"time"
 
+	"github.com/planetxlabs/dasset-gateway/pkg/agent"
 	"github.com/planetxlabs/dasset-gateway/pkg/config"
 	"github.com/planetxlabs/dasset-gateway/pkg/store/postgres/pgtest"
 	gatewayv1 "github.com/planetxlabs/dasset-gateway/proto/dasset/gateway/v1"
@@ -77,9 +79,57 @@ func TestPostgresStore(t *testing.T) {
 	if devicePeers != 3 {
 		t.Fatalf("gateway B restored %d device peers from the database, want 3", devicePeers)
 	}
+	// Each gateway is a row of the fleet, and a device's Login names the
+	// gateway that admitted it.
+	if a.d.InstanceID() == b.d.InstanceID() {
+		t.Fatalf("two gateways with one instance id %s", a.d.InstanceID())
+	}
+	fleet, err := b.admin.ListGateways(ctx, &gatewayv1.ListGatewaysRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rows []string
+	for _, g := range fleet.Gateways {
+		rows = append(rows, fmt.Sprintf("%s self=%v", g.InstanceId, g.Self))
+		if age := time.Since(g.HeartbeatAt.AsTime()); age < 0 || age > time.Minute {
+			t.Fatalf("gateway %s: heartbeat %v ago", g.InstanceId, age)
+		}
+	}
+	want := []string{a.d.InstanceID() + " self=false", b.d.InstanceID() + " self=true"}
+	slices.Sort(want)
+	if !slices.Equal(rows, want) {
+		t.Fatalf("ListGateways on B: %v, want %v", rows, want)
+	}
+	for i, g := range []*testGateway{a, b} {
+		sn := fleetSerial("PGI", i)
+		g.enroll(t, [2]string{sn, "HW-" + sn})
+		if got := loginInstance(t, g, sn); got != g.d.InstanceID() {
+			t.Fatalf("Login on %s names gateway instance %q", g.d.InstanceID(), got)
+		}
+	}
+
 	for _, g := range []*testGateway{a, b} {
 		if _, err := os.Stat(filepath.Join(g.cfg.DataDir, "gateway.db")); !os.IsNotExist(err) {
 			t.Fatalf("a SQLite database in %s with store.driver postgres: %v", g.cfg.DataDir, err)
 		}
 	}
+}
+
+// loginInstance logs the enrolled device sn (hardware id "HW-"+sn) in on g
+// for the first time and returns the gateway instance its Login response
+// names.
+func loginInstance(t *testing.T, g *testGateway, sn string) string {
+	t.Helper()
+	conn, err := agent.Dial(g.d.GRPCAddr().String(), agent.TLSOptions{Pin: g.d.Fingerprint()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	resp, err := gatewayv1.NewDeviceServiceClient(conn).Login(ctx, &gatewayv1.DeviceLoginRequest{SerialNumber: sn, HardwareId: "HW-" + sn, PublicKey: newKey(t)})
+	if err != nil {
+		t.Fatalf("login of %s on %s: %v", sn, g.d.InstanceID(), err)
+	}
+	return resp.GatewayInstanceId
 }

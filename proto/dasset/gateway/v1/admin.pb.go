@@ -1248,6 +1248,175 @@ func (x *GetSummaryResponse) GetTxBytes() uint64 {
 	return 0
 }
 
+type ListGatewaysRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListGatewaysRequest) Reset() {
+	*x = ListGatewaysRequest{}
+	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[23]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListGatewaysRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListGatewaysRequest) ProtoMessage() {}
+
+func (x *ListGatewaysRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[23]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListGatewaysRequest.ProtoReflect.Descriptor instead.
+func (*ListGatewaysRequest) Descriptor() ([]byte, []int) {
+	return file_dasset_gateway_v1_admin_proto_rawDescGZIP(), []int{23}
+}
+
+type FleetGateway struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Stable across the gateway's restarts (kept in its data_dir).
+	InstanceId string `protobuf:"bytes,1,opt,name=instance_id,json=instanceId,proto3" json:"instance_id,omitempty"`
+	// Its WireGuard public key.
+	PublicKey []byte `protobuf:"bytes,2,opt,name=public_key,json=publicKey,proto3" json:"public_key,omitempty"`
+	// host:port devices dial for WireGuard; empty: the address their gRPC
+	// connection reached.
+	Endpoint    string                 `protobuf:"bytes,3,opt,name=endpoint,proto3" json:"endpoint,omitempty"`
+	StartedAt   *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
+	HeartbeatAt *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=heartbeat_at,json=heartbeatAt,proto3" json:"heartbeat_at,omitempty"`
+	// True for the gateway that answered.
+	Self          bool `protobuf:"varint,6,opt,name=self,proto3" json:"self,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FleetGateway) Reset() {
+	*x = FleetGateway{}
+	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[24]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FleetGateway) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FleetGateway) ProtoMessage() {}
+
+func (x *FleetGateway) ProtoReflect() protoreflect.Message {
+	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[24]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FleetGateway.ProtoReflect.Descriptor instead.
+func (*FleetGateway) Descriptor() ([]byte, []int) {
+	return file_dasset_gateway_v1_admin_proto_rawDescGZIP(), []int{24}
+}
+
+func (x *FleetGateway) GetInstanceId() string {
+	if x != nil {
+		return x.InstanceId
+	}
+	return ""
+}
+
+func (x *FleetGateway) GetPublicKey() []byte {
+	if x != nil {
+		return x.PublicKey
+	}
+	return nil
+}
+
+func (x *FleetGateway) GetEndpoint() string {
+	if x != nil {
+		return x.Endpoint
+	}
+	return ""
+}
+
+func (x *FleetGateway) GetStartedAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.StartedAt
+	}
+	return nil
+}
+
+func (x *FleetGateway) GetHeartbeatAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.HeartbeatAt
+	}
+	return nil
+}
+
+func (x *FleetGateway) GetSelf() bool {
+	if x != nil {
+		return x.Self
+	}
+	return false
+}
+
+type ListGatewaysResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Gateways      []*FleetGateway        `protobuf:"bytes,1,rep,name=gateways,proto3" json:"gateways,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListGatewaysResponse) Reset() {
+	*x = ListGatewaysResponse{}
+	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[25]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListGatewaysResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListGatewaysResponse) ProtoMessage() {}
+
+func (x *ListGatewaysResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[25]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListGatewaysResponse.ProtoReflect.Descriptor instead.
+func (*ListGatewaysResponse) Descriptor() ([]byte, []int) {
+	return file_dasset_gateway_v1_admin_proto_rawDescGZIP(), []int{25}
+}
+
+func (x *ListGatewaysResponse) GetGateways() []*FleetGateway {
+	if x != nil {
+		return x.Gateways
+	}
+	return nil
+}
+
 type ExportSubjectRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Types that are valid to be assigned to Subject:
@@ -1262,7 +1431,7 @@ type ExportSubjectRequest struct {
 
 func (x *ExportSubjectRequest) Reset() {
 	*x = ExportSubjectRequest{}
-	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[23]
+	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1274,7 +1443,7 @@ func (x *ExportSubjectRequest) String() string {
 func (*ExportSubjectRequest) ProtoMessage() {}
 
 func (x *ExportSubjectRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[23]
+	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1287,7 +1456,7 @@ func (x *ExportSubjectRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportSubjectRequest.ProtoReflect.Descriptor instead.
 func (*ExportSubjectRequest) Descriptor() ([]byte, []int) {
-	return file_dasset_gateway_v1_admin_proto_rawDescGZIP(), []int{23}
+	return file_dasset_gateway_v1_admin_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ExportSubjectRequest) GetSubject() isExportSubjectRequest_Subject {
@@ -1348,7 +1517,7 @@ type ExportSubjectResponse struct {
 
 func (x *ExportSubjectResponse) Reset() {
 	*x = ExportSubjectResponse{}
-	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[24]
+	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1360,7 +1529,7 @@ func (x *ExportSubjectResponse) String() string {
 func (*ExportSubjectResponse) ProtoMessage() {}
 
 func (x *ExportSubjectResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[24]
+	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1373,7 +1542,7 @@ func (x *ExportSubjectResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExportSubjectResponse.ProtoReflect.Descriptor instead.
 func (*ExportSubjectResponse) Descriptor() ([]byte, []int) {
-	return file_dasset_gateway_v1_admin_proto_rawDescGZIP(), []int{24}
+	return file_dasset_gateway_v1_admin_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *ExportSubjectResponse) GetJson() string {
@@ -1397,7 +1566,7 @@ type EraseSubjectRequest struct {
 
 func (x *EraseSubjectRequest) Reset() {
 	*x = EraseSubjectRequest{}
-	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[25]
+	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1409,7 +1578,7 @@ func (x *EraseSubjectRequest) String() string {
 func (*EraseSubjectRequest) ProtoMessage() {}
 
 func (x *EraseSubjectRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[25]
+	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1422,7 +1591,7 @@ func (x *EraseSubjectRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EraseSubjectRequest.ProtoReflect.Descriptor instead.
 func (*EraseSubjectRequest) Descriptor() ([]byte, []int) {
-	return file_dasset_gateway_v1_admin_proto_rawDescGZIP(), []int{25}
+	return file_dasset_gateway_v1_admin_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *EraseSubjectRequest) GetSubject() isEraseSubjectRequest_Subject {
@@ -1482,7 +1651,7 @@ type EraseSubjectResponse struct {
 
 func (x *EraseSubjectResponse) Reset() {
 	*x = EraseSubjectResponse{}
-	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[26]
+	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1494,7 +1663,7 @@ func (x *EraseSubjectResponse) String() string {
 func (*EraseSubjectResponse) ProtoMessage() {}
 
 func (x *EraseSubjectResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[26]
+	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1507,7 +1676,7 @@ func (x *EraseSubjectResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use EraseSubjectResponse.ProtoReflect.Descriptor instead.
 func (*EraseSubjectResponse) Descriptor() ([]byte, []int) {
-	return file_dasset_gateway_v1_admin_proto_rawDescGZIP(), []int{26}
+	return file_dasset_gateway_v1_admin_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *EraseSubjectResponse) GetRemoved() map[string]int64 {
@@ -1525,7 +1694,7 @@ type GetPolicyRequest struct {
 
 func (x *GetPolicyRequest) Reset() {
 	*x = GetPolicyRequest{}
-	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[27]
+	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1537,7 +1706,7 @@ func (x *GetPolicyRequest) String() string {
 func (*GetPolicyRequest) ProtoMessage() {}
 
 func (x *GetPolicyRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[27]
+	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1550,7 +1719,7 @@ func (x *GetPolicyRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPolicyRequest.ProtoReflect.Descriptor instead.
 func (*GetPolicyRequest) Descriptor() ([]byte, []int) {
-	return file_dasset_gateway_v1_admin_proto_rawDescGZIP(), []int{27}
+	return file_dasset_gateway_v1_admin_proto_rawDescGZIP(), []int{30}
 }
 
 type GetPolicyResponse struct {
@@ -1563,7 +1732,7 @@ type GetPolicyResponse struct {
 
 func (x *GetPolicyResponse) Reset() {
 	*x = GetPolicyResponse{}
-	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[28]
+	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1575,7 +1744,7 @@ func (x *GetPolicyResponse) String() string {
 func (*GetPolicyResponse) ProtoMessage() {}
 
 func (x *GetPolicyResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[28]
+	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1588,7 +1757,7 @@ func (x *GetPolicyResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetPolicyResponse.ProtoReflect.Descriptor instead.
 func (*GetPolicyResponse) Descriptor() ([]byte, []int) {
-	return file_dasset_gateway_v1_admin_proto_rawDescGZIP(), []int{28}
+	return file_dasset_gateway_v1_admin_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *GetPolicyResponse) GetYaml() string {
@@ -1606,7 +1775,7 @@ type RunRetentionRequest struct {
 
 func (x *RunRetentionRequest) Reset() {
 	*x = RunRetentionRequest{}
-	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[29]
+	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1618,7 +1787,7 @@ func (x *RunRetentionRequest) String() string {
 func (*RunRetentionRequest) ProtoMessage() {}
 
 func (x *RunRetentionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[29]
+	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1631,7 +1800,7 @@ func (x *RunRetentionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunRetentionRequest.ProtoReflect.Descriptor instead.
 func (*RunRetentionRequest) Descriptor() ([]byte, []int) {
-	return file_dasset_gateway_v1_admin_proto_rawDescGZIP(), []int{29}
+	return file_dasset_gateway_v1_admin_proto_rawDescGZIP(), []int{32}
 }
 
 type RunRetentionResponse struct {
@@ -1645,7 +1814,7 @@ type RunRetentionResponse struct {
 
 func (x *RunRetentionResponse) Reset() {
 	*x = RunRetentionResponse{}
-	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[30]
+	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1657,7 +1826,7 @@ func (x *RunRetentionResponse) String() string {
 func (*RunRetentionResponse) ProtoMessage() {}
 
 func (x *RunRetentionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[30]
+	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1670,7 +1839,7 @@ func (x *RunRetentionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RunRetentionResponse.ProtoReflect.Descriptor instead.
 func (*RunRetentionResponse) Descriptor() ([]byte, []int) {
-	return file_dasset_gateway_v1_admin_proto_rawDescGZIP(), []int{30}
+	return file_dasset_gateway_v1_admin_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *RunRetentionResponse) GetPruned() map[string]int64 {
@@ -1702,7 +1871,7 @@ type VerifyAuditRequest struct {
 
 func (x *VerifyAuditRequest) Reset() {
 	*x = VerifyAuditRequest{}
-	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[31]
+	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1714,7 +1883,7 @@ func (x *VerifyAuditRequest) String() string {
 func (*VerifyAuditRequest) ProtoMessage() {}
 
 func (x *VerifyAuditRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[31]
+	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1727,7 +1896,7 @@ func (x *VerifyAuditRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyAuditRequest.ProtoReflect.Descriptor instead.
 func (*VerifyAuditRequest) Descriptor() ([]byte, []int) {
-	return file_dasset_gateway_v1_admin_proto_rawDescGZIP(), []int{31}
+	return file_dasset_gateway_v1_admin_proto_rawDescGZIP(), []int{34}
 }
 
 type VerifyAuditResponse struct {
@@ -1742,7 +1911,7 @@ type VerifyAuditResponse struct {
 
 func (x *VerifyAuditResponse) Reset() {
 	*x = VerifyAuditResponse{}
-	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[32]
+	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1754,7 +1923,7 @@ func (x *VerifyAuditResponse) String() string {
 func (*VerifyAuditResponse) ProtoMessage() {}
 
 func (x *VerifyAuditResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[32]
+	mi := &file_dasset_gateway_v1_admin_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1767,7 +1936,7 @@ func (x *VerifyAuditResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VerifyAuditResponse.ProtoReflect.Descriptor instead.
 func (*VerifyAuditResponse) Descriptor() ([]byte, []int) {
-	return file_dasset_gateway_v1_admin_proto_rawDescGZIP(), []int{32}
+	return file_dasset_gateway_v1_admin_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *VerifyAuditResponse) GetEntries() int64 {
@@ -1878,7 +2047,20 @@ const file_dasset_gateway_v1_admin_proto_rawDesc = "" +
 	"\x05peers\x18\x05 \x01(\x03R\x05peers\x12!\n" +
 	"\fpeers_recent\x18\x06 \x01(\x03R\vpeersRecent\x12\x19\n" +
 	"\brx_bytes\x18\a \x01(\x04R\arxBytes\x12\x19\n" +
-	"\btx_bytes\x18\b \x01(\x04R\atxBytes\"|\n" +
+	"\btx_bytes\x18\b \x01(\x04R\atxBytes\"\x15\n" +
+	"\x13ListGatewaysRequest\"\xf8\x01\n" +
+	"\fFleetGateway\x12\x1f\n" +
+	"\vinstance_id\x18\x01 \x01(\tR\n" +
+	"instanceId\x12\x1d\n" +
+	"\n" +
+	"public_key\x18\x02 \x01(\fR\tpublicKey\x12\x1a\n" +
+	"\bendpoint\x18\x03 \x01(\tR\bendpoint\x129\n" +
+	"\n" +
+	"started_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\x12=\n" +
+	"\fheartbeat_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\vheartbeatAt\x12\x12\n" +
+	"\x04self\x18\x06 \x01(\bR\x04self\"S\n" +
+	"\x14ListGatewaysResponse\x12;\n" +
+	"\bgateways\x18\x01 \x03(\v2\x1f.dasset.gateway.v1.FleetGatewayR\bgateways\"|\n" +
 	"\x14ExportSubjectRequest\x12%\n" +
 	"\rserial_number\x18\x01 \x01(\tH\x00R\fserialNumber\x12\x1a\n" +
 	"\aaccount\x18\x02 \x01(\tH\x00R\aaccount\x12\x16\n" +
@@ -1911,7 +2093,7 @@ const file_dasset_gateway_v1_admin_proto_rawDesc = "" +
 	"\x13VerifyAuditResponse\x12\x18\n" +
 	"\aentries\x18\x01 \x01(\x03R\aentries\x12\x0e\n" +
 	"\x02ok\x18\x02 \x01(\bR\x02ok\x12\x18\n" +
-	"\aproblem\x18\x03 \x01(\tR\aproblem2\xbb\v\n" +
+	"\aproblem\x18\x03 \x01(\tR\aproblem2\x9c\f\n" +
 	"\fAdminService\x12b\n" +
 	"\rEnrollDevices\x12'.dasset.gateway.v1.EnrollDevicesRequest\x1a(.dasset.gateway.v1.EnrollDevicesResponse\x12\\\n" +
 	"\vListDevices\x12%.dasset.gateway.v1.ListDevicesRequest\x1a&.dasset.gateway.v1.ListDevicesResponse\x12_\n" +
@@ -1921,7 +2103,8 @@ const file_dasset_gateway_v1_admin_proto_rawDesc = "" +
 	"\rDeleteAccount\x12'.dasset.gateway.v1.DeleteAccountRequest\x1a(.dasset.gateway.v1.DeleteAccountResponse\x12_\n" +
 	"\fListSessions\x12&.dasset.gateway.v1.ListSessionsRequest\x1a'.dasset.gateway.v1.ListSessionsResponse\x12i\n" +
 	"\fCloseSession\x12+.dasset.gateway.v1.AdminCloseSessionRequest\x1a,.dasset.gateway.v1.AdminCloseSessionResponse\x12V\n" +
-	"\tListPeers\x12#.dasset.gateway.v1.ListPeersRequest\x1a$.dasset.gateway.v1.ListPeersResponse\x12b\n" +
+	"\tListPeers\x12#.dasset.gateway.v1.ListPeersRequest\x1a$.dasset.gateway.v1.ListPeersResponse\x12_\n" +
+	"\fListGateways\x12&.dasset.gateway.v1.ListGatewaysRequest\x1a'.dasset.gateway.v1.ListGatewaysResponse\x12b\n" +
 	"\rExportSubject\x12'.dasset.gateway.v1.ExportSubjectRequest\x1a(.dasset.gateway.v1.ExportSubjectResponse\x12_\n" +
 	"\fEraseSubject\x12&.dasset.gateway.v1.EraseSubjectRequest\x1a'.dasset.gateway.v1.EraseSubjectResponse\x12V\n" +
 	"\tGetPolicy\x12#.dasset.gateway.v1.GetPolicyRequest\x1a$.dasset.gateway.v1.GetPolicyResponse\x12_\n" +
@@ -1942,7 +2125,7 @@ func file_dasset_gateway_v1_admin_proto_rawDescGZIP() []byte {
 	return file_dasset_gateway_v1_admin_proto_rawDescData
 }
 
-var file_dasset_gateway_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 36)
+var file_dasset_gateway_v1_admin_proto_msgTypes = make([]protoimpl.MessageInfo, 39)
 var file_dasset_gateway_v1_admin_proto_goTypes = []any{
 	(*DeviceEnrollment)(nil),          // 0: dasset.gateway.v1.DeviceEnrollment
 	(*EnrollDevicesRequest)(nil),      // 1: dasset.gateway.v1.EnrollDevicesRequest
@@ -1967,67 +2150,75 @@ var file_dasset_gateway_v1_admin_proto_goTypes = []any{
 	(*ListPeersResponse)(nil),         // 20: dasset.gateway.v1.ListPeersResponse
 	(*GetSummaryRequest)(nil),         // 21: dasset.gateway.v1.GetSummaryRequest
 	(*GetSummaryResponse)(nil),        // 22: dasset.gateway.v1.GetSummaryResponse
-	(*ExportSubjectRequest)(nil),      // 23: dasset.gateway.v1.ExportSubjectRequest
-	(*ExportSubjectResponse)(nil),     // 24: dasset.gateway.v1.ExportSubjectResponse
-	(*EraseSubjectRequest)(nil),       // 25: dasset.gateway.v1.EraseSubjectRequest
-	(*EraseSubjectResponse)(nil),      // 26: dasset.gateway.v1.EraseSubjectResponse
-	(*GetPolicyRequest)(nil),          // 27: dasset.gateway.v1.GetPolicyRequest
-	(*GetPolicyResponse)(nil),         // 28: dasset.gateway.v1.GetPolicyResponse
-	(*RunRetentionRequest)(nil),       // 29: dasset.gateway.v1.RunRetentionRequest
-	(*RunRetentionResponse)(nil),      // 30: dasset.gateway.v1.RunRetentionResponse
-	(*VerifyAuditRequest)(nil),        // 31: dasset.gateway.v1.VerifyAuditRequest
-	(*VerifyAuditResponse)(nil),       // 32: dasset.gateway.v1.VerifyAuditResponse
-	nil,                               // 33: dasset.gateway.v1.DeleteAccountResponse.RemovedEntry
-	nil,                               // 34: dasset.gateway.v1.EraseSubjectResponse.RemovedEntry
-	nil,                               // 35: dasset.gateway.v1.RunRetentionResponse.PrunedEntry
-	(*SessionInfo)(nil),               // 36: dasset.gateway.v1.SessionInfo
-	(*timestamppb.Timestamp)(nil),     // 37: google.protobuf.Timestamp
+	(*ListGatewaysRequest)(nil),       // 23: dasset.gateway.v1.ListGatewaysRequest
+	(*FleetGateway)(nil),              // 24: dasset.gateway.v1.FleetGateway
+	(*ListGatewaysResponse)(nil),      // 25: dasset.gateway.v1.ListGatewaysResponse
+	(*ExportSubjectRequest)(nil),      // 26: dasset.gateway.v1.ExportSubjectRequest
+	(*ExportSubjectResponse)(nil),     // 27: dasset.gateway.v1.ExportSubjectResponse
+	(*EraseSubjectRequest)(nil),       // 28: dasset.gateway.v1.EraseSubjectRequest
+	(*EraseSubjectResponse)(nil),      // 29: dasset.gateway.v1.EraseSubjectResponse
+	(*GetPolicyRequest)(nil),          // 30: dasset.gateway.v1.GetPolicyRequest
+	(*GetPolicyResponse)(nil),         // 31: dasset.gateway.v1.GetPolicyResponse
+	(*RunRetentionRequest)(nil),       // 32: dasset.gateway.v1.RunRetentionRequest
+	(*RunRetentionResponse)(nil),      // 33: dasset.gateway.v1.RunRetentionResponse
+	(*VerifyAuditRequest)(nil),        // 34: dasset.gateway.v1.VerifyAuditRequest
+	(*VerifyAuditResponse)(nil),       // 35: dasset.gateway.v1.VerifyAuditResponse
+	nil,                               // 36: dasset.gateway.v1.DeleteAccountResponse.RemovedEntry
+	nil,                               // 37: dasset.gateway.v1.EraseSubjectResponse.RemovedEntry
+	nil,                               // 38: dasset.gateway.v1.RunRetentionResponse.PrunedEntry
+	(*SessionInfo)(nil),               // 39: dasset.gateway.v1.SessionInfo
+	(*timestamppb.Timestamp)(nil),     // 40: google.protobuf.Timestamp
 }
 var file_dasset_gateway_v1_admin_proto_depIdxs = []int32{
 	0,  // 0: dasset.gateway.v1.EnrollDevicesRequest.devices:type_name -> dasset.gateway.v1.DeviceEnrollment
 	4,  // 1: dasset.gateway.v1.ListDevicesResponse.devices:type_name -> dasset.gateway.v1.Device
-	33, // 2: dasset.gateway.v1.DeleteAccountResponse.removed:type_name -> dasset.gateway.v1.DeleteAccountResponse.RemovedEntry
-	36, // 3: dasset.gateway.v1.ListSessionsResponse.sessions:type_name -> dasset.gateway.v1.SessionInfo
-	37, // 4: dasset.gateway.v1.Peer.last_handshake:type_name -> google.protobuf.Timestamp
+	36, // 2: dasset.gateway.v1.DeleteAccountResponse.removed:type_name -> dasset.gateway.v1.DeleteAccountResponse.RemovedEntry
+	39, // 3: dasset.gateway.v1.ListSessionsResponse.sessions:type_name -> dasset.gateway.v1.SessionInfo
+	40, // 4: dasset.gateway.v1.Peer.last_handshake:type_name -> google.protobuf.Timestamp
 	19, // 5: dasset.gateway.v1.ListPeersResponse.peers:type_name -> dasset.gateway.v1.Peer
-	34, // 6: dasset.gateway.v1.EraseSubjectResponse.removed:type_name -> dasset.gateway.v1.EraseSubjectResponse.RemovedEntry
-	35, // 7: dasset.gateway.v1.RunRetentionResponse.pruned:type_name -> dasset.gateway.v1.RunRetentionResponse.PrunedEntry
-	37, // 8: dasset.gateway.v1.RunRetentionResponse.ran_at:type_name -> google.protobuf.Timestamp
-	1,  // 9: dasset.gateway.v1.AdminService.EnrollDevices:input_type -> dasset.gateway.v1.EnrollDevicesRequest
-	3,  // 10: dasset.gateway.v1.AdminService.ListDevices:input_type -> dasset.gateway.v1.ListDevicesRequest
-	6,  // 11: dasset.gateway.v1.AdminService.RevokeDevice:input_type -> dasset.gateway.v1.RevokeDeviceRequest
-	8,  // 12: dasset.gateway.v1.AdminService.ResetDeviceKey:input_type -> dasset.gateway.v1.ResetDeviceKeyRequest
-	10, // 13: dasset.gateway.v1.AdminService.CreateAccount:input_type -> dasset.gateway.v1.CreateAccountRequest
-	12, // 14: dasset.gateway.v1.AdminService.DeleteAccount:input_type -> dasset.gateway.v1.DeleteAccountRequest
-	14, // 15: dasset.gateway.v1.AdminService.ListSessions:input_type -> dasset.gateway.v1.ListSessionsRequest
-	16, // 16: dasset.gateway.v1.AdminService.CloseSession:input_type -> dasset.gateway.v1.AdminCloseSessionRequest
-	18, // 17: dasset.gateway.v1.AdminService.ListPeers:input_type -> dasset.gateway.v1.ListPeersRequest
-	23, // 18: dasset.gateway.v1.AdminService.ExportSubject:input_type -> dasset.gateway.v1.ExportSubjectRequest
-	25, // 19: dasset.gateway.v1.AdminService.EraseSubject:input_type -> dasset.gateway.v1.EraseSubjectRequest
-	27, // 20: dasset.gateway.v1.AdminService.GetPolicy:input_type -> dasset.gateway.v1.GetPolicyRequest
-	29, // 21: dasset.gateway.v1.AdminService.RunRetention:input_type -> dasset.gateway.v1.RunRetentionRequest
-	31, // 22: dasset.gateway.v1.AdminService.VerifyAudit:input_type -> dasset.gateway.v1.VerifyAuditRequest
-	21, // 23: dasset.gateway.v1.AdminService.GetSummary:input_type -> dasset.gateway.v1.GetSummaryRequest
-	2,  // 24: dasset.gateway.v1.AdminService.EnrollDevices:output_type -> dasset.gateway.v1.EnrollDevicesResponse
-	5,  // 25: dasset.gateway.v1.AdminService.ListDevices:output_type -> dasset.gateway.v1.ListDevicesResponse
-	7,  // 26: dasset.gateway.v1.AdminService.RevokeDevice:output_type -> dasset.gateway.v1.RevokeDeviceResponse
-	9,  // 27: dasset.gateway.v1.AdminService.ResetDeviceKey:output_type -> dasset.gateway.v1.ResetDeviceKeyResponse
-	11, // 28: dasset.gateway.v1.AdminService.CreateAccount:output_type -> dasset.gateway.v1.CreateAccountResponse
-	13, // 29: dasset.gateway.v1.AdminService.DeleteAccount:output_type -> dasset.gateway.v1.DeleteAccountResponse
-	15, // 30: dasset.gateway.v1.AdminService.ListSessions:output_type -> dasset.gateway.v1.ListSessionsResponse
-	17, // 31: dasset.gateway.v1.AdminService.CloseSession:output_type -> dasset.gateway.v1.AdminCloseSessionResponse
-	20, // 32: dasset.gateway.v1.AdminService.ListPeers:output_type -> dasset.gateway.v1.ListPeersResponse
-	24, // 33: dasset.gateway.v1.AdminService.ExportSubject:output_type -> dasset.gateway.v1.ExportSubjectResponse
-	26, // 34: dasset.gateway.v1.AdminService.EraseSubject:output_type -> dasset.gateway.v1.EraseSubjectResponse
-	28, // 35: dasset.gateway.v1.AdminService.GetPolicy:output_type -> dasset.gateway.v1.GetPolicyResponse
-	30, // 36: dasset.gateway.v1.AdminService.RunRetention:output_type -> dasset.gateway.v1.RunRetentionResponse
-	32, // 37: dasset.gateway.v1.AdminService.VerifyAudit:output_type -> dasset.gateway.v1.VerifyAuditResponse
-	22, // 38: dasset.gateway.v1.AdminService.GetSummary:output_type -> dasset.gateway.v1.GetSummaryResponse
-	24, // [24:39] is the sub-list for method output_type
-	9,  // [9:24] is the sub-list for method input_type
-	9,  // [9:9] is the sub-list for extension type_name
-	9,  // [9:9] is the sub-list for extension extendee
-	0,  // [0:9] is the sub-list for field type_name
+	40, // 6: dasset.gateway.v1.FleetGateway.started_at:type_name -> google.protobuf.Timestamp
+	40, // 7: dasset.gateway.v1.FleetGateway.heartbeat_at:type_name -> google.protobuf.Timestamp
+	24, // 8: dasset.gateway.v1.ListGatewaysResponse.gateways:type_name -> dasset.gateway.v1.FleetGateway
+	37, // 9: dasset.gateway.v1.EraseSubjectResponse.removed:type_name -> dasset.gateway.v1.EraseSubjectResponse.RemovedEntry
+	38, // 10: dasset.gateway.v1.RunRetentionResponse.pruned:type_name -> dasset.gateway.v1.RunRetentionResponse.PrunedEntry
+	40, // 11: dasset.gateway.v1.RunRetentionResponse.ran_at:type_name -> google.protobuf.Timestamp
+	1,  // 12: dasset.gateway.v1.AdminService.EnrollDevices:input_type -> dasset.gateway.v1.EnrollDevicesRequest
+	3,  // 13: dasset.gateway.v1.AdminService.ListDevices:input_type -> dasset.gateway.v1.ListDevicesRequest
+	6,  // 14: dasset.gateway.v1.AdminService.RevokeDevice:input_type -> dasset.gateway.v1.RevokeDeviceRequest
+	8,  // 15: dasset.gateway.v1.AdminService.ResetDeviceKey:input_type -> dasset.gateway.v1.ResetDeviceKeyRequest
+	10, // 16: dasset.gateway.v1.AdminService.CreateAccount:input_type -> dasset.gateway.v1.CreateAccountRequest
+	12, // 17: dasset.gateway.v1.AdminService.DeleteAccount:input_type -> dasset.gateway.v1.DeleteAccountRequest
+	14, // 18: dasset.gateway.v1.AdminService.ListSessions:input_type -> dasset.gateway.v1.ListSessionsRequest
+	16, // 19: dasset.gateway.v1.AdminService.CloseSession:input_type -> dasset.gateway.v1.AdminCloseSessionRequest
+	18, // 20: dasset.gateway.v1.AdminService.ListPeers:input_type -> dasset.gateway.v1.ListPeersRequest
+	23, // 21: dasset.gateway.v1.AdminService.ListGateways:input_type -> dasset.gateway.v1.ListGatewaysRequest
+	26, // 22: dasset.gateway.v1.AdminService.ExportSubject:input_type -> dasset.gateway.v1.ExportSubjectRequest
+	28, // 23: dasset.gateway.v1.AdminService.EraseSubject:input_type -> dasset.gateway.v1.EraseSubjectRequest
+	30, // 24: dasset.gateway.v1.AdminService.GetPolicy:input_type -> dasset.gateway.v1.GetPolicyRequest
+	32, // 25: dasset.gateway.v1.AdminService.RunRetention:input_type -> dasset.gateway.v1.RunRetentionRequest
+	34, // 26: dasset.gateway.v1.AdminService.VerifyAudit:input_type -> dasset.gateway.v1.VerifyAuditRequest
+	21, // 27: dasset.gateway.v1.AdminService.GetSummary:input_type -> dasset.gateway.v1.GetSummaryRequest
+	2,  // 28: dasset.gateway.v1.AdminService.EnrollDevices:output_type -> dasset.gateway.v1.EnrollDevicesResponse
+	5,  // 29: dasset.gateway.v1.AdminService.ListDevices:output_type -> dasset.gateway.v1.ListDevicesResponse
+	7,  // 30: dasset.gateway.v1.AdminService.RevokeDevice:output_type -> dasset.gateway.v1.RevokeDeviceResponse
+	9,  // 31: dasset.gateway.v1.AdminService.ResetDeviceKey:output_type -> dasset.gateway.v1.ResetDeviceKeyResponse
+	11, // 32: dasset.gateway.v1.AdminService.CreateAccount:output_type -> dasset.gateway.v1.CreateAccountResponse
+	13, // 33: dasset.gateway.v1.AdminService.DeleteAccount:output_type -> dasset.gateway.v1.DeleteAccountResponse
+	15, // 34: dasset.gateway.v1.AdminService.ListSessions:output_type -> dasset.gateway.v1.ListSessionsResponse
+	17, // 35: dasset.gateway.v1.AdminService.CloseSession:output_type -> dasset.gateway.v1.AdminCloseSessionResponse
+	20, // 36: dasset.gateway.v1.AdminService.ListPeers:output_type -> dasset.gateway.v1.ListPeersResponse
+	25, // 37: dasset.gateway.v1.AdminService.ListGateways:output_type -> dasset.gateway.v1.ListGatewaysResponse
+	27, // 38: dasset.gateway.v1.AdminService.ExportSubject:output_type -> dasset.gateway.v1.ExportSubjectResponse
+	29, // 39: dasset.gateway.v1.AdminService.EraseSubject:output_type -> dasset.gateway.v1.EraseSubjectResponse
+	31, // 40: dasset.gateway.v1.AdminService.GetPolicy:output_type -> dasset.gateway.v1.GetPolicyResponse
+	33, // 41: dasset.gateway.v1.AdminService.RunRetention:output_type -> dasset.gateway.v1.RunRetentionResponse
+	35, // 42: dasset.gateway.v1.AdminService.VerifyAudit:output_type -> dasset.gateway.v1.VerifyAuditResponse
+	22, // 43: dasset.gateway.v1.AdminService.GetSummary:output_type -> dasset.gateway.v1.GetSummaryResponse
+	28, // [28:44] is the sub-list for method output_type
+	12, // [12:28] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_dasset_gateway_v1_admin_proto_init() }
@@ -2036,11 +2227,11 @@ func file_dasset_gateway_v1_admin_proto_init() {
 		return
 	}
 	file_dasset_gateway_v1_common_proto_init()
-	file_dasset_gateway_v1_admin_proto_msgTypes[23].OneofWrappers = []any{
+	file_dasset_gateway_v1_admin_proto_msgTypes[26].OneofWrappers = []any{
 		(*ExportSubjectRequest_SerialNumber)(nil),
 		(*ExportSubjectRequest_Account)(nil),
 	}
-	file_dasset_gateway_v1_admin_proto_msgTypes[25].OneofWrappers = []any{
+	file_dasset_gateway_v1_admin_proto_msgTypes[28].OneofWrappers = []any{
 		(*EraseSubjectRequest_SerialNumber)(nil),
 		(*EraseSubjectRequest_Account)(nil),
 	}
@@ -2050,7 +2241,7 @@ func file_dasset_gateway_v1_admin_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_dasset_gateway_v1_admin_proto_rawDesc), len(file_dasset_gateway_v1_admin_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   36,
+			NumMessages:   39,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -28,6 +28,7 @@ const (
 	AdminService_ListSessions_FullMethodName   = "/dasset.gateway.v1.AdminService/ListSessions"
 	AdminService_CloseSession_FullMethodName   = "/dasset.gateway.v1.AdminService/CloseSession"
 	AdminService_ListPeers_FullMethodName      = "/dasset.gateway.v1.AdminService/ListPeers"
+	AdminService_ListGateways_FullMethodName   = "/dasset.gateway.v1.AdminService/ListGateways"
 	AdminService_ExportSubject_FullMethodName  = "/dasset.gateway.v1.AdminService/ExportSubject"
 	AdminService_EraseSubject_FullMethodName   = "/dasset.gateway.v1.AdminService/EraseSubject"
 	AdminService_GetPolicy_FullMethodName      = "/dasset.gateway.v1.AdminService/GetPolicy"
@@ -51,6 +52,9 @@ type AdminServiceClient interface {
 	ListSessions(ctx context.Context, in *ListSessionsRequest, opts ...grpc.CallOption) (*ListSessionsResponse, error)
 	CloseSession(ctx context.Context, in *AdminCloseSessionRequest, opts ...grpc.CallOption) (*AdminCloseSessionResponse, error)
 	ListPeers(ctx context.Context, in *ListPeersRequest, opts ...grpc.CallOption) (*ListPeersResponse, error)
+	// ListGateways lists the gateways sharing this gateway's registry (one on
+	// SQLite), as their heartbeats recorded them.
+	ListGateways(ctx context.Context, in *ListGatewaysRequest, opts ...grpc.CallOption) (*ListGatewaysResponse, error)
 	ExportSubject(ctx context.Context, in *ExportSubjectRequest, opts ...grpc.CallOption) (*ExportSubjectResponse, error)
 	EraseSubject(ctx context.Context, in *EraseSubjectRequest, opts ...grpc.CallOption) (*EraseSubjectResponse, error)
 	GetPolicy(ctx context.Context, in *GetPolicyRequest, opts ...grpc.CallOption) (*GetPolicyResponse, error)
@@ -161,6 +165,16 @@ func (c *adminServiceClient) ListPeers(ctx context.Context, in *ListPeersRequest
 	return out, nil
 }
 
+func (c *adminServiceClient) ListGateways(ctx context.Context, in *ListGatewaysRequest, opts ...grpc.CallOption) (*ListGatewaysResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(ListGatewaysResponse)
+	err := c.cc.Invoke(ctx, AdminService_ListGateways_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *adminServiceClient) ExportSubject(ctx context.Context, in *ExportSubjectRequest, opts ...grpc.CallOption) (*ExportSubjectResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ExportSubjectResponse)
@@ -236,6 +250,9 @@ type AdminServiceServer interface {
 	ListSessions(context.Context, *ListSessionsRequest) (*ListSessionsResponse, error)
 	CloseSession(context.Context, *AdminCloseSessionRequest) (*AdminCloseSessionResponse, error)
 	ListPeers(context.Context, *ListPeersRequest) (*ListPeersResponse, error)
+	// ListGateways lists the gateways sharing this gateway's registry (one on
+	// SQLite), as their heartbeats recorded them.
+	ListGateways(context.Context, *ListGatewaysRequest) (*ListGatewaysResponse, error)
 	ExportSubject(context.Context, *ExportSubjectRequest) (*ExportSubjectResponse, error)
 	EraseSubject(context.Context, *EraseSubjectRequest) (*EraseSubjectResponse, error)
 	GetPolicy(context.Context, *GetPolicyRequest) (*GetPolicyResponse, error)
@@ -282,6 +299,9 @@ func (UnimplementedAdminServiceServer) CloseSession(context.Context, *AdminClose
 }
 func (UnimplementedAdminServiceServer) ListPeers(context.Context, *ListPeersRequest) (*ListPeersResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ListPeers not implemented")
+}
+func (UnimplementedAdminServiceServer) ListGateways(context.Context, *ListGatewaysRequest) (*ListGatewaysResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListGateways not implemented")
 }
 func (UnimplementedAdminServiceServer) ExportSubject(context.Context, *ExportSubjectRequest) (*ExportSubjectResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method ExportSubject not implemented")
@@ -484,6 +504,24 @@ func _AdminService_ListPeers_Handler(srv interface{}, ctx context.Context, dec f
 	return interceptor(ctx, in, info, handler)
 }
 
+func _AdminService_ListGateways_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListGatewaysRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ListGateways(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: AdminService_ListGateways_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ListGateways(ctx, req.(*ListGatewaysRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _AdminService_ExportSubject_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ExportSubjectRequest)
 	if err := dec(in); err != nil {
@@ -634,6 +672,10 @@ var AdminService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ListPeers",
 			Handler:    _AdminService_ListPeers_Handler,
+		},
+		{
+			MethodName: "ListGateways",
+			Handler:    _AdminService_ListGateways_Handler,
 		},
 		{
 			MethodName: "ExportSubject",

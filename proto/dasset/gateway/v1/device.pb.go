@@ -101,8 +101,11 @@ type DeviceLoginResponse struct {
 	DeviceToken    string                 `protobuf:"bytes,4,opt,name=device_token,json=deviceToken,proto3" json:"device_token,omitempty"`
 	TokenExpiresAt *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=token_expires_at,json=tokenExpiresAt,proto3" json:"token_expires_at,omitempty"`
 	Outcome        LoginOutcome           `protobuf:"varint,6,opt,name=outcome,proto3,enum=dasset.gateway.v1.LoginOutcome" json:"outcome,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The gateway that admitted the device: its instance id, stable across
+	// its restarts (a row of dassetctl fleet).
+	GatewayInstanceId string `protobuf:"bytes,7,opt,name=gateway_instance_id,json=gatewayInstanceId,proto3" json:"gateway_instance_id,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
 }
 
 func (x *DeviceLoginResponse) Reset() {
@@ -175,6 +178,13 @@ func (x *DeviceLoginResponse) GetOutcome() LoginOutcome {
 		return x.Outcome
 	}
 	return LoginOutcome_LOGIN_OUTCOME_UNSPECIFIED
+}
+
+func (x *DeviceLoginResponse) GetGatewayInstanceId() string {
+	if x != nil {
+		return x.GatewayInstanceId
+	}
+	return ""
 }
 
 type SyncRequest struct {
@@ -708,14 +718,15 @@ const file_dasset_gateway_v1_device_proto_rawDesc = "" +
 	"hardwareId\x12\x1d\n" +
 	"\n" +
 	"public_key\x18\x03 \x01(\fR\tpublicKey\x12#\n" +
-	"\ragent_version\x18\x04 \x01(\tR\fagentVersion\"\xa3\x02\n" +
+	"\ragent_version\x18\x04 \x01(\tR\fagentVersion\"\xd3\x02\n" +
 	"\x13DeviceLoginResponse\x12\x1c\n" +
 	"\taddresses\x18\x01 \x03(\tR\taddresses\x128\n" +
 	"\agateway\x18\x02 \x01(\v2\x1e.dasset.gateway.v1.GatewayPeerR\agateway\x12\x10\n" +
 	"\x03mtu\x18\x03 \x01(\rR\x03mtu\x12!\n" +
 	"\fdevice_token\x18\x04 \x01(\tR\vdeviceToken\x12D\n" +
 	"\x10token_expires_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\x0etokenExpiresAt\x129\n" +
-	"\aoutcome\x18\x06 \x01(\x0e2\x1f.dasset.gateway.v1.LoginOutcomeR\aoutcome\"\r\n" +
+	"\aoutcome\x18\x06 \x01(\x0e2\x1f.dasset.gateway.v1.LoginOutcomeR\aoutcome\x12.\n" +
+	"\x13gateway_instance_id\x18\a \x01(\tR\x11gatewayInstanceId\"\r\n" +
 	"\vSyncRequest\"\xa0\x02\n" +
 	"\tSyncEvent\x12I\n" +
 	"\x0esession_opened\x18\x01 \x01(\v2 .dasset.gateway.v1.SessionOpenedH\x00R\rsessionOpened\x12I\n" +
