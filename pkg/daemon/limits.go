@@ -1,6 +1,8 @@
 package daemon
 
 import (
+	"context"
+	"errors"
 	"net"
 	"net/netip"
 	"time"
@@ -20,8 +22,22 @@ type limits struct {
 	accounts  countedGuard
 	binds     countedGuard
 	codes     countedGuard
-	passwords *throttle.Pool
+	passwords countedPool
 	refused   *prometheus.CounterVec
+}
+
+// countedPool is the password pool whose "busy" refusals are counted.
+type countedPool struct {
+	p *throttle.Pool
+	c prometheus.Counter
+}
+
+func (c countedPool) Do(ctx context.Context, fn func()) error {
+	err := c.p.Do(ctx, fn)
+	if errors.Is(err, throttle.ErrBusy) {
+		c.c.Inc()
+	}
+	return err
 }
 
 func newLimits(cfg config.Config, now func() time.Time, refused *prometheus.CounterVec) *limits {
@@ -60,7 +76,7 @@ func newLimits(cfg config.Config, now func() time.Time, refused *prometheus.Coun
 			Subject: throttle.BackoffConfig{Free: codesPerDevice, Base: 10 * time.Second, Max: 5 * time.Minute, Entries: th.MaxEntries},
 			Now:     now,
 		}), c: refused, call: "binding_code"},
-		passwords: throttle.NewPool(th.PasswordWorkers, th.PasswordQueue),
+		passwords: countedPool{p: throttle.NewPool(th.PasswordWorkers, th.PasswordQueue), c: refused.WithLabelValues("password", "busy")},
 		refused:   refused,
 	}
 }

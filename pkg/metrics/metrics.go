@@ -27,8 +27,8 @@ type Gateway struct {
 	CertExpiry        prometheus.Gauge
 	// Throttled counts attempts refused before their credentials were
 	// checked, by call (device_login, client_login, bind_device,
-	// binding_code, connection) and reason (source, global, pair, subject,
-	// busy, key, total).
+	// binding_code, password, connection) and reason (source, global, pair,
+	// subject, busy, total).
 	Throttled *prometheus.CounterVec
 }
 

@@ -45,15 +45,14 @@ func (r Rate) Unlimited() bool { return r.PerSecond <= 0 || r.Burst <= 0 }
 
 // Refusal says why an attempt was refused and when the caller may try again.
 type Refusal struct {
-	// Reason is a metric label: "source", "global", "pair", "subject",
-	// "busy" or "key".
+	// Reason is a metric label: "source", "global", "pair" or "subject".
 	Reason string
 	// RetryAfter is the earliest time the same attempt could succeed.
 	RetryAfter time.Duration
 }
 
 // Reasons lists every Refusal reason (for metrics created up front).
-func Reasons() []string { return []string{"source", "global", "pair", "subject", "busy", "key"} }
+func Reasons() []string { return []string{"source", "global", "pair", "subject"} }
 
 // Clock is the time source (time.Now in production).
 type Clock func() time.Time
