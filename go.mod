@@ -3,6 +3,7 @@ module github.com/planetxlabs/dasset-gateway
 go 1.26.0
 
 require (
+	github.com/google/renameio/v2 v2.0.2
 	github.com/grpc-ecosystem/go-grpc-middleware/providers/prometheus v1.1.1
 	github.com/hashicorp/golang-lru/v2 v2.0.7
 	github.com/jackc/pgx/v5 v5.12.0

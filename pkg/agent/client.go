@@ -23,6 +23,7 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 
+	"github.com/planetxlabs/dasset-gateway/internal/atomicfile"
 	"github.com/planetxlabs/dasset-gateway/pkg/privacy"
 	gatewayv1 "github.com/planetxlabs/dasset-gateway/proto/dasset/gateway/v1"
 )
@@ -269,10 +270,10 @@ func saveClientState(cfg ClientConfig, token string) error {
 	if err != nil {
 		return fmt.Errorf("client state: %w", err)
 	}
-	if err := writeFileAtomic(filepath.Join(cfg.StateDir, clientGatewayFileName), append(g, '\n'), 0o600); err != nil {
+	if err := atomicfile.Write(filepath.Join(cfg.StateDir, clientGatewayFileName), append(g, '\n'), 0o600); err != nil {
 		return fmt.Errorf("client state: %w", err)
 	}
-	if err := writeFileAtomic(filepath.Join(cfg.StateDir, accessTokenFileName), []byte(token+"\n"), 0o600); err != nil {
+	if err := atomicfile.Write(filepath.Join(cfg.StateDir, accessTokenFileName), []byte(token+"\n"), 0o600); err != nil {
 		return fmt.Errorf("access token: %w", err)
 	}
 	return nil

@@ -11,6 +11,8 @@ import (
 	"strings"
 
 	"golang.org/x/crypto/curve25519"
+
+	"github.com/planetxlabs/dasset-gateway/internal/atomicfile"
 )
 
 const (
@@ -69,7 +71,7 @@ func loadOrCreateKey(dir string) (priv [32]byte, created bool, err error) {
 		return priv, false, fmt.Errorf("private key: %w", err)
 	}
 	clamp(&priv)
-	if err := writeFileAtomic(path, []byte(base64.StdEncoding.EncodeToString(priv[:])+"\n"), 0o600); err != nil {
+	if err := atomicfile.Write(path, []byte(base64.StdEncoding.EncodeToString(priv[:])+"\n"), 0o600); err != nil {
 		return priv, false, fmt.Errorf("private key: %w", err)
 	}
 	return priv, true, nil
@@ -112,7 +114,7 @@ func readToken(dir string) (string, error) {
 }
 
 func writeToken(dir, token string) error {
-	if err := writeFileAtomic(filepath.Join(dir, tokenFileName), []byte(token+"\n"), 0o600); err != nil {
+	if err := atomicfile.Write(filepath.Join(dir, tokenFileName), []byte(token+"\n"), 0o600); err != nil {
 		return fmt.Errorf("device token: %w", err)
 	}
 	return nil
@@ -124,31 +126,4 @@ func removeToken(dir string) error {
 		return fmt.Errorf("device token: %w", err)
 	}
 	return nil
-}
-
-// writeFileAtomic writes data to a temporary file with mode and renames it
-// over path, so a crash never leaves a half-written file.
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return err
-	}
-	name := tmp.Name()
-	defer os.Remove(name)
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-		return err
-	}
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(name, path)
 }

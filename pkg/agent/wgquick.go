@@ -9,6 +9,8 @@ import (
 	"regexp"
 	"strings"
 	"time"
+
+	"github.com/planetxlabs/dasset-gateway/internal/atomicfile"
 )
 
 // WGQuick is a session's WireGuard configuration for a stock WireGuard app
@@ -88,7 +90,7 @@ func WriteWGQuick(path string, w WGQuick) error {
 	if err := CheckWGQuickPath(path); err != nil {
 		return err
 	}
-	if err := writeFileAtomic(path, w.Render(), 0o600); err != nil {
+	if err := atomicfile.Write(path, w.Render(), 0o600); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
 	return nil

@@ -15,9 +15,10 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"path/filepath"
 	"sync"
 	"time"
+
+	"github.com/planetxlabs/dasset-gateway/internal/atomicfile"
 )
 
 // Entry is one audited admin call. Target is a blind index (hex), never a
@@ -114,7 +115,7 @@ func (l *Log) Append(e Entry) (Entry, error) {
 	if err := f.Close(); err != nil {
 		return Entry{}, fmt.Errorf("audit: %w", err)
 	}
-	if err := writeAtomic(l.headPath, []byte(fmt.Sprintf("%d %s\n", e.Seq, e.Hash))); err != nil {
+	if err := atomicfile.Write(l.headPath, []byte(fmt.Sprintf("%d %s\n", e.Seq, e.Hash)), 0o600); err != nil {
 		return Entry{}, fmt.Errorf("audit: head: %w", err)
 	}
 	l.seq, l.head = e.Seq, e.Hash
@@ -240,32 +241,8 @@ func (l *Log) Prune(before time.Time) (int, error) {
 		b, _ := json.Marshal(e)
 		buf.Write(append(b, '\n'))
 	}
-	if err := writeAtomic(l.path, buf.Bytes()); err != nil {
+	if err := atomicfile.Write(l.path, buf.Bytes(), 0o600); err != nil {
 		return 0, fmt.Errorf("audit: prune: %w", err)
 	}
 	return dropped, nil
-}
-
-func writeAtomic(path string, data []byte) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".tmp-"+filepath.Base(path))
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if err := tmp.Chmod(0o600); err != nil {
-		tmp.Close()
-		return err
-	}
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	return os.Rename(tmp.Name(), path)
 }

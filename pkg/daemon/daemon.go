@@ -29,6 +29,7 @@ import (
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/keepalive"
 
+	"github.com/planetxlabs/dasset-gateway/internal/atomicfile"
 	"github.com/planetxlabs/dasset-gateway/pkg/api"
 	"github.com/planetxlabs/dasset-gateway/pkg/audit"
 	"github.com/planetxlabs/dasset-gateway/pkg/config"
@@ -284,25 +285,7 @@ func moveAuditLog(dataDir, keysDir string) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	f, err := os.CreateTemp(keysDir, ".tmp-audit-*")
-	if err != nil {
-		return "", err
-	}
-	defer os.Remove(f.Name())
-	_, err = f.Write(b)
-	if err == nil {
-		err = f.Chmod(0o600)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(f.Name(), path)
-	}
-	if err != nil {
+	if err := atomicfile.Write(path, b, 0o600); err != nil {
 		return "", fmt.Errorf("moving %s into the keystore directory: %w", old, err)
 	}
 	return path, os.Remove(old)

@@ -18,6 +18,8 @@ import (
 
 	"golang.org/x/crypto/chacha20poly1305"
 	"golang.org/x/crypto/curve25519"
+
+	"github.com/planetxlabs/dasset-gateway/internal/atomicfile"
 )
 
 // Files in a keystore directory.
@@ -511,51 +513,26 @@ func createIfAbsent(dir, name string, gen func() ([]byte, error)) error {
 	return writeAtomic(dir, name, b, true)
 }
 
-// writeAtomic writes data to dir/name through a synced temporary file (0600)
-// and a rename, or a link when noClobber (an existing file then wins), and
-// syncs the directory.
+// writeAtomic writes data to dir/name (0600) so that a crash leaves the old
+// file or the new one, with the directory synced; with noClobber an
+// existing file wins.
 func writeAtomic(dir, name string, data []byte, noClobber bool) error {
-	f, err := os.CreateTemp(dir, tmpPrefix+"*")
+	path := filepath.Join(dir, name)
+	var err error
+	if noClobber {
+		_, err = atomicfile.Create(path, data, 0o600)
+	} else {
+		err = atomicfile.Write(path, data, 0o600)
+	}
 	if err != nil {
 		return fmt.Errorf("privacy: keystore: %w", err)
 	}
-	tmp := f.Name()
-	defer os.Remove(tmp) // no-op after a rename
-	err = f.Chmod(0o600)
-	if err == nil {
-		_, err = f.Write(data)
-	}
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("privacy: keystore: write %s: %w", name, err)
-	}
-	final := filepath.Join(dir, name)
-	if noClobber {
-		if err := os.Link(tmp, final); err != nil && !errors.Is(err, fs.ErrExist) {
-			return fmt.Errorf("privacy: keystore: write %s: %w", name, err)
-		}
-	} else if err := os.Rename(tmp, final); err != nil {
-		return fmt.Errorf("privacy: keystore: write %s: %w", name, err)
-	}
-	return syncDir(dir)
+	return nil
 }
 
 func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
+	if err := atomicfile.SyncDir(dir); err != nil {
 		return fmt.Errorf("privacy: keystore: %w", err)
-	}
-	err = d.Sync()
-	if cerr := d.Close(); err == nil {
-		err = cerr
-	}
-	if err != nil {
-		return fmt.Errorf("privacy: keystore: sync %s: %w", dir, err)
 	}
 	return nil
 }
@@ -567,7 +544,7 @@ func removeTemps(dir string) error {
 		return fmt.Errorf("privacy: keystore: %w", err)
 	}
 	for _, e := range ents {
-		if strings.HasPrefix(e.Name(), tmpPrefix) {
+		if strings.HasPrefix(e.Name(), tmpPrefix) || atomicfile.IsTemp(e.Name()) {
 			if err := shred(filepath.Join(dir, e.Name())); err != nil {
 				return err
 			}

@@ -485,3 +485,31 @@ func TestPseudonymConcurrentFirstUse(t *testing.T) {
 		t.Fatal("reopened keystore gives another pseudonym")
 	}
 }
+
+// Temporary files a crash left mid-write (key material) are removed when
+// the keystore is opened; the keys themselves stay.
+func TestKeystoreRemovesLeftTemporaryFiles(t *testing.T) {
+	k1, dir := openTestKeystore(t)
+	left := []string{
+		filepath.Join(dir, "."+sealKeyFile+"8410392841"),
+		filepath.Join(dir, daysDir, ".2026-01-02.key77"),
+		filepath.Join(dir, tmpPrefix+"old-style"),
+	}
+	for _, p := range left {
+		if err := os.WriteFile(p, []byte("half a key"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	k2, err := OpenKeystore(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, p := range left {
+		if _, err := os.Lstat(p); !errors.Is(err, fs.ErrNotExist) {
+			t.Errorf("%s still there after open: %v", p, err)
+		}
+	}
+	if k1.ID() != k2.ID() {
+		t.Fatal("reopening changed the keystore")
+	}
+}

@@ -25,6 +25,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/planetxlabs/dasset-gateway/internal/atomicfile"
 )
 
 const (
@@ -83,11 +85,11 @@ func EnsureSelfSigned(dir string, hosts []string, now time.Time) (certFile, keyF
 	}
 	// Key first: a crash in between leaves a key without a certificate,
 	// which the check above reports instead of silently replacing.
-	if err := writeFileAtomic(keyFile, keyPEM, 0o600); err != nil {
-		return "", "", "", err
+	if err := atomicfile.Write(keyFile, keyPEM, 0o600); err != nil {
+		return "", "", "", fmt.Errorf("tlsutil: %w", err)
 	}
-	if err := writeFileAtomic(certFile, certPEM, 0o644); err != nil {
-		return "", "", "", err
+	if err := atomicfile.Write(certFile, certPEM, 0o644); err != nil {
+		return "", "", "", fmt.Errorf("tlsutil: %w", err)
 	}
 	return certFile, keyFile, Fingerprint(der), nil
 }
@@ -227,34 +229,6 @@ func exists(path string) (bool, error) {
 		return false, nil
 	}
 	return false, fmt.Errorf("tlsutil: %w", err)
-}
-
-func writeFileAtomic(path string, data []byte, mode os.FileMode) error {
-	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("tlsutil: write %s: %w", path, err)
-	}
-	name := tmp.Name()
-	defer os.Remove(name)
-	if err := tmp.Chmod(mode); err != nil {
-		tmp.Close()
-		return fmt.Errorf("tlsutil: write %s: %w", path, err)
-	}
-	if _, err := tmp.Write(data); err != nil {
-		tmp.Close()
-		return fmt.Errorf("tlsutil: write %s: %w", path, err)
-	}
-	if err := tmp.Sync(); err != nil {
-		tmp.Close()
-		return fmt.Errorf("tlsutil: write %s: %w", path, err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("tlsutil: write %s: %w", path, err)
-	}
-	if err := os.Rename(name, path); err != nil {
-		return fmt.Errorf("tlsutil: write %s: %w", path, err)
-	}
-	return nil
 }
 
 // Fingerprint returns the lowercase hex SHA-256 of a certificate's DER.
