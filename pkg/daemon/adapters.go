@@ -3,6 +3,7 @@ package daemon
 import (
 	"context"
 	"net/netip"
+	"sync"
 	"time"
 
 	"github.com/planetxlabs/dasset-gateway/pkg/api"
@@ -130,21 +131,41 @@ func (d *Daemon) state(ctx context.Context) metrics.Snapshot {
 // endpointForgetter clears the remembered WireGuard endpoint of peers idle
 // longer than the idle timeout (the policy keeps endpoints in memory only
 // while needed). wireguard-go cannot unset an endpoint, so the peer is
-// removed and re-added with the same allowed IPs.
+// removed and re-added with the same allowed IPs, which also drops its
+// session keys: a peer in use must never be taken for an idle one. So the
+// peers are read from an IpcGet made now (a cached one may predate the
+// last handshake), and a peer with an endpoint but no handshake yet (one
+// mid-handshake has exactly that) is forgotten only when the previous run
+// saw it so too.
 type endpointForgetter struct {
 	d   *wg.Device
 	now func() time.Time
+
+	mu        sync.Mutex
+	unhandled map[wg.Key]bool // endpoint and no handshake at the last run
 }
 
-func (e endpointForgetter) ForgetIdleEndpoints(ctx context.Context, idle time.Duration) (int, error) {
-	ps, err := e.d.Peers(ctx)
+func (e *endpointForgetter) ForgetIdleEndpoints(ctx context.Context, idle time.Duration) (int, error) {
+	ps, err := e.d.PeersNow(ctx)
 	if err != nil {
 		return 0, err
 	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	seen := e.unhandled
+	e.unhandled = map[wg.Key]bool{}
 	n := 0
 	now := e.now()
 	for _, p := range ps {
-		if !p.Endpoint.IsValid() || (!p.LastHandshake.IsZero() && now.Sub(p.LastHandshake) < idle) {
+		if !p.Endpoint.IsValid() {
+			continue
+		}
+		if p.LastHandshake.IsZero() {
+			if !seen[p.PublicKey] {
+				e.unhandled[p.PublicKey] = true
+				continue
+			}
+		} else if now.Sub(p.LastHandshake) < idle {
 			continue
 		}
 		if err := e.d.RemovePeer(ctx, p.PublicKey); err != nil {

@@ -223,7 +223,7 @@ func New(ctx context.Context, cfg config.Config, opt Options) (_ *Daemon, err er
 	metrics.RegisterState(d.reg, d.state, router.Reasons())
 
 	r := cfg.Retention
-	if d.pruner, err = retention.New(d.st, d.keys, endpointForgetter{d: d.dev, now: now}, retention.Config{
+	if d.pruner, err = retention.New(d.st, d.keys, &endpointForgetter{d: d.dev, now: now}, retention.Config{
 		Interval:  r.Interval,
 		BatchSize: r.BatchSize,
 		Tables: map[string]time.Duration{

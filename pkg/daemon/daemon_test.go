@@ -241,3 +241,47 @@ func make32(b byte) []byte {
 	}
 	return k
 }
+
+// TestRetentionKeepsLiveEndpoints: a retention run forgets only idle
+// endpoints. Forgetting one re-creates the peer (its last handshake back
+// to zero, its session keys gone), so the device's peer must come out of
+// two runs with the very handshake it had before.
+func TestRetentionKeepsLiveEndpoints(t *testing.T) {
+	dir := t.TempDir()
+	g := startGateway(t, testConfig(t, dir))
+	g.enroll(t, [2]string{"DS-LIVE-0001", "HW-LIVE-ABCDEF"})
+	a, done := startAgent(t, g, "DS-LIVE-0001", "HW-LIVE-ABCDEF", filepath.Join(dir, "agent"))
+	waitReady(t, a, done)
+	if err := pingUntil(a.Net(), a.Addresses(), netip.MustParseAddr("100.80.0.1"), 10*time.Second); err != nil {
+		t.Fatalf("device → gateway: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	handshake := func() time.Time {
+		t.Helper()
+		resp, err := g.admin.ListPeers(ctx, &gatewayv1.ListPeersRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		pub := a.PublicKey()
+		for _, p := range resp.GetPeers() {
+			if bytes.Equal(p.GetPublicKey(), pub[:]) {
+				return p.GetLastHandshake().AsTime()
+			}
+		}
+		t.Fatal("the device is not a peer")
+		return time.Time{}
+	}
+	before := handshake()
+	if before.IsZero() || before.Unix() == 0 {
+		t.Fatalf("no handshake after a ping: %v", before)
+	}
+	for i := 0; i < 2; i++ {
+		if _, err := g.admin.RunRetention(ctx, &gatewayv1.RunRetentionRequest{}); err != nil {
+			t.Fatalf("run retention: %v", err)
+		}
+		if after := handshake(); !after.Equal(before) {
+			t.Fatalf("run %d: the device's last handshake went %v → %v: its live endpoint was forgotten", i+1, before, after)
+		}
+	}
+}

@@ -18,9 +18,10 @@ type statusCache struct {
 }
 
 // status returns the cached peer list, refreshing it when older than
-// StatsMaxAge, or (if fresh is set) when a change was applied since. The
-// returned slice is shared: callers must not modify it.
-func (d *Device) status(ctx context.Context, fresh bool) ([]PeerStatus, error) {
+// StatsMaxAge, or (if fresh is set) when a change was applied since, or
+// (if uncached is set) always. The returned slice is shared: callers must
+// not modify it.
+func (d *Device) status(ctx context.Context, fresh, uncached bool) ([]PeerStatus, error) {
 	d.mu.Lock()
 	closed := d.closed
 	d.mu.Unlock()
@@ -35,7 +36,7 @@ func (d *Device) status(ctx context.Context, fresh bool) ([]PeerStatus, error) {
 	}
 	defer func() { <-c.lock }()
 	gen := d.gen.Load()
-	if c.valid && time.Since(c.at) < d.cfg.StatsMaxAge && (!fresh || c.gen == gen) {
+	if c.valid && time.Since(c.at) < d.cfg.StatsMaxAge && (!fresh || c.gen == gen) && !uncached {
 		return c.peers, nil
 	}
 	st, err := d.get()
@@ -49,7 +50,23 @@ func (d *Device) status(ctx context.Context, fresh bool) ([]PeerStatus, error) {
 // Peers returns every peer as the device reports it, from one IpcGet that
 // is reused for up to Config.StatsMaxAge unless peers were changed since.
 func (d *Device) Peers(ctx context.Context) ([]PeerStatus, error) {
-	peers, err := d.status(ctx, true)
+	peers, err := d.status(ctx, true, false)
+	if err != nil {
+		return nil, fmt.Errorf("wg: peers: %w", err)
+	}
+	out := make([]PeerStatus, len(peers))
+	for i, p := range peers {
+		out[i] = p
+		out[i].AllowedIPs = slices.Clone(p.AllowedIPs)
+	}
+	return out, nil
+}
+
+// PeersNow is Peers from an IpcGet made now, not a cached one: for a
+// decision that a handshake a moment ago must change (forgetting the
+// endpoint of an idle peer).
+func (d *Device) PeersNow(ctx context.Context) ([]PeerStatus, error) {
+	peers, err := d.status(ctx, true, true)
 	if err != nil {
 		return nil, fmt.Errorf("wg: peers: %w", err)
 	}
@@ -80,7 +97,7 @@ type Stats struct {
 // Stats returns totals over all peers, from the same cached IpcGet as Peers
 // (at most one IpcGet per Config.StatsMaxAge, whatever the scrape rate).
 func (d *Device) Stats(ctx context.Context) (Stats, error) {
-	peers, err := d.status(ctx, false)
+	peers, err := d.status(ctx, false, false)
 	if err != nil {
 		return Stats{}, fmt.Errorf("wg: stats: %w", err)
 	}
