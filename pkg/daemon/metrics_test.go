@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
+	"github.com/planetxlabs/dasset-gateway/internal/poll"
 	gatewayv1 "github.com/planetxlabs/dasset-gateway/proto/dasset/gateway/v1"
 )
 
@@ -80,6 +81,28 @@ func loginMany(t *testing.T, g *testGateway, from, to int) {
 	_, _ = dev.Login(ctx, &gatewayv1.DeviceLoginRequest{SerialNumber: fleetSerial("DS-CARD", from), HardwareId: "HW-WRONG", PublicKey: make32(3)})
 }
 
+// waitConnLogWrite waits until the store has written more connection-log
+// batches than after and returns how many it has.
+func waitConnLogWrite(t *testing.T, addr string, after uint64) uint64 {
+	t.Helper()
+	var n uint64
+	poll.Must(t, 20*time.Second, "a connection-log batch written", func() error {
+		n = 0
+		for _, m := range scrape(t, addr)["dasset_gateway_store_transaction_duration_seconds"].GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "op" && l.GetValue() == "AppendConnLog" {
+					n = m.GetHistogram().GetSampleCount()
+				}
+			}
+		}
+		if n <= after {
+			return fmt.Errorf("%d AppendConnLog transactions, want more than %d", n, after)
+		}
+		return nil
+	})
+	return n
+}
+
 // TestMetricCardinalityIndependentOfFleetSize: no label carries a
 // per-device value, so every family has as many series with 1,000 admitted
 // devices as with 10.
@@ -90,10 +113,16 @@ func TestMetricCardinalityIndependentOfFleetSize(t *testing.T) {
 	dir := t.TempDir()
 	cfg := testConfig(t, filepath.Join(dir))
 	g := startGateway(t, cfg)
+	// The connection log is written in batches: each phase is scraped once
+	// its logins' batch is written (the store's AppendConnLog count rose),
+	// so both scrapes have seen the same kinds of operations.
+	addr := g.d.HTTPAddr().String()
 	loginMany(t, g, 0, 10)
-	at10, fams10 := scrapeSeries(t, g.d.HTTPAddr().String())
+	flushed := waitConnLogWrite(t, addr, 0)
+	at10, fams10 := scrapeSeries(t, addr)
 	loginMany(t, g, 10, 1000)
-	at1000, fams1000 := scrapeSeries(t, g.d.HTTPAddr().String())
+	waitConnLogWrite(t, addr, flushed)
+	at1000, fams1000 := scrapeSeries(t, addr)
 	// The live state is read at every scrape: each one saw its fleet.
 	if n10, n1000 := sample(t, fams10, "dasset_gateway_admitted_devices", "", ""), sample(t, fams1000, "dasset_gateway_admitted_devices", "", ""); n10 != 10 || n1000 != 1000 {
 		t.Fatalf("admitted_devices %v after 10 logins and %v after 1000", n10, n1000)
