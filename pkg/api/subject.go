@@ -31,7 +31,7 @@ func (s *AdminServer) audited(ctx context.Context, action string, target privacy
 }
 
 // auditedAll is audited for a call about several subjects: targets names
-// them (called before fn for the entry a reveal writes first, after fn
+// them (called before fn for the entries a reveal writes first, after fn
 // otherwise, so fn may find them).
 func (s *AdminServer) auditedAll(ctx context.Context, action string, targets func() []privacy.BlindIndex, reason string, before bool, fn func() error) error {
 	if s.Audit == nil {
@@ -42,42 +42,59 @@ func (s *AdminServer) auditedAll(ctx context.Context, action string, targets fun
 	if o.Has(RolePrivacy) {
 		role = string(RolePrivacy)
 	}
-	entry := func() audit.Entry {
-		e := audit.Entry{Time: s.GW.Now(), Operator: o.Name, Role: role, Action: action, Reason: reason}
-		switch ts := targets(); len(ts) {
-		case 0:
-		case 1:
-			e.Target = ts[0].String()
-		default:
-			e.Targets = make([]string, len(ts))
-			for i, t := range ts {
-				e.Targets[i] = t.String()
+	base := audit.Entry{Time: s.GW.Now(), Operator: o.Name, Role: role, Action: action, Reason: reason}
+	if before {
+		for _, e := range auditEntries(base, targets()) {
+			e.Result = "attempt"
+			if _, err := s.Audit.Append(e); err != nil {
+				return status.Error(codes.Unavailable, "audit log unavailable; refusing to reveal personal data")
 			}
 		}
-		return e
-	}
-	var e audit.Entry
-	if before {
-		e = entry()
-		e.Result = "attempt"
-		if _, err := s.Audit.Append(e); err != nil {
-			return status.Error(codes.Unavailable, "audit log unavailable; refusing to reveal personal data")
-		}
-		// The result entry follows; a list of targets is named once, here.
-		e.Targets = nil
 	}
 	err := fn()
-	if !before {
-		e = entry()
-	}
-	e.Result = "ok"
+	result := "ok"
 	if err != nil {
-		e.Result = status.Code(toStatus(err)).String()
+		result = status.Code(toStatus(err)).String()
 	}
-	if _, aerr := s.Audit.Append(e); aerr != nil && err == nil {
-		return status.Error(codes.Internal, "done, but writing the audit log failed")
+	entries := []audit.Entry{base} // after a reveal: the attempts named a list of targets
+	if ts := targets(); !before || len(ts) == 1 {
+		entries = auditEntries(base, ts)
+	}
+	for _, e := range entries {
+		e.Result = result
+		if _, aerr := s.Audit.Append(e); aerr != nil && err == nil {
+			return status.Error(codes.Internal, "done, but writing the audit log failed")
+		}
 	}
 	return err
+}
+
+// maxAuditTargets bounds the targets one audit entry names (about 67 KB a
+// line, far under the line length the audit log reads back); a call about
+// more subjects is written as consecutive entries.
+const maxAuditTargets = 1000
+
+// auditEntries is base naming targets: one target in Target, several in
+// Targets, split into entries of at most maxAuditTargets.
+func auditEntries(base audit.Entry, targets []privacy.BlindIndex) []audit.Entry {
+	switch len(targets) {
+	case 0:
+		return []audit.Entry{base}
+	case 1:
+		base.Target = targets[0].String()
+		return []audit.Entry{base}
+	}
+	var out []audit.Entry
+	for start := 0; start < len(targets); start += maxAuditTargets {
+		part := targets[start:min(start+maxAuditTargets, len(targets))]
+		e := base
+		e.Targets = make([]string, len(part))
+		for i, t := range part {
+			e.Targets[i] = t.String()
+		}
+		out = append(out, e)
+	}
+	return out
 }
 
 func subjectOf(serial, account string) (gateway.Subject, error) {
