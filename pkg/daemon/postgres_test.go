@@ -3,12 +3,17 @@ package daemon_test
 import (
 	"context"
 	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
 	"testing"
 	"time"
 
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/planetxlabs/dasset-gateway/internal/poll"
 	"github.com/planetxlabs/dasset-gateway/pkg/agent"
 	"github.com/planetxlabs/dasset-gateway/pkg/config"
 	"github.com/planetxlabs/dasset-gateway/pkg/store/postgres/pgtest"
@@ -132,4 +137,63 @@ func loginInstance(t *testing.T, g *testGateway, sn string) string {
 		t.Fatalf("login of %s on %s: %v", sn, g.d.InstanceID(), err)
 	}
 	return resp.GatewayInstanceId
+}
+
+// TestPostgresOutage: while PostgreSQL is down the gateway keeps running,
+// logins answer Unavailable and /readyz is not ready; once it is back,
+// everything resumes by itself (the pool reconnects).
+func TestPostgresOutage(t *testing.T) {
+	cluster := pgtest.Start(t)
+	cfg := testConfig(t, t.TempDir())
+	cfg.Store = config.Store{Driver: config.DriverPostgres, DSN: cluster.NewDatabase(t)}
+	g := startGateway(t, cfg)
+	admitMany(t, g.d, g.admin, "OUT", 0, 1, 1)
+	sn := fleetSerial("OUT", 1)
+	g.enroll(t, [2]string{sn, "HW-" + sn})
+
+	conn, err := agent.Dial(g.d.GRPCAddr().String(), agent.TLSOptions{Pin: g.d.Fingerprint()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	dev := gatewayv1.NewDeviceServiceClient(conn)
+	key := newKey(t)
+	login := func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		_, err := dev.Login(ctx, &gatewayv1.DeviceLoginRequest{SerialNumber: sn, HardwareId: "HW-" + sn, PublicKey: key})
+		return err
+	}
+	ready := func() int {
+		resp, err := http.Get("http://" + g.d.HTTPAddr().String() + "/readyz")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		return resp.StatusCode
+	}
+	if code := ready(); code != http.StatusOK {
+		t.Fatalf("/readyz %d before the outage", code)
+	}
+
+	ctx := context.Background()
+	if err := cluster.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := login(); status.Code(err) != codes.Unavailable {
+		t.Fatalf("login during the outage: %v, want Unavailable", err)
+	}
+	if code := ready(); code != http.StatusServiceUnavailable {
+		t.Fatalf("/readyz %d during the outage, want 503", code)
+	}
+
+	if err := cluster.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	poll.Must(t, 30*time.Second, "ready and logging in after PostgreSQL came back", func() error {
+		if code := ready(); code != http.StatusOK {
+			return fmt.Errorf("/readyz %d", code)
+		}
+		return login()
+	})
 }
