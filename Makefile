@@ -7,7 +7,7 @@ VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev
 LDFLAGS  := -X github.com/planetxlabs/dasset-gateway/pkg/daemon.Version=$(VERSION)
 FUZZTIME ?= 60s
 
-.PHONY: all build run test deps vet lint check-generated check-refs generate unit e2e fuzz bench clean
+.PHONY: all build run test deps vet lint check-generated check-refs generate unit e2e fuzz bench clean package
 
 all: build
 
@@ -67,5 +67,10 @@ bench: build
 	  if [ $$rc = 77 ]; then echo "bench: throughput part skipped (needs root, iperf3 and wg: bash scripts/install-deps.sh bench)"; \
 	  elif [ $$rc != 0 ]; then exit $$rc; fi
 
+# Debian packages dasset-gateway and dasset-agent (nfpm) into dist/;
+# scripts/pkgtest checks them (lintian, dpkg-deb, systemd-analyze) in make test.
+package:
+	bash scripts/package.sh dist
+
 clean:
-	rm -rf $(BIN)
+	rm -rf $(BIN) dist

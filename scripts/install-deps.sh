@@ -28,7 +28,8 @@ test  setpriv          util-linux        the admin socket as another uid (script
 test  ps               procps            no secret on an agent's command line (cmd/dasset-agent)
 test  prometheus       prometheus        a real Prometheus scraping the gateway (scripts/promtest)
 test  promtool         prometheus        alert-rule unit tests (scripts/promtest)
-test  systemd-analyze  systemd           systemd unit checks (scripts/promtest)
+test  systemd-analyze  systemd           systemd unit checks (scripts/promtest, scripts/pkgtest)
+test  lintian          lintian           Debian package checks (scripts/pkgtest)
 test  /usr/lib/postgresql/*/bin/initdb  postgresql  throw-away clusters (pkg/store/postgres/pgtest)
 bench iperf3           iperf3            data-plane throughput (scripts/bench-throughput.sh)
 TABLE
@@ -43,6 +44,7 @@ test  protoc-gen-go       make generate, check-generated
 test  protoc-gen-go-grpc  make generate, check-generated
 test  grpcurl             server reflection test (scripts/clitools)
 test  grpc-health-probe   health checking test (scripts/clitools)
+test  nfpm                make package (scripts/pkgtest)
 TABLE
 }
 

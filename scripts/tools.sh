@@ -8,6 +8,8 @@ declare -A TOOL_MODULE=(
   [golangci-lint]=github.com/golangci/golangci-lint/v2/cmd/golangci-lint@v2.15.0
   [grpc-health-probe]=github.com/grpc-ecosystem/grpc-health-probe@v0.4.63
   [grpcurl]=github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.4
+  # v2.46+ need go.digitalxero.dev modules that not every proxy serves.
+  [nfpm]=github.com/goreleaser/nfpm/v2/cmd/nfpm@v2.44.0
   [protoc-gen-go]=google.golang.org/protobuf/cmd/protoc-gen-go@v1.36.12
   [protoc-gen-go-grpc]=google.golang.org/grpc/cmd/protoc-gen-go-grpc@v1.5.1
 )

@@ -151,6 +151,8 @@ func TestGatewayUnitMatchesConfig(t *testing.T) {
 		"RestrictAddressFamilies": "AF_UNIX AF_INET AF_INET6 AF_NETLINK",
 		"NoNewPrivileges":         "yes",
 		"Restart":                 "on-failure",
+		"User":                    "dasset",
+		"Group":                   "dasset",
 	}
 	for k, v := range want {
 		if got := one(k); got != v {
