@@ -96,13 +96,20 @@ func New(ctx context.Context) (*Cluster, error) {
 		}
 		c.user = u.Username
 	}
+	c.reapOrphans(ctx)
 	// Not t.TempDir: its parents are private to the test's user, and the
 	// server may run as another one. The socket path must stay short.
-	dir, err := os.MkdirTemp("", "dasset-pg-")
+	dir, err := os.MkdirTemp("", dirPrefix)
 	if err != nil {
 		return nil, fmt.Errorf("pgtest: %w", err)
 	}
 	c.dir = dir
+	// The test process that owns the cluster: a later New stops a cluster
+	// whose owner died without Close (a test binary killed at its timeout).
+	if err := os.WriteFile(filepath.Join(dir, ownerFile), []byte(strconv.Itoa(os.Getpid())), 0o644); err != nil {
+		_ = os.RemoveAll(dir)
+		return nil, fmt.Errorf("pgtest: %w", err)
+	}
 	if c.cred != nil {
 		if err := os.Chown(dir, uid, gid); err != nil {
 			_ = os.RemoveAll(dir)
@@ -119,6 +126,32 @@ func New(ctx context.Context) (*Cluster, error) {
 		return nil, err
 	}
 	return c, nil
+}
+
+const (
+	dirPrefix = "dasset-pg-"
+	ownerFile = "owner.pid"
+)
+
+// reapOrphans stops and removes the clusters left in the temporary
+// directory by test processes that are gone.
+func (c *Cluster) reapOrphans(ctx context.Context) {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), dirPrefix+"*"))
+	for _, dir := range dirs {
+		b, err := os.ReadFile(filepath.Join(dir, ownerFile))
+		if err != nil {
+			continue // being set up, or not ours
+		}
+		pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+		if err != nil || pid <= 0 || syscall.Kill(pid, 0) != syscall.ESRCH {
+			continue // its owner is alive
+		}
+		orphan := &Cluster{bin: c.bin, dir: dir, cred: c.cred, user: c.user}
+		if fileExists(filepath.Join(orphan.DataDir(), "postmaster.pid")) {
+			_ = orphan.run(ctx, "pg_ctl", "stop", "--pgdata", orphan.DataDir(), "--wait", "--timeout", "30", "--mode", "immediate")
+		}
+		_ = os.RemoveAll(dir)
+	}
 }
 
 // Start starts the (stopped) cluster and waits until it accepts

@@ -3,6 +3,7 @@ package pgtest_test
 import (
 	"context"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -95,5 +96,44 @@ func TestCluster(t *testing.T) {
 			t.Fatalf("server process %d still there 10 s after Close", pid)
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// TestReapsOrphans: a cluster whose test process died without Close (here:
+// an owner pid that no process has) is stopped and removed by the next New.
+func TestReapsOrphans(t *testing.T) {
+	ctx := context.Background()
+	orphan, err := pgtest.New(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer orphan.Close()
+	pidFile := filepath.Join(orphan.DataDir(), "postmaster.pid")
+	b, err := os.ReadFile(pidFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, _ := strconv.Atoi(strings.SplitN(string(b), "\n", 2)[0])
+	// An owner that is gone: a child process that has exited and been reaped.
+	gone := exec.Command("true")
+	if err := gone.Run(); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(orphan.Dir(), "owner.pid"), []byte(strconv.Itoa(gone.Process.Pid)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	c := pgtest.Start(t)
+	if _, err := os.Stat(orphan.Dir()); !os.IsNotExist(err) {
+		t.Fatalf("orphan cluster directory still there: %v", err)
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for syscall.Kill(server, 0) != syscall.ESRCH {
+		if time.Now().After(deadline) {
+			t.Fatalf("orphan server %d still running", server)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if _, err := os.Stat(c.Dir()); err != nil {
+		t.Fatalf("the new cluster: %v", err)
 	}
 }
