@@ -68,7 +68,8 @@ func ReadIdentity(src IdentitySources) (Identity, error) {
 	default:
 		p := filepath.Join(src.rootDir(), DMISerialPath)
 		id.Serial, err = readPlatform(p, "serial_number")
-		if errors.Is(err, errNoValue) {
+		if err != nil {
+			// Unset, absent, or readable by root only (DMI serials are 0400).
 			err = fmt.Errorf("%w; give the device's serial number with --serial-file FILE", err)
 		}
 		id.SerialSource = p
