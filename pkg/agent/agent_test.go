@@ -476,7 +476,7 @@ func TestFatalLoginErrorsAreNotRetried(t *testing.T) {
 		want string
 	}{
 		{codes.Unauthenticated, "login refused: device not enrolled or wrong hardware id"},
-		{codes.PermissionDenied, "login refused: device revoked"},
+		{codes.PermissionDenied, "another WireGuard key; an operator resets a pinned key with dassetctl devices reset-key"},
 		{codes.InvalidArgument, "login refused: invalid login request"},
 		{codes.FailedPrecondition, "login refused: key reset pending"},
 	} {

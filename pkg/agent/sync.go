@@ -83,7 +83,7 @@ func loginRefusal(err error) error {
 	case codes.Unauthenticated:
 		return fmt.Errorf("%w: device not enrolled or wrong hardware id (gateway said: %s)", ErrLoginRefused, msg)
 	case codes.PermissionDenied:
-		return fmt.Errorf("%w: device revoked, locked out, or enrolled with another WireGuard key (gateway said: %s)", ErrLoginRefused, msg)
+		return fmt.Errorf("%w: device revoked, locked out, or enrolled with another WireGuard key; an operator resets a pinned key with dassetctl devices reset-key (gateway said: %s)", ErrLoginRefused, msg)
 	case codes.AlreadyExists:
 		return fmt.Errorf("%w: this device's WireGuard key belongs to another device or client (gateway said: %s)", ErrLoginRefused, msg)
 	case codes.InvalidArgument:

@@ -581,3 +581,19 @@ func TestEnrollHWIDFromStdin(t *testing.T) {
 		t.Fatalf("sent %v, want %v", reqs, want)
 	}
 }
+
+// The gateway's refusal to enroll an erased device names no command; the
+// CLI adds its own flag to the message.
+func TestEnrollErasedDeviceNamesTheFlag(t *testing.T) {
+	const refusal = "devices[0]: this device was erased; re-enroll it explicitly with after_erasure"
+	f := &fakeAdmin{err: status.Error(codes.FailedPrecondition, refusal)}
+	sock := serveUnix(t, f)
+	r := runCLI(t, "", nil, "--socket", sock, "enroll", "--serial", "DS-0001", "--hwid", "hw:aa:01")
+	if r.code != ExitError || !strings.Contains(r.stderr, refusal) || !strings.Contains(r.stderr, "add --after-erasure") {
+		t.Fatalf("exit %d, stderr %q; want the refusal and the --after-erasure hint", r.code, r.stderr)
+	}
+	r = runCLI(t, "", nil, "--socket", sock, "enroll", "--serial", "DS-0001", "--hwid", "hw:aa:01", "--after-erasure")
+	if r.code != ExitError || strings.Contains(r.stderr, "add --after-erasure") {
+		t.Fatalf("with --after-erasure: exit %d, stderr %q; want no hint to add it", r.code, r.stderr)
+	}
+}

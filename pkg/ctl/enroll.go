@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/planetxlabs/dasset-gateway/pkg/privacy"
 	gatewayv1 "github.com/planetxlabs/dasset-gateway/proto/dasset/gateway/v1"
@@ -83,6 +85,9 @@ enroll an erased device again, with --after-erasure.`,
 				resp, err := client.EnrollDevices(ctx, &gatewayv1.EnrollDevicesRequest{Devices: devices[start:end], AfterErasure: afterErasure})
 				cancel()
 				if err != nil {
+					if st := status.Convert(err); st.Code() == codes.FailedPrecondition && !afterErasure {
+						err = status.Error(st.Code(), st.Message()+" (to enroll an erased device again, add --after-erasure)")
+					}
 					if start > 0 {
 						fmt.Fprintf(cmd.ErrOrStderr(), "%d of %d devices were sent before this error (%d enrolled, %d unchanged); re-running the file is safe.\n",
 							start, len(devices), total.Enrolled, total.Unchanged)

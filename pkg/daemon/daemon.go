@@ -382,7 +382,7 @@ func checkKeystoreID(ctx context.Context, st store.Store, ks *privacy.Keystore) 
 		return st.SetMeta(ctx, "keystore_id", ks.ID())
 	default:
 		return fmt.Errorf("the database was written with keystore %s but keystore_dir %s holds keystore %s: "+
-			"its keys are missing. Restore the keystore from its backup (dasset-gateway keys restore) or point keystore_dir at it", id, ks.Dir(), ks.ID())
+			"its keys are missing. Restore the keystore from its backup (dassetctl keys restore) or point keystore_dir at it", id, ks.Dir(), ks.ID())
 	}
 }
 

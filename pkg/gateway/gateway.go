@@ -1,7 +1,7 @@
 // Package gateway is the domain: device admission, the allow-list, and (with
 // sessions.go) accounts, bindings and remote-control sessions. It declares the
 // small interfaces it consumes; pkg/store, pkg/identity, pkg/connlog and the
-// tunnel satisfy them and cmd/dasset-gateway wires them together.
+// tunnel satisfy them and pkg/daemon wires them together.
 package gateway
 
 import (
@@ -337,7 +337,7 @@ func (g *Gateway) Admit(ctx context.Context, req LoginRequest) (adm Admission, e
 	}
 	replace, err := identity.CheckKey(dev, req.Key, g.cfg.Rekey)
 	if err != nil {
-		return Admission{}, newErr(ErrPermission, err, "public_key: another key is pinned for this device; an operator must reset it (dassetctl devices reset-key)")
+		return Admission{}, newErr(ErrPermission, err, "public_key: another key is pinned for this device; an operator must reset it")
 	}
 	token, hash, err := identity.NewToken()
 	if err != nil {
@@ -494,7 +494,7 @@ func (g *Gateway) Enroll(ctx context.Context, batch []Enrollment, opt EnrollOpti
 				rep.Unchanged++
 				continue
 			case !opt.AfterErasure:
-				return rep, newErr(ErrPrecondition, nil, "devices[%d]: this device was erased; re-enroll it explicitly with after_erasure (dassetctl enroll --after-erasure)", i)
+				return rep, newErr(ErrPrecondition, nil, "devices[%d]: this device was erased; re-enroll it explicitly with after_erasure", i)
 			}
 			erased = append(erased, idx)
 			keep = append(keep, row)
