@@ -164,6 +164,7 @@ func TestDebianPackages(t *testing.T) {
 
 	checkInstalledUnits(t, extracted)
 	checkInstalledConfig(t, extracted, version)
+	checkRunsUnprivileged(t, extracted)
 }
 
 func checkPackage(t *testing.T, deb string, w want, version string) {
