@@ -371,15 +371,15 @@ func openStore(ctx context.Context, cfg config.Config, observe func(op string, d
 // checkKeystoreID refuses a database written with another keystore: its
 // sealed values and blind indexes would be unreadable.
 func checkKeystoreID(ctx context.Context, st store.Store, ks *privacy.Keystore) error {
-	id, err := st.Meta(ctx, "keystore_id")
+	// Claimed, not read then written: of gateways starting at once on one
+	// new database with different keystores, exactly one is accepted.
+	id, err := st.ClaimMeta(ctx, "keystore_id", ks.ID())
 	if err != nil {
 		return fmt.Errorf("store: %w", err)
 	}
 	switch id {
 	case ks.ID():
 		return nil
-	case "":
-		return st.SetMeta(ctx, "keystore_id", ks.ID())
 	default:
 		return fmt.Errorf("the database was written with keystore %s but keystore_dir %s holds keystore %s: "+
 			"its keys are missing. Restore the keystore from its backup (dassetctl keys restore) or point keystore_dir at it", id, ks.Dir(), ks.ID())

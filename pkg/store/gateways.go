@@ -67,3 +67,15 @@ func (s *SQLite) Gateways(ctx context.Context) (out []Gateway, err error) {
 	})
 	return out, err
 }
+
+// ClaimMeta sets key to value unless it is set, and returns the value in
+// force.
+func (s *SQLite) ClaimMeta(ctx context.Context, key, value string) (v string, err error) {
+	err = s.write(ctx, "ClaimMeta", func(tx *wtx) error {
+		if _, err := tx.ExecContext(ctx, `INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT (key) DO NOTHING`, key, value); err != nil {
+			return err
+		}
+		return tx.QueryRowContext(ctx, `SELECT value FROM meta WHERE key = ?`, key).Scan(&v)
+	})
+	return v, err
+}

@@ -251,6 +251,11 @@ type Store interface {
 	// Metadata of the store itself (e.g. the keystore id it was written with).
 	Meta(ctx context.Context, key string) (string, error)
 	SetMeta(ctx context.Context, key, value string) error
+	// ClaimMeta sets key to value unless it is set already, in one
+	// statement, and returns the value in force: of several gateways
+	// starting at once on one database, one claims it and the others see
+	// its value.
+	ClaimMeta(ctx context.Context, key, value string) (string, error)
 	Ping(ctx context.Context) error
 
 	Close() error

@@ -50,3 +50,15 @@ func (s *Store) Gateways(ctx context.Context) (out []store.Gateway, err error) {
 	})
 	return out, err
 }
+
+// ClaimMeta sets key to value unless it is set, and returns the value in
+// force (the insert waits for a concurrent one of the same key to commit).
+func (s *Store) ClaimMeta(ctx context.Context, key, value string) (v string, err error) {
+	err = s.write(ctx, "ClaimMeta", func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, `INSERT INTO meta (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING`, key, value); err != nil {
+			return err
+		}
+		return tx.QueryRow(ctx, `SELECT value FROM meta WHERE key = $1`, key).Scan(&v)
+	})
+	return v, err
+}

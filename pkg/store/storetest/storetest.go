@@ -65,6 +65,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"Erase/AccountReceipt", testEraseAccount},
 		{"Meta", testMeta},
 		{"Gateways", testGateways},
+		{"Meta/ClaimConcurrent", testClaimMeta},
 		{"Checkpoint", testCheckpoint},
 		{"Meta/UpgradeVerifiers", testUpgradeVerifiers},
 		{"ConnLog", testConnLog},
@@ -1961,5 +1962,31 @@ func testGateways(t *h) {
 	t.must(err, "Gateways")
 	if len(gs) != 2 {
 		t.Fatalf("refused heartbeats wrote something: %+v", gs)
+	}
+}
+
+// testClaimMeta: of many concurrent claims of one key exactly one value
+// wins, every claimer is told that value, and a later claim keeps it.
+func testClaimMeta(t *h) {
+	const n = 8
+	got := make([]string, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Go(func() { got[i], errs[i] = t.s.ClaimMeta(t.ctx, "keystore_id", fmt.Sprintf("ks-%d", i)) })
+	}
+	wg.Wait()
+	for i := range n {
+		t.must(errs[i], "ClaimMeta")
+		if got[i] != got[0] || !strings.HasPrefix(got[0], "ks-") {
+			t.Fatalf("claims saw %q: want one winner for all", got)
+		}
+	}
+	v, err := t.s.ClaimMeta(t.ctx, "keystore_id", "late")
+	t.must(err, "ClaimMeta")
+	stored, err := t.s.Meta(t.ctx, "keystore_id")
+	t.must(err, "Meta")
+	if v != got[0] || stored != got[0] {
+		t.Fatalf("after a late claim: %q, stored %q; want the winner %q", v, stored, got[0])
 	}
 }
