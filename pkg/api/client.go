@@ -58,9 +58,13 @@ func (s *ClientServer) ListDevices(ctx context.Context, _ *gatewayv1.ListBoundDe
 	}
 	out := &gatewayv1.ListBoundDevicesResponse{}
 	for _, d := range devs {
-		out.Devices = append(out.Devices, &gatewayv1.BoundDevice{
+		bd := &gatewayv1.BoundDevice{
 			SerialNumber: d.Serial.Reveal(), Online: d.Online, Addresses: prefixStrings(d.Addresses),
-		})
+		}
+		if !d.BoundByAnother.IsZero() {
+			bd.BoundByAnotherAccountAt = timestamppb.New(d.BoundByAnother)
+		}
+		out.Devices = append(out.Devices, bd)
 	}
 	return out, nil
 }

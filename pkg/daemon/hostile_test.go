@@ -314,3 +314,72 @@ func TestClientAccountsAndBindingThrottles(t *testing.T) {
 		}
 	}
 }
+
+// When another account binds a device, its existing owners are told on
+// their next ListDevices (once); the new owner is not.
+func TestOwnersToldOfAnotherBinding(t *testing.T) {
+	g := startGateway(t, testConfig(t, t.TempDir()))
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	const sn, hw = "SN-SHARED-01", "HW-SHARED-01"
+	g.enroll(t, [2]string{sn, hw})
+	dev := deviceClient(t, g)
+	resp, err := dev.Login(ctx, &gatewayv1.DeviceLoginRequest{SerialNumber: sn, HardwareId: hw, PublicKey: newKey(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	auth := func(tok string) context.Context {
+		return metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+tok)
+	}
+	cl := gatewayv1.NewClientServiceClient(connFrom(t, g.d.GRPCAddr().String(), g.d.Fingerprint(), "127.0.0.1"))
+	tokens := map[string]string{}
+	for _, name := range []string{"erin", "frank"} {
+		if _, err := g.admin.CreateAccount(ctx, &gatewayv1.CreateAccountRequest{Name: name, Password: name + "-password-1"}); err != nil {
+			t.Fatal(err)
+		}
+		l, err := cl.Login(ctx, &gatewayv1.ClientLoginRequest{Account: name, Password: name + "-password-1"})
+		if err != nil {
+			t.Fatal(err)
+		}
+		tokens[name] = l.GetAccessToken()
+	}
+	bind := func(name string) {
+		code, err := dev.CreateBindingCode(auth(resp.GetDeviceToken()), &gatewayv1.CreateBindingCodeRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := cl.BindDevice(auth(tokens[name]), &gatewayv1.BindDeviceRequest{Code: code.GetCode()}); err != nil {
+			t.Fatalf("%s binds: %v", name, err)
+		}
+	}
+	notice := func(name string) bool {
+		l, err := cl.ListDevices(auth(tokens[name]), &gatewayv1.ListBoundDevicesRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(l.GetDevices()) != 1 {
+			t.Fatalf("%s sees %d devices", name, len(l.GetDevices()))
+		}
+		return l.GetDevices()[0].GetBoundByAnotherAccountAt() != nil
+	}
+	bind("erin")
+	if notice("erin") {
+		t.Fatal("a notice before anyone else bound the device")
+	}
+	before := time.Now()
+	bind("frank")
+	if notice("frank") {
+		t.Fatal("the new owner was told of its own binding")
+	}
+	l, err := cl.ListDevices(auth(tokens["erin"]), &gatewayv1.ListBoundDevicesRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := l.GetDevices()[0].GetBoundByAnotherAccountAt()
+	if at == nil || at.AsTime().Before(before.Add(-time.Second)) {
+		t.Fatalf("erin's ListDevices after frank bound: notice %v, want one at about %v", at, before)
+	}
+	if notice("erin") {
+		t.Fatal("the notice was told twice")
+	}
+}

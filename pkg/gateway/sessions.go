@@ -28,6 +28,7 @@ type SessionRegistry interface {
 	RedeemBindingCode(ctx context.Context, hash [32]byte, accountID int64, now time.Time) (store.Device, error)
 	IsBound(ctx context.Context, accountID, deviceID int64) (bool, error)
 	BoundDevices(ctx context.Context, accountID int64) ([]store.Device, error)
+	TakeBindingNotices(ctx context.Context, accountID int64) (map[int64]time.Time, error)
 	Unbind(ctx context.Context, accountID, deviceID int64) (map[string]int64, error)
 	OpenSession(ctx context.Context, s store.Session, first, last uint32) (store.Session, error)
 	CloseSession(ctx context.Context, id string, at time.Time) (store.Session, error)
@@ -540,6 +541,9 @@ type BoundDevice struct {
 	Serial    privacy.SerialNumber
 	Online    bool
 	Addresses []netip.Prefix
+	// BoundByAnother is when another account bound the device, told once
+	// (zero when nothing new).
+	BoundByAnother time.Time
 }
 
 // BoundDevices lists an account's devices with online state.
@@ -548,6 +552,10 @@ func (g *Gateway) BoundDevices(ctx context.Context, a store.Account) ([]BoundDev
 	if err != nil {
 		return nil, newErr(ErrUnavailable, err, "listing devices failed")
 	}
+	notices, err := g.sess.reg.TakeBindingNotices(ctx, a.ID)
+	if err != nil {
+		return nil, newErr(ErrUnavailable, err, "reading binding notices failed")
+	}
 	online := g.onlineSet(ctx)
 	out := make([]BoundDevice, 0, len(devs))
 	for _, d := range devs {
@@ -555,7 +563,7 @@ func (g *Gateway) BoundDevices(ctx context.Context, a store.Account) ([]BoundDev
 		if err != nil {
 			return nil, err
 		}
-		out = append(out, BoundDevice{Serial: v.Serial, Online: v.Online, Addresses: v.Addresses})
+		out = append(out, BoundDevice{Serial: v.Serial, Online: v.Online, Addresses: v.Addresses, BoundByAnother: notices[d.ID]})
 	}
 	return out, nil
 }

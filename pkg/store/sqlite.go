@@ -912,7 +912,12 @@ func (s *SQLite) RedeemBindingCode(ctx context.Context, hash [32]byte, accountID
 		if d.Revoked {
 			return fmt.Errorf("device %d: %w", d.ID, ErrRevoked)
 		}
-		_, err = tx.ExecContext(ctx, `INSERT INTO bindings (account_id, device_id) VALUES (?, ?) ON CONFLICT DO NOTHING`, accountID, deviceID)
+		n, err := execCount(ctx, tx, `INSERT INTO bindings (account_id, device_id) VALUES (?, ?) ON CONFLICT DO NOTHING`, accountID, deviceID)
+		if err != nil || n == 0 {
+			return err
+		}
+		// A new owner: the device's other owners are told on their next ListDevices.
+		_, err = tx.ExecContext(ctx, `UPDATE bindings SET other_bound_at = ? WHERE device_id = ? AND account_id <> ?`, nanos(now), deviceID, accountID)
 		return err
 	})
 	if err != nil {
@@ -940,6 +945,47 @@ func (s *SQLite) BoundDevices(ctx context.Context, accountID int64) (ds []Device
 		return err
 	})
 	return ds, err
+}
+
+// TakeBindingNotices returns and clears the account's binding notices; it
+// writes only when there are some.
+func (s *SQLite) TakeBindingNotices(ctx context.Context, accountID int64) (map[int64]time.Time, error) {
+	out := map[int64]time.Time{}
+	collect := func(rows *sql.Rows) error {
+		defer rows.Close()
+		for rows.Next() {
+			var id, at int64
+			if err := rows.Scan(&id, &at); err != nil {
+				return err
+			}
+			out[id] = time.Unix(0, at).UTC()
+		}
+		return rows.Err()
+	}
+	err := s.read(ctx, "TakeBindingNotices", func(db *rdb) error {
+		rows, err := db.QueryContext(ctx, `SELECT device_id, other_bound_at FROM bindings WHERE account_id = ? AND other_bound_at IS NOT NULL`, accountID)
+		if err != nil {
+			return err
+		}
+		return collect(rows)
+	})
+	if err != nil || len(out) == 0 {
+		return out, err
+	}
+	clear(out)
+	err = s.write(ctx, "TakeBindingNotices", func(tx *wtx) error {
+		// One writer: nothing marks a binding between this read and the update.
+		rows, err := tx.QueryContext(ctx, `SELECT device_id, other_bound_at FROM bindings WHERE account_id = ? AND other_bound_at IS NOT NULL`, accountID)
+		if err != nil {
+			return err
+		}
+		if err := collect(rows); err != nil {
+			return err
+		}
+		_, err = tx.ExecContext(ctx, `UPDATE bindings SET other_bound_at = NULL WHERE account_id = ? AND other_bound_at IS NOT NULL`, accountID)
+		return err
+	})
+	return out, err
 }
 
 // Unbind removes the binding and closes the account's open sessions to the

@@ -98,6 +98,14 @@ func (t *wtx) QueryRowContext(ctx context.Context, q string, args ...any) *sql.R
 	return t.tx.QueryRowContext(ctx, q, args...)
 }
 
+func (t *wtx) QueryContext(ctx context.Context, q string, args ...any) (*sql.Rows, error) {
+	if st := t.cache.lookup(q); st != nil {
+		return t.tx.StmtContext(ctx, st).QueryContext(ctx, args...)
+	}
+	t.missed = append(t.missed, q)
+	return t.tx.QueryContext(ctx, q, args...)
+}
+
 // warm prepares the statements the transaction ran unprepared.
 func (t *wtx) warm(ctx context.Context) {
 	for _, q := range t.missed {

@@ -197,6 +197,10 @@ type Store interface {
 	RedeemBindingCode(ctx context.Context, hash [32]byte, accountID int64, now time.Time) (Device, error)
 	IsBound(ctx context.Context, accountID, deviceID int64) (bool, error)
 	BoundDevices(ctx context.Context, accountID int64) ([]Device, error)
+	// TakeBindingNotices returns, per device bound to the account, when
+	// another account bound it since the last call, and clears them (a
+	// redeemed code marks the other owners' bindings in its transaction).
+	TakeBindingNotices(ctx context.Context, accountID int64) (map[int64]time.Time, error)
 	Unbind(ctx context.Context, accountID, deviceID int64) (map[string]int64, error)
 
 	// Sessions. The client key is reserved in the same transaction (ErrKeyInUse);

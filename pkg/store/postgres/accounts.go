@@ -226,7 +226,12 @@ func (s *Store) RedeemBindingCode(ctx context.Context, hash [32]byte, accountID 
 		if d.Revoked {
 			return fmt.Errorf("device %d: %w", d.ID, store.ErrRevoked)
 		}
-		_, err = tx.Exec(ctx, `INSERT INTO bindings (account_id, device_id) VALUES ($1, $2) ON CONFLICT DO NOTHING`, accountID, deviceID)
+		tag, err := tx.Exec(ctx, `INSERT INTO bindings (account_id, device_id) VALUES ($1, $2) ON CONFLICT DO NOTHING`, accountID, deviceID)
+		if err != nil || tag.RowsAffected() == 0 {
+			return err
+		}
+		// A new owner: the device's other owners are told on their next ListDevices.
+		_, err = tx.Exec(ctx, `UPDATE bindings SET other_bound_at = $1 WHERE device_id = $2 AND account_id <> $3`, nanos(now), deviceID, accountID)
 		return err
 	})
 	if err != nil {
@@ -254,6 +259,46 @@ func (s *Store) BoundDevices(ctx context.Context, accountID int64) (ds []store.D
 		return err
 	})
 	return ds, err
+}
+
+// TakeBindingNotices returns and clears the account's binding notices; it
+// writes only when there are some.
+func (s *Store) TakeBindingNotices(ctx context.Context, accountID int64) (map[int64]time.Time, error) {
+	out := map[int64]time.Time{}
+	collect := func(rows pgx.Rows) error {
+		defer rows.Close()
+		for rows.Next() {
+			var id, at int64
+			if err := rows.Scan(&id, &at); err != nil {
+				return err
+			}
+			out[id] = time.Unix(0, at).UTC()
+		}
+		return rows.Err()
+	}
+	err := s.read(ctx, "TakeBindingNotices", func(q querier) error {
+		rows, err := q.Query(ctx, `SELECT device_id, other_bound_at FROM bindings WHERE account_id = $1 AND other_bound_at IS NOT NULL`, accountID)
+		if err != nil {
+			return err
+		}
+		return collect(rows)
+	})
+	if err != nil || len(out) == 0 {
+		return out, err
+	}
+	err = s.write(ctx, "TakeBindingNotices", func(tx pgx.Tx) error {
+		clear(out)
+		rows, err := tx.Query(ctx, `SELECT device_id, other_bound_at FROM bindings WHERE account_id = $1 AND other_bound_at IS NOT NULL FOR UPDATE`, accountID)
+		if err != nil {
+			return err
+		}
+		if err := collect(rows); err != nil {
+			return err
+		}
+		_, err = tx.Exec(ctx, `UPDATE bindings SET other_bound_at = NULL WHERE account_id = $1 AND other_bound_at IS NOT NULL`, accountID)
+		return err
+	})
+	return out, err
 }
 
 // Unbind removes the binding and closes the account's open sessions to the

@@ -55,6 +55,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"Bindings/Redeem", testBindingRedeem},
 		{"Bindings/ExpiredCodeIsDeleted", testBindingExpired},
 		{"Bindings/Unbind", testUnbind},
+		{"Bindings/OwnersNotified", testBindingNotices},
 		{"Sessions/OpenClose", testSessions},
 		{"Sessions/Exhausted", testSessionsExhausted},
 		{"Sessions/Invalid", testSessionsInvalid},
@@ -860,6 +861,43 @@ func testBindingRedeem(t *h) {
 	}
 	if ok, _ := t.s.IsBound(t.ctx, acct.ID, devs[1].ID); ok {
 		t.Fatal("revoked device was bound")
+	}
+}
+
+// A new owner marks the device's other owners' bindings; each owner takes
+// its notices once; re-binding by an owner marks nothing.
+func testBindingNotices(t *h) {
+	devs := t.enroll(2)
+	alice, bob, carol := t.account(), t.account(), t.account()
+	t.bind(alice.ID, devs[0].ID)
+	t.bind(alice.ID, devs[1].ID)
+	take := func(a store.Account) map[int64]time.Time {
+		t.Helper()
+		n, err := t.s.TakeBindingNotices(t.ctx, a.ID)
+		t.must(err, "TakeBindingNotices")
+		return n
+	}
+	if n := take(alice); len(n) != 0 {
+		t.Fatalf("notices before anyone else bound: %v", n)
+	}
+	t.bind(bob.ID, devs[0].ID)
+	if n := take(bob); len(n) != 0 {
+		t.Fatalf("the new owner got notices: %v", n)
+	}
+	n := take(alice)
+	if len(n) != 1 || !n[devs[0].ID].Equal(t0) {
+		t.Fatalf("alice's notices %v, want device %d at %v", n, devs[0].ID, t0)
+	}
+	if n := take(alice); len(n) != 0 {
+		t.Fatalf("notices taken twice: %v", n)
+	}
+	t.bind(alice.ID, devs[0].ID) // already an owner: nothing new
+	if n := take(bob); len(n) != 0 {
+		t.Fatalf("a re-bind by an owner notified: %v", n)
+	}
+	t.bind(carol.ID, devs[0].ID)
+	if a, b := take(alice), take(bob); len(a) != 1 || len(b) != 1 {
+		t.Fatalf("third owner: alice %v, bob %v; want one notice each", a, b)
 	}
 }
 

@@ -163,12 +163,16 @@ func (*ListBoundDevicesRequest) Descriptor() ([]byte, []int) {
 }
 
 type BoundDevice struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	SerialNumber  string                 `protobuf:"bytes,1,opt,name=serial_number,json=serialNumber,proto3" json:"serial_number,omitempty"`
-	Online        bool                   `protobuf:"varint,2,opt,name=online,proto3" json:"online,omitempty"`
-	Addresses     []string               `protobuf:"bytes,3,rep,name=addresses,proto3" json:"addresses,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	SerialNumber string                 `protobuf:"bytes,1,opt,name=serial_number,json=serialNumber,proto3" json:"serial_number,omitempty"`
+	Online       bool                   `protobuf:"varint,2,opt,name=online,proto3" json:"online,omitempty"`
+	Addresses    []string               `protobuf:"bytes,3,rep,name=addresses,proto3" json:"addresses,omitempty"`
+	// Set on the caller's first ListDevices after another account bound this
+	// device (when it did so), then cleared: an owner learns that someone else
+	// now holds the device too. Which account is never said.
+	BoundByAnotherAccountAt *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=bound_by_another_account_at,json=boundByAnotherAccountAt,proto3" json:"bound_by_another_account_at,omitempty"`
+	unknownFields           protoimpl.UnknownFields
+	sizeCache               protoimpl.SizeCache
 }
 
 func (x *BoundDevice) Reset() {
@@ -218,6 +222,13 @@ func (x *BoundDevice) GetOnline() bool {
 func (x *BoundDevice) GetAddresses() []string {
 	if x != nil {
 		return x.Addresses
+	}
+	return nil
+}
+
+func (x *BoundDevice) GetBoundByAnotherAccountAt() *timestamppb.Timestamp {
+	if x != nil {
+		return x.BoundByAnotherAccountAt
 	}
 	return nil
 }
@@ -1002,11 +1013,12 @@ const file_dasset_gateway_v1_client_proto_rawDesc = "" +
 	"\faccess_token\x18\x01 \x01(\tR\vaccessToken\x129\n" +
 	"\n" +
 	"expires_at\x18\x02 \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\"\x19\n" +
-	"\x17ListBoundDevicesRequest\"h\n" +
+	"\x17ListBoundDevicesRequest\"\xc2\x01\n" +
 	"\vBoundDevice\x12#\n" +
 	"\rserial_number\x18\x01 \x01(\tR\fserialNumber\x12\x16\n" +
 	"\x06online\x18\x02 \x01(\bR\x06online\x12\x1c\n" +
-	"\taddresses\x18\x03 \x03(\tR\taddresses\"T\n" +
+	"\taddresses\x18\x03 \x03(\tR\taddresses\x12X\n" +
+	"\x1bbound_by_another_account_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\x17boundByAnotherAccountAt\"T\n" +
 	"\x18ListBoundDevicesResponse\x128\n" +
 	"\adevices\x18\x01 \x03(\v2\x1e.dasset.gateway.v1.BoundDeviceR\adevices\"'\n" +
 	"\x11BindDeviceRequest\x12\x12\n" +
@@ -1113,37 +1125,38 @@ var file_dasset_gateway_v1_client_proto_goTypes = []any{
 }
 var file_dasset_gateway_v1_client_proto_depIdxs = []int32{
 	22, // 0: dasset.gateway.v1.ClientLoginResponse.expires_at:type_name -> google.protobuf.Timestamp
-	3,  // 1: dasset.gateway.v1.ListBoundDevicesResponse.devices:type_name -> dasset.gateway.v1.BoundDevice
-	20, // 2: dasset.gateway.v1.UnbindDeviceResponse.removed:type_name -> dasset.gateway.v1.UnbindDeviceResponse.RemovedEntry
-	23, // 3: dasset.gateway.v1.OpenSessionResponse.gateway:type_name -> dasset.gateway.v1.GatewayPeer
-	22, // 4: dasset.gateway.v1.OpenSessionResponse.expires_at:type_name -> google.protobuf.Timestamp
-	21, // 5: dasset.gateway.v1.DeleteMyAccountResponse.removed:type_name -> dasset.gateway.v1.DeleteMyAccountResponse.RemovedEntry
-	22, // 6: dasset.gateway.v1.ChangePasswordResponse.expires_at:type_name -> google.protobuf.Timestamp
-	0,  // 7: dasset.gateway.v1.ClientService.Login:input_type -> dasset.gateway.v1.ClientLoginRequest
-	2,  // 8: dasset.gateway.v1.ClientService.ListDevices:input_type -> dasset.gateway.v1.ListBoundDevicesRequest
-	5,  // 9: dasset.gateway.v1.ClientService.BindDevice:input_type -> dasset.gateway.v1.BindDeviceRequest
-	7,  // 10: dasset.gateway.v1.ClientService.UnbindDevice:input_type -> dasset.gateway.v1.UnbindDeviceRequest
-	9,  // 11: dasset.gateway.v1.ClientService.OpenSession:input_type -> dasset.gateway.v1.OpenSessionRequest
-	11, // 12: dasset.gateway.v1.ClientService.CloseSession:input_type -> dasset.gateway.v1.CloseSessionRequest
-	13, // 13: dasset.gateway.v1.ClientService.GetSession:input_type -> dasset.gateway.v1.GetSessionRequest
-	14, // 14: dasset.gateway.v1.ClientService.ExportMyData:input_type -> dasset.gateway.v1.ExportMyDataRequest
-	16, // 15: dasset.gateway.v1.ClientService.DeleteAccount:input_type -> dasset.gateway.v1.DeleteMyAccountRequest
-	18, // 16: dasset.gateway.v1.ClientService.ChangePassword:input_type -> dasset.gateway.v1.ChangePasswordRequest
-	1,  // 17: dasset.gateway.v1.ClientService.Login:output_type -> dasset.gateway.v1.ClientLoginResponse
-	4,  // 18: dasset.gateway.v1.ClientService.ListDevices:output_type -> dasset.gateway.v1.ListBoundDevicesResponse
-	6,  // 19: dasset.gateway.v1.ClientService.BindDevice:output_type -> dasset.gateway.v1.BindDeviceResponse
-	8,  // 20: dasset.gateway.v1.ClientService.UnbindDevice:output_type -> dasset.gateway.v1.UnbindDeviceResponse
-	10, // 21: dasset.gateway.v1.ClientService.OpenSession:output_type -> dasset.gateway.v1.OpenSessionResponse
-	12, // 22: dasset.gateway.v1.ClientService.CloseSession:output_type -> dasset.gateway.v1.CloseSessionResponse
-	24, // 23: dasset.gateway.v1.ClientService.GetSession:output_type -> dasset.gateway.v1.SessionInfo
-	15, // 24: dasset.gateway.v1.ClientService.ExportMyData:output_type -> dasset.gateway.v1.ExportMyDataResponse
-	17, // 25: dasset.gateway.v1.ClientService.DeleteAccount:output_type -> dasset.gateway.v1.DeleteMyAccountResponse
-	19, // 26: dasset.gateway.v1.ClientService.ChangePassword:output_type -> dasset.gateway.v1.ChangePasswordResponse
-	17, // [17:27] is the sub-list for method output_type
-	7,  // [7:17] is the sub-list for method input_type
-	7,  // [7:7] is the sub-list for extension type_name
-	7,  // [7:7] is the sub-list for extension extendee
-	0,  // [0:7] is the sub-list for field type_name
+	22, // 1: dasset.gateway.v1.BoundDevice.bound_by_another_account_at:type_name -> google.protobuf.Timestamp
+	3,  // 2: dasset.gateway.v1.ListBoundDevicesResponse.devices:type_name -> dasset.gateway.v1.BoundDevice
+	20, // 3: dasset.gateway.v1.UnbindDeviceResponse.removed:type_name -> dasset.gateway.v1.UnbindDeviceResponse.RemovedEntry
+	23, // 4: dasset.gateway.v1.OpenSessionResponse.gateway:type_name -> dasset.gateway.v1.GatewayPeer
+	22, // 5: dasset.gateway.v1.OpenSessionResponse.expires_at:type_name -> google.protobuf.Timestamp
+	21, // 6: dasset.gateway.v1.DeleteMyAccountResponse.removed:type_name -> dasset.gateway.v1.DeleteMyAccountResponse.RemovedEntry
+	22, // 7: dasset.gateway.v1.ChangePasswordResponse.expires_at:type_name -> google.protobuf.Timestamp
+	0,  // 8: dasset.gateway.v1.ClientService.Login:input_type -> dasset.gateway.v1.ClientLoginRequest
+	2,  // 9: dasset.gateway.v1.ClientService.ListDevices:input_type -> dasset.gateway.v1.ListBoundDevicesRequest
+	5,  // 10: dasset.gateway.v1.ClientService.BindDevice:input_type -> dasset.gateway.v1.BindDeviceRequest
+	7,  // 11: dasset.gateway.v1.ClientService.UnbindDevice:input_type -> dasset.gateway.v1.UnbindDeviceRequest
+	9,  // 12: dasset.gateway.v1.ClientService.OpenSession:input_type -> dasset.gateway.v1.OpenSessionRequest
+	11, // 13: dasset.gateway.v1.ClientService.CloseSession:input_type -> dasset.gateway.v1.CloseSessionRequest
+	13, // 14: dasset.gateway.v1.ClientService.GetSession:input_type -> dasset.gateway.v1.GetSessionRequest
+	14, // 15: dasset.gateway.v1.ClientService.ExportMyData:input_type -> dasset.gateway.v1.ExportMyDataRequest
+	16, // 16: dasset.gateway.v1.ClientService.DeleteAccount:input_type -> dasset.gateway.v1.DeleteMyAccountRequest
+	18, // 17: dasset.gateway.v1.ClientService.ChangePassword:input_type -> dasset.gateway.v1.ChangePasswordRequest
+	1,  // 18: dasset.gateway.v1.ClientService.Login:output_type -> dasset.gateway.v1.ClientLoginResponse
+	4,  // 19: dasset.gateway.v1.ClientService.ListDevices:output_type -> dasset.gateway.v1.ListBoundDevicesResponse
+	6,  // 20: dasset.gateway.v1.ClientService.BindDevice:output_type -> dasset.gateway.v1.BindDeviceResponse
+	8,  // 21: dasset.gateway.v1.ClientService.UnbindDevice:output_type -> dasset.gateway.v1.UnbindDeviceResponse
+	10, // 22: dasset.gateway.v1.ClientService.OpenSession:output_type -> dasset.gateway.v1.OpenSessionResponse
+	12, // 23: dasset.gateway.v1.ClientService.CloseSession:output_type -> dasset.gateway.v1.CloseSessionResponse
+	24, // 24: dasset.gateway.v1.ClientService.GetSession:output_type -> dasset.gateway.v1.SessionInfo
+	15, // 25: dasset.gateway.v1.ClientService.ExportMyData:output_type -> dasset.gateway.v1.ExportMyDataResponse
+	17, // 26: dasset.gateway.v1.ClientService.DeleteAccount:output_type -> dasset.gateway.v1.DeleteMyAccountResponse
+	19, // 27: dasset.gateway.v1.ClientService.ChangePassword:output_type -> dasset.gateway.v1.ChangePasswordResponse
+	18, // [18:28] is the sub-list for method output_type
+	8,  // [8:18] is the sub-list for method input_type
+	8,  // [8:8] is the sub-list for extension type_name
+	8,  // [8:8] is the sub-list for extension extendee
+	0,  // [0:8] is the sub-list for field type_name
 }
 
 func init() { file_dasset_gateway_v1_client_proto_init() }
