@@ -306,13 +306,17 @@ as above: leave it running while the app is connected, and stop it with Ctrl-C w
 which closes the session at the gateway; the configuration then no longer works (take
 the tunnel down with ` + "`wg-quick down FILE`" + `). The gateway also ends a session at its expiry
 and when the app has made no WireGuard handshake for its idle timeout (the configuration
-carries the gateway's persistent keepalive, so a connected app never goes idle).
+carries the gateway's persistent keepalive, so a connected app never goes idle). Should
+this command be killed without the chance to close it, the session stands until it
+expires or ` + "`dasset-agent session close --id ID`" + `.
 
 How the end is noticed: every --poll the command asks the gateway about the session
 (closed by an operator, by ` + "`session close`" + ` from elsewhere, by the idle reaper, or the device
 unbound) and lists the account's devices (a refused access token), so the end is noticed
-within one interval; the expiry is checked locally; and a gateway that stopped answering
-shows as WireGuard handshakes failing, noticed within about 3 minutes.`,
+within one interval; the expiry is checked locally; and, with a tunnel of its own, a
+gateway that stopped answering shows as WireGuard handshakes failing, noticed within about
+3 minutes (with --wg-quick or --qr the handshakes are the app's, and the command waits
+for the gateway to answer again).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			logger, err := logs.logger(logOut)
