@@ -259,3 +259,81 @@ func TestConnLogPartitions(t *testing.T) {
 		t.Fatalf("partitions %v, want the 1st made again with 1 row", got)
 	}
 }
+
+// TestGatewaysAdmitAtOnce: three stores on one database (three gateways)
+// admit 150 new devices at once, 50 each, from one address pool and one
+// session-offset pool: every device gets an address, none is held twice
+// (checked in the database), and 30 sessions opened at once through the
+// three stores get 30 different client offsets.
+func TestGatewaysAdmitAtOnce(t *testing.T) {
+	ctx := context.Background()
+	dsn := cluster.NewSchema(t, conformanceDB)
+	var stores []*postgres.Store
+	for range 3 {
+		s := open(t, dsn)
+		defer s.Close()
+		stores = append(stores, s)
+	}
+	const perGateway = 50
+	batch := make([]store.Enrollment, 3*perGateway)
+	for i := range batch {
+		batch[i] = store.Enrollment{Index: privacy.BlindIndex{byte(i), byte(i >> 8), 1}, SealedSerial: []byte("s"), Verifier: privacy.Verifier{1}}
+	}
+	if _, err := stores[0].EnrollDevices(ctx, batch); err != nil {
+		t.Fatal(err)
+	}
+	devs, err := stores[0].ListDevices(ctx)
+	if err != nil || len(devs) != len(batch) {
+		t.Fatalf("ListDevices: %d, %v", len(devs), err)
+	}
+	acct, err := stores[0].CreateAccount(ctx, store.Account{NameIndex: privacy.BlindIndex{9}, SealedName: []byte("n"), PasswordHash: "h"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	var wg sync.WaitGroup
+	errs := make(chan error, len(devs)+30)
+	for i, d := range devs {
+		s := stores[i%3]
+		wg.Go(func() {
+			a := store.Admission{DeviceID: d.ID, Key: store.Key{byte(i), byte(i >> 8), 2}, First: 1, Last: 1000, Day: "2030-01-02",
+				TokenHash: [32]byte{byte(i), byte(i >> 8), 3}, TokenExpires: now.Add(time.Hour)}
+			if _, err := s.Admit(ctx, a); err != nil {
+				errs <- fmt.Errorf("admit %d: %w", d.ID, err)
+			}
+		})
+	}
+	for i := range 30 {
+		s := stores[i%3]
+		wg.Go(func() {
+			_, err := s.OpenSession(ctx, store.Session{ID: fmt.Sprintf("s%d", i), AccountID: acct.ID, DeviceID: devs[i].ID,
+				ClientKey: store.Key{byte(i), 4}, ExpiresAt: now.Add(time.Hour)}, 1, 100)
+			if err != nil {
+				errs <- fmt.Errorf("session %d: %w", i, err)
+			}
+		})
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var admitted, distinct, sessions, distinctOffsets int
+	if err := conn.QueryRow(ctx, `SELECT count(address_offset), count(DISTINCT address_offset) FROM devices`).Scan(&admitted, &distinct); err != nil {
+		t.Fatal(err)
+	}
+	if admitted != len(devs) || distinct != len(devs) {
+		t.Fatalf("%d devices with an address, %d distinct addresses; want %d of each", admitted, distinct, len(devs))
+	}
+	if err := conn.QueryRow(ctx, `SELECT count(*), count(DISTINCT client_offset) FROM sessions WHERE closed_at IS NULL`).Scan(&sessions, &distinctOffsets); err != nil {
+		t.Fatal(err)
+	}
+	if sessions != 30 || distinctOffsets != 30 {
+		t.Fatalf("%d open sessions with %d distinct client offsets; want 30 of each", sessions, distinctOffsets)
+	}
+}
