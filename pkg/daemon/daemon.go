@@ -207,10 +207,8 @@ func New(ctx context.Context, cfg config.Config, opt Options) (_ *Daemon, err er
 	if err != nil {
 		return nil, err
 	}
-	if n, err := d.gw.ReplayErasures(ctx); err != nil {
-		return nil, fmt.Errorf("replaying the erasure ledger: %w", err)
-	} else if n.Devices+n.Accounts > 0 {
-		d.log.Warn("erased subjects found in the database (an older copy restored?) and erased again", "devices", n.Devices, "accounts", n.Accounts)
+	if err := d.replayErasures(ctx); err != nil {
+		return nil, err
 	}
 	n, err := d.gw.Start(ctx)
 	if err != nil {
@@ -246,6 +244,27 @@ func New(ctx context.Context, cfg config.Config, opt Options) (_ *Daemon, err er
 		return nil, err
 	}
 	return d, nil
+}
+
+// replayErasures merges the erasure ledger kept with the keys and the
+// database's copy both ways, then erases again whatever the database still
+// holds of an erased subject.
+func (d *Daemon) replayErasures(ctx context.Context) error {
+	learnt, restored, err := d.gw.SyncErasures(ctx)
+	if err != nil {
+		return fmt.Errorf("merging the erasure ledger with the database: %w", err)
+	}
+	if learnt > 0 || restored > 0 {
+		d.log.Info("erasure ledger merged with the database", "learnt", learnt, "written_back", restored)
+	}
+	n, err := d.gw.ReplayErasures(ctx)
+	if err != nil {
+		return fmt.Errorf("replaying the erasure ledger: %w", err)
+	}
+	if n.Devices+n.Accounts > 0 {
+		d.log.Warn("erased subjects found in the database (an older copy restored?) and erased again", "devices", n.Devices, "accounts", n.Accounts)
+	}
+	return nil
 }
 
 // checkLegacyKeystore refuses to start beside a keystore left inside the
@@ -640,6 +659,11 @@ func (d *Daemon) Run(ctx context.Context) error {
 				return nil
 			case <-t.C:
 				d.pruneAudit()
+				// Erasures other gateways of a fleet recorded, or a
+				// database restored under a running gateway.
+				if err := d.replayErasures(gctx); err != nil && gctx.Err() == nil {
+					d.log.Error("replaying the erasure ledger failed", "err", err)
+				}
 			}
 		}
 	})

@@ -24,6 +24,8 @@ type SubjectStore interface {
 	EraseDevice(ctx context.Context, id int64, pseudonyms []privacy.Pseudonym) (map[string]int64, error)
 	EraseAccount(ctx context.Context, id int64, pseudonyms []privacy.Pseudonym) (map[string]int64, error)
 	Checkpoint(ctx context.Context) error
+	RecordErasures(ctx context.Context, es []store.Erasure) error
+	Erasures(ctx context.Context) ([]store.Erasure, error)
 }
 
 // checkpoint ends an erasure: the store's write-ahead log is folded into
@@ -39,9 +41,11 @@ func (g *Gateway) checkpoint(ctx context.Context, st interface{ Checkpoint(conte
 	receipt[store.ReceiptWAL] = 1
 }
 
-// PseudonymKeys lists a subject's pseudonym for every retained day.
+// PseudonymKeys lists a subject's pseudonym for every retained day, and
+// names erasures in the database's copy of the ledger.
 type PseudonymKeys interface {
 	PseudonymsFor(idx privacy.BlindIndex) map[string]privacy.Pseudonym
+	Tombstone(kind string, idx privacy.BlindIndex) [32]byte
 }
 
 // ErasureLedger remembers erased devices and accounts outside the
@@ -51,6 +55,8 @@ type ErasureLedger interface {
 	Add(privacy.BlindIndex) error
 	Remove(privacy.BlindIndex) error
 	All() []privacy.BlindIndex
+	AddDevice(idx privacy.BlindIndex, at time.Time) error
+	Devices() []privacy.ErasedAccount
 	AddAccount(idx privacy.BlindIndex, at time.Time) error
 	Accounts() []privacy.ErasedAccount
 }
@@ -304,9 +310,11 @@ func (g *Gateway) CancelAccount(ctx context.Context, a store.Account, password [
 // its pseudonyms, the account) deleted in one transaction, then the WAL
 // checkpointed.
 func (g *Gateway) eraseAccount(ctx context.Context, a store.Account, why string) (map[string]int64, error) {
-	if err := g.subj.ledger.AddAccount(a.NameIndex, g.cfg.Now()); err != nil {
+	now := g.cfg.Now()
+	if err := g.subj.ledger.AddAccount(a.NameIndex, now); err != nil {
 		return nil, newErr(ErrUnavailable, err, "recording the erasure failed")
 	}
+	g.shareErasure(ctx, store.ErasedAccount, a.NameIndex, now)
 	if err := g.sess.closeWhere(ctx, why, func(os *openSession) bool { return os.AccountID == a.ID }); err != nil {
 		return nil, err
 	}
@@ -321,9 +329,11 @@ func (g *Gateway) eraseAccount(ctx context.Context, a store.Account, why string)
 
 func (g *Gateway) eraseDevice(ctx context.Context, d store.Device) (map[string]int64, error) {
 	// Ledger first: if anything below fails, a restart finishes the job.
-	if err := g.subj.ledger.Add(d.Index); err != nil {
+	now := g.cfg.Now()
+	if err := g.subj.ledger.AddDevice(d.Index, now); err != nil {
 		return nil, newErr(ErrUnavailable, err, "recording the erasure failed")
 	}
+	g.shareErasure(ctx, store.ErasedDevice, d.Index, now)
 	if err := g.sess.closeForDevice(ctx, d.ID, "device erased"); err != nil {
 		return nil, err
 	}
@@ -357,13 +367,16 @@ func (g *Gateway) ReplayErasures(ctx context.Context) (Replayed, error) {
 	if g.subj == nil {
 		return n, nil
 	}
-	for _, idx := range g.subj.ledger.All() {
-		d, err := g.reg.DeviceByIndex(ctx, idx)
+	for _, e := range g.subj.ledger.Devices() {
+		d, err := g.reg.DeviceByIndex(ctx, e.Index)
 		if errors.Is(err, store.ErrNotFound) {
 			continue
 		}
 		if err != nil {
 			return n, err
+		}
+		if !e.ErasedAt.IsZero() && d.EnrolledAt.After(e.ErasedAt) {
+			continue // re-enrolled after its erasure
 		}
 		if _, err := g.eraseDevice(ctx, d); err != nil {
 			return n, err
@@ -387,6 +400,88 @@ func (g *Gateway) ReplayErasures(ctx context.Context) (Replayed, error) {
 		n.Accounts++
 	}
 	return n, nil
+}
+
+// erasureAAD binds a sealed blind index to its row of the database ledger.
+func erasureAAD(kind string, tomb [32]byte) []byte {
+	return append([]byte("dasset/erasure/"+kind+"/"), tomb[:]...)
+}
+
+func (g *Gateway) erasureRow(kind string, idx privacy.BlindIndex, at time.Time) store.Erasure {
+	t := g.subj.keys.Tombstone(kind, idx)
+	return store.Erasure{Tombstone: t, Kind: kind, SealedIndex: g.keys.Seal(idx[:], erasureAAD(kind, t)), ErasedAt: at}
+}
+
+// shareErasure copies one erasure into the database's ledger for the other
+// gateways of a fleet. A failure is logged: SyncErasures copies it later.
+func (g *Gateway) shareErasure(ctx context.Context, kind string, idx privacy.BlindIndex, at time.Time) {
+	if err := g.subj.st.RecordErasures(ctx, []store.Erasure{g.erasureRow(kind, idx, at)}); err != nil {
+		g.log.Warn("copying an erasure into the database failed; the next ledger sync retries", "err", err)
+	}
+}
+
+// SyncErasures merges this gateway's erasure ledger (kept with its keys)
+// and the database's copy both ways: erasures other gateways of the fleet
+// recorded are added to this ledger (so this gateway's keystore backup
+// carries them), and this ledger's erasures missing from the database (a
+// restored older database) are written back. Run it before ReplayErasures,
+// at start and periodically. It returns how many erasures it learnt and
+// how many it wrote back.
+func (g *Gateway) SyncErasures(ctx context.Context) (learnt, restored int, err error) {
+	if g.subj == nil {
+		return 0, 0, nil
+	}
+	rows, err := g.subj.st.Erasures(ctx)
+	if err != nil {
+		return 0, 0, err
+	}
+	known := make(map[[32]byte]time.Time, len(rows))
+	for _, r := range rows {
+		known[r.Tombstone] = r.ErasedAt
+		b, err := g.keys.Open(r.SealedIndex, erasureAAD(r.Kind, r.Tombstone))
+		var idx privacy.BlindIndex
+		if err != nil || len(b) != len(idx) {
+			g.log.Warn("an erasure in the database does not open with this keystore; skipped", "kind", r.Kind)
+			continue
+		}
+		copy(idx[:], b)
+		if g.subj.keys.Tombstone(r.Kind, idx) != r.Tombstone {
+			g.log.Warn("an erasure in the database does not match its tombstone; skipped", "kind", r.Kind)
+			continue
+		}
+		var before, after int
+		switch r.Kind {
+		case store.ErasedDevice:
+			before = len(g.subj.ledger.Devices())
+			err = g.subj.ledger.AddDevice(idx, r.ErasedAt)
+			after = len(g.subj.ledger.Devices())
+		case store.ErasedAccount:
+			before = len(g.subj.ledger.Accounts())
+			err = g.subj.ledger.AddAccount(idx, r.ErasedAt)
+			after = len(g.subj.ledger.Accounts())
+		}
+		if err != nil {
+			return learnt, restored, err
+		}
+		learnt += after - before
+	}
+	var missing []store.Erasure
+	for kind, list := range map[string][]privacy.ErasedAccount{store.ErasedDevice: g.subj.ledger.Devices(), store.ErasedAccount: g.subj.ledger.Accounts()} {
+		for _, e := range list {
+			at, ok := known[g.subj.keys.Tombstone(kind, e.Index)]
+			if ok && (e.ErasedAt.IsZero() || !e.ErasedAt.After(at)) {
+				continue
+			}
+			if e.ErasedAt.IsZero() {
+				e.ErasedAt = g.cfg.Now() // first-format device entry: erased before now
+			}
+			missing = append(missing, g.erasureRow(kind, e.Index, e.ErasedAt))
+		}
+	}
+	if err := g.subj.st.RecordErasures(ctx, missing); err != nil {
+		return learnt, 0, err
+	}
+	return learnt, len(missing), nil
 }
 
 type subjects struct {

@@ -3,6 +3,8 @@ package privacy
 import (
 	"bufio"
 	"bytes"
+	"crypto/hmac"
+	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -24,28 +26,47 @@ const LedgerFile = "erased"
 // that restoring an older database cannot bring an erased subject back. The
 // gateway replays it at every start.
 //
-// The file has one line per erasure: "device HEX" or "account HEX
-// UNIXNANO", HEX being the blind index and UNIXNANO when the account was
-// erased: an account of the same name created after that is another
-// person's and is left alone. (A bare "HEX" line, the first format, is a
-// device.) A device comes off the ledger only when it is re-enrolled on
-// purpose (after_erasure).
+// The file has one line per erasure: "device HEX UNIXNANO" or "account HEX
+// UNIXNANO", HEX being the blind index and UNIXNANO when it was erased: a
+// device enrolled or an account created after that is another one and is
+// left alone. (A bare "HEX" line, the first format, and "device HEX" are
+// devices erased at an unknown time: always erased again.) A device comes
+// off this gateway's ledger when it is re-enrolled on purpose
+// (after_erasure).
+//
+// In a fleet every gateway keeps its own ledger with its keys, and the
+// database holds a shared copy (store.Erasure: tombstones and sealed
+// indexes, see Keystore.Tombstone) that each gateway merges both ways.
 type Ledger struct {
 	path     string
 	mu       sync.Mutex
-	devices  map[BlindIndex]struct{}
+	devices  map[BlindIndex]time.Time // zero: erased at an unknown time
 	accounts map[BlindIndex]time.Time
 }
 
-// ErasedAccount is an account erasure on the ledger.
+// ErasedAccount is an erasure on the ledger (of an account, or a device
+// for Devices).
 type ErasedAccount struct {
 	Index    BlindIndex
-	ErasedAt time.Time
+	ErasedAt time.Time // zero: unknown (a device from the first format)
+}
+
+// Tombstone is a ledger entry's identity in the database copy of the
+// ledger: HMAC-SHA256(K_index, "dasset/erased/v1\x00" ‖ kind ‖ 0 ‖ idx). It
+// is not the blind index, so the database keeps no erased subject's index
+// in the clear, and only a gateway with the keys can tell whose it is.
+func (k *Keystore) Tombstone(kind string, idx BlindIndex) [32]byte {
+	m := hmac.New(sha256.New, k.index)
+	m.Write([]byte("dasset/erased/v1\x00" + kind + "\x00"))
+	m.Write(idx[:])
+	var t [32]byte
+	m.Sum(t[:0])
+	return t
 }
 
 // OpenLedger opens (or creates) the ledger file LedgerFile in dir.
 func OpenLedger(dir string) (*Ledger, error) {
-	l := &Ledger{path: filepath.Join(dir, LedgerFile), devices: map[BlindIndex]struct{}{}, accounts: map[BlindIndex]time.Time{}}
+	l := &Ledger{path: filepath.Join(dir, LedgerFile), devices: map[BlindIndex]time.Time{}, accounts: map[BlindIndex]time.Time{}}
 	b, err := os.ReadFile(l.path)
 	if err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("erasure ledger: %w", err)
@@ -58,7 +79,7 @@ func OpenLedger(dir string) (*Ledger, error) {
 
 // ParseLedger checks the contents of a ledger file (e.g. in a backup).
 func ParseLedger(b []byte) (devices, accounts int, err error) {
-	l := &Ledger{path: LedgerFile, devices: map[BlindIndex]struct{}{}, accounts: map[BlindIndex]time.Time{}}
+	l := &Ledger{path: LedgerFile, devices: map[BlindIndex]time.Time{}, accounts: map[BlindIndex]time.Time{}}
 	if err := l.parse(b); err != nil {
 		return 0, 0, err
 	}
@@ -84,19 +105,25 @@ func (l *Ledger) parse(b []byte) error {
 		if _, err := hex.Decode(idx[:], []byte(f[0])); err != nil {
 			return bad("not a blind index")
 		}
-		switch {
-		case kind == "device" && len(f) == 1:
-			l.devices[idx] = struct{}{}
-		case kind == "account" && len(f) == 2:
+		var at time.Time
+		if len(f) == 2 {
 			ns, err := strconv.ParseInt(f[1], 10, 64)
 			if err != nil || ns <= 0 {
 				return bad("erasure time is not a positive Unix time in nanoseconds")
 			}
-			if t := time.Unix(0, ns).UTC(); t.After(l.accounts[idx]) {
-				l.accounts[idx] = t
+			at = time.Unix(0, ns).UTC()
+		}
+		switch {
+		case kind == "device" && len(f) <= 2:
+			if old, ok := l.devices[idx]; !ok || (!old.IsZero() && at.After(old)) || at.IsZero() {
+				l.devices[idx] = at
+			}
+		case kind == "account" && len(f) == 2:
+			if at.After(l.accounts[idx]) {
+				l.accounts[idx] = at
 			}
 		default:
-			return bad(`want "device HEX" or "account HEX UNIXNANO"`)
+			return bad(`want "device HEX UNIXNANO" or "account HEX UNIXNANO"`)
 		}
 	}
 	return sc.Err()
@@ -110,31 +137,54 @@ func (l *Ledger) Contains(idx BlindIndex) bool {
 	return ok
 }
 
-// Add records a device erasure durably.
-func (l *Ledger) Add(idx BlindIndex) error {
+// Add records durably that the device was erased now.
+func (l *Ledger) Add(idx BlindIndex) error { return l.AddDevice(idx, time.Now()) }
+
+// AddDevice records durably that the device with blind index idx was
+// erased at at (a later time replaces an earlier one).
+func (l *Ledger) AddDevice(idx BlindIndex, at time.Time) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if _, ok := l.devices[idx]; ok {
+	old, had := l.devices[idx]
+	at = at.UTC()
+	if had && (old.IsZero() || !at.After(old)) {
 		return nil
 	}
-	l.devices[idx] = struct{}{}
+	l.devices[idx] = at
 	if err := l.writeLocked(); err != nil {
-		delete(l.devices, idx)
+		if had {
+			l.devices[idx] = old
+		} else {
+			delete(l.devices, idx)
+		}
 		return err
 	}
 	return nil
+}
+
+// Devices lists the device erasures.
+func (l *Ledger) Devices() []ErasedAccount {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := make([]ErasedAccount, 0, len(l.devices))
+	for idx, at := range l.devices {
+		out = append(out, ErasedAccount{Index: idx, ErasedAt: at})
+	}
+	slices.SortFunc(out, func(a, b ErasedAccount) int { return bytes.Compare(a.Index[:], b.Index[:]) })
+	return out
 }
 
 // Remove forgets a device erasure (explicit re-enrolment).
 func (l *Ledger) Remove(idx BlindIndex) error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	if _, ok := l.devices[idx]; !ok {
+	old, ok := l.devices[idx]
+	if !ok {
 		return nil
 	}
 	delete(l.devices, idx)
 	if err := l.writeLocked(); err != nil {
-		l.devices[idx] = struct{}{}
+		l.devices[idx] = old
 		return err
 	}
 	return nil
@@ -189,8 +239,12 @@ func (l *Ledger) Accounts() []ErasedAccount {
 
 func (l *Ledger) writeLocked() error {
 	lines := make([]string, 0, len(l.devices)+len(l.accounts))
-	for idx := range l.devices {
-		lines = append(lines, "device "+idx.String())
+	for idx, at := range l.devices {
+		if at.IsZero() {
+			lines = append(lines, "device "+idx.String())
+		} else {
+			lines = append(lines, "device "+idx.String()+" "+strconv.FormatInt(at.UnixNano(), 10))
+		}
 	}
 	for idx, at := range l.accounts {
 		lines = append(lines, "account "+idx.String()+" "+strconv.FormatInt(at.UnixNano(), 10))

@@ -10,6 +10,7 @@ package store
 import (
 	"context"
 	"errors"
+	"fmt"
 	"time"
 
 	"github.com/planetxlabs/dasset-gateway/pkg/privacy"
@@ -144,6 +145,35 @@ const (
 	TableAudit        = "audit_log"
 )
 
+// Erasure kinds.
+const (
+	ErasedDevice  = "device"
+	ErasedAccount = "account"
+)
+
+// Erasure is one erased subject as the database keeps it: no blind index in
+// the clear, only a keyed tombstone (its identity) and the index sealed
+// under the keystore (see privacy.Keystore.Tombstone).
+type Erasure struct {
+	Tombstone   [32]byte
+	Kind        string // ErasedDevice or ErasedAccount
+	SealedIndex []byte
+	ErasedAt    time.Time
+}
+
+// CheckErasure validates an Erasure for any backend.
+func CheckErasure(e Erasure) error {
+	switch {
+	case e.Tombstone == [32]byte{}:
+		return invalid("tombstone", "must not be zero")
+	case e.Kind != ErasedDevice && e.Kind != ErasedAccount:
+		return invalid("kind", fmt.Sprintf("must be %q or %q, got %q", ErasedDevice, ErasedAccount, e.Kind))
+	case len(e.SealedIndex) == 0:
+		return invalid("sealed_index", "must not be empty")
+	}
+	return checkTime("erased_at", e.ErasedAt)
+}
+
 // ReceiptWAL is the receipt entry (value 1) saying that the store's log was
 // checkpointed after the deletion (Checkpoint), so no deleted row is left
 // in a write-ahead log file.
@@ -246,6 +276,13 @@ type Store interface {
 	// (meta "verifier_version" is "1"), and records version 2. It returns
 	// how many rows it rewrote (0 when there was nothing to upgrade).
 	UpgradeVerifiers(ctx context.Context, upgrade func(privacy.Verifier) privacy.Verifier) (int, error)
+
+	// Erasures: the erasure ledger's copy shared by the gateways of a fleet
+	// (each also keeps its own, with its keys). RecordErasures inserts the
+	// rows whose tombstone is new (existing ones stay as they are);
+	// Erasures lists them all, by tombstone.
+	RecordErasures(ctx context.Context, es []Erasure) error
+	Erasures(ctx context.Context) ([]Erasure, error)
 
 	// Gateways. Heartbeat records g (insert or replace by InstanceID);
 	// Gateways lists every gateway by instance id.

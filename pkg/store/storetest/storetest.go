@@ -68,6 +68,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"Gateways", testGateways},
 		{"Meta/ClaimConcurrent", testClaimMeta},
 		{"Checkpoint", testCheckpoint},
+		{"Erasures", testErasures},
 		{"Meta/UpgradeVerifiers", testUpgradeVerifiers},
 		{"ConnLog", testConnLog},
 		{"Prune/Bounds", testPruneBounds},
@@ -2026,5 +2027,45 @@ func testClaimMeta(t *h) {
 	t.must(err, "Meta")
 	if v != got[0] || stored != got[0] {
 		t.Fatalf("after a late claim: %q, stored %q; want the winner %q", v, stored, got[0])
+	}
+}
+
+// testErasures: recorded erasures are listed by tombstone; a tombstone
+// recorded again (by another gateway) keeps its row unless erased later,
+// which moves its time; bad rows are refused, naming the field, and
+// nothing of their batch is written.
+func testErasures(t *h) {
+	es, err := t.s.Erasures(t.ctx)
+	t.must(err, "Erasures empty")
+	if len(es) != 0 {
+		t.Fatalf("new store has erasures %v", es)
+	}
+	a := store.Erasure{Tombstone: [32]byte{2}, Kind: store.ErasedDevice, SealedIndex: []byte("sealed-a"), ErasedAt: t0}
+	b := store.Erasure{Tombstone: [32]byte{1}, Kind: store.ErasedAccount, SealedIndex: []byte("sealed-b"), ErasedAt: t0.Add(time.Hour)}
+	t.must(t.s.RecordErasures(t.ctx, []store.Erasure{a, b}), "RecordErasures")
+	older := a
+	older.SealedIndex, older.ErasedAt = []byte("older"), t0.Add(-time.Hour)
+	t.must(t.s.RecordErasures(t.ctx, []store.Erasure{older}), "RecordErasures older")
+	es, err = t.s.Erasures(t.ctx)
+	t.must(err, "Erasures")
+	if len(es) != 2 || es[0].Tombstone != b.Tombstone || es[1].Tombstone != a.Tombstone ||
+		string(es[1].SealedIndex) != "sealed-a" || !es[1].ErasedAt.Equal(t0) || es[0].Kind != store.ErasedAccount || !es[0].ErasedAt.Equal(b.ErasedAt) {
+		t.Fatalf("Erasures = %+v", es)
+	}
+	later := a
+	later.SealedIndex, later.ErasedAt = []byte("later"), t0.Add(2*time.Hour)
+	t.must(t.s.RecordErasures(t.ctx, []store.Erasure{later}), "RecordErasures later")
+	es, err = t.s.Erasures(t.ctx)
+	t.must(err, "Erasures")
+	if len(es) != 2 || string(es[1].SealedIndex) != "later" || !es[1].ErasedAt.Equal(later.ErasedAt) {
+		t.Fatalf("Erasures after a later erasure = %+v", es)
+	}
+	bad := store.Erasure{Tombstone: [32]byte{3}, Kind: "robot", SealedIndex: []byte("x"), ErasedAt: t0}
+	ok := store.Erasure{Tombstone: [32]byte{4}, Kind: store.ErasedDevice, SealedIndex: []byte("x"), ErasedAt: t0}
+	if err := t.s.RecordErasures(t.ctx, []store.Erasure{ok, bad}); err == nil || !strings.Contains(err.Error(), "kind") {
+		t.Fatalf("RecordErasures with a bad kind: %v", err)
+	}
+	if es, _ := t.s.Erasures(t.ctx); len(es) != 2 {
+		t.Fatalf("a refused batch wrote %d rows", len(es)-2)
 	}
 }

@@ -1,0 +1,62 @@
+package postgres
+
+import (
+	"context"
+	"fmt"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/planetxlabs/dasset-gateway/pkg/store"
+)
+
+// RecordErasures inserts the erasures whose tombstone is new and moves
+// the time of those erased again later, in one transaction: every gateway of the fleet records its own and those it
+// learnt, and none overwrites another's.
+func (s *Store) RecordErasures(ctx context.Context, es []store.Erasure) error {
+	for i, e := range es {
+		if err := store.CheckErasure(e); err != nil {
+			return fmt.Errorf("store: RecordErasures: erasure %d: %w", i, err)
+		}
+	}
+	if len(es) == 0 {
+		return nil
+	}
+	return s.write(ctx, "RecordErasures", func(tx pgx.Tx) error {
+		for _, e := range es {
+			if _, err := tx.Exec(ctx, `INSERT INTO erasures (tombstone, kind, sealed_index, erased_at) VALUES ($1, $2, $3, $4)
+				ON CONFLICT (tombstone) DO UPDATE SET sealed_index = excluded.sealed_index, erased_at = excluded.erased_at
+				WHERE excluded.erased_at > erasures.erased_at`, e.Tombstone[:], e.Kind, e.SealedIndex, nanos(e.ErasedAt)); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+}
+
+// Erasures lists every recorded erasure, by tombstone.
+func (s *Store) Erasures(ctx context.Context) (out []store.Erasure, err error) {
+	err = s.read(ctx, "Erasures", func(q querier) error {
+		rows, err := q.Query(ctx, `SELECT tombstone, kind, sealed_index, erased_at FROM erasures ORDER BY tombstone`)
+		if err != nil {
+			return err
+		}
+		defer rows.Close()
+		for rows.Next() {
+			var (
+				e  store.Erasure
+				tb []byte
+				at int64
+			)
+			if err := rows.Scan(&tb, &e.Kind, &e.SealedIndex, &at); err != nil {
+				return err
+			}
+			if err := to32(&e.Tombstone, tb, "tombstone"); err != nil {
+				return err
+			}
+			e.ErasedAt = fromNanos(at)
+			out = append(out, e)
+		}
+		return rows.Err()
+	})
+	return out, err
+}
