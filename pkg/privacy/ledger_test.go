@@ -23,7 +23,7 @@ func TestLedgerDevicesAndAccounts(t *testing.T) {
 	if l.Contains(dev) || len(l.Accounts()) != 0 {
 		t.Fatal("a new ledger is not empty")
 	}
-	if err := l.Add(dev); err != nil {
+	if err := l.AddDevice(dev, at.Add(-time.Minute)); err != nil {
 		t.Fatal(err)
 	}
 	if err := l.AddAccount(acct, at); err != nil {
@@ -41,6 +41,9 @@ func TestLedgerDevicesAndAccounts(t *testing.T) {
 	if !l2.Contains(dev) || l2.Contains(acct) {
 		t.Fatal("reopened ledger lost the device erasure or mixed up the kinds")
 	}
+	if got := l2.Devices(); len(got) != 1 || !got[0].ErasedAt.Equal(at.Add(-time.Minute)) {
+		t.Fatalf("reopened ledger devices %+v", got)
+	}
 	if got := l2.Accounts(); len(got) != 1 || got[0].Index != acct || !got[0].ErasedAt.Equal(at) {
 		t.Fatalf("reopened ledger accounts %+v", got)
 	}
@@ -48,7 +51,7 @@ func TestLedgerDevicesAndAccounts(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := "account " + acct.String() + " " + "1893553445000000006\ndevice " + dev.String() + "\n"
+	want := "account " + acct.String() + " 1893553445000000006\ndevice " + dev.String() + " 1893553385000000006\n"
 	if string(b) != want {
 		t.Fatalf("ledger file:\n%s\nwant:\n%s", b, want)
 	}
@@ -63,6 +66,9 @@ func TestLedgerDevicesAndAccounts(t *testing.T) {
 	// are refused with the line number.
 	if n, _, err := ParseLedger([]byte(dev.String() + "\n")); err != nil || n != 1 {
 		t.Fatalf("legacy line: %d, %v", n, err)
+	}
+	if k.Tombstone("device", dev) == k.Tombstone("account", dev) || k.Tombstone("device", dev) == [32]byte(dev) {
+		t.Fatal("tombstones do not separate kinds, or are the blind index itself")
 	}
 	for _, bad := range []string{"device zz\n", "account " + acct.String() + "\n", "account " + acct.String() + " -1\n", "robot " + dev.String() + "\n"} {
 		if _, _, err := ParseLedger([]byte(bad)); err == nil || !strings.Contains(err.Error(), ":1:") {
