@@ -24,7 +24,7 @@ func Write(path string, data []byte, perm os.FileMode) error {
 	if err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
-	defer f.Cleanup() // closes and removes the temporary file after a failure
+	defer func() { _ = f.Cleanup() }() // closes and removes the temporary file after a failure; its error is moot then
 	if _, err := f.Write(data); err != nil {
 		return fmt.Errorf("write %s: %w", path, err)
 	}
@@ -43,7 +43,7 @@ func Create(path string, data []byte, perm os.FileMode) (created bool, err error
 	if err != nil {
 		return false, fmt.Errorf("create %s: %w", path, err)
 	}
-	defer f.Cleanup() // closes and removes the temporary file
+	defer func() { _ = f.Cleanup() }() // closes and removes the temporary file
 	if _, err := f.Write(data); err != nil {
 		return false, fmt.Errorf("create %s: %w", path, err)
 	}
