@@ -5,7 +5,22 @@ GO       ?= go
 BIN      := bin
 VERSION  ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 LDFLAGS  := -X github.com/planetxlabs/dasset-gateway/pkg/daemon.Version=$(VERSION)
-FUZZTIME ?= 60s
+FUZZTIME ?= 5m
+# Fuzz targets, as package:Target. `make test` runs each for FUZZBRIEF,
+# `make fuzz` for FUZZTIME.
+FUZZBRIEF ?= 2s
+FUZZ_TARGETS := \
+	./tunnel/router:FuzzParse \
+	./tunnel/router:FuzzWrite \
+	./tunnel/wg:FuzzParseUAPI \
+	./tunnel/wg:FuzzKeyValidate \
+	./pkg/privacy:FuzzParseSerialNumber \
+	./pkg/privacy:FuzzParseHardwareID \
+	./pkg/privacy:FuzzParsePolicy \
+	./pkg/identity:FuzzHashToken \
+	./pkg/gateway:FuzzBindingCode \
+	./pkg/ctl:FuzzParseDevicesCSV \
+	./pkg/config:FuzzLoad
 
 .PHONY: all build run test deps vet lint check-generated check-refs generate unit e2e fuzz bench clean package
 
@@ -46,7 +61,7 @@ check-generated:
 
 unit:
 	$(GO) test -race -count=1 -timeout 600s $$($(GO) list ./... | grep -v /scripts/)
-	$(GO) test -count=1 -run '^$$' -fuzz FuzzParse -fuzztime 10s ./tunnel/router
+	@$(MAKE) --no-print-directory fuzz FUZZTIME=$(FUZZBRIEF)
 
 # Root end-to-end tests (network namespaces, real TUNs); they skip elsewhere.
 # wg-quick's userspace WireGuard is wireguard-go, built from the module in go.mod.
@@ -54,8 +69,13 @@ e2e: build
 	$(GO) build -o .bin/wireguard-go golang.zx2c4.com/wireguard
 	set -o pipefail; DASSET_BIN=$(CURDIR)/$(BIN) DASSET_WIREGUARD_GO=$(CURDIR)/.bin/wireguard-go $(GO) test -count=1 -timeout 900s -v ./scripts/... 2>&1 | tee /tmp/dasset-e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|SKIP)|^\s+\S+_test.go:[0-9]+:'
 
+# Each target alone (go test -fuzz takes one target per run), FUZZTIME each.
 fuzz:
-	$(GO) test -run '^$$' -fuzz FuzzParse -fuzztime $(FUZZTIME) ./tunnel/router
+	@set -e; for t in $(FUZZ_TARGETS); do \
+	  pkg=$${t%%:*}; name=$${t#*:}; \
+	  echo "fuzz $$pkg $$name for $(FUZZTIME)"; \
+	  $(GO) test -count=1 -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) $$pkg; \
+	done
 
 bench: build
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 1s ./tunnel/... ./pkg/store/ ./pkg/identity/
