@@ -126,6 +126,9 @@ func New(ctx context.Context, cfg config.Config, opt Options) (_ *Daemon, err er
 	if err := checkLegacyKeystore(cfg); err != nil {
 		return nil, err
 	}
+	if err := checkDatabaseFile(ctx, cfg); err != nil {
+		return nil, err
+	}
 	if d.keys, err = privacy.OpenKeystore(cfg.KeystorePath()); err != nil {
 		return nil, fmt.Errorf("keystore: %w", err)
 	}
@@ -385,6 +388,47 @@ func openStore(ctx context.Context, cfg config.Config, observe func(op string, d
 		return st, nil
 	}
 	return nil, fmt.Errorf("store.driver: unknown driver %q", cfg.Store.Driver)
+}
+
+// ErrNotTheRegistry is a database file that cannot be the registry the
+// keystore was used with.
+var ErrNotTheRegistry = errors.New("the database is not the registry of this keystore")
+
+// checkDatabaseFile refuses, before anything is created or changed, an
+// SQLite database that is empty (0 bytes), has no gateway schema, or was
+// written with another keystore, while a keystore already exists: starting
+// would silently serve an empty registry (every device refused) or bind the
+// keys to the wrong data. A missing file with an existing keystore is a new
+// registry (e.g. a data directory set up again), which is allowed.
+func checkDatabaseFile(ctx context.Context, cfg config.Config) error {
+	if cfg.Store.Driver != config.DriverSQLite {
+		return nil
+	}
+	ksDir := cfg.KeystorePath()
+	id, ok, err := privacy.KeystoreID(ksDir)
+	if err != nil || !ok {
+		return err
+	}
+	path := filepath.Join(cfg.DataDir, "gateway.db")
+	f, err := store.InspectSQLite(ctx, path)
+	var problem string
+	switch {
+	case err != nil:
+		problem = "is not a readable SQLite database (" + err.Error() + ")"
+	case !f.Exists:
+		return nil
+	case f.Size == 0:
+		problem = "is empty (0 bytes)"
+	case !f.Schema:
+		problem = "has no gateway schema"
+	case f.KeystoreID != "" && f.KeystoreID != id:
+		problem = "was written with keystore " + f.KeystoreID
+	default:
+		return nil
+	}
+	return fmt.Errorf("%w: database %s %s, but keystore %s (id %s) belongs to a database written before. "+
+		"Nothing was changed. Restore the database from its backup (dassetctl backup), or, to start a new registry on purpose, "+
+		"move the keystore directory away", ErrNotTheRegistry, path, problem, ksDir, id)
 }
 
 // checkKeystoreID refuses a database written with another keystore: its

@@ -67,6 +67,19 @@ type Keystore struct {
 	dayKeys map[string]*[32]byte // cache of loaded day keys
 }
 
+// KeystoreID returns the id of the keystore in dir without creating or
+// changing anything; ok is false when there is none yet.
+func KeystoreID(dir string) (id string, ok bool, err error) {
+	b, err := os.ReadFile(filepath.Join(dir, idFile))
+	if errors.Is(err, fs.ErrNotExist) {
+		return "", false, nil
+	}
+	if err != nil {
+		return "", false, fmt.Errorf("privacy: keystore: %w", err)
+	}
+	return strings.TrimSpace(string(b)), true, nil
+}
+
 // OpenKeystore opens the keystore in dir, creating the directory (0700) and
 // the keys on first start. It refuses key files that group or others can
 // read, and a keystore that is missing a key it once had.
