@@ -45,6 +45,7 @@ test  protoc-gen-go-grpc  make generate, check-generated
 test  grpcurl             server reflection test (scripts/clitools)
 test  grpc-health-probe   health checking test (scripts/clitools)
 test  nfpm                make package (scripts/pkgtest)
+bench ghz                 hostile-caller load by hand (README, Security)
 TABLE
 }
 

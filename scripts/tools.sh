@@ -5,6 +5,7 @@
 TOOLS_BIN=${TOOLS_BIN:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/.bin}
 declare -A TOOL_MODULE=(
   [buf]=github.com/bufbuild/buf/cmd/buf@v1.75.0
+  [ghz]=github.com/bojand/ghz/cmd/ghz@v0.93.0
   [golangci-lint]=github.com/golangci/golangci-lint/v2/cmd/golangci-lint@v2.15.0
   [grpc-health-probe]=github.com/grpc-ecosystem/grpc-health-probe@v0.4.63
   [grpcurl]=github.com/fullstorydev/grpcurl/cmd/grpcurl@v1.9.4
