@@ -3,6 +3,9 @@ package daemon_test
 import (
 	"testing"
 	"time"
+
+	"github.com/planetxlabs/dasset-gateway/pkg/config"
+	"github.com/planetxlabs/dasset-gateway/pkg/store/postgres/pgtest"
 )
 
 // BenchmarkLogin measures first logins of enrolled devices against the real
@@ -43,4 +46,21 @@ func BenchmarkRestart(b *testing.B) {
 		b.StartTimer()
 	}
 	b.ReportMetric(devices, "peers")
+}
+
+// BenchmarkLoginPostgres is BenchmarkLogin with store.driver postgres, on a
+// throw-away cluster on the same machine (pgtest: unix socket, fsync off,
+// so a durable production database will be slower). Run it beside
+// BenchmarkLogin for the SQLite figure.
+func BenchmarkLoginPostgres(b *testing.B) {
+	cluster := pgtest.Start(b)
+	cfg := testConfig(b, b.TempDir())
+	cfg.Store = config.Store{Driver: config.DriverPostgres, DSN: cluster.NewDatabase(b)}
+	d, stop := quietDaemon(b, cfg)
+	defer stop()
+	admin, closeAdmin := adminClient(b, cfg.Admin.Socket)
+	defer closeAdmin()
+	b.ResetTimer()
+	_, wall := admitMany(b, d, admin, "DS-BP", 0, b.N, 64)
+	b.ReportMetric(float64(b.N)/wall.Seconds(), "logins/s")
 }
