@@ -182,6 +182,11 @@ func clientError(op string, err error) error {
 		return fmt.Errorf("%s: %w", op, err)
 	}
 	st := status.Convert(err)
+	if h := retryHint(err); h > 0 {
+		// Throttled: the gateway answers as for wrong credentials and adds
+		// when to come back.
+		return fmt.Errorf("%s: refused for now (%s); the gateway asks to retry in %v", op, st.Message(), h.Round(time.Second))
+	}
 	var kind error
 	switch st.Code() {
 	case codes.Unauthenticated:

@@ -14,9 +14,11 @@ import (
 	"time"
 
 	"golang.org/x/crypto/curve25519"
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
 	gatewayv1 "github.com/planetxlabs/dasset-gateway/proto/dasset/gateway/v1"
@@ -192,5 +194,22 @@ func TestClientConfigErrors(t *testing.T) {
 	}
 	if _, _, err := ClientLogin(ctx, ClientConfig{Gateway: "127.0.0.1:1", Account: "a"}); err == nil || !strings.Contains(err.Error(), "password: empty") {
 		t.Errorf("login without a password: %v", err)
+	}
+}
+
+// A throttled client login says when to retry instead of "wrong password".
+func TestClientErrorThrottledSaysWhenToRetry(t *testing.T) {
+	st, err := status.New(codes.Unauthenticated, "wrong account or password, or too many attempts").
+		WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(90 * time.Second)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	msg := clientError("login", st.Err()).Error()
+	if !strings.Contains(msg, "retry in 1m30s") || strings.Contains(msg, "wrong account or password (gateway said") {
+		t.Fatalf("throttled login: %q", msg)
+	}
+	plain := clientError("login", status.Error(codes.Unauthenticated, "wrong account or password, or too many attempts")).Error()
+	if !strings.Contains(plain, "login: wrong account or password") {
+		t.Fatalf("plain refusal: %q", plain)
 	}
 }

@@ -212,7 +212,7 @@ type Retention struct {
 	ConnectionLog time.Duration `mapstructure:"connection_log" usage:"how long connection log entries and daily pseudonym keys are kept"`
 	Sessions      time.Duration `mapstructure:"sessions" usage:"how long closed sessions are kept"`
 	BindingCodes  time.Duration `mapstructure:"binding_codes" usage:"how long used or expired binding codes are kept"`
-	AuthFailures  time.Duration `mapstructure:"auth_failures" usage:"how long failed login records are kept"`
+	AuthFailures  time.Duration `mapstructure:"auth_failures" usage:"how long failed-login rows an older version wrote are kept (none are written now)"`
 	AuditLog      time.Duration `mapstructure:"audit_log" usage:"how long admin audit log entries are kept"`
 }
 
