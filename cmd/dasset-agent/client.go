@@ -456,3 +456,78 @@ func (f *clientFlags) call(cmd *cobra.Command, fn func(ctx context.Context, cfg 
 	}
 	return nil
 }
+
+func newExportDataCmd(stdout io.Writer) *cobra.Command {
+	var flags clientFlags
+	cmd := &cobra.Command{
+		Use:   "export-data",
+		Short: "Client mode: print everything the gateway stores about the account (JSON: account, bound devices, sessions, connection log)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var doc string
+			if err := flags.call(cmd, func(ctx context.Context, cfg agent.ClientConfig) (err error) {
+				doc, err = agent.ExportMyData(ctx, cfg)
+				return err
+			}); err != nil {
+				return err
+			}
+			fmt.Fprintln(stdout, doc)
+			return nil
+		},
+	}
+	flags.add(cmd, false)
+	return cmd
+}
+
+func newDeleteAccountCmd(stdout io.Writer) *cobra.Command {
+	var (
+		flags         clientFlags
+		passwordStdin bool
+		yes           bool
+	)
+	cmd := &cobra.Command{
+		Use:   "delete-account",
+		Short: "Client mode: cancel the account; the gateway erases everything stored about it (confirmed with the password)",
+		Long: `Cancel the logged-in account. The gateway erases every row of it (sessions, bindings,
+tokens, its connection-log rows) and prints the receipt. It cannot be undone, so --yes is
+required; the password is asked on the terminal or read with --password-stdin.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if !yes {
+				return errors.New("deleting the account cannot be undone: add --yes")
+			}
+			var password string
+			var err error
+			if passwordStdin {
+				password, err = readPasswordStdin(cmd.InOrStdin())
+			} else {
+				password, err = promptPassword(cmd)
+			}
+			if err != nil {
+				return err
+			}
+			var removed map[string]int64
+			if err := flags.call(cmd, func(ctx context.Context, cfg agent.ClientConfig) (err error) {
+				removed, err = agent.DeleteAccount(ctx, cfg, password)
+				return err
+			}); err != nil {
+				return err
+			}
+			tables := make([]string, 0, len(removed))
+			for t := range removed {
+				tables = append(tables, t)
+			}
+			sort.Strings(tables)
+			parts := make([]string, len(tables))
+			for i, t := range tables {
+				parts[i] = fmt.Sprintf("%s=%d", t, removed[t])
+			}
+			fmt.Fprintf(stdout, "Account deleted. Removed: %s.\n", strings.Join(parts, " "))
+			return nil
+		},
+	}
+	flags.add(cmd, false)
+	cmd.Flags().BoolVar(&passwordStdin, "password-stdin", false, "read the password from standard input instead of prompting")
+	cmd.Flags().BoolVar(&yes, "yes", false, "confirm: the account and everything stored about it are erased")
+	return cmd
+}

@@ -102,7 +102,8 @@ func newRootCmd(stdout, stderr io.Writer) *cobra.Command {
 	root.SetOut(stdout)
 	root.SetErr(stderr)
 	root.AddCommand(newUpCmd(stderr), newBindCodeCmd(stdout), newVersionCmd(stdout),
-		newLoginCmd(stdout), newBindCmd(stdout), newUnbindCmd(stdout), newDevicesCmd(stdout), newSessionCmd(stdout, stderr))
+		newLoginCmd(stdout), newBindCmd(stdout), newUnbindCmd(stdout), newDevicesCmd(stdout), newSessionCmd(stdout, stderr),
+		newExportDataCmd(stdout), newDeleteAccountCmd(stdout))
 	return root
 }
 

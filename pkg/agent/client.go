@@ -678,3 +678,44 @@ func lastHandshake(t *tunnel) time.Time {
 	}
 	return time.Unix(sec, nsec)
 }
+
+// ExportMyData returns everything the gateway stores about the logged-in
+// account (the user's right of access), as the gateway's JSON document.
+func ExportMyData(ctx context.Context, cfg ClientConfig) (doc string, err error) {
+	err = call(ctx, cfg, true, func(ctx context.Context, c gatewayv1.ClientServiceClient) error {
+		resp, err := c.ExportMyData(ctx, &gatewayv1.ExportMyDataRequest{})
+		if err != nil {
+			return clientError("export", err)
+		}
+		doc = resp.GetJson()
+		return nil
+	})
+	return doc, err
+}
+
+// DeleteAccount cancels the logged-in account, confirmed with its
+// password: the gateway erases every row of it and returns the receipt
+// (rows removed per table). The stored access token, now useless, is
+// removed from cfg.StateDir.
+func DeleteAccount(ctx context.Context, cfg ClientConfig, password string) (removed map[string]int64, err error) {
+	if password == "" {
+		return nil, errors.New("password: empty")
+	}
+	err = call(ctx, cfg, true, func(ctx context.Context, c gatewayv1.ClientServiceClient) error {
+		resp, err := c.DeleteAccount(ctx, &gatewayv1.DeleteMyAccountRequest{Password: password})
+		if err != nil {
+			return clientError("delete account", err)
+		}
+		removed = resp.GetRemoved()
+		return nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	if cfg.StateDir != "" {
+		if rerr := os.Remove(filepath.Join(cfg.StateDir, accessTokenFileName)); rerr != nil && !errors.Is(rerr, os.ErrNotExist) {
+			return removed, fmt.Errorf("account deleted, but removing the stored token failed: %w", rerr)
+		}
+	}
+	return removed, nil
+}

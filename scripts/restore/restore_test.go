@@ -138,6 +138,23 @@ func TestErasureSurvivesRestore(t *testing.T) {
 			t.Fatalf("restored audit log lacks %s:\n%s", want, audit)
 		}
 	}
+
+	// The user's own rights, from the client: access, then cancellation.
+	state := filepath.Join(g.dir, "client-"+acctKept)
+	export, err := g.agent("", "export-data", "--state-dir", state)
+	if err != nil || !strings.Contains(export, `"name": "`+acctKept+`"`) {
+		t.Fatalf("export-data: %v\n%s", err, export)
+	}
+	if out, err := g.agent(password+"\n", "delete-account", "--password-stdin", "--state-dir", state); err == nil || !strings.Contains(out, "--yes") {
+		t.Fatalf("delete-account without --yes: %v\n%s", err, out)
+	}
+	deleted, err := g.agent(password+"\n", "delete-account", "--yes", "--password-stdin", "--state-dir", state)
+	if err != nil || !strings.Contains(deleted, "accounts=1") || !strings.Contains(deleted, "wal_checkpointed=1") {
+		t.Fatalf("delete-account: %v\n%s", err, deleted)
+	}
+	if out, err := g.clientLogin(acctKept); err == nil {
+		t.Fatalf("login after the user's own cancellation succeeded:\n%s", out)
+	}
 	g.stop()
 }
 
@@ -237,6 +254,16 @@ func (g *gateway) agentArgs(name, sn, hw string) []string {
 
 func (g *gateway) agentUp(name, sn, hw string) *proc {
 	return startProc(g.t, name, g.dir, filepath.Join(g.bin, "dasset-agent"), g.agentArgs(name, sn, hw)...)
+}
+
+// agent runs dasset-agent with args and stdin, returning its combined output.
+func (g *gateway) agent(stdin string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, filepath.Join(g.bin, "dasset-agent"), args...)
+	cmd.Stdin = strings.NewReader(stdin)
+	out, err := cmd.CombinedOutput()
+	return string(out), err
 }
 
 func (g *gateway) clientLogin(account string) (string, error) {
