@@ -1,4 +1,4 @@
--- The PostgreSQL twin of sqlite/00005_binding_notices.sql: the time another
+-- The PostgreSQL twin of sqlite/00006_binding_notices.sql: the time another
 -- account bound the device, until the owner's next ListDevices takes it.
 
 -- +goose Up
