@@ -19,10 +19,16 @@ func (a *app) keysCommand() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "keys",
 		Short: "Back up and restore the gateway's keystore (local, on the gateway host)",
-		Long: `The keystore (keystore_dir, default /var/lib/dasset-gateway-keys) holds the keys
-that blind, seal and pseudonymise personal data, and the gateway's WireGuard key. Database
-backups never contain it, and the database cannot be read without it. These commands work on
-the directory directly, not through the gateway.`,
+		Long: `The keystore (keystore_dir, default /var/lib/dasset-gateway-keys, outside data_dir) holds
+the keys that blind, seal and pseudonymise personal data and the gateway's WireGuard key, with
+the erasure ledger and the admin audit log (and its head hash). Database backups never contain
+it, and the database cannot be read without it. These commands work on the directory directly,
+not through the gateway.
+
+A backup carries the ledger and the audit log, so restoring it beside any older database copy
+brings back no erased device or account (the gateway erases them again at its next start) and
+an audit log that verifies. It expires itself: it holds no pseudonym day key already past the
+connection-log retention, and a restore drops those that passed it since.`,
 		Example: `  dassetctl keys backup --keystore /var/lib/dasset-gateway-keys --out keystore.backup
   dassetctl keys restore --keystore /var/lib/dasset-gateway-keys --in keystore.backup`,
 	}
