@@ -53,16 +53,19 @@ func oneLine(err error) string {
 
 // connFlags are the flags shared by every command that talks to the gateway.
 type connFlags struct {
-	gateway  string
+	gateways []string
 	stateDir string
 	ca       string
 	pin      string
 	insecure bool
 }
 
+// gateway is the --gateway values as agent.Config.Gateway takes them.
+func (f *connFlags) gateway() string { return strings.Join(f.gateways, ",") }
+
 func (f *connFlags) add(cmd *cobra.Command) {
 	fl := cmd.Flags()
-	fl.StringVar(&f.gateway, "gateway", "", "gateway gRPC address, HOST:PORT (e.g. gateway.example.com:8443)")
+	fl.StringSliceVar(&f.gateways, "gateway", nil, "gateway gRPC address, HOST:PORT (e.g. gateway.example.com:8443); for a fleet, several (comma-separated or the flag repeated) or a name with several A/AAAA records: the agent starts on a random one and fails over to the others")
 	fl.StringVar(&f.stateDir, "state-dir", agent.DefaultStateDir, "directory for the device's WireGuard key and token")
 	fl.StringVar(&f.ca, "ca", "", "PEM file of CA certificates that sign the gateway's certificate")
 	fl.StringVar(&f.pin, "pin", "", "SHA-256 of the gateway's certificate (64 hex digits, optional colons and \"sha256:\" prefix)")
@@ -133,7 +136,7 @@ func newUpCmd(logOut io.Writer) *cobra.Command {
 			}
 			serial, hwid = id.Serial, id.HardwareID
 			a, err := agent.New(agent.Config{
-				Gateway:    conn.gateway,
+				Gateway:    conn.gateway(),
 				Serial:     serial,
 				HardwareID: hwid,
 				Interface:  iface,
@@ -202,7 +205,7 @@ func newBindCodeCmd(stdout io.Writer) *cobra.Command {
 			ctx, cancel := context.WithTimeout(cmd.Context(), 30*time.Second)
 			defer cancel()
 			code, uri, expires, err := agent.BindCode(ctx, agent.Config{
-				Gateway:  conn.gateway,
+				Gateway:  conn.gateway(),
 				StateDir: conn.stateDir,
 				CAFile:   conn.ca,
 				Pin:      conn.pin,

@@ -11,6 +11,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"net/netip"
 	"slices"
 	"sync"
@@ -53,7 +54,10 @@ var ErrLoginRefused = errors.New("login refused")
 
 // Config configures an Agent.
 type Config struct {
-	// Gateway is the gateway's gRPC address, host:port.
+	// Gateway is the gateway's gRPC address, host:port, or several,
+	// comma-separated (a fleet); a name with several A/AAAA records counts
+	// as one gateway per address. The agent starts on a random one and
+	// fails over to the others (see Run).
 	Gateway string
 	// Serial and HardwareID identify the device (personal data: never logged).
 	Serial, HardwareID string
@@ -102,14 +106,20 @@ type Agent struct {
 
 	scrub *addrScrubber // keeps the gateway's own addresses in log lines
 
-	mu  sync.Mutex
-	tun *tunnel // nil while down
+	gateways []string   // Config.Gateway, parsed
+	lookup   lookupFunc // resolves gateway names (tests replace it)
+	rnd      *rand.Rand // spreads logins and jitters backoff (tests seed it)
+
+	mu       sync.Mutex
+	tun      *tunnel // nil while down
+	instance string  // gateway instance of the last login
 }
 
 // New validates cfg, fills in defaults and loads (or on first run creates)
 // the device's WireGuard private key in cfg.StateDir.
 func New(cfg Config) (*Agent, error) {
-	if _, err := splitGateway(cfg.Gateway); err != nil {
+	gateways, err := ParseGateways(cfg.Gateway)
+	if err != nil {
 		return nil, err
 	}
 	serial, err := privacy.ParseSerialNumber(cfg.Serial)
@@ -162,14 +172,17 @@ func New(cfg Config) (*Agent, error) {
 		cfg.Logger.Info("created a new WireGuard key", "state_dir", cfg.StateDir)
 	}
 	return &Agent{
-		cfg:    cfg,
-		log:    cfg.Logger,
-		scrub:  newAddrScrubber(cfg.Gateway),
-		serial: serial,
-		hwid:   hwid,
-		priv:   priv,
-		pub:    pub,
-		ready:  make(chan struct{}),
+		cfg:      cfg,
+		log:      cfg.Logger,
+		scrub:    newAddrScrubber(gateways[0]),
+		gateways: gateways,
+		lookup:   defaultLookup,
+		rnd:      rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),
+		serial:   serial,
+		hwid:     hwid,
+		priv:     priv,
+		pub:      pub,
+		ready:    make(chan struct{}),
 	}, nil
 }
 
@@ -200,9 +213,23 @@ func (a *Agent) Net() *netstack.Net {
 	return a.tun.net
 }
 
+// GatewayInstance is the instance id of the gateway the last login reached
+// ("" before the first login, or from a gateway that names none).
+func (a *Agent) GatewayInstance() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.instance
+}
+
 // Run logs in, brings the tunnel up and follows the Sync stream until ctx
 // is done (then it returns nil after closing the tunnel) or the device is
 // revoked (ErrRevoked) or refused (ErrLoginRefused). Run may be called once.
+//
+// With several gateway candidates, Run starts on a random one; when that
+// gateway is unreachable (logins fail, or its Sync stream broke and the
+// reconnect failed) it fails over to the next with jittered backoff,
+// keeping its WireGuard key and state: it logs in there with the same
+// pinned key and moves its WireGuard peer to that gateway.
 func (a *Agent) Run(ctx context.Context) error {
 	if !a.running.CompareAndSwap(false, true) {
 		return errors.New("agent: Run called twice")
@@ -210,22 +237,67 @@ func (a *Agent) Run(ctx context.Context) error {
 	if a.cfg.Insecure {
 		a.log.Warn("TLS is off (--insecure): the gateway is not authenticated and traffic to it is readable")
 	}
-	conn, err := dialWith(a.cfg.Gateway, a.cfg.tlsOptions(), a.scrub)
+	defer a.teardown()
+	list := newGatewayList(ctx, a.gateways, a.lookup, a.rnd)
+	a.keepCandidates(list)
+	bo := newBackoff(a.cfg.MinBackoff, a.cfg.MaxBackoff)
+	bo.rnd = a.rnd
+	for {
+		cand := list.current()
+		started := time.Now()
+		err := a.runOn(ctx, cand, list.len() > 1)
+		if ctx.Err() != nil {
+			return nil
+		}
+		var fo *errFailover
+		if !errors.As(err, &fo) {
+			return err
+		}
+		if time.Since(started) > stableStreamTime {
+			bo.reset()
+		}
+		next := list.next(ctx)
+		a.keepCandidates(list)
+		d := bo.next()
+		a.log.Warn("gateway unreachable; failing over", "gateway", cand.name, "next_gateway", next.name,
+			"candidates", list.len(), "error", a.scrub.message(fo.err), "retry_in", d)
+		if err := sleep(ctx, d); err != nil {
+			return nil
+		}
+	}
+}
+
+// keepCandidates lets the candidates' addresses into log lines: they are
+// the operator's gateways, not a person's.
+func (a *Agent) keepCandidates(l *gatewayList) {
+	for _, c := range l.cands {
+		if ap, err := netip.ParseAddrPort(c.addr); err == nil {
+			a.scrub.add(ap.Addr())
+		}
+	}
+}
+
+// runOn logs in to one gateway candidate, brings the tunnel to it and
+// follows its Sync stream. With failover, it gives up on a gateway that
+// stays unreachable by returning *errFailover.
+func (a *Agent) runOn(ctx context.Context, cand candidate, failover bool) error {
+	conn, err := dialAs(cand.addr, cand.serverName, a.cfg.tlsOptions(), a.scrub)
 	if err != nil {
+		if failover {
+			return &errFailover{err}
+		}
 		return err
 	}
 	defer conn.Close()
 	client := gatewayv1.NewDeviceServiceClient(conn)
-	defer a.teardown()
-
-	resp, err := a.login(ctx, client)
+	resp, err := a.login(ctx, client, cand, failover)
 	if err != nil {
-		return ignoreCancel(ctx, err)
+		return err
 	}
-	if err := a.configure(ctx, resp); err != nil {
-		return ignoreCancel(ctx, err)
+	if err := a.configure(ctx, cand.addr, resp); err != nil {
+		return err
 	}
-	return ignoreCancel(ctx, a.syncLoop(ctx, client, resp.GetDeviceToken()))
+	return a.syncLoop(ctx, client, cand, failover, resp.GetDeviceToken())
 }
 
 // ignoreCancel turns the error of a run stopped by ctx into nil.

@@ -10,6 +10,7 @@ import (
 // from [d/2, d), and d doubles up to max.
 type backoff struct {
 	min, max, cur time.Duration
+	rnd           *rand.Rand // nil: the global source
 }
 
 func newBackoff(min, max time.Duration) *backoff {
@@ -25,6 +26,9 @@ func (b *backoff) next() time.Duration {
 	half := d / 2
 	if half <= 0 {
 		return d
+	}
+	if b.rnd != nil {
+		return half + time.Duration(b.rnd.Int64N(int64(half)))
 	}
 	return half + rand.N(half)
 }

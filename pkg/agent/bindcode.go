@@ -15,16 +15,31 @@ import (
 
 // BindCode asks the gateway for a short-lived binding code with the device
 // token the last login left in cfg.StateDir. Only Gateway, StateDir and the
-// TLS fields of cfg are used.
+// TLS fields of cfg are used; of several gateways, each is asked in turn
+// until one answers.
 func BindCode(ctx context.Context, cfg Config) (code, uri string, expires time.Time, err error) {
 	if cfg.StateDir == "" {
 		cfg.StateDir = DefaultStateDir
+	}
+	gateways, err := ParseGateways(cfg.Gateway)
+	if err != nil {
+		return "", "", time.Time{}, err
 	}
 	token, err := readToken(cfg.StateDir)
 	if err != nil {
 		return "", "", time.Time{}, err
 	}
-	conn, err := Dial(cfg.Gateway, cfg.tlsOptions())
+	for _, g := range gateways {
+		code, uri, expires, err = bindCodeFrom(ctx, g, cfg.tlsOptions(), token)
+		if !unreachableCode(err) || ctx.Err() != nil {
+			break
+		}
+	}
+	return code, uri, expires, err
+}
+
+func bindCodeFrom(ctx context.Context, gateway string, opts TLSOptions, token string) (code, uri string, expires time.Time, err error) {
+	conn, err := Dial(gateway, opts)
 	if err != nil {
 		return "", "", time.Time{}, err
 	}
@@ -33,6 +48,9 @@ func BindCode(ctx context.Context, cfg Config) (code, uri string, expires time.T
 	resp, err := gatewayv1.NewDeviceServiceClient(conn).CreateBindingCode(ctx, &gatewayv1.CreateBindingCodeRequest{})
 	if err != nil {
 		st := status.Convert(err)
+		if unreachableCode(err) {
+			return "", "", time.Time{}, fmt.Errorf("binding code: gateway %s: %w", gateway, err)
+		}
 		if st.Code() == codes.Unauthenticated {
 			return "", "", time.Time{}, fmt.Errorf("binding code: the gateway does not accept the device token (is `dasset-agent up` running?): %s", st.Message())
 		}

@@ -59,6 +59,13 @@ func dialWith(gateway string, opts TLSOptions, sc *addrScrubber, extra ...grpc.D
 	if err != nil {
 		return nil, err
 	}
+	return dialAs(gateway, host, opts, sc, extra...)
+}
+
+// dialAs dials addr ("host:port") and checks the gateway's certificate
+// against serverName, which may differ from addr's host: a candidate
+// resolved from a DNS name is dialled by address and verified by name.
+func dialAs(addr, serverName string, opts TLSOptions, sc *addrScrubber, extra ...grpc.DialOption) (*grpc.ClientConn, error) {
 	if err := opts.Validate(); err != nil {
 		return nil, err
 	}
@@ -66,7 +73,7 @@ func dialWith(gateway string, opts TLSOptions, sc *addrScrubber, extra ...grpc.D
 	if opts.Insecure {
 		creds = insecure.NewCredentials()
 	} else {
-		cfg, err := tlsutil.ClientConfig(opts.CAFile, opts.Pin, host)
+		cfg, err := tlsutil.ClientConfig(opts.CAFile, opts.Pin, serverName)
 		if err != nil {
 			return nil, err
 		}
@@ -84,9 +91,9 @@ func dialWith(gateway string, opts TLSOptions, sc *addrScrubber, extra ...grpc.D
 			MinConnectTimeout: 10 * time.Second,
 		}),
 	}, extra...)
-	conn, err := grpc.NewClient(gateway, dialOpts...)
+	conn, err := grpc.NewClient(addr, dialOpts...)
 	if err != nil {
-		return nil, fmt.Errorf("gateway %q: %w", gateway, err)
+		return nil, fmt.Errorf("gateway %q: %w", addr, err)
 	}
 	return conn, nil
 }

@@ -14,9 +14,13 @@ import (
 	gatewayv1 "github.com/planetxlabs/dasset-gateway/proto/dasset/gateway/v1"
 )
 
-// login calls DeviceService.Login until it succeeds, retrying transient
-// failures with backoff; refusals are returned at once.
-func (a *Agent) login(ctx context.Context, client gatewayv1.DeviceServiceClient) (*gatewayv1.DeviceLoginResponse, error) {
+// login calls DeviceService.Login on the gateway cand until it succeeds,
+// retrying transient failures with backoff; refusals are returned at once.
+// With failover, a gateway that stays unreachable (failoverAfter attempts
+// in a row) is given up: login returns *errFailover. The key sent is
+// always the device's own (pinned) key: another gateway of the fleet
+// admits it as it is, never re-keyed.
+func (a *Agent) login(ctx context.Context, client gatewayv1.DeviceServiceClient, cand candidate, failover bool) (*gatewayv1.DeviceLoginResponse, error) {
 	req := &gatewayv1.DeviceLoginRequest{
 		SerialNumber: a.serial.Reveal(),
 		HardwareId:   a.hwid.Reveal(),
@@ -24,6 +28,8 @@ func (a *Agent) login(ctx context.Context, client gatewayv1.DeviceServiceClient)
 		AgentVersion: a.cfg.Version,
 	}
 	bo := newBackoff(a.cfg.MinBackoff, a.cfg.MaxBackoff)
+	bo.rnd = a.rnd
+	unreachable := 0
 	for attempt := 1; ; attempt++ {
 		cctx, cancel := context.WithTimeout(ctx, loginTimeout)
 		resp, err := client.Login(cctx, req)
@@ -35,7 +41,11 @@ func (a *Agent) login(ctx context.Context, client gatewayv1.DeviceServiceClient)
 			if err := writeToken(a.cfg.StateDir, resp.GetDeviceToken()); err != nil {
 				return nil, err
 			}
-			a.log.Info("logged in", "outcome", resp.GetOutcome().String(), "addresses", resp.GetAddresses(), "attempt", attempt)
+			a.mu.Lock()
+			a.instance = resp.GetGatewayInstanceId()
+			a.mu.Unlock()
+			a.log.Info("logged in", "gateway", cand.name, "gateway_instance", resp.GetGatewayInstanceId(),
+				"outcome", resp.GetOutcome().String(), "addresses", resp.GetAddresses(), "attempt", attempt)
 			return resp, nil
 		}
 		if ctx.Err() != nil {
@@ -45,11 +55,19 @@ func (a *Agent) login(ctx context.Context, client gatewayv1.DeviceServiceClient)
 		if ferr := loginRefusal(err); ferr != nil && hint == 0 {
 			return nil, ferr
 		}
+		if hint == 0 && unreachableCode(err) {
+			unreachable++
+			if failover && unreachable >= failoverAfter {
+				return nil, &errFailover{err}
+			}
+		} else {
+			unreachable = 0
+		}
 		// A throttled answer says when to come back: honour it (it is
 		// already jittered by the gateway), never coming back sooner than
 		// our own backoff.
 		d := max(bo.next(), hint)
-		a.log.Warn("login failed; retrying", "code", status.Code(err).String(), "error", a.scrub.message(err), "attempt", attempt, "retry_in", d)
+		a.log.Warn("login failed; retrying", "gateway", cand.name, "code", status.Code(err).String(), "error", a.scrub.message(err), "attempt", attempt, "retry_in", d)
 		if err := sleep(ctx, d); err != nil {
 			return nil, err
 		}
@@ -96,14 +114,27 @@ func loginRefusal(err error) error {
 	return nil
 }
 
+// unreachableCode says whether err means the gateway could not be reached
+// or did not answer (as opposed to an answer, even a refusal).
+func unreachableCode(err error) bool {
+	switch status.Code(err) {
+	case codes.Unavailable, codes.DeadlineExceeded:
+		return true
+	}
+	return errors.Is(err, errStreamIdle)
+}
+
 // errStreamIdle ends a Sync stream that delivered nothing for too long.
 var errStreamIdle = errors.New("sync stream idle")
 
 // syncLoop follows the Sync stream, reconnecting with backoff, logging in
 // again when the gateway no longer knows the token, and returning
-// ErrRevoked when the device is revoked.
-func (a *Agent) syncLoop(ctx context.Context, client gatewayv1.DeviceServiceClient, token string) error {
+// ErrRevoked when the device is revoked. With failover, a stream that broke
+// and whose reconnect failed too returns *errFailover.
+func (a *Agent) syncLoop(ctx context.Context, client gatewayv1.DeviceServiceClient, cand candidate, failover bool, token string) error {
 	bo := newBackoff(a.cfg.MinBackoff, a.cfg.MaxBackoff)
+	bo.rnd = a.rnd
+	broken := 0         // stream attempts in a row that ended without an event
 	var instance string // last gateway_instance seen, across streams
 	reloginPending := false
 	for {
@@ -136,18 +167,25 @@ func (a *Agent) syncLoop(ctx context.Context, client gatewayv1.DeviceServiceClie
 				}
 			}
 			reloginPending = true
-			resp, err := a.login(ctx, client)
+			resp, err := a.login(ctx, client, cand, failover)
 			if err != nil {
 				return err
 			}
-			if err := a.configure(ctx, resp); err != nil {
+			if err := a.configure(ctx, cand.addr, resp); err != nil {
 				return err
 			}
 			token = resp.GetDeviceToken()
 			continue
 		}
+		if gotEvent {
+			broken = 0
+		}
+		broken++
+		if failover && broken >= failoverAfter {
+			return &errFailover{err}
+		}
 		d := bo.next()
-		a.log.Warn("sync stream ended; reconnecting", "code", status.Code(err).String(), "error", a.scrub.message(err), "retry_in", d)
+		a.log.Warn("sync stream ended; reconnecting", "gateway", cand.name, "code", status.Code(err).String(), "error", a.scrub.message(err), "retry_in", d)
 		if err := sleep(ctx, d); err != nil {
 			return err
 		}

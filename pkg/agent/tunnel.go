@@ -66,8 +66,8 @@ type loginConfig struct {
 }
 
 // parseLogin validates resp and resolves the gateway's WireGuard endpoint.
-func (a *Agent) parseLogin(ctx context.Context, resp *gatewayv1.DeviceLoginResponse) (loginConfig, error) {
-	return parseTunnelConfig(ctx, a.cfg.Gateway, resp.GetAddresses(), resp.GetMtu(), resp.GetGateway())
+func (a *Agent) parseLogin(ctx context.Context, gateway string, resp *gatewayv1.DeviceLoginResponse) (loginConfig, error) {
+	return parseTunnelConfig(ctx, gateway, resp.GetAddresses(), resp.GetMtu(), resp.GetGateway())
 }
 
 // parseTunnelConfig validates the tunnel part of a device login or a client
@@ -159,9 +159,11 @@ func resolveEndpoint(ctx context.Context, gateway, endpoint string) (netip.AddrP
 
 // configure makes the tunnel match a login response: it builds the
 // interface and wireguard-go device on the first call (or when addresses or
-// MTU changed) and otherwise just replaces the gateway peer.
-func (a *Agent) configure(ctx context.Context, resp *gatewayv1.DeviceLoginResponse) error {
-	lc, err := a.parseLogin(ctx, resp)
+// MTU changed) and otherwise just replaces the gateway peer (its key and
+// endpoint: after a failover, another gateway's). gateway is the gRPC
+// address the response came from.
+func (a *Agent) configure(ctx context.Context, gateway string, resp *gatewayv1.DeviceLoginResponse) error {
+	lc, err := a.parseLogin(ctx, gateway, resp)
 	if err != nil {
 		return fmt.Errorf("gateway sent an unusable login response: %w", err)
 	}
