@@ -57,6 +57,11 @@ func (t tunnelAdapter) LastHandshakes(ctx context.Context) (map[[32]byte]time.Ti
 	return out, nil
 }
 
+func (t tunnelAdapter) LastHandshake(ctx context.Context, key [32]byte) (time.Time, error) {
+	hs, _, err := t.d.LastHandshake(ctx, wg.Key(key))
+	return hs, err
+}
+
 func (t tunnelAdapter) PublicKey() [32]byte { return t.d.PublicKey() }
 
 // aclAdapter feeds the domain's session pairs to the hub's filter.

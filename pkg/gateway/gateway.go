@@ -71,6 +71,9 @@ type Tunnel interface {
 	// LastHandshakes returns the last handshake time per peer key, from a
 	// cached view of the device.
 	LastHandshakes(ctx context.Context) (map[[32]byte]time.Time, error)
+	// LastHandshake returns one peer's last handshake from the same cached
+	// view (zero: never, or not a peer), without a map of every peer.
+	LastHandshake(ctx context.Context, key [32]byte) (time.Time, error)
 	PublicKey() [32]byte
 }
 
@@ -577,7 +580,7 @@ type DeviceView struct {
 	Online       bool
 }
 
-func (g *Gateway) view(d store.Device, online map[[32]byte]bool) (DeviceView, error) {
+func (g *Gateway) view(d store.Device, online func(key [32]byte) bool) (DeviceView, error) {
 	sn, err := g.openSerial(d)
 	if err != nil {
 		return DeviceView{}, err
@@ -586,7 +589,7 @@ func (g *Gateway) view(d store.Device, online map[[32]byte]bool) (DeviceView, er
 	if d.Offset != 0 {
 		v.Addresses, _ = g.devicePrefixes(d.Offset)
 	}
-	v.Online = !d.Revoked && d.KeyPinned && (online[d.Key] || g.hub.connected(d.ID))
+	v.Online = !d.Revoked && d.KeyPinned && (g.hub.connected(d.ID) || online(d.Key))
 	return v, nil
 }
 
@@ -596,6 +599,16 @@ func (g *Gateway) openSerial(d store.Device) (privacy.SerialNumber, error) {
 		return privacy.SerialNumber{}, newErr(ErrUnavailable, err, "opening a sealed serial number failed (wrong keystore?)")
 	}
 	return privacy.ParseSerialNumber(string(raw))
+}
+
+// handshookRecently reports whether key handshook within the idle timeout.
+func (g *Gateway) handshookRecently(ctx context.Context, key [32]byte) bool {
+	t, err := g.tun.LastHandshake(ctx, key)
+	if err != nil {
+		g.log.Warn("reading a WireGuard handshake failed", "err", err)
+		return false
+	}
+	return !t.IsZero() && g.cfg.Now().Sub(t) < g.cfg.IdleTimeout
 }
 
 // onlineSet is the set of peer keys that handshook within the idle timeout.
@@ -655,7 +668,7 @@ func (g *Gateway) Online(ctx context.Context, d store.Device) bool {
 	if g.hub.connected(d.ID) {
 		return true
 	}
-	return g.onlineSet(ctx)[d.Key]
+	return g.handshookRecently(ctx, d.Key)
 }
 
 func (g *Gateway) deviceBySerial(ctx context.Context, sn privacy.SerialNumber) (store.Device, error) {

@@ -13,10 +13,10 @@ func (g *Gateway) DevicesPage(ctx context.Context, afterID int64, limit int) ([]
 	if err != nil {
 		return nil, newErr(ErrUnavailable, err, "listing devices failed")
 	}
-	online := g.onlineSet(ctx)
+	online := g.onlineSet(ctx) // one map for the page, not a look-up per device
 	out := make([]DeviceView, 0, len(devs))
 	for _, d := range devs {
-		v, err := g.view(d, online)
+		v, err := g.view(d, func(k [32]byte) bool { return online[k] })
 		if err != nil {
 			return nil, err
 		}

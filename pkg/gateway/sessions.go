@@ -556,7 +556,9 @@ func (g *Gateway) BoundDevices(ctx context.Context, a store.Account) ([]BoundDev
 	if err != nil {
 		return nil, newErr(ErrUnavailable, err, "reading binding notices failed")
 	}
-	online := g.onlineSet(ctx)
+	// An account has a few devices: look each one up in the cached status
+	// instead of building a map of every peer.
+	online := func(k [32]byte) bool { return g.handshookRecently(ctx, k) }
 	out := make([]BoundDevice, 0, len(devs))
 	for _, d := range devs {
 		v, err := g.view(d, online)
@@ -696,18 +698,31 @@ func (g *Gateway) ReapSessions(ctx context.Context) {
 		return // no WireGuard status read (it locks every peer) when idle
 	}
 	now := g.cfg.Now()
-	hs, _ := g.tun.LastHandshakes(ctx)
+	type candidate struct {
+		id  string
+		key [32]byte
+	}
 	s.mu.Lock()
-	var expired, idle []string
+	var expired []string
+	var quiet []candidate // open longer than the idle timeout
 	for id, os := range s.open {
 		switch {
 		case !now.Before(os.ExpiresAt):
 			expired = append(expired, id)
-		case now.Sub(os.OpenedAt) > s.opt.IdleTimeout && (hs == nil || now.Sub(hs[os.ClientKey]) > s.opt.IdleTimeout):
-			idle = append(idle, id)
+		case now.Sub(os.OpenedAt) > s.opt.IdleTimeout:
+			quiet = append(quiet, candidate{id, os.ClientKey})
 		}
 	}
 	s.mu.Unlock()
+	// One look-up per candidate in the cached status, not a map of every
+	// peer; a failed read counts as no handshake.
+	var idle []string
+	for _, c := range quiet {
+		hs, err := g.tun.LastHandshake(ctx, c.key)
+		if err != nil || now.Sub(hs) > s.opt.IdleTimeout {
+			idle = append(idle, c.id)
+		}
+	}
 	for _, id := range expired {
 		if err := s.close(ctx, id, "expired"); err != nil && !errors.Is(err, ErrNotFound) {
 			g.log.Warn("closing expired session failed", "session", id, "err", err)

@@ -218,6 +218,13 @@ func TestTunnelPing(t *testing.T) {
 	if p.LastHandshake.IsZero() || time.Since(p.LastHandshake) > time.Minute || p.RxBytes == 0 || p.TxBytes == 0 {
 		t.Errorf("after ping: handshake %v rx %d tx %d", p.LastHandshake, p.RxBytes, p.TxBytes)
 	}
+	// The one-key lookup reads the same status.
+	if hs, ok, err := gw.LastHandshake(ctx, dev.PublicKey()); err != nil || !ok || !hs.Equal(p.LastHandshake) {
+		t.Errorf("LastHandshake(device) = %v, %v, %v; want %v", hs, ok, err, p.LastHandshake)
+	}
+	if hs, ok, err := gw.LastHandshake(ctx, gw.PublicKey()); err != nil || ok || !hs.IsZero() {
+		t.Errorf("LastHandshake(not a peer) = %v, %v, %v; want not found", hs, ok, err)
+	}
 	st, err := gw.Stats(ctx)
 	if err != nil {
 		t.Fatal(err)

@@ -15,42 +15,62 @@ type statusCache struct {
 	at    time.Time
 	gen   uint64 // Device.gen when read
 	peers []PeerStatus
+	byKey map[Key]int // index into peers
 }
 
 // status returns the cached peer list, refreshing it when older than
 // StatsMaxAge, or (if fresh is set) when a change was applied since, or
 // (if uncached is set) always. The returned slice is shared: callers must
 // not modify it.
-func (d *Device) status(ctx context.Context, fresh, uncached bool) ([]PeerStatus, error) {
+func (d *Device) status(ctx context.Context, fresh, uncached bool) ([]PeerStatus, map[Key]int, error) {
 	d.mu.Lock()
 	closed := d.closed
 	d.mu.Unlock()
 	if closed {
-		return nil, ErrClosed
+		return nil, nil, ErrClosed
 	}
 	c := &d.stats
 	select {
 	case c.lock <- struct{}{}:
 	case <-ctx.Done():
-		return nil, ctx.Err()
+		return nil, nil, ctx.Err()
 	}
 	defer func() { <-c.lock }()
 	gen := d.gen.Load()
 	if c.valid && time.Since(c.at) < d.cfg.StatsMaxAge && (!fresh || c.gen == gen) && !uncached {
-		return c.peers, nil
+		return c.peers, c.byKey, nil
 	}
 	st, err := d.get()
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	c.valid, c.at, c.gen, c.peers = true, time.Now(), gen, st.peers
-	return c.peers, nil
+	byKey := make(map[Key]int, len(st.peers))
+	for i := range st.peers {
+		byKey[st.peers[i].PublicKey] = i
+	}
+	c.valid, c.at, c.gen, c.peers, c.byKey = true, time.Now(), gen, st.peers, byKey
+	return c.peers, c.byKey, nil
+}
+
+// LastHandshake returns one peer's last handshake (zero: never) from the
+// same cached IpcGet as Peers, without copying the peer list; ok is false
+// when k is not a peer.
+func (d *Device) LastHandshake(ctx context.Context, k Key) (t time.Time, ok bool, err error) {
+	peers, byKey, err := d.status(ctx, true, false)
+	if err != nil {
+		return time.Time{}, false, fmt.Errorf("wg: last handshake: %w", err)
+	}
+	i, ok := byKey[k]
+	if !ok {
+		return time.Time{}, false, nil
+	}
+	return peers[i].LastHandshake, true, nil
 }
 
 // Peers returns every peer as the device reports it, from one IpcGet that
 // is reused for up to Config.StatsMaxAge unless peers were changed since.
 func (d *Device) Peers(ctx context.Context) ([]PeerStatus, error) {
-	peers, err := d.status(ctx, true, false)
+	peers, _, err := d.status(ctx, true, false)
 	if err != nil {
 		return nil, fmt.Errorf("wg: peers: %w", err)
 	}
@@ -66,7 +86,7 @@ func (d *Device) Peers(ctx context.Context) ([]PeerStatus, error) {
 // decision that a handshake a moment ago must change (forgetting the
 // endpoint of an idle peer).
 func (d *Device) PeersNow(ctx context.Context) ([]PeerStatus, error) {
-	peers, err := d.status(ctx, true, true)
+	peers, _, err := d.status(ctx, true, true)
 	if err != nil {
 		return nil, fmt.Errorf("wg: peers: %w", err)
 	}
@@ -97,7 +117,7 @@ type Stats struct {
 // Stats returns totals over all peers, from the same cached IpcGet as Peers
 // (at most one IpcGet per Config.StatsMaxAge, whatever the scrape rate).
 func (d *Device) Stats(ctx context.Context) (Stats, error) {
-	peers, err := d.status(ctx, false, false)
+	peers, _, err := d.status(ctx, false, false)
 	if err != nil {
 		return Stats{}, fmt.Errorf("wg: stats: %w", err)
 	}
