@@ -202,7 +202,7 @@ func (r retentionRunner) RunNow(ctx context.Context) (map[string]int64, int, tim
 // pruneAudit drops audit entries past their retention, keeping the chain's
 // anchor.
 func (d *Daemon) pruneAudit() int {
-	n, err := d.audit.Prune(time.Now().Add(-d.cfg.Retention.AuditLog))
+	n, err := d.audit.Prune(d.now().Add(-d.cfg.Retention.AuditLog))
 	if err != nil {
 		d.log.Error("pruning the audit log failed", "err", err)
 	}

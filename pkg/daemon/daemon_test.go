@@ -19,6 +19,7 @@ import (
 	"github.com/planetxlabs/dasset-gateway/pkg/config"
 	"github.com/planetxlabs/dasset-gateway/pkg/daemon"
 	"github.com/planetxlabs/dasset-gateway/pkg/privacy"
+	"github.com/planetxlabs/dasset-gateway/pkg/store"
 	gatewayv1 "github.com/planetxlabs/dasset-gateway/proto/dasset/gateway/v1"
 )
 
@@ -283,5 +284,40 @@ func TestRetentionKeepsLiveEndpoints(t *testing.T) {
 		if after := handshake(); !after.Equal(before) {
 			t.Fatalf("run %d: the device's last handshake went %v → %v: its live endpoint was forgotten", i+1, before, after)
 		}
+	}
+}
+
+// TestAuditPrunedOnTheDaemonsClock: the audit log's retention is judged by
+// the daemon's clock (Options.Now), like every other retention.
+func TestAuditPrunedOnTheDaemonsClock(t *testing.T) {
+	dir := t.TempDir()
+	cfg := testConfig(t, dir)
+	clock := &testClock{now: time.Now().UTC()}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	d, err := daemon.New(ctx, cfg, daemon.Options{Now: clock.Now, Logger: privacy.NewLogger(testWriter{t}, slog.LevelInfo, "json")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	runCtx, stop := context.WithCancel(context.Background())
+	g := &testGateway{d: d, cfg: cfg, log: &syncBuffer{}, cancel: stop, done: make(chan error, 1)}
+	go func() { g.done <- d.Run(runCtx) }()
+	t.Cleanup(g.stop)
+	admin, closeAdmin := adminClient(t, cfg.Admin.Socket)
+	defer closeAdmin()
+	g.admin = admin
+	// Audited operator actions.
+	g.enroll(t, [2]string{"DS-AUDIT-0001", "HW-AUDIT-0001"})
+	g.enroll(t, [2]string{"DS-AUDIT-0002", "HW-AUDIT-0002"})
+	if resp, err := admin.RunRetention(ctx, &gatewayv1.RunRetentionRequest{}); err != nil || resp.GetPruned()[store.TableAudit] != 0 {
+		t.Fatalf("retention before the audit log's limit: %v, %v; want nothing pruned from it", resp.GetPruned(), err)
+	}
+	clock.Add(cfg.Retention.AuditLog + 24*time.Hour)
+	resp, err := admin.RunRetention(ctx, &gatewayv1.RunRetentionRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.GetPruned()[store.TableAudit] < 1 {
+		t.Fatalf("retention a day past the audit log's limit on the daemon's clock pruned %v", resp.GetPruned())
 	}
 }

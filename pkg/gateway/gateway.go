@@ -303,7 +303,7 @@ func (g *Gateway) Admit(ctx context.Context, req LoginRequest) (adm Admission, e
 		if err != nil {
 			outcome = outcomeOf(err)
 		}
-		g.obs.Login(string(outcome), time.Since(start))
+		g.obs.Login(string(outcome), g.cfg.Now().Sub(start))
 		g.connlog.Record(ConnEvent{At: start, Event: EventLogin, Outcome: outcome, Index: idx, Source: req.Source})
 		if err != nil {
 			g.log.Info("device login refused", "outcome", string(outcome), "source", req.Source, "reason", err)
