@@ -300,14 +300,6 @@ func (a *Agent) runOn(ctx context.Context, cand candidate, failover bool) error 
 	return a.syncLoop(ctx, client, cand, failover, resp.GetDeviceToken())
 }
 
-// ignoreCancel turns the error of a run stopped by ctx into nil.
-func ignoreCancel(ctx context.Context, err error) error {
-	if ctx.Err() != nil {
-		return nil
-	}
-	return err
-}
-
 func (a *Agent) teardown() {
 	a.mu.Lock()
 	t := a.tun
