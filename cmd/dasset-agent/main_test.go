@@ -291,3 +291,32 @@ func TestUpWarnsAboutIdentifiersOnCommandLine(t *testing.T) {
 		t.Fatalf("--serial with --serial-file: %v", err)
 	}
 }
+
+// TestSeveralGateways: --gateway takes several gateways, comma-separated or
+// repeated; an unreachable one is passed over for the next, and a bad entry
+// is named.
+func TestSeveralGateways(t *testing.T) {
+	f, addr := serveFake(t)
+	state := t.TempDir()
+	if err := os.WriteFile(filepath.Join(state, "token"), []byte("tok\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	// 127.0.0.1:1 refuses connections: bind-code asks the next gateway.
+	out, _, err := run("bind-code", "--gateway", "127.0.0.1:1", "--gateway", addr, "--insecure", "--state-dir", state, "--no-qr")
+	if err != nil || !strings.Contains(out, "Binding code: QRST-6789") {
+		t.Fatalf("bind-code with a dead and a live gateway: %v\n%s", err, out)
+	}
+	// up fails over from the dead gateway (whichever it drew first) to the
+	// live one, whose refusal is the final answer.
+	_, _, err = run("up", "--gateway", "127.0.0.1:1,"+addr, "--serial", "SN-UNKNOWN", "--hwid", "HW1", "--insecure", "--netstack", "--state-dir", t.TempDir())
+	if err == nil || !strings.Contains(err.Error(), "login refused") {
+		t.Fatalf("up with a dead and a live gateway: %v, want the live one's refusal", err)
+	}
+	if n := f.logins.Load(); n != 1 {
+		t.Fatalf("%d logins on the live gateway, want 1", n)
+	}
+	_, _, err = run("up", "--gateway", addr+",gateway.example", "--serial", "S", "--hwid", "H", "--insecure", "--netstack", "--state-dir", t.TempDir())
+	if err == nil || !strings.Contains(err.Error(), `"gateway.example": want host:port`) {
+		t.Fatalf("up with a gateway without a port: %v", err)
+	}
+}
