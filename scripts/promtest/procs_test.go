@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/planetxlabs/dasset-gateway/internal/poll"
 )
 
 // repoRoot is the directory of go.mod above the test's directory.
@@ -191,21 +193,10 @@ func run(timeout time.Duration, stdin string, bin string, args ...string) (strin
 	return out.String(), err
 }
 
-// waitFor calls check every 200ms until it returns nil, at most within d
-// and at most 500 times; it returns check's last error otherwise.
+// waitFor calls check every 200ms until it returns nil or d has passed; it
+// returns check's last error otherwise.
 func waitFor(d time.Duration, check func() error) error {
-	deadline := time.Now().Add(d)
-	var err error
-	for i := 0; i < 500; i++ {
-		if err = check(); err == nil {
-			return nil
-		}
-		if time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(200 * time.Millisecond)
-	}
-	return err
+	return poll.Until(context.Background(), d, 200*time.Millisecond, check)
 }
 
 var httpClient = &http.Client{Timeout: 5 * time.Second}

@@ -699,7 +699,26 @@ func TestPrometheusAgainstGateway(t *testing.T) {
 			t.Fatalf("prometheus: %v", err)
 		}
 	}
-	time.Sleep(3 * time.Second) // a few more scrapes and rule evaluations
+	// A few more scrapes (and so rule evaluations), so that every rate() in
+	// the dashboard has samples to work on: wait until Prometheus has
+	// recorded three more scrapes of the gateway.
+	scrapes := fmt.Sprintf(`count_over_time(up{job=%q}[10m])`, job)
+	seen, err := api.value(scrapes)
+	if err != nil {
+		t.Fatalf("prometheus: %s: %v", scrapes, err)
+	}
+	if err := waitFor(30*time.Second, func() error {
+		v, err := api.value(scrapes)
+		if err != nil {
+			return err
+		}
+		if v < seen+3 {
+			return fmt.Errorf("%s = %v, want >= %v", scrapes, v, seen+3)
+		}
+		return nil
+	}); err != nil {
+		t.Fatalf("prometheus: %v", err)
+	}
 
 	// /metrics passes promtool's lint, and what names it exposes.
 	body, err := httpGet(metricsURL + "/metrics")
