@@ -18,11 +18,13 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
@@ -81,11 +83,15 @@ type Daemon struct {
 	grpcLis, adminLis, httpLis     net.Listener
 	grpcSrv, adminSrv, adminTCPSrv *grpc.Server
 	endStreams                     func() // ends the public listener's streams (shutdown)
-	adminTCPLis                    net.Listener
-	httpSrv                        *http.Server
-	uapi                           interface{ Close() error }
-	fingerprint                    string
-	closers                        []func() error
+	// writable: the registry could be written at the last check
+	// (checkWritable, every writeCheckInterval).
+	writable        atomic.Bool
+	writableProblem atomic.Value // string: why not, for /readyz
+	adminTCPLis     net.Listener
+	httpSrv         *http.Server
+	uapi            interface{ Close() error }
+	fingerprint     string
+	closers         []func() error
 }
 
 // Options are test hooks; the zero value is production.
@@ -105,6 +111,7 @@ func (e *DataPlaneError) Unwrap() error { return e.Err }
 // On error, whatever was built is closed again.
 func New(ctx context.Context, cfg config.Config, opt Options) (_ *Daemon, err error) {
 	d := &Daemon{cfg: cfg, log: opt.Logger}
+	d.writable.Store(true)
 	if d.log == nil {
 		lvl := slog.LevelInfo
 		_ = lvl.UnmarshalText([]byte(cfg.Log.Level))
@@ -193,6 +200,7 @@ func New(ctx context.Context, cfg config.Config, opt Options) (_ *Daemon, err er
 		MaxConcurrent: cfg.GRPC.MaxConcurrentLogins,
 		Now:           now,
 		InstanceID:    hex.EncodeToString(instance),
+		Writable:      d.writable.Load,
 		SessionOptions: gateway.SessionOptions{
 			MaxPerAccount:  cfg.Client.MaxSessionsPerAccount,
 			Duration:       cfg.Client.SessionDuration,
@@ -678,6 +686,10 @@ func (d *Daemon) readyz(w http.ResponseWriter, r *http.Request) {
 	if d.keys == nil {
 		problems = append(problems, "keystore: not loaded")
 	}
+	if !d.writable.Load() {
+		p, _ := d.writableProblem.Load().(string)
+		problems = append(problems, "store: not writable: "+p+" (admitted devices still log in; new admissions are refused)")
+	}
 	if len(problems) > 0 {
 		w.WriteHeader(http.StatusServiceUnavailable)
 		for _, p := range problems {
@@ -712,6 +724,18 @@ func (d *Daemon) Run(ctx context.Context) error {
 		}
 	})
 	g.Go(func() error { return d.heartbeats(gctx) })
+	g.Go(func() error {
+		t := time.NewTicker(writeCheckInterval)
+		defer t.Stop()
+		for {
+			d.checkWritable(gctx)
+			select {
+			case <-gctx.Done():
+				return nil
+			case <-t.C:
+			}
+		}
+	})
 	g.Go(func() error { return serveGRPC(d.grpcSrv, d.grpcLis) })
 	if d.adminSrv != nil {
 		g.Go(func() error { return serveGRPC(d.adminSrv, d.adminLis) })
@@ -771,6 +795,49 @@ func serveGRPC(s *grpc.Server, l net.Listener) error {
 }
 
 // stopGRPC stops gracefully, but does not wait on Sync streams for ever.
+// writeCheckInterval is how often the daemon checks that the registry can
+// be written; minFreeBytes is the free space below which an SQLite data
+// directory counts as full (a write may still fit in the WAL, but the next
+// checkpoint or a growing table would not).
+const (
+	writeCheckInterval = 2 * time.Second
+	minFreeBytes       = 4 << 20
+)
+
+// checkWritable probes the registry: free space in an SQLite data
+// directory, then a small write. The result feeds /readyz, the
+// store_writable metric and the gateway (new admissions wait for it).
+func (d *Daemon) checkWritable(ctx context.Context) {
+	problem := ""
+	if d.cfg.Store.Driver == config.DriverSQLite {
+		var st unix.Statfs_t
+		if err := unix.Statfs(d.cfg.DataDir, &st); err != nil {
+			problem = "data_dir: " + err.Error()
+		} else if free := st.Bavail * uint64(st.Bsize); free < minFreeBytes {
+			problem = fmt.Sprintf("data_dir %s has %d bytes free (needs %d)", d.cfg.DataDir, free, minFreeBytes)
+		}
+	}
+	if problem == "" {
+		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := d.st.SetMeta(pctx, "write_probe", d.now().UTC().Format(time.RFC3339))
+		cancel()
+		if err != nil && ctx.Err() == nil {
+			problem = "write probe: " + err.Error()
+		}
+	}
+	was := d.writable.Load()
+	d.writableProblem.Store(problem)
+	d.writable.Store(problem == "")
+	switch {
+	case problem == "" && !was:
+		d.log.Info("registry writable again: new admissions resume")
+		d.m.StoreWritable.Set(1)
+	case problem != "" && was:
+		d.log.Error("registry not writable: admitted devices still log in, new admissions are refused", "problem", problem)
+		d.m.StoreWritable.Set(0)
+	}
+}
+
 // stopGRPC lets calls in flight finish (streams have been ended by then),
 // for at most a second.
 func stopGRPC(s *grpc.Server) {

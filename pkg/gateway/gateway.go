@@ -118,6 +118,11 @@ type Config struct {
 	Now            func() time.Time
 	InstanceID     string
 	SessionOptions SessionOptions
+	// Writable reports whether the registry can be written (nil: always).
+	// While it cannot, admissions that would need a write are refused with
+	// ErrUnavailable; admitted devices back with their pinned key still log
+	// in (they need no write).
+	Writable func() bool
 }
 
 // Gateway is the domain service.
@@ -147,6 +152,8 @@ type Gateway struct {
 	// online counts need no store read.
 	keysMu  sync.Mutex
 	devKeys map[[32]byte]int64
+
+	memTok *memTokens // device tokens of re-logins that wrote nothing
 }
 
 // Deps are the gateway's collaborators.
@@ -213,6 +220,7 @@ func New(cfg Config, d Deps) (*Gateway, error) {
 		queued:  make(chan struct{}, cfg.MaxQueued),
 		hub:     newHub(),
 		devKeys: make(map[[32]byte]int64),
+		memTok:  newMemTokens(),
 	}
 	g.pw = d.Passwords
 	g.binds, g.codes = d.BindThrottle, d.CodeThrottle
@@ -349,10 +357,33 @@ func (g *Gateway) Admit(ctx context.Context, req LoginRequest) (adm Admission, e
 	first, last := g.plan.DeviceRange()
 	expires := start.Add(g.cfg.TokenTTL)
 	oldKey, hadKey := dev.Key, dev.KeyPinned
-	dev, err = g.reg.Admit(ctx, store.Admission{
-		DeviceID: dev.ID, Key: req.Key, ReplaceKey: replace, First: first, Last: last,
-		Day: start.UTC().Format(time.DateOnly), TokenHash: hash, TokenExpires: expires,
-	})
+	day := start.UTC().Format(time.DateOnly)
+	// An admitted device back with its pinned key: nothing to store but the
+	// token (and the day, once a day), so the token stays in memory and the
+	// login writes nothing; when the day's write fails (full or read-only
+	// disk), the device is admitted all the same.
+	admitted := !replace && dev.KeyPinned && dev.Key == store.Key(req.Key) && dev.Offset != 0 && !dev.Revoked
+	if admitted && dev.LastLoginDay == day {
+		err = nil
+	} else if !admitted && g.cfg.Writable != nil && !g.cfg.Writable() {
+		return Admission{}, newErr(ErrUnavailable, nil, "the registry cannot be written now (disk full or read-only); new admissions resume when it can")
+	} else {
+		var stored store.Device
+		stored, err = g.reg.Admit(ctx, store.Admission{
+			DeviceID: dev.ID, Key: req.Key, ReplaceKey: replace, First: first, Last: last,
+			Day: day, TokenHash: hash, TokenExpires: expires,
+		})
+		if err != nil && admitted && isStorageFault(err) {
+			g.log.Warn("registry not writable: admitting a known device with its pinned key without storing its login", "device_id", dev.ID, "err", err)
+			err = nil
+		} else if err == nil {
+			dev = stored
+			admitted = false
+		}
+	}
+	if admitted && err == nil {
+		g.memTok.put(dev.ID, hash, expires)
+	}
 	switch {
 	case errors.Is(err, store.ErrKeyInUse):
 		return Admission{}, newErr(ErrConflict, err, "public_key: already in use by another peer")
@@ -689,6 +720,7 @@ func (g *Gateway) Revoke(ctx context.Context, sn privacy.SerialNumber) error {
 	if err != nil {
 		return err
 	}
+	g.memTok.drop(d.ID)
 	if err := g.reg.RevokeDevice(ctx, d.ID); err != nil {
 		return newErr(ErrUnavailable, err, "revoking failed")
 	}
@@ -712,6 +744,7 @@ func (g *Gateway) ResetKey(ctx context.Context, sn privacy.SerialNumber) error {
 	if err != nil {
 		return err
 	}
+	g.memTok.drop(d.ID)
 	if err := g.reg.ResetDeviceKey(ctx, d.ID); err != nil {
 		return newErr(ErrUnavailable, err, "resetting key failed")
 	}
@@ -731,7 +764,15 @@ func (g *Gateway) DeviceByToken(ctx context.Context, token string) (store.Device
 	if err != nil {
 		return store.Device{}, newErr(ErrUnauthenticated, err, "malformed device token")
 	}
-	d, err := g.reg.DeviceByToken(ctx, h, g.cfg.Now())
+	var d store.Device
+	if id, ok := g.memTok.lookup(h, g.cfg.Now()); ok {
+		d, err = g.reg.DeviceByID(ctx, id)
+		if err == nil && !d.KeyPinned {
+			err = store.ErrNotFound // key reset since: the token went with it
+		}
+	} else {
+		d, err = g.reg.DeviceByToken(ctx, h, g.cfg.Now())
+	}
 	if errors.Is(err, store.ErrNotFound) {
 		return store.Device{}, newErr(ErrUnauthenticated, err, "unknown or expired device token")
 	}
@@ -746,6 +787,7 @@ func (g *Gateway) DeviceByToken(ctx context.Context, token string) (store.Device
 
 // Logout removes the device's peer and revokes its tokens.
 func (g *Gateway) Logout(ctx context.Context, d store.Device, source privacy.Addr) error {
+	g.memTok.drop(d.ID)
 	if err := g.reg.DeleteDeviceTokens(ctx, d.ID); err != nil {
 		return newErr(ErrUnavailable, err, "revoking tokens failed")
 	}

@@ -30,6 +30,9 @@ type Gateway struct {
 	// binding_code, password, connection) and reason (source, global, pair,
 	// subject, busy, total).
 	Throttled *prometheus.CounterVec
+	// StoreWritable is 1 while the registry can be written, 0 while it
+	// cannot (disk full or read-only): new admissions are refused then.
+	StoreWritable prometheus.Gauge
 }
 
 // New registers the gateway's event metrics, build info, and the Go and
@@ -70,7 +73,12 @@ func New(reg prometheus.Registerer, outcomes []string, version string) *Gateway 
 			Namespace: Namespace, Name: "throttled_total",
 			Help: "Attempts refused before their credentials were checked, and connections closed over a cap, by call and reason.",
 		}, []string{"call", "reason"}),
+		StoreWritable: prometheus.NewGauge(prometheus.GaugeOpts{
+			Namespace: Namespace, Name: "store_writable",
+			Help: "1 while the registry can be written, 0 while it cannot (disk full or read-only; new admissions are refused).",
+		}),
 	}
+	m.StoreWritable.Set(1)
 	for _, o := range outcomes {
 		m.Logins.WithLabelValues(o)
 	}
@@ -83,7 +91,7 @@ func New(reg prometheus.Registerer, outcomes []string, version string) *Gateway 
 		gov = bi.GoVersion
 	}
 	build.WithLabelValues(version, gov).Set(1)
-	reg.MustRegister(m.Logins, m.LoginDuration, m.AdmissionQueue, m.AdmissionRejected, m.StoreTx, m.ConnLogDropped, m.CertExpiry, m.Throttled, build,
+	reg.MustRegister(m.Logins, m.LoginDuration, m.AdmissionQueue, m.AdmissionRejected, m.StoreTx, m.ConnLogDropped, m.CertExpiry, m.Throttled, m.StoreWritable, build,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
