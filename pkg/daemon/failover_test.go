@@ -5,6 +5,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"net"
 	"net/netip"
 	"path/filepath"
 	"strings"
@@ -20,15 +21,15 @@ import (
 )
 
 // TestAgentFailover: an agent given two gateways of one fleet (one
-// PostgreSQL registry, one keystore, one TLS certificate) logs in to one of
-// them; when that gateway stops, the agent logs in on the other with the
+// PostgreSQL registry, one keystore, one TLS certificate), one by name and
+// one by address, logs in to one of them; when that gateway stops, the agent logs in on the other with the
 // same WireGuard key (the pinned one: no re-key), moves its WireGuard peer
 // there and pings the gateway address through the new tunnel.
 func TestAgentFailover(t *testing.T) {
 	cluster := pgtest.Start(t)
 	dsn := cluster.NewDatabase(t)
 	keys := filepath.Join(t.TempDir(), "keys")
-	certFile, keyFile, pin, err := tlsutil.EnsureSelfSigned(t.TempDir(), nil, time.Now())
+	certFile, keyFile, _, err := tlsutil.EnsureSelfSigned(t.TempDir(), nil, time.Now())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -48,10 +49,13 @@ func TestAgentFailover(t *testing.T) {
 	gws[0].enroll(t, [2]string{sn, hwid})
 
 	var logs syncBuffer
+	// The first gateway by name: each address of localhost is a candidate,
+	// verified against the name with the certificate as CA; the second by
+	// address, verified the same way.
 	a, err := agent.New(agent.Config{
-		Gateway: gws[0].d.GRPCAddr().String() + "," + gws[1].d.GRPCAddr().String(),
+		Gateway: fmt.Sprintf("localhost:%d,%s", gws[0].d.GRPCAddr().(*net.TCPAddr).Port, gws[1].d.GRPCAddr()),
 		Serial:  sn, HardwareID: hwid,
-		StateDir: filepath.Join(t.TempDir(), "agent"), Pin: pin, Netstack: true,
+		StateDir: filepath.Join(t.TempDir(), "agent"), CAFile: certFile, Netstack: true,
 		Logger:     slog.New(slog.NewTextHandler(&logs, nil)),
 		MinBackoff: 50 * time.Millisecond, MaxBackoff: 500 * time.Millisecond,
 	})
