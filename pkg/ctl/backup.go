@@ -1,8 +1,11 @@
 package ctl
 
 import (
+	"errors"
 	"fmt"
 	"io"
+	"io/fs"
+	"os"
 	"path/filepath"
 
 	"github.com/spf13/cobra"
@@ -37,7 +40,15 @@ erasure ledger kept with the keys on every start.`,
 			if out == "" {
 				return usagef("--out is required")
 			}
-			info, err := store.BackupSQLite(cmd.Context(), filepath.Join(dataDir, "gateway.db"), out)
+			db := filepath.Join(dataDir, "gateway.db")
+			if _, err := os.Stat(db); errors.Is(err, fs.ErrNotExist) {
+				if _, ierr := os.Stat(filepath.Join(dataDir, "instance_id")); ierr == nil {
+					// A gateway ran here without a SQLite file: its registry
+					// is in PostgreSQL (store.driver postgres).
+					return fmt.Errorf("no SQLite database in %s: this gateway keeps its registry in PostgreSQL (store.driver postgres); back that up with pg_dump", dataDir)
+				}
+			}
+			info, err := store.BackupSQLite(cmd.Context(), db, out)
 			if err != nil {
 				return err
 			}

@@ -1,7 +1,12 @@
 package ctl
 
 import (
+	"bytes"
+	"context"
 	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -35,5 +40,21 @@ func TestFleetList(t *testing.T) {
 	var got gatewayv1.ListGatewaysResponse
 	if err := protojson.Unmarshal([]byte(r.stdout), &got); err != nil || !proto.Equal(&got, f.gateways) {
 		t.Fatalf("json %q: %v", r.stdout, err)
+	}
+}
+
+// TestBackupOfAPostgresGateway: dassetctl backup on the data_dir of a
+// gateway whose registry is in PostgreSQL says so, instead of a bare "no
+// such file".
+func TestBackupOfAPostgresGateway(t *testing.T) {
+	data := t.TempDir()
+	if err := os.WriteFile(filepath.Join(data, "instance_id"), []byte("0a1b2c3d4e5f6071\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	var stdout, stderr bytes.Buffer
+	env := Env{Stdout: &stdout, Stderr: &stderr, Getenv: func(string) string { return "" }}
+	code := Run(context.Background(), []string{"backup", "--data-dir", data, "--out", filepath.Join(t.TempDir(), "b.db")}, env)
+	if code == ExitOK || !strings.Contains(stderr.String(), "keeps its registry in PostgreSQL") {
+		t.Fatalf("exit %d, stderr %q", code, stderr.String())
 	}
 }
