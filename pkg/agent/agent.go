@@ -27,11 +27,14 @@ import (
 
 // Defaults for Config fields left zero.
 const (
-	DefaultStateDir        = "/var/lib/dasset-agent"
-	DefaultInterface       = "dasset0"
-	DefaultMinBackoff      = 250 * time.Millisecond
-	DefaultMaxBackoff      = 10 * time.Second
-	DefaultSyncIdleTimeout = 2 * time.Minute
+	DefaultStateDir   = "/var/lib/dasset-agent"
+	DefaultInterface  = "dasset0"
+	DefaultMinBackoff = 250 * time.Millisecond
+	DefaultMaxBackoff = 10 * time.Second
+	// DefaultSyncIdleTimeout is three of the gateway's Sync keepalives
+	// (every 15 s): a gateway that vanished without closing the connection
+	// (power loss, a cut link) is given up, and failed over, after 45 s.
+	DefaultSyncIdleTimeout = 45 * time.Second
 	// DefaultWireGuardPort is used when the gateway sends no endpoint.
 	DefaultWireGuardPort = 51820
 
@@ -78,7 +81,7 @@ type Config struct {
 	// MinBackoff and MaxBackoff bound the retry delays (default 250ms, 10s).
 	MinBackoff, MaxBackoff time.Duration
 	// SyncIdleTimeout reconnects a Sync stream that delivered nothing for
-	// this long (default 2m), so a gateway that vanished is noticed.
+	// this long (default 45s), so a gateway that vanished is noticed.
 	SyncIdleTimeout time.Duration
 	// OnEvent, if set, is called with every Sync event (for tests).
 	OnEvent func(*gatewayv1.SyncEvent)
