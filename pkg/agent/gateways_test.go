@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"math/rand/v2"
@@ -10,6 +11,8 @@ import (
 	"testing"
 	"testing/synctest"
 	"time"
+
+	gatewayv1 "github.com/planetxlabs/dasset-gateway/proto/dasset/gateway/v1"
 )
 
 func TestParseGateways(t *testing.T) {
@@ -174,4 +177,59 @@ func TestFailoverBackoff(t *testing.T) {
 			t.Fatalf("sleep after cancel = %v", err)
 		}
 	})
+}
+
+// TestSilentGatewayFailsOverAtOnce: a gateway whose Sync stream goes silent
+// (gone without closing the connection) is left for the next gateway after
+// one SyncIdleTimeout, without a reconnect on the dead transport; the agent
+// logs in there with the same key and pings through it.
+func TestSilentGatewayFailsOverAtOnce(t *testing.T) {
+	silent := newFakeGateway(t, nil) // one keepalive, then nothing
+	live := newFakeGateway(t, nil)
+	live.syncFn = func(_ int, stream gatewayv1.DeviceService_SyncServer) error {
+		for {
+			if err := stream.Send(keepalive("live")); err != nil {
+				return err
+			}
+			select {
+			case <-stream.Context().Done():
+				return nil
+			case <-time.After(50 * time.Millisecond):
+			}
+		}
+	}
+	cfg := testConfig(t, silent, t.TempDir())
+	cfg.Gateway = silent.addr + "," + live.addr
+	cfg.SyncIdleTimeout = 300 * time.Millisecond
+	a, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A source whose first permutation starts on the silent gateway.
+	seed := uint64(0)
+	for rand.New(rand.NewPCG(seed, 0)).Perm(2)[0] != 0 {
+		seed++
+	}
+	a.rnd = rand.New(rand.NewPCG(seed, 0))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- a.Run(ctx) }()
+	t.Cleanup(func() {
+		cancel()
+		<-done
+	})
+	waitFor(t, 10*time.Second, "a login on the live gateway", func() bool { return live.loginCount() >= 1 })
+	if n, s := silent.loginCount(), silent.syncCount(); n != 1 || s != 1 {
+		t.Fatalf("silent gateway: %d logins, %d Sync streams; want 1 and 1 (no reconnect on a silent gateway)", n, s)
+	}
+	pingEventually(t, a)
+	var keys [][]byte
+	for _, g := range []*fakeGateway{silent, live} {
+		g.mu.Lock()
+		keys = append(keys, g.logins[0].GetPublicKey())
+		g.mu.Unlock()
+	}
+	if pk := a.PublicKey(); !bytes.Equal(keys[0], pk[:]) || !bytes.Equal(keys[1], pk[:]) {
+		t.Fatal("the agent logged in to the second gateway with another key")
+	}
 }

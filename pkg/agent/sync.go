@@ -181,7 +181,10 @@ func (a *Agent) syncLoop(ctx context.Context, client gatewayv1.DeviceServiceClie
 			broken = 0
 		}
 		broken++
-		if failover && broken >= failoverAfter {
+		// A silent stream is a gateway gone without closing the connection:
+		// a reconnect would ride the same dead transport for another
+		// SyncIdleTimeout, so move on at once.
+		if failover && (broken >= failoverAfter || errors.Is(err, errStreamIdle)) {
 			return &errFailover{err}
 		}
 		d := bo.next()
