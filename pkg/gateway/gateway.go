@@ -140,8 +140,14 @@ type Gateway struct {
 	obs      Observer
 	log      *slog.Logger
 
-	slots  chan struct{}
-	queued chan struct{}
+	// Admission slots and queue. A login that carries the pinned key of an
+	// admitted device (an in-memory lookup, before any expensive work) has
+	// lanes of its own, so strangers filling the open lanes from many
+	// sources cannot keep a device that proves itself out; whoever presents
+	// a pinned key with the wrong hardware id is still slowed per (serial,
+	// source prefix) by the verifier.
+	slots, pinnedSlots   chan struct{}
+	queued, pinnedQueued chan struct{}
 
 	hub *hub
 
@@ -216,11 +222,13 @@ func New(cfg Config, d Deps) (*Gateway, error) {
 	g := &Gateway{
 		cfg: cfg, reg: d.Registry, verifier: d.Verifier, keys: d.Keys, plan: d.Plan, tun: d.Tunnel,
 		connlog: d.ConnLog, obs: d.Observer, log: d.Logger,
-		slots:   make(chan struct{}, cfg.MaxConcurrent),
-		queued:  make(chan struct{}, cfg.MaxQueued),
-		hub:     newHub(),
-		devKeys: make(map[[32]byte]int64),
-		memTok:  newMemTokens(),
+		slots:        make(chan struct{}, cfg.MaxConcurrent),
+		queued:       make(chan struct{}, cfg.MaxQueued),
+		pinnedSlots:  make(chan struct{}, cfg.MaxConcurrent),
+		pinnedQueued: make(chan struct{}, cfg.MaxQueued),
+		hub:          newHub(),
+		devKeys:      make(map[[32]byte]int64),
+		memTok:       newMemTokens(),
 	}
 	g.pw = d.Passwords
 	g.binds, g.codes = d.BindThrottle, d.CodeThrottle
@@ -320,7 +328,7 @@ func (g *Gateway) Admit(ctx context.Context, req LoginRequest) (adm Admission, e
 		}
 	}()
 
-	release, err := g.acquire(ctx)
+	release, err := g.acquire(ctx, g.pinnedKey(req.Key))
 	if err != nil {
 		return Admission{}, err
 	}
@@ -428,27 +436,40 @@ func (g *Gateway) Admit(ctx context.Context, req LoginRequest) (adm Admission, e
 
 // acquire takes an admission slot: a bounded number of logins run at once
 // and a bounded number wait; beyond that the login is refused at once.
-func (g *Gateway) acquire(ctx context.Context) (func(), error) {
+// pinned logins (see pinnedKey) take their own lanes.
+func (g *Gateway) acquire(ctx context.Context, pinned bool) (func(), error) {
+	slots, queued := g.slots, g.queued
+	if pinned {
+		slots, queued = g.pinnedSlots, g.pinnedQueued
+	}
 	select {
-	case g.slots <- struct{}{}:
-		return func() { <-g.slots }, nil
+	case slots <- struct{}{}:
+		return func() { <-slots }, nil
 	default:
 	}
 	select {
-	case g.queued <- struct{}{}:
+	case queued <- struct{}{}:
 	default:
 		g.obs.AdmissionRejected()
 		e := &Error{Kind: ErrRateLimited, Msg: "gateway busy: too many logins at once; retry with backoff", RetryAfter: busyRetry}
 		return nil, e
 	}
-	g.obs.AdmissionQueue(len(g.queued))
-	defer func() { <-g.queued; g.obs.AdmissionQueue(len(g.queued)) }()
+	g.obs.AdmissionQueue(len(g.queued) + len(g.pinnedQueued))
+	defer func() { <-queued; g.obs.AdmissionQueue(len(g.queued) + len(g.pinnedQueued)) }()
 	select {
-	case g.slots <- struct{}{}:
-		return func() { <-g.slots }, nil
+	case slots <- struct{}{}:
+		return func() { <-slots }, nil
 	case <-ctx.Done():
 		return nil, newErr(ErrUnavailable, ctx.Err(), "login cancelled while waiting")
 	}
+}
+
+// pinnedKey reports whether key is the pinned key of an admitted device.
+func (g *Gateway) pinnedKey(key [32]byte) bool {
+	g.keysMu.Lock()
+	defer g.keysMu.Unlock()
+	_, ok := g.devKeys[key]
+	return ok
 }
 
 func (g *Gateway) endpoint(local netip.AddrPort) string {

@@ -24,17 +24,17 @@ func TestAdmissionQueue(t *testing.T) {
 	obs := &countObs{}
 	g := &Gateway{slots: make(chan struct{}, 2), queued: make(chan struct{}, 1), obs: obs}
 	ctx := context.Background()
-	r1, err := g.acquire(ctx)
+	r1, err := g.acquire(ctx, false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	r2, err := g.acquire(ctx)
+	r2, err := g.acquire(ctx, false)
 	if err != nil {
 		t.Fatal(err)
 	}
 	waiting := make(chan error, 1)
 	go func() {
-		r, err := g.acquire(ctx)
+		r, err := g.acquire(ctx, false)
 		if err == nil {
 			r()
 		}
@@ -47,7 +47,7 @@ func TestAdmissionQueue(t *testing.T) {
 	if obs.depth.Load() != 1 {
 		t.Fatal("third login is not waiting in the queue")
 	}
-	if _, err := g.acquire(ctx); !errors.Is(err, ErrRateLimited) {
+	if _, err := g.acquire(ctx, false); !errors.Is(err, ErrRateLimited) {
 		t.Fatalf("fourth login with a full queue: %v, want ErrRateLimited", err)
 	}
 	if obs.rejected.Load() != 1 {
@@ -65,13 +65,45 @@ func TestAdmissionQueue(t *testing.T) {
 	r2()
 	// A waiting login whose caller gives up leaves at once.
 	g2 := &Gateway{slots: make(chan struct{}, 1), queued: make(chan struct{}, 1), obs: obs}
-	r, _ := g2.acquire(ctx)
+	r, _ := g2.acquire(ctx, false)
 	defer r()
 	cctx, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
 	defer cancel()
-	if _, err := g2.acquire(cctx); !errors.Is(err, ErrUnavailable) {
+	if _, err := g2.acquire(cctx, false); !errors.Is(err, ErrUnavailable) {
 		t.Fatalf("cancelled wait: %v", err)
 	}
+}
+
+// TestPinnedLane: with the open lanes full (every slot taken, the queue
+// full, further logins refused), a login carrying an admitted device's
+// pinned key still gets a slot of its own; an unknown key does not.
+func TestPinnedLane(t *testing.T) {
+	obs := &countObs{}
+	g := &Gateway{
+		slots: make(chan struct{}, 1), queued: make(chan struct{}),
+		pinnedSlots: make(chan struct{}, 1), pinnedQueued: make(chan struct{}),
+		obs: obs, devKeys: map[[32]byte]int64{{1}: 7},
+	}
+	ctx := context.Background()
+	stranger, err := g.acquire(ctx, g.pinnedKey([32]byte{9}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stranger()
+	if _, err := g.acquire(ctx, g.pinnedKey([32]byte{9})); !errors.Is(err, ErrRateLimited) {
+		t.Fatalf("second stranger with the open lane full: %v, want ErrRateLimited", err)
+	}
+	if obs.rejected.Load() != 1 {
+		t.Fatalf("rejections counted: %d, want 1", obs.rejected.Load())
+	}
+	if !g.pinnedKey([32]byte{1}) {
+		t.Fatal("the admitted device's key is not known as pinned")
+	}
+	device, err := g.acquire(ctx, g.pinnedKey([32]byte{1}))
+	if err != nil {
+		t.Fatalf("device with its pinned key while strangers fill the open lane: %v", err)
+	}
+	device()
 }
 
 func TestOutcomeOf(t *testing.T) {
