@@ -7,18 +7,15 @@ package hostile
 import (
 	"bufio"
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"testing"
 	"time"
 
@@ -30,6 +27,7 @@ import (
 
 	"github.com/planetxlabs/dasset-gateway/pkg/agent"
 	gatewayv1 "github.com/planetxlabs/dasset-gateway/proto/dasset/gateway/v1"
+	"github.com/planetxlabs/dasset-gateway/scripts/internal/netnstest"
 )
 
 const (
@@ -51,7 +49,7 @@ func TestClientLoginFloodBoundedMemory(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs the gateway binary and floods it")
 	}
-	bin := gatewayBinary(t)
+	bin := filepath.Join(netnstest.FindBinaries(context.Background(), t), "dasset-gateway")
 	dir := t.TempDir()
 	grpcAddr, metricsAddr := freeTCP(t), freeTCP(t)
 	sock := filepath.Join(dir, "admin.sock")
@@ -79,7 +77,7 @@ metrics:
 	if err := os.WriteFile(cfg, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	gw := startProc(t, dir, bin, "serve", "--config", cfg)
+	gw := netnstest.StartProc(t, filepath.Join(dir, "gateway.log"), bin, "serve", "--config", cfg)
 	waitReady(t, gw, metricsAddr)
 
 	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
@@ -93,7 +91,7 @@ metrics:
 		t.Fatalf("create account: %v", err)
 	}
 	tls := agent.TLSOptions{CAFile: filepath.Join(dir, "data", "tls.crt")}
-	before := rss(t, gw.cmd.Process.Pid, "VmRSS")
+	before := rss(t, gw.Pid(), "VmRSS")
 
 	// The flood: 300 workers, each on its own TLS connection from the
 	// stranger's source, 600 wrong passwords in all.
@@ -153,8 +151,8 @@ metrics:
 	userTook := time.Since(userBegan)
 	wg.Wait()
 
-	peak := rss(t, gw.cmd.Process.Pid, "VmHWM")
-	after := rss(t, gw.cmd.Process.Pid, "VmRSS")
+	peak := rss(t, gw.Pid(), "VmHWM")
+	after := rss(t, gw.Pid(), "VmRSS")
 	t.Logf("%d wrong logins at %d concurrency: %d answered with a retry hint (%d busy); the user's login began after %d of them and took %v; RSS before %d MiB, peak %d MiB, after %d MiB",
 		answered.Load(), concurrency, hinted.Load(), busy.Load(), userStart, userTook.Round(time.Millisecond), before>>20, peak>>20, after>>20)
 	if answered.Load() != wrongLogins {
@@ -238,12 +236,12 @@ func metric(t *testing.T, addr, prefix string) float64 {
 	return sum
 }
 
-func waitReady(t *testing.T, p *proc, metricsAddr string) {
+func waitReady(t *testing.T, p *netnstest.Proc, metricsAddr string) {
 	t.Helper()
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		if p.exited() {
-			t.Fatalf("gateway exited:\n%s", p.log())
+		if p.Exited() {
+			t.Fatalf("gateway exited:\n%s", p.LogText())
 		}
 		resp, err := http.Get("http://" + metricsAddr + "/readyz")
 		if err == nil {
@@ -253,32 +251,10 @@ func waitReady(t *testing.T, p *proc, metricsAddr string) {
 			}
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("gateway not ready within 60s: %v\n%s", err, p.log())
+			t.Fatalf("gateway not ready within 60s: %v\n%s", err, p.LogText())
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-}
-
-// gatewayBinary is $DASSET_BIN/dasset-gateway (the Makefile's build) or a
-// fresh build in a temporary directory.
-func gatewayBinary(t *testing.T) string {
-	t.Helper()
-	if dir := os.Getenv("DASSET_BIN"); dir != "" {
-		p := filepath.Join(dir, "dasset-gateway")
-		if _, err := os.Stat(p); err != nil {
-			t.Fatalf("DASSET_BIN=%s: %v", dir, err)
-		}
-		return p
-	}
-	out := filepath.Join(t.TempDir(), "dasset-gateway")
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", out, "./cmd/dasset-gateway")
-	cmd.Dir = filepath.Join("..", "..")
-	if b, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, b)
-	}
-	return out
 }
 
 func freeTCP(t *testing.T) string {
@@ -299,61 +275,4 @@ func freeUDPPort(t *testing.T) int {
 	}
 	defer c.Close()
 	return c.LocalAddr().(*net.UDPAddr).Port
-}
-
-// proc is a child process with its output in a log file.
-type proc struct {
-	logPath string
-	cmd     *exec.Cmd
-	done    chan struct{}
-}
-
-func startProc(t *testing.T, dir, bin string, args ...string) *proc {
-	t.Helper()
-	p := &proc{logPath: filepath.Join(dir, "gateway.log"), done: make(chan struct{})}
-	f, err := os.Create(p.logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.cmd = exec.Command(bin, args...)
-	p.cmd.Stdout, p.cmd.Stderr = f, f
-	if err := p.cmd.Start(); err != nil {
-		f.Close()
-		t.Fatalf("start gateway: %v", err)
-	}
-	go func() { _ = p.cmd.Wait(); f.Close(); close(p.done) }()
-	t.Cleanup(func() {
-		if !p.exited() {
-			if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil && !errors.Is(err, os.ErrProcessDone) {
-				_ = p.cmd.Process.Kill()
-			}
-			select {
-			case <-p.done:
-			case <-time.After(15 * time.Second):
-				_ = p.cmd.Process.Kill()
-				<-p.done
-			}
-		}
-		if t.Failed() {
-			t.Logf("--- gateway log:\n%s", p.log())
-		}
-	})
-	return p
-}
-
-func (p *proc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-func (p *proc) log() string {
-	b, err := os.ReadFile(p.logPath)
-	if err != nil {
-		return err.Error()
-	}
-	return string(b)
 }

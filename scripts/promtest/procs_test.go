@@ -12,28 +12,25 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/planetxlabs/dasset-gateway/internal/poll"
+	"github.com/planetxlabs/dasset-gateway/scripts/internal/netnstest"
 )
 
 // repoRoot is the directory of go.mod above the test's directory.
 func repoRoot(t *testing.T) string {
 	t.Helper()
-	dir, err := os.Getwd()
+	wd, err := os.Getwd()
 	if err != nil {
 		t.Fatal(err)
 	}
-	for range 10 {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir
-		}
-		dir = filepath.Dir(dir)
+	root, err := netnstest.ModuleRoot(wd)
+	if err != nil {
+		t.Fatal(err)
 	}
-	t.Fatal("go.mod not found above the test directory")
-	return ""
+	return root
 }
 
 // tool finds an executable on PATH, skipping the test when it is missing.
@@ -44,39 +41,6 @@ func tool(t *testing.T, name, why string) string {
 		t.Skipf("%s not found on PATH (%v); %s", name, err, why)
 	}
 	return p
-}
-
-// binaries returns a directory with dasset-gateway, dasset-agent and
-// dassetctl: $DASSET_BIN when set (the Makefile's build), otherwise a fresh
-// `go build` into a temporary directory.
-func binaries(t *testing.T, root string) string {
-	t.Helper()
-	names := []string{"dasset-gateway", "dasset-agent", "dassetctl"}
-	if dir := os.Getenv("DASSET_BIN"); dir != "" {
-		for _, n := range names {
-			if _, err := os.Stat(filepath.Join(dir, n)); err != nil {
-				t.Fatalf("DASSET_BIN=%s: %v", dir, err)
-			}
-		}
-		return dir
-	}
-	goTool, err := exec.LookPath("go")
-	if err != nil {
-		t.Fatalf("go is not on PATH (%v); put it there or set DASSET_BIN to built binaries", err)
-	}
-	dir := t.TempDir()
-	args := []string{"build", "-o", dir + string(filepath.Separator)}
-	for _, n := range names {
-		args = append(args, "./cmd/"+n)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, goTool, args...)
-	cmd.Dir = root
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return dir
 }
 
 // freeTCP returns a loopback TCP address that was free a moment ago.
@@ -101,81 +65,11 @@ func freeUDPPort(t *testing.T) int {
 	return c.LocalAddr().(*net.UDPAddr).Port
 }
 
-// proc is a child process whose output goes to a log file.
-type proc struct {
-	name    string
-	cmd     *exec.Cmd
-	logPath string
-	done    chan struct{}
-	err     error
-}
-
-// startProc starts bin with args; the test's cleanup stops it (SIGTERM, then
-// SIGKILL after 10s) and prints the end of its log when the test failed.
-func startProc(t *testing.T, name, logDir, bin string, args ...string) *proc {
+// startProc starts bin with args, its output in logDir/NAME.log; the test's
+// cleanup stops it and prints the end of its log when the test failed.
+func startProc(t *testing.T, name, logDir, bin string, args ...string) *netnstest.Proc {
 	t.Helper()
-	p := &proc{name: name, logPath: filepath.Join(logDir, name+".log"), done: make(chan struct{})}
-	f, err := os.Create(p.logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.cmd = exec.Command(bin, args...)
-	p.cmd.Stdout, p.cmd.Stderr = f, f
-	if err := p.cmd.Start(); err != nil {
-		f.Close()
-		t.Fatalf("start %s: %v", name, err)
-	}
-	go func() {
-		p.err = p.cmd.Wait()
-		f.Close()
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		p.stop()
-		if t.Failed() {
-			t.Logf("--- end of %s log (%s):\n%s", name, p.logPath, p.tail(40))
-		}
-	})
-	return p
-}
-
-func (p *proc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-func (p *proc) stop() {
-	if p.exited() {
-		return
-	}
-	_ = p.cmd.Process.Signal(syscall.SIGTERM)
-	select {
-	case <-p.done:
-		return
-	case <-time.After(10 * time.Second):
-	}
-	_ = p.cmd.Process.Kill()
-	select {
-	case <-p.done:
-	case <-time.After(5 * time.Second):
-	}
-}
-
-// tail returns the last n lines of the log.
-func (p *proc) tail(n int) string {
-	b, err := os.ReadFile(p.logPath)
-	if err != nil {
-		return err.Error()
-	}
-	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
+	return netnstest.StartProc(t, filepath.Join(logDir, name+".log"), append([]string{bin}, args...)...)
 }
 
 // run runs a command to completion within timeout, with stdin.

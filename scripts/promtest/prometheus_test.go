@@ -3,6 +3,7 @@ package promtest
 import (
 	"bufio"
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"math"
@@ -19,6 +20,8 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 	"go.yaml.in/yaml/v3"
+
+	"github.com/planetxlabs/dasset-gateway/scripts/internal/netnstest"
 )
 
 const (
@@ -557,7 +560,7 @@ func TestPrometheusAgainstGateway(t *testing.T) {
 	promtool := tool(t, "promtool", needPromPkgs)
 	root := repoRoot(t)
 	promDir := filepath.Join(root, "configs", "prometheus")
-	bin := binaries(t, root)
+	bin := netnstest.FindBinaries(context.Background(), t)
 	dir := t.TempDir()
 
 	// The gateway.
@@ -569,8 +572,8 @@ func TestPrometheusAgainstGateway(t *testing.T) {
 	gw := startProc(t, "gateway", dir, filepath.Join(bin, "dasset-gateway"), "serve", "--config", cfgPath)
 	metricsURL := "http://" + metricsAddr
 	if err := waitFor(30*time.Second, func() error {
-		if gw.exited() {
-			return fmt.Errorf("gateway exited: %v", gw.err)
+		if gw.Exited() {
+			return fmt.Errorf("gateway exited: %v", gw.Err())
 		}
 		_, err := httpGet(metricsURL + "/readyz")
 		return err
@@ -581,7 +584,7 @@ func TestPrometheusAgainstGateway(t *testing.T) {
 		t.Fatalf("healthz: %v", err)
 	}
 	var pin string
-	if err := waitFor(5*time.Second, func() (err error) { pin, err = fingerprint(gw.logPath); return err }); err != nil {
+	if err := waitFor(5*time.Second, func() (err error) { pin, err = fingerprint(gw.Log); return err }); err != nil {
 		t.Fatal(err)
 	}
 
@@ -600,8 +603,8 @@ func TestPrometheusAgainstGateway(t *testing.T) {
 	api := promAPI{base: "http://" + promAddr}
 	var instance string
 	if err := waitFor(30*time.Second, func() error {
-		if prom.exited() {
-			return fmt.Errorf("prometheus exited: %v", prom.err)
+		if prom.Exited() {
+			return fmt.Errorf("prometheus exited: %v", prom.Err())
 		}
 		data, _, err := api.get("/api/v1/targets", nil)
 		if err != nil {
@@ -640,7 +643,7 @@ func TestPrometheusAgainstGateway(t *testing.T) {
 			"--serial", serial, "--hwid", hwid, "--interface", fmt.Sprintf("dpa%d", n),
 			"--state-dir", filepath.Join(dir, fmt.Sprintf("agent%d", n)), "--log-format", "json"}
 	}
-	var agents []*proc
+	var agents []*netnstest.Proc
 	for i := 1; i <= 3; i++ {
 		agents = append(agents, startProc(t, fmt.Sprintf("agent%d", i), dir, filepath.Join(bin, "dasset-agent"),
 			agentArgs(i, fmt.Sprintf("DS-PROM-%04d", i), fmt.Sprintf("HW-%04d-PROMTEST", i))...))
@@ -648,8 +651,8 @@ func TestPrometheusAgainstGateway(t *testing.T) {
 	var fams map[string]*dto.MetricFamily
 	if err := waitFor(30*time.Second, func() error {
 		for _, a := range agents {
-			if a.exited() {
-				return fmt.Errorf("%s exited: %v", a.name, a.err)
+			if a.Exited() {
+				return fmt.Errorf("%s exited: %v", a.Name, a.Err())
 			}
 		}
 		body, err := httpGet(metricsURL + "/metrics")

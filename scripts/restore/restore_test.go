@@ -7,17 +7,16 @@ package restore
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"syscall"
 	"testing"
 	"time"
+
+	"github.com/planetxlabs/dasset-gateway/scripts/internal/netnstest"
 )
 
 const (
@@ -35,7 +34,7 @@ const (
 // them again: no device row, no peer, logins refused, exports NotFound,
 // while the others still work, and the audit log verifies.
 func TestErasureSurvivesRestore(t *testing.T) {
-	bin := binaries(t)
+	bin := netnstest.FindBinaries(context.Background(), t)
 	work := t.TempDir()
 	dataDir, keysDir := filepath.Join(work, "data"), filepath.Join(work, "keys")
 	g := &gateway{t: t, bin: bin, dir: work, dataDir: dataDir, keysDir: keysDir}
@@ -55,8 +54,8 @@ func TestErasureSurvivesRestore(t *testing.T) {
 	kept := g.agentUp("agent-kept", snKept, hwKept)
 	gone := g.agentUp("agent-gone", snErased, hwErased)
 	g.waitDevicePeers(2)
-	for _, p := range []*proc{kept, gone} {
-		p.stop()
+	for _, p := range []*netnstest.Proc{kept, gone} {
+		p.Stop(netnstest.StopGrace)
 	}
 	for _, a := range []string{acctKept, acctGone} {
 		if out, err := g.clientLogin(a); err != nil {
@@ -95,7 +94,7 @@ func TestErasureSurvivesRestore(t *testing.T) {
 	g.ctl(passphrase+"\n", "keys", "restore", "--keystore", keysDir, "--in", backup, "--passphrase-stdin")
 
 	g.start("gateway-3")
-	if log := g.p.log(); !strings.Contains(log, "erased again") {
+	if log := g.p.LogText(); !strings.Contains(log, "erased again") {
 		t.Fatalf("the gateway did not report erasing the restored subjects again:\n%s", log)
 	}
 	// No row.
@@ -165,7 +164,7 @@ type gateway struct {
 	config, sock          string
 	grpcAddr, metricsAddr string
 	wgPort                int
-	p                     *proc
+	p                     *netnstest.Proc
 }
 
 func (g *gateway) writeConfig() {
@@ -202,11 +201,11 @@ metrics:
 // start runs the gateway and waits (bounded) until its admin socket answers.
 func (g *gateway) start(name string) {
 	g.t.Helper()
-	g.p = startProc(g.t, name, g.dir, filepath.Join(g.bin, "dasset-gateway"), "serve", "--config", g.config)
+	g.p = g.startProc(name, "dasset-gateway", "serve", "--config", g.config)
 	deadline := time.Now().Add(60 * time.Second)
 	for {
-		if g.p.exited() {
-			g.t.Fatalf("%s exited: %s", name, g.p.log())
+		if g.p.Exited() {
+			g.t.Fatalf("%s exited: %s", name, g.p.LogText())
 		}
 		if _, err := g.ctlErr("", "status"); err == nil {
 			return
@@ -219,8 +218,8 @@ func (g *gateway) start(name string) {
 
 func (g *gateway) stop() {
 	g.t.Helper()
-	if !g.p.stop() {
-		g.t.Fatalf("%s did not stop on SIGTERM", g.p.name)
+	if graceful, _ := g.p.Stop(netnstest.StopGrace); !graceful {
+		g.t.Fatalf("%s did not stop on SIGTERM", g.p.Name)
 	}
 }
 
@@ -252,8 +251,15 @@ func (g *gateway) agentArgs(name, sn, hw string) []string {
 		"--interface", "rst" + name[len(name)-4:], "--state-dir", filepath.Join(g.dir, name)}
 }
 
-func (g *gateway) agentUp(name, sn, hw string) *proc {
-	return startProc(g.t, name, g.dir, filepath.Join(g.bin, "dasset-agent"), g.agentArgs(name, sn, hw)...)
+func (g *gateway) agentUp(name, sn, hw string) *netnstest.Proc {
+	return g.startProc(name, "dasset-agent", g.agentArgs(name, sn, hw)...)
+}
+
+// startProc runs one of the binaries in the background, its output in
+// NAME.log; the test's cleanup stops it.
+func (g *gateway) startProc(name, bin string, args ...string) *netnstest.Proc {
+	g.t.Helper()
+	return netnstest.StartProc(g.t, filepath.Join(g.dir, name+".log"), append([]string{filepath.Join(g.bin, bin)}, args...)...)
 }
 
 // agent runs dasset-agent with args and stdin, returning its combined output.
@@ -333,39 +339,6 @@ func copyDir(t *testing.T, from, to string) {
 	}
 }
 
-// binaries returns $DASSET_BIN (the Makefile's build) or builds the three
-// binaries into a temporary directory.
-func binaries(t *testing.T) string {
-	t.Helper()
-	names := []string{"dasset-gateway", "dasset-agent", "dassetctl"}
-	if dir := os.Getenv("DASSET_BIN"); dir != "" {
-		for _, n := range names {
-			if _, err := os.Stat(filepath.Join(dir, n)); err != nil {
-				t.Fatalf("DASSET_BIN=%s: %v", dir, err)
-			}
-		}
-		return dir
-	}
-	wd, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	root := filepath.Join(wd, "..", "..")
-	dir := t.TempDir()
-	args := []string{"build", "-o", dir + string(filepath.Separator)}
-	for _, n := range names {
-		args = append(args, "./cmd/"+n)
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
-	defer cancel()
-	cmd := exec.CommandContext(ctx, "go", args...)
-	cmd.Dir = root
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("go build: %v\n%s", err, out)
-	}
-	return dir
-}
-
 func freeTCP(t *testing.T) string {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -384,84 +357,4 @@ func freeUDPPort(t *testing.T) int {
 	}
 	defer c.Close()
 	return c.LocalAddr().(*net.UDPAddr).Port
-}
-
-// proc is a child process with its output in a log file.
-type proc struct {
-	name, logPath string
-	cmd           *exec.Cmd
-	done          chan struct{}
-}
-
-func startProc(t *testing.T, name, dir, bin string, args ...string) *proc {
-	t.Helper()
-	p := &proc{name: name, logPath: filepath.Join(dir, name+".log"), done: make(chan struct{})}
-	f, err := os.Create(p.logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.cmd = exec.Command(bin, args...)
-	p.cmd.Stdout, p.cmd.Stderr = f, f
-	if err := p.cmd.Start(); err != nil {
-		f.Close()
-		t.Fatalf("start %s: %v", name, err)
-	}
-	go func() {
-		_ = p.cmd.Wait()
-		f.Close()
-		close(p.done)
-	}()
-	t.Cleanup(func() {
-		p.stop()
-		if t.Failed() {
-			t.Logf("--- %s log:\n%s", name, tail(p.log(), 30))
-		}
-	})
-	return p
-}
-
-func (p *proc) exited() bool {
-	select {
-	case <-p.done:
-		return true
-	default:
-		return false
-	}
-}
-
-// stop sends SIGTERM and waits up to 15 s, then kills; it reports whether
-// the process ended on SIGTERM.
-func (p *proc) stop() bool {
-	if p.exited() {
-		return true
-	}
-	if err := p.cmd.Process.Signal(syscall.SIGTERM); err != nil && !errors.Is(err, os.ErrProcessDone) {
-		_ = p.cmd.Process.Kill()
-	}
-	select {
-	case <-p.done:
-		return true
-	case <-time.After(15 * time.Second):
-		_ = p.cmd.Process.Kill()
-		<-p.done
-		return false
-	}
-}
-
-func (p *proc) log() string {
-	f, err := os.Open(p.logPath)
-	if err != nil {
-		return err.Error()
-	}
-	defer f.Close()
-	b, _ := io.ReadAll(f)
-	return string(b)
-}
-
-func tail(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
 }

@@ -94,7 +94,7 @@ func New(t *testing.T, opt Options) *Harness {
 	if h.tailLines <= 0 {
 		h.tailLines = 40
 	}
-	h.Bin = findBinaries(ctx, t)
+	h.Bin = FindBinaries(ctx, t)
 	t.Cleanup(h.dumpLogsOnFailure)
 	return h
 }
@@ -105,8 +105,8 @@ func (h *Harness) Context() context.Context { return h.ctx }
 // Path is the path of one of the Binaries.
 func (h *Harness) Path(name string) string { return filepath.Join(h.Bin, name) }
 
-// findBinaries returns $DASSET_BIN, or builds the Binaries into a temp dir.
-func findBinaries(ctx context.Context, t *testing.T) string {
+// FindBinaries returns $DASSET_BIN, or builds the Binaries into a temp dir.
+func FindBinaries(ctx context.Context, t testing.TB) string {
 	t.Helper()
 	if dir := os.Getenv(BinEnv); dir != "" {
 		for _, n := range Binaries {

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"testing"
 	"time"
 )
 
@@ -30,26 +31,57 @@ func (h *Harness) Start(ns, logPath string, argv ...string) *Proc {
 	if !filepath.IsAbs(logPath) {
 		logPath = filepath.Join(h.Dir, logPath)
 	}
+	p := start(h.T, logPath, append([]string{"ip", "netns", "exec", ns}, argv...))
+	h.addLog(logPath)
+	h.T.Cleanup(func() { _, _ = p.Stop(5 * time.Second) })
+	return p
+}
+
+// StopGrace is how long the cleanup of StartProc waits for a process to end
+// on SIGTERM before it kills it.
+const StopGrace = 15 * time.Second
+
+// StartProc runs argv (argv[0] is the program) in the test's own network
+// namespace, with no root needed, its output in logPath. When the test ends
+// the process is stopped (SIGTERM, then a kill after StopGrace) and, if the
+// test failed, the last 40 lines of its log are shown.
+func StartProc(t testing.TB, logPath string, argv ...string) *Proc {
+	t.Helper()
+	p := start(t, logPath, argv)
+	t.Cleanup(func() {
+		_, _ = p.Stop(StopGrace)
+		if t.Failed() {
+			t.Logf("--- end of %s log (%s):\n%s", p.Name, p.Log, Tail(p.LogText(), 40))
+		}
+	})
+	return p
+}
+
+// start runs argv with its output in logPath and reaps it in the background.
+func start(t testing.TB, logPath string, argv []string) *Proc {
+	t.Helper()
 	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o600)
 	if err != nil {
-		h.T.Fatal(err)
+		t.Fatal(err)
 	}
-	cmd := exec.Command("ip", append([]string{"netns", "exec", ns}, argv...)...)
+	cmd := exec.Command(argv[0], argv[1:]...)
 	cmd.Stdout, cmd.Stderr = f, f
 	if err := cmd.Start(); err != nil {
 		f.Close()
-		h.T.Fatalf("start %s: %v", logPath, err)
+		t.Fatalf("start %s: %v", logPath, err)
 	}
 	f.Close()
-	h.addLog(logPath)
 	p := &Proc{Name: strings.TrimSuffix(filepath.Base(logPath), ".log"), Log: logPath, cmd: cmd, done: make(chan struct{})}
 	go func() {
 		p.err = cmd.Wait()
 		close(p.done)
 	}()
-	h.T.Cleanup(func() { _, _ = p.Stop(5 * time.Second) })
 	return p
 }
+
+// Pid is the process id (of "ip netns exec" for a Harness.Start process,
+// which execs the program in place).
+func (p *Proc) Pid() int { return p.cmd.Process.Pid }
 
 // Exited reports whether the process has ended.
 func (p *Proc) Exited() bool {
