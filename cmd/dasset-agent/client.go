@@ -5,9 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
-	"sort"
+	"slices"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -202,16 +203,7 @@ func newUnbindCmd(stdout io.Writer) *cobra.Command {
 			}
 			fmt.Fprintf(stdout, "Unbound device %s.", serial)
 			if len(removed) > 0 {
-				tables := make([]string, 0, len(removed))
-				for t := range removed {
-					tables = append(tables, t)
-				}
-				sort.Strings(tables)
-				parts := make([]string, len(tables))
-				for i, t := range tables {
-					parts[i] = fmt.Sprintf("%s=%d", t, removed[t])
-				}
-				fmt.Fprintf(stdout, " Removed: %s.", strings.Join(parts, " "))
+				fmt.Fprintf(stdout, " Removed: %s.", receipt(removed))
 			}
 			fmt.Fprintln(stdout)
 			return nil
@@ -513,16 +505,7 @@ required; the password is asked on the terminal or read with --password-stdin.`,
 			}); err != nil {
 				return err
 			}
-			tables := make([]string, 0, len(removed))
-			for t := range removed {
-				tables = append(tables, t)
-			}
-			sort.Strings(tables)
-			parts := make([]string, len(tables))
-			for i, t := range tables {
-				parts[i] = fmt.Sprintf("%s=%d", t, removed[t])
-			}
-			fmt.Fprintf(stdout, "Account deleted. Removed: %s.\n", strings.Join(parts, " "))
+			fmt.Fprintf(stdout, "Account deleted. Removed: %s.\n", receipt(removed))
 			return nil
 		},
 	}
@@ -530,4 +513,15 @@ required; the password is asked on the terminal or read with --password-stdin.`,
 	cmd.Flags().BoolVar(&passwordStdin, "password-stdin", false, "read the password from standard input instead of prompting")
 	cmd.Flags().BoolVar(&yes, "yes", false, "confirm: the account and everything stored about it are erased")
 	return cmd
+}
+
+// receipt is an erasure receipt (rows removed per table) as "table=n ..."
+// in table order.
+func receipt(removed map[string]int64) string {
+	tables := slices.Sorted(maps.Keys(removed))
+	parts := make([]string, len(tables))
+	for i, t := range tables {
+		parts[i] = fmt.Sprintf("%s=%d", t, removed[t])
+	}
+	return strings.Join(parts, " ")
 }
