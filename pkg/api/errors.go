@@ -43,20 +43,17 @@ func jitter(d time.Duration) time.Duration {
 }
 
 func toStatusPlain(err error) error {
-	// A malformed credential is an authentication failure, not a bad field.
-	if errors.Is(err, gateway.ErrUnauthenticated) {
-		return status.Error(codes.Unauthenticated, gateway.PublicMessage(err))
-	}
-	var fe *privacy.FieldError
-	if errors.As(err, &fe) {
-		return status.Error(codes.InvalidArgument, fe.Error())
-	}
 	msg := gateway.PublicMessage(err)
+	var fe *privacy.FieldError
 	switch {
-	case errors.Is(err, gateway.ErrInvalid):
-		return status.Error(codes.InvalidArgument, msg)
+	// Before FieldError: a malformed credential is an authentication
+	// failure, not a bad field.
 	case errors.Is(err, gateway.ErrUnauthenticated):
 		return status.Error(codes.Unauthenticated, msg)
+	case errors.As(err, &fe):
+		return status.Error(codes.InvalidArgument, fe.Error())
+	case errors.Is(err, gateway.ErrInvalid):
+		return status.Error(codes.InvalidArgument, msg)
 	case errors.Is(err, gateway.ErrPermission):
 		return status.Error(codes.PermissionDenied, msg)
 	case errors.Is(err, gateway.ErrRateLimited):
