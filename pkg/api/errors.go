@@ -27,7 +27,7 @@ func toStatus(err error) error {
 	if _, ok := status.FromError(err); ok {
 		return err
 	}
-	st := status.Convert(toStatusPlain(err))
+	st := statusOf(err)
 	if d := gateway.RetryAfter(err); d > 0 {
 		if withHint, herr := st.WithDetails(&errdetails.RetryInfo{RetryDelay: durationpb.New(jitter(d))}); herr == nil {
 			st = withHint
@@ -42,38 +42,39 @@ func jitter(d time.Duration) time.Duration {
 	return d + rand.N(d/2+1)
 }
 
-func toStatusPlain(err error) error {
+// statusOf is the status (code and public message) of a domain error.
+func statusOf(err error) *status.Status {
 	msg := gateway.PublicMessage(err)
 	var fe *privacy.FieldError
 	switch {
 	// Before FieldError: a malformed credential is an authentication
 	// failure, not a bad field.
 	case errors.Is(err, gateway.ErrUnauthenticated):
-		return status.Error(codes.Unauthenticated, msg)
+		return status.New(codes.Unauthenticated, msg)
 	case errors.As(err, &fe):
-		return status.Error(codes.InvalidArgument, fe.Error())
+		return status.New(codes.InvalidArgument, fe.Error())
 	case errors.Is(err, gateway.ErrInvalid):
-		return status.Error(codes.InvalidArgument, msg)
+		return status.New(codes.InvalidArgument, msg)
 	case errors.Is(err, gateway.ErrPermission):
-		return status.Error(codes.PermissionDenied, msg)
+		return status.New(codes.PermissionDenied, msg)
 	case errors.Is(err, gateway.ErrRateLimited):
-		return status.Error(codes.ResourceExhausted, msg)
+		return status.New(codes.ResourceExhausted, msg)
 	case errors.Is(err, gateway.ErrExhausted):
-		return status.Error(codes.ResourceExhausted, msg)
+		return status.New(codes.ResourceExhausted, msg)
 	case errors.Is(err, gateway.ErrNotFound):
-		return status.Error(codes.NotFound, msg)
+		return status.New(codes.NotFound, msg)
 	case errors.Is(err, gateway.ErrConflict):
-		return status.Error(codes.AlreadyExists, msg)
+		return status.New(codes.AlreadyExists, msg)
 	case errors.Is(err, gateway.ErrPrecondition):
-		return status.Error(codes.FailedPrecondition, msg)
+		return status.New(codes.FailedPrecondition, msg)
 	case errors.Is(err, context.Canceled):
-		return status.Error(codes.Canceled, "cancelled")
+		return status.New(codes.Canceled, "cancelled")
 	case errors.Is(err, context.DeadlineExceeded):
-		return status.Error(codes.DeadlineExceeded, "deadline exceeded")
+		return status.New(codes.DeadlineExceeded, "deadline exceeded")
 	case errors.Is(err, gateway.ErrUnavailable):
-		return status.Error(codes.Unavailable, msg)
+		return status.New(codes.Unavailable, msg)
 	default:
-		return status.Error(codes.Internal, "internal error")
+		return status.New(codes.Internal, "internal error")
 	}
 }
 
