@@ -351,7 +351,7 @@ func (s *AdminServer) GetSummary(ctx context.Context, _ *gatewayv1.GetSummaryReq
 		DevicesEnrolled: int64(dc.Enrolled), DevicesOnline: int64(dc.Online), DevicesRevoked: int64(dc.Revoked),
 		SessionsOpen: int64(s.GW.OpenSessionCount()), Peers: int64(len(ps)),
 	}
-	now := time.Now()
+	now := s.GW.Now()
 	for _, p := range ps {
 		if !p.LastHandshake.IsZero() && now.Sub(p.LastHandshake) <= recentHandshake {
 			out.PeersRecent++
