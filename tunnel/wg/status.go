@@ -70,23 +70,19 @@ func (d *Device) LastHandshake(ctx context.Context, k Key) (t time.Time, ok bool
 // Peers returns every peer as the device reports it, from one IpcGet that
 // is reused for up to Config.StatsMaxAge unless peers were changed since.
 func (d *Device) Peers(ctx context.Context) ([]PeerStatus, error) {
-	peers, _, err := d.status(ctx, true, false)
-	if err != nil {
-		return nil, fmt.Errorf("wg: peers: %w", err)
-	}
-	out := make([]PeerStatus, len(peers))
-	for i, p := range peers {
-		out[i] = p
-		out[i].AllowedIPs = slices.Clone(p.AllowedIPs)
-	}
-	return out, nil
+	return d.peerCopies(ctx, false)
 }
 
 // PeersNow is Peers from an IpcGet made now, not a cached one: for a
 // decision that a handshake a moment ago must change (forgetting the
 // endpoint of an idle peer).
 func (d *Device) PeersNow(ctx context.Context) ([]PeerStatus, error) {
-	peers, _, err := d.status(ctx, true, true)
+	return d.peerCopies(ctx, true)
+}
+
+// peerCopies returns a copy of the peer list the caller may modify.
+func (d *Device) peerCopies(ctx context.Context, uncached bool) ([]PeerStatus, error) {
+	peers, _, err := d.status(ctx, true, uncached)
 	if err != nil {
 		return nil, fmt.Errorf("wg: peers: %w", err)
 	}
