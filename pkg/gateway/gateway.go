@@ -371,25 +371,25 @@ func (g *Gateway) Admit(ctx context.Context, req LoginRequest) (adm Admission, e
 	// login writes nothing; when the day's write fails (full or read-only
 	// disk), the device is admitted all the same.
 	admitted := !replace && dev.KeyPinned && dev.Key == store.Key(req.Key) && dev.Offset != 0 && !dev.Revoked
-	if admitted && dev.LastLoginDay == day {
-		err = nil
-	} else if !admitted && g.cfg.Writable != nil && !g.cfg.Writable() {
-		return Admission{}, newErr(ErrUnavailable, nil, "the registry cannot be written now (disk full or read-only); new admissions resume when it can")
-	} else {
+	memOnly := admitted && dev.LastLoginDay == day // the token is all there is to store
+	if !memOnly {
+		if !admitted && g.cfg.Writable != nil && !g.cfg.Writable() {
+			return Admission{}, newErr(ErrUnavailable, nil, "the registry cannot be written now (disk full or read-only); new admissions resume when it can")
+		}
 		var stored store.Device
 		stored, err = g.reg.Admit(ctx, store.Admission{
 			DeviceID: dev.ID, Key: req.Key, ReplaceKey: replace, First: first, Last: last,
 			Day: day, TokenHash: hash, TokenExpires: expires,
 		})
-		if err != nil && admitted && isStorageFault(err) {
-			g.log.Warn("registry not writable: admitting a known device with its pinned key without storing its login", "device_id", dev.ID, "err", err)
-			err = nil
-		} else if err == nil {
+		switch {
+		case err == nil:
 			dev = stored
-			admitted = false
+		case admitted && isStorageFault(err):
+			g.log.Warn("registry not writable: admitting a known device with its pinned key without storing its login", "device_id", dev.ID, "err", err)
+			memOnly, err = true, nil
 		}
 	}
-	if admitted && err == nil {
+	if memOnly {
 		g.memTok.put(dev.ID, hash, expires)
 	}
 	switch {
