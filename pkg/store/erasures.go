@@ -8,10 +8,8 @@ import (
 // RecordErasures inserts the erasures whose tombstone is new and moves
 // the time of those erased again later, in one transaction.
 func (s *SQLite) RecordErasures(ctx context.Context, es []Erasure) error {
-	for i, e := range es {
-		if err := CheckErasure(e); err != nil {
-			return fmt.Errorf("store: RecordErasures: erasure %d: %w", i, err)
-		}
+	if err := CheckErasures(es); err != nil {
+		return fmt.Errorf("store: RecordErasures: %w", err)
 	}
 	if len(es) == 0 {
 		return nil
@@ -31,24 +29,16 @@ func (s *SQLite) RecordErasures(ctx context.Context, es []Erasure) error {
 // Erasures lists every recorded erasure, by tombstone.
 func (s *SQLite) Erasures(ctx context.Context) (out []Erasure, err error) {
 	err = s.read(ctx, "Erasures", func(db *rdb) error {
-		rows, err := db.QueryContext(ctx, `SELECT tombstone, kind, sealed_index, erased_at FROM erasures ORDER BY tombstone`)
+		rows, err := db.QueryContext(ctx, `SELECT `+ErasureCols+` FROM erasures ORDER BY tombstone`)
 		if err != nil {
 			return err
 		}
 		defer rows.Close()
 		for rows.Next() {
-			var (
-				e  Erasure
-				tb []byte
-				at int64
-			)
-			if err := rows.Scan(&tb, &e.Kind, &e.SealedIndex, &at); err != nil {
+			e, err := ScanErasure(rows)
+			if err != nil {
 				return err
 			}
-			if err := to32(&e.Tombstone, tb, "tombstone"); err != nil {
-				return err
-			}
-			e.ErasedAt = fromNanos(at)
 			out = append(out, e)
 		}
 		return rows.Err()

@@ -323,43 +323,7 @@ func checkTime(field string, t time.Time) error {
 	return nil
 }
 
-type scanner interface{ Scan(dest ...any) error }
-
 // --- devices ---
-
-const deviceCols = `d.id, d.blind_index, d.sealed_serial, d.verifier, d.pinned_key, d.address_offset, d.last_login_day, d.revoked, d.enrolled_at`
-
-func scanDevice(sc scanner) (Device, error) {
-	var (
-		d                 Device
-		idx, ver, key     []byte
-		sealed            []byte
-		off               sql.NullInt64
-		revoked, enrolled int64
-	)
-	if err := sc.Scan(&d.ID, &idx, &sealed, &ver, &key, &off, &d.LastLoginDay, &revoked, &enrolled); err != nil {
-		return Device{}, err
-	}
-	if err := to32((*[32]byte)(&d.Index), idx, "blind_index"); err != nil {
-		return Device{}, err
-	}
-	if err := to32((*[32]byte)(&d.Verifier), ver, "verifier"); err != nil {
-		return Device{}, err
-	}
-	if key != nil {
-		if err := to32((*[32]byte)(&d.Key), key, "pinned_key"); err != nil {
-			return Device{}, err
-		}
-		d.KeyPinned = true
-	}
-	if off.Valid {
-		d.Offset = uint32(off.Int64)
-	}
-	d.SealedSerial = sealed
-	d.Revoked = revoked != 0
-	d.EnrolledAt = fromNanos(enrolled)
-	return d, nil
-}
 
 func queryDevices(ctx context.Context, q interface {
 	QueryContext(context.Context, string, ...any) (*sql.Rows, error)
@@ -371,7 +335,7 @@ func queryDevices(ctx context.Context, q interface {
 	defer rows.Close()
 	var out []Device
 	for rows.Next() {
-		d, err := scanDevice(rows)
+		d, err := ScanDevice(rows)
 		if err != nil {
 			return nil, err
 		}
@@ -381,7 +345,7 @@ func queryDevices(ctx context.Context, q interface {
 }
 
 func deviceByID(ctx context.Context, tx *wtx, id int64) (Device, error) {
-	d, err := scanDevice(tx.QueryRowContext(ctx, `SELECT `+deviceCols+` FROM devices d WHERE d.id = ?`, id))
+	d, err := ScanDevice(tx.QueryRowContext(ctx, `SELECT `+DeviceCols+` FROM devices d WHERE d.id = ?`, id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return Device{}, fmt.Errorf("device %d: %w", id, ErrNotFound)
 	}
@@ -455,7 +419,7 @@ func (s *SQLite) EnrollDevices(ctx context.Context, batch []Enrollment) (EnrollR
 // DeviceByIndex finds a device by its blind index.
 func (s *SQLite) DeviceByIndex(ctx context.Context, idx privacy.BlindIndex) (d Device, err error) {
 	err = s.read(ctx, "DeviceByIndex", func(db *rdb) error {
-		d, err = scanDevice(db.QueryRowContext(ctx, `SELECT `+deviceCols+` FROM devices d WHERE d.blind_index = ?`, idx[:]))
+		d, err = ScanDevice(db.QueryRowContext(ctx, `SELECT `+DeviceCols+` FROM devices d WHERE d.blind_index = ?`, idx[:]))
 		return err
 	})
 	return d, err
@@ -464,7 +428,7 @@ func (s *SQLite) DeviceByIndex(ctx context.Context, idx privacy.BlindIndex) (d D
 // DeviceByID finds a device by id.
 func (s *SQLite) DeviceByID(ctx context.Context, id int64) (d Device, err error) {
 	err = s.read(ctx, "DeviceByID", func(db *rdb) error {
-		d, err = scanDevice(db.QueryRowContext(ctx, `SELECT `+deviceCols+` FROM devices d WHERE d.id = ?`, id))
+		d, err = ScanDevice(db.QueryRowContext(ctx, `SELECT `+DeviceCols+` FROM devices d WHERE d.id = ?`, id))
 		return err
 	})
 	return d, err
@@ -473,7 +437,7 @@ func (s *SQLite) DeviceByID(ctx context.Context, id int64) (d Device, err error)
 // DeviceByKey finds the device that has key pinned.
 func (s *SQLite) DeviceByKey(ctx context.Context, key Key) (d Device, err error) {
 	err = s.read(ctx, "DeviceByKey", func(db *rdb) error {
-		d, err = scanDevice(db.QueryRowContext(ctx, `SELECT `+deviceCols+` FROM devices d WHERE d.pinned_key = ?`, key[:]))
+		d, err = ScanDevice(db.QueryRowContext(ctx, `SELECT `+DeviceCols+` FROM devices d WHERE d.pinned_key = ?`, key[:]))
 		return err
 	})
 	return d, err
@@ -487,7 +451,7 @@ func (s *SQLite) DevicesAfter(ctx context.Context, afterID int64, limit int) (ds
 		return nil, fmt.Errorf("store: DevicesAfter: %w", invalid("limit", "must be positive"))
 	}
 	err = s.read(ctx, "DevicesAfter", func(db *rdb) error {
-		ds, err = queryDevices(ctx, db, `SELECT `+deviceCols+` FROM devices d WHERE d.id > ? ORDER BY d.id LIMIT ?`, afterID, limit)
+		ds, err = queryDevices(ctx, db, `SELECT `+DeviceCols+` FROM devices d WHERE d.id > ? ORDER BY d.id LIMIT ?`, afterID, limit)
 		return err
 	})
 	return ds, err
@@ -503,7 +467,7 @@ func (s *SQLite) CountDevices(ctx context.Context) (total, revoked int, err erro
 
 func (s *SQLite) ListDevices(ctx context.Context) (ds []Device, err error) {
 	err = s.read(ctx, "ListDevices", func(db *rdb) error {
-		ds, err = queryDevices(ctx, db, `SELECT `+deviceCols+` FROM devices d ORDER BY d.id`)
+		ds, err = queryDevices(ctx, db, `SELECT `+DeviceCols+` FROM devices d ORDER BY d.id`)
 		return err
 	})
 	return ds, err
@@ -513,7 +477,7 @@ func (s *SQLite) ListDevices(ctx context.Context) (ds []Device, err error) {
 // are not revoked, by id.
 func (s *SQLite) AdmittedDevices(ctx context.Context) (ds []Device, err error) {
 	err = s.read(ctx, "AdmittedDevices", func(db *rdb) error {
-		ds, err = queryDevices(ctx, db, `SELECT `+deviceCols+` FROM devices d
+		ds, err = queryDevices(ctx, db, `SELECT `+DeviceCols+` FROM devices d
 			WHERE d.pinned_key IS NOT NULL AND d.address_offset IS NOT NULL AND d.revoked = 0 ORDER BY d.id`)
 		return err
 	})
@@ -626,7 +590,7 @@ func unpin(ctx context.Context, tx *wtx, id int64, revoke bool) error {
 // DeviceByToken finds the device holding an unexpired token (expires_at > now).
 func (s *SQLite) DeviceByToken(ctx context.Context, hash [32]byte, now time.Time) (d Device, err error) {
 	err = s.read(ctx, "DeviceByToken", func(db *rdb) error {
-		d, err = scanDevice(db.QueryRowContext(ctx, `SELECT `+deviceCols+` FROM device_tokens t JOIN devices d ON d.id = t.device_id
+		d, err = ScanDevice(db.QueryRowContext(ctx, `SELECT `+DeviceCols+` FROM device_tokens t JOIN devices d ON d.id = t.device_id
 			WHERE t.hash = ? AND t.expires_at > ?`, hash[:], nanos(now)))
 		return err
 	})
@@ -698,24 +662,6 @@ func (s *SQLite) ClearAuthFailures(ctx context.Context, idx privacy.BlindIndex) 
 
 // --- accounts ---
 
-const accountCols = `a.id, a.name_index, a.sealed_name, a.password_hash, a.created_at`
-
-func scanAccount(sc scanner) (Account, error) {
-	var (
-		a       Account
-		idx     []byte
-		created int64
-	)
-	if err := sc.Scan(&a.ID, &idx, &a.SealedName, &a.PasswordHash, &created); err != nil {
-		return Account{}, err
-	}
-	if err := to32((*[32]byte)(&a.NameIndex), idx, "name_index"); err != nil {
-		return Account{}, err
-	}
-	a.CreatedAt = fromNanos(created)
-	return a, nil
-}
-
 // CreateAccount adds an account (ErrConflict if the name exists) and returns
 // it with its id (and CreatedAt, when zero, set to now).
 func (s *SQLite) CreateAccount(ctx context.Context, a Account) (Account, error) {
@@ -749,7 +695,7 @@ func (s *SQLite) CreateAccount(ctx context.Context, a Account) (Account, error) 
 // AccountByName finds an account by its name index.
 func (s *SQLite) AccountByName(ctx context.Context, nameIndex privacy.BlindIndex) (a Account, err error) {
 	err = s.read(ctx, "AccountByName", func(db *rdb) error {
-		a, err = scanAccount(db.QueryRowContext(ctx, `SELECT `+accountCols+` FROM accounts a WHERE a.name_index = ?`, nameIndex[:]))
+		a, err = ScanAccount(db.QueryRowContext(ctx, `SELECT `+AccountCols+` FROM accounts a WHERE a.name_index = ?`, nameIndex[:]))
 		return err
 	})
 	return a, err
@@ -758,7 +704,7 @@ func (s *SQLite) AccountByName(ctx context.Context, nameIndex privacy.BlindIndex
 // AccountByID finds an account by id.
 func (s *SQLite) AccountByID(ctx context.Context, id int64) (a Account, err error) {
 	err = s.read(ctx, "AccountByID", func(db *rdb) error {
-		a, err = scanAccount(db.QueryRowContext(ctx, `SELECT `+accountCols+` FROM accounts a WHERE a.id = ?`, id))
+		a, err = ScanAccount(db.QueryRowContext(ctx, `SELECT `+AccountCols+` FROM accounts a WHERE a.id = ?`, id))
 		return err
 	})
 	return a, err
@@ -855,7 +801,7 @@ func (s *SQLite) CreateAccessToken(ctx context.Context, hash [32]byte, accountID
 // AccountByToken finds the account holding an unexpired access token.
 func (s *SQLite) AccountByToken(ctx context.Context, hash [32]byte, now time.Time) (a Account, err error) {
 	err = s.read(ctx, "AccountByToken", func(db *rdb) error {
-		a, err = scanAccount(db.QueryRowContext(ctx, `SELECT `+accountCols+` FROM access_tokens t JOIN accounts a ON a.id = t.account_id
+		a, err = ScanAccount(db.QueryRowContext(ctx, `SELECT `+AccountCols+` FROM access_tokens t JOIN accounts a ON a.id = t.account_id
 			WHERE t.hash = ? AND t.expires_at > ?`, hash[:], nanos(now)))
 		return err
 	})
@@ -940,7 +886,7 @@ func (s *SQLite) IsBound(ctx context.Context, accountID, deviceID int64) (ok boo
 // BoundDevices lists the devices bound to the account, by id.
 func (s *SQLite) BoundDevices(ctx context.Context, accountID int64) (ds []Device, err error) {
 	err = s.read(ctx, "BoundDevices", func(db *rdb) error {
-		ds, err = queryDevices(ctx, db, `SELECT `+deviceCols+` FROM bindings b JOIN devices d ON d.id = b.device_id
+		ds, err = queryDevices(ctx, db, `SELECT `+DeviceCols+` FROM bindings b JOIN devices d ON d.id = b.device_id
 			WHERE b.account_id = ? ORDER BY d.id`, accountID)
 		return err
 	})
@@ -1014,33 +960,10 @@ func (s *SQLite) Unbind(ctx context.Context, accountID, deviceID int64) (map[str
 
 // --- sessions ---
 
-const sessionCols = `id, account_id, device_id, client_key, client_offset, opened_at, expires_at, closed_at`
-
-func scanSession(sc scanner) (Session, error) {
-	var (
-		s               Session
-		account         sql.NullInt64
-		key             []byte
-		off             int64
-		opened, expires int64
-		closed          sql.NullInt64
-	)
-	if err := sc.Scan(&s.ID, &account, &s.DeviceID, &key, &off, &opened, &expires, &closed); err != nil {
-		return Session{}, err
-	}
-	if err := to32((*[32]byte)(&s.ClientKey), key, "client_key"); err != nil {
-		return Session{}, err
-	}
-	s.AccountID = account.Int64
-	s.ClientOffset = uint32(off)
-	s.OpenedAt, s.ExpiresAt, s.ClosedAt = fromNanos(opened), fromNanos(expires), fromNullNanos(closed)
-	return s, nil
-}
-
 func sessionByID(ctx context.Context, q interface {
 	QueryRowContext(context.Context, string, ...any) *sql.Row
 }, id string) (Session, error) {
-	s, err := scanSession(q.QueryRowContext(ctx, `SELECT `+sessionCols+` FROM sessions WHERE id = ?`, id))
+	s, err := ScanSession(q.QueryRowContext(ctx, `SELECT `+SessionCols+` FROM sessions WHERE id = ?`, id))
 	if errors.Is(err, sql.ErrNoRows) {
 		return Session{}, fmt.Errorf("session: %w", ErrNotFound)
 	}
@@ -1153,13 +1076,13 @@ func (s *SQLite) SessionByID(ctx context.Context, id string) (sess Session, err 
 // OpenSessions lists the sessions not closed, oldest first.
 func (s *SQLite) OpenSessions(ctx context.Context) (out []Session, err error) {
 	err = s.read(ctx, "OpenSessions", func(db *rdb) error {
-		rows, err := db.QueryContext(ctx, `SELECT `+sessionCols+` FROM sessions WHERE closed_at IS NULL ORDER BY opened_at, id`)
+		rows, err := db.QueryContext(ctx, `SELECT `+SessionCols+` FROM sessions WHERE closed_at IS NULL ORDER BY opened_at, id`)
 		if err != nil {
 			return err
 		}
 		defer rows.Close()
 		for rows.Next() {
-			sess, err := scanSession(rows)
+			sess, err := ScanSession(rows)
 			if err != nil {
 				return err
 			}

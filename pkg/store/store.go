@@ -161,8 +161,18 @@ type Erasure struct {
 	ErasedAt    time.Time
 }
 
-// CheckErasure validates an Erasure for any backend.
-func CheckErasure(e Erasure) error {
+// CheckErasures validates the Erasures of a RecordErasures call, as every
+// backend does before writing any.
+func CheckErasures(es []Erasure) error {
+	for i, e := range es {
+		if err := checkErasure(e); err != nil {
+			return fmt.Errorf("erasure %d: %w", i, err)
+		}
+	}
+	return nil
+}
+
+func checkErasure(e Erasure) error {
 	switch {
 	case e.Tombstone == [32]byte{}:
 		return invalid("tombstone", "must not be zero")

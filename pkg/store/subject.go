@@ -20,13 +20,13 @@ func (s *SQLite) SessionsOf(ctx context.Context, deviceID, accountID int64) (out
 		where, arg = `account_id = ?`, accountID
 	}
 	err = s.read(ctx, "SessionsOf", func(db *rdb) error {
-		rows, err := db.QueryContext(ctx, `SELECT `+sessionCols+` FROM sessions WHERE `+where+` ORDER BY opened_at, id`, arg)
+		rows, err := db.QueryContext(ctx, `SELECT `+SessionCols+` FROM sessions WHERE `+where+` ORDER BY opened_at, id`, arg)
 		if err != nil {
 			return err
 		}
 		defer rows.Close()
 		for rows.Next() {
-			sess, err := scanSession(rows)
+			sess, err := ScanSession(rows)
 			if err != nil {
 				return err
 			}

@@ -16,24 +16,6 @@ import (
 
 // --- accounts ---
 
-const accountCols = `a.id, a.name_index, a.sealed_name, a.password_hash, a.created_at`
-
-func scanAccount(row pgx.Row) (store.Account, error) {
-	var (
-		a       store.Account
-		idx     []byte
-		created int64
-	)
-	if err := row.Scan(&a.ID, &idx, &a.SealedName, &a.PasswordHash, &created); err != nil {
-		return store.Account{}, err
-	}
-	if err := to32((*[32]byte)(&a.NameIndex), idx, "name_index"); err != nil {
-		return store.Account{}, err
-	}
-	a.CreatedAt = fromNanos(created)
-	return a, nil
-}
-
 // CreateAccount adds an account (ErrConflict if the name exists) and returns
 // it with its id (and CreatedAt, when zero, set to now).
 func (s *Store) CreateAccount(ctx context.Context, a store.Account) (store.Account, error) {
@@ -62,7 +44,7 @@ func (s *Store) CreateAccount(ctx context.Context, a store.Account) (store.Accou
 // AccountByName finds an account by its name index.
 func (s *Store) AccountByName(ctx context.Context, nameIndex privacy.BlindIndex) (a store.Account, err error) {
 	err = s.read(ctx, "AccountByName", func(q querier) error {
-		a, err = scanAccount(q.QueryRow(ctx, `SELECT `+accountCols+` FROM accounts a WHERE a.name_index = $1`, nameIndex[:]))
+		a, err = store.ScanAccount(q.QueryRow(ctx, `SELECT `+store.AccountCols+` FROM accounts a WHERE a.name_index = $1`, nameIndex[:]))
 		return err
 	})
 	return a, err
@@ -71,7 +53,7 @@ func (s *Store) AccountByName(ctx context.Context, nameIndex privacy.BlindIndex)
 // AccountByID finds an account by id.
 func (s *Store) AccountByID(ctx context.Context, id int64) (a store.Account, err error) {
 	err = s.read(ctx, "AccountByID", func(q querier) error {
-		a, err = scanAccount(q.QueryRow(ctx, `SELECT `+accountCols+` FROM accounts a WHERE a.id = $1`, id))
+		a, err = store.ScanAccount(q.QueryRow(ctx, `SELECT `+store.AccountCols+` FROM accounts a WHERE a.id = $1`, id))
 		return err
 	})
 	return a, err
@@ -171,7 +153,7 @@ func (s *Store) CreateAccessToken(ctx context.Context, hash [32]byte, accountID 
 // AccountByToken finds the account holding an unexpired access token.
 func (s *Store) AccountByToken(ctx context.Context, hash [32]byte, now time.Time) (a store.Account, err error) {
 	err = s.read(ctx, "AccountByToken", func(q querier) error {
-		a, err = scanAccount(q.QueryRow(ctx, `SELECT `+accountCols+` FROM access_tokens t JOIN accounts a ON a.id = t.account_id
+		a, err = store.ScanAccount(q.QueryRow(ctx, `SELECT `+store.AccountCols+` FROM access_tokens t JOIN accounts a ON a.id = t.account_id
 			WHERE t.hash = $1 AND t.expires_at > $2`, hash[:], nanos(now)))
 		return err
 	})
@@ -254,7 +236,7 @@ func (s *Store) IsBound(ctx context.Context, accountID, deviceID int64) (ok bool
 // BoundDevices lists the devices bound to the account, by id.
 func (s *Store) BoundDevices(ctx context.Context, accountID int64) (ds []store.Device, err error) {
 	err = s.read(ctx, "BoundDevices", func(q querier) error {
-		ds, err = queryDevices(ctx, q, `SELECT `+deviceCols+` FROM bindings b JOIN devices d ON d.id = b.device_id
+		ds, err = queryDevices(ctx, q, `SELECT `+store.DeviceCols+` FROM bindings b JOIN devices d ON d.id = b.device_id
 			WHERE b.account_id = $1 ORDER BY d.id`, accountID)
 		return err
 	})

@@ -13,10 +13,8 @@ import (
 // the time of those erased again later, in one transaction: every gateway of the fleet records its own and those it
 // learnt, and none overwrites another's.
 func (s *Store) RecordErasures(ctx context.Context, es []store.Erasure) error {
-	for i, e := range es {
-		if err := store.CheckErasure(e); err != nil {
-			return fmt.Errorf("store: RecordErasures: erasure %d: %w", i, err)
-		}
+	if err := store.CheckErasures(es); err != nil {
+		return fmt.Errorf("store: RecordErasures: %w", err)
 	}
 	if len(es) == 0 {
 		return nil
@@ -36,24 +34,16 @@ func (s *Store) RecordErasures(ctx context.Context, es []store.Erasure) error {
 // Erasures lists every recorded erasure, by tombstone.
 func (s *Store) Erasures(ctx context.Context) (out []store.Erasure, err error) {
 	err = s.read(ctx, "Erasures", func(q querier) error {
-		rows, err := q.Query(ctx, `SELECT tombstone, kind, sealed_index, erased_at FROM erasures ORDER BY tombstone`)
+		rows, err := q.Query(ctx, `SELECT `+store.ErasureCols+` FROM erasures ORDER BY tombstone`)
 		if err != nil {
 			return err
 		}
 		defer rows.Close()
 		for rows.Next() {
-			var (
-				e  store.Erasure
-				tb []byte
-				at int64
-			)
-			if err := rows.Scan(&tb, &e.Kind, &e.SealedIndex, &at); err != nil {
+			e, err := store.ScanErasure(rows)
+			if err != nil {
 				return err
 			}
-			if err := to32(&e.Tombstone, tb, "tombstone"); err != nil {
-				return err
-			}
-			e.ErasedAt = fromNanos(at)
 			out = append(out, e)
 		}
 		return rows.Err()

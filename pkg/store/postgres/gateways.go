@@ -26,24 +26,16 @@ func (s *Store) Heartbeat(ctx context.Context, g store.Gateway) error {
 // Gateways lists every gateway, by instance id.
 func (s *Store) Gateways(ctx context.Context) (out []store.Gateway, err error) {
 	err = s.read(ctx, "Gateways", func(q querier) error {
-		rows, err := q.Query(ctx, `SELECT instance_id, public_key, endpoint, started_at, heartbeat_at FROM gateways ORDER BY instance_id`)
+		rows, err := q.Query(ctx, `SELECT `+store.GatewayCols+` FROM gateways ORDER BY instance_id`)
 		if err != nil {
 			return err
 		}
 		defer rows.Close()
 		for rows.Next() {
-			var (
-				g           store.Gateway
-				key         []byte
-				start, beat int64
-			)
-			if err := rows.Scan(&g.InstanceID, &key, &g.Endpoint, &start, &beat); err != nil {
+			g, err := store.ScanGateway(rows)
+			if err != nil {
 				return err
 			}
-			if err := to32((*[32]byte)(&g.PublicKey), key, "public_key"); err != nil {
-				return err
-			}
-			g.StartedAt, g.HeartbeatAt = fromNanos(start), fromNanos(beat)
 			out = append(out, g)
 		}
 		return rows.Err()

@@ -247,37 +247,6 @@ func lock(ctx context.Context, tx pgx.Tx, key int64) error {
 
 // --- devices ---
 
-const deviceCols = `d.id, d.blind_index, d.sealed_serial, d.verifier, d.pinned_key, d.address_offset, d.last_login_day, d.revoked, d.enrolled_at`
-
-func scanDevice(row pgx.Row) (store.Device, error) {
-	var (
-		d             store.Device
-		idx, ver, key []byte
-		off           *int64
-		enrolled      int64
-	)
-	if err := row.Scan(&d.ID, &idx, &d.SealedSerial, &ver, &key, &off, &d.LastLoginDay, &d.Revoked, &enrolled); err != nil {
-		return store.Device{}, err
-	}
-	if err := to32((*[32]byte)(&d.Index), idx, "blind_index"); err != nil {
-		return store.Device{}, err
-	}
-	if err := to32((*[32]byte)(&d.Verifier), ver, "verifier"); err != nil {
-		return store.Device{}, err
-	}
-	if key != nil {
-		if err := to32((*[32]byte)(&d.Key), key, "pinned_key"); err != nil {
-			return store.Device{}, err
-		}
-		d.KeyPinned = true
-	}
-	if off != nil {
-		d.Offset = uint32(*off)
-	}
-	d.EnrolledAt = fromNanos(enrolled)
-	return d, nil
-}
-
 func queryDevices(ctx context.Context, q querier, query string, args ...any) ([]store.Device, error) {
 	rows, err := q.Query(ctx, query, args...)
 	if err != nil {
@@ -286,7 +255,7 @@ func queryDevices(ctx context.Context, q querier, query string, args ...any) ([]
 	defer rows.Close()
 	var out []store.Device
 	for rows.Next() {
-		d, err := scanDevice(rows)
+		d, err := store.ScanDevice(rows)
 		if err != nil {
 			return nil, err
 		}
@@ -296,7 +265,7 @@ func queryDevices(ctx context.Context, q querier, query string, args ...any) ([]
 }
 
 func deviceForUpdate(ctx context.Context, tx pgx.Tx, id int64) (store.Device, error) {
-	d, err := scanDevice(tx.QueryRow(ctx, `SELECT `+deviceCols+` FROM devices d WHERE d.id = $1 FOR UPDATE`, id))
+	d, err := store.ScanDevice(tx.QueryRow(ctx, `SELECT `+store.DeviceCols+` FROM devices d WHERE d.id = $1 FOR UPDATE`, id))
 	if errors.Is(err, pgx.ErrNoRows) {
 		return store.Device{}, fmt.Errorf("device %d: %w", id, store.ErrNotFound)
 	}
@@ -358,7 +327,7 @@ func (s *Store) EnrollDevices(ctx context.Context, batch []store.Enrollment) (st
 
 func (s *Store) deviceWhere(ctx context.Context, op, where string, arg any) (d store.Device, err error) {
 	err = s.read(ctx, op, func(q querier) error {
-		d, err = scanDevice(q.QueryRow(ctx, `SELECT `+deviceCols+` FROM devices d WHERE `+where, arg))
+		d, err = store.ScanDevice(q.QueryRow(ctx, `SELECT `+store.DeviceCols+` FROM devices d WHERE `+where, arg))
 		return err
 	})
 	return d, err
@@ -387,7 +356,7 @@ func (s *Store) DevicesAfter(ctx context.Context, afterID int64, limit int) (ds 
 		return nil, fmt.Errorf("store: DevicesAfter: %w", store.Invalid("limit", "must be positive"))
 	}
 	err = s.read(ctx, "DevicesAfter", func(q querier) error {
-		ds, err = queryDevices(ctx, q, `SELECT `+deviceCols+` FROM devices d WHERE d.id > $1 ORDER BY d.id LIMIT $2`, afterID, limit)
+		ds, err = queryDevices(ctx, q, `SELECT `+store.DeviceCols+` FROM devices d WHERE d.id > $1 ORDER BY d.id LIMIT $2`, afterID, limit)
 		return err
 	})
 	return ds, err
@@ -403,7 +372,7 @@ func (s *Store) CountDevices(ctx context.Context) (total, revoked int, err error
 
 func (s *Store) ListDevices(ctx context.Context) (ds []store.Device, err error) {
 	err = s.read(ctx, "ListDevices", func(q querier) error {
-		ds, err = queryDevices(ctx, q, `SELECT `+deviceCols+` FROM devices d ORDER BY d.id`)
+		ds, err = queryDevices(ctx, q, `SELECT `+store.DeviceCols+` FROM devices d ORDER BY d.id`)
 		return err
 	})
 	return ds, err
@@ -413,7 +382,7 @@ func (s *Store) ListDevices(ctx context.Context) (ds []store.Device, err error) 
 // are not revoked, by id.
 func (s *Store) AdmittedDevices(ctx context.Context) (ds []store.Device, err error) {
 	err = s.read(ctx, "AdmittedDevices", func(q querier) error {
-		ds, err = queryDevices(ctx, q, `SELECT `+deviceCols+` FROM devices d
+		ds, err = queryDevices(ctx, q, `SELECT `+store.DeviceCols+` FROM devices d
 			WHERE d.pinned_key IS NOT NULL AND d.address_offset IS NOT NULL AND NOT d.revoked ORDER BY d.id`)
 		return err
 	})
@@ -607,7 +576,7 @@ func unpin(ctx context.Context, tx pgx.Tx, id int64, revoke bool) error {
 // DeviceByToken finds the device holding an unexpired token (expires_at > now).
 func (s *Store) DeviceByToken(ctx context.Context, hash [32]byte, now time.Time) (d store.Device, err error) {
 	err = s.read(ctx, "DeviceByToken", func(q querier) error {
-		d, err = scanDevice(q.QueryRow(ctx, `SELECT `+deviceCols+` FROM device_tokens t JOIN devices d ON d.id = t.device_id
+		d, err = store.ScanDevice(q.QueryRow(ctx, `SELECT `+store.DeviceCols+` FROM device_tokens t JOIN devices d ON d.id = t.device_id
 			WHERE t.hash = $1 AND t.expires_at > $2`, hash[:], nanos(now)))
 		return err
 	})

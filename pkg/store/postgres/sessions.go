@@ -12,31 +12,6 @@ import (
 	"github.com/planetxlabs/dasset-gateway/pkg/store"
 )
 
-const sessionCols = `id, account_id, device_id, client_key, client_offset, opened_at, expires_at, closed_at`
-
-func scanSession(row pgx.Row) (store.Session, error) {
-	var (
-		s               store.Session
-		account         *int64
-		key             []byte
-		off             int64
-		opened, expires int64
-		closed          *int64
-	)
-	if err := row.Scan(&s.ID, &account, &s.DeviceID, &key, &off, &opened, &expires, &closed); err != nil {
-		return store.Session{}, err
-	}
-	if err := to32((*[32]byte)(&s.ClientKey), key, "client_key"); err != nil {
-		return store.Session{}, err
-	}
-	if account != nil {
-		s.AccountID = *account
-	}
-	s.ClientOffset = uint32(off)
-	s.OpenedAt, s.ExpiresAt, s.ClosedAt = fromNanos(opened), fromNanos(expires), fromNullNanos(closed)
-	return s, nil
-}
-
 func querySessions(ctx context.Context, q querier, query string, args ...any) ([]store.Session, error) {
 	rows, err := q.Query(ctx, query, args...)
 	if err != nil {
@@ -45,7 +20,7 @@ func querySessions(ctx context.Context, q querier, query string, args ...any) ([
 	defer rows.Close()
 	var out []store.Session
 	for rows.Next() {
-		s, err := scanSession(rows)
+		s, err := store.ScanSession(rows)
 		if err != nil {
 			return nil, err
 		}
@@ -136,7 +111,7 @@ func (s *Store) CloseSession(ctx context.Context, id string, at time.Time) (stor
 	var sess store.Session
 	err := s.write(ctx, "CloseSession", func(tx pgx.Tx) error {
 		var err error
-		sess, err = scanSession(tx.QueryRow(ctx, `SELECT `+sessionCols+` FROM sessions WHERE id = $1 FOR UPDATE`, id))
+		sess, err = store.ScanSession(tx.QueryRow(ctx, `SELECT `+store.SessionCols+` FROM sessions WHERE id = $1 FOR UPDATE`, id))
 		if errors.Is(err, pgx.ErrNoRows) {
 			return fmt.Errorf("session: %w", store.ErrNotFound)
 		}
@@ -158,7 +133,7 @@ func (s *Store) CloseSession(ctx context.Context, id string, at time.Time) (stor
 // SessionByID finds a session, open or closed.
 func (s *Store) SessionByID(ctx context.Context, id string) (sess store.Session, err error) {
 	err = s.read(ctx, "SessionByID", func(q querier) error {
-		sess, err = scanSession(q.QueryRow(ctx, `SELECT `+sessionCols+` FROM sessions WHERE id = $1`, id))
+		sess, err = store.ScanSession(q.QueryRow(ctx, `SELECT `+store.SessionCols+` FROM sessions WHERE id = $1`, id))
 		if errors.Is(err, pgx.ErrNoRows) {
 			return fmt.Errorf("session: %w", store.ErrNotFound)
 		}
@@ -170,7 +145,7 @@ func (s *Store) SessionByID(ctx context.Context, id string) (sess store.Session,
 // OpenSessions lists the sessions not closed, oldest first.
 func (s *Store) OpenSessions(ctx context.Context) (out []store.Session, err error) {
 	err = s.read(ctx, "OpenSessions", func(q querier) error {
-		out, err = querySessions(ctx, q, `SELECT `+sessionCols+` FROM sessions WHERE closed_at IS NULL ORDER BY opened_at, id`)
+		out, err = querySessions(ctx, q, `SELECT `+store.SessionCols+` FROM sessions WHERE closed_at IS NULL ORDER BY opened_at, id`)
 		return err
 	})
 	return out, err
@@ -184,7 +159,7 @@ func (s *Store) SessionsOf(ctx context.Context, deviceID, accountID int64) (out 
 		where, arg = `account_id = $1`, accountID
 	}
 	err = s.read(ctx, "SessionsOf", func(q querier) error {
-		out, err = querySessions(ctx, q, `SELECT `+sessionCols+` FROM sessions WHERE `+where+` ORDER BY opened_at, id`, arg)
+		out, err = querySessions(ctx, q, `SELECT `+store.SessionCols+` FROM sessions WHERE `+where+` ORDER BY opened_at, id`, arg)
 		return err
 	})
 	return out, err
