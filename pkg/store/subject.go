@@ -177,6 +177,23 @@ const (
 	verifierV2          = "2"
 )
 
+// UpgradeAll replaces every verifier v of vs by upgrade(v), spread over
+// the CPUs (upgrade is a memory-hard KDF): the computation of every
+// backend's UpgradeVerifiers.
+func UpgradeAll(ctx context.Context, vs []privacy.Verifier, upgrade func(privacy.Verifier) privacy.Verifier) error {
+	var wg sync.WaitGroup
+	workers := min(runtime.GOMAXPROCS(0), max(1, len(vs)))
+	for w := range workers {
+		wg.Go(func() {
+			for i := w; i < len(vs); i += workers {
+				vs[i] = upgrade(vs[i])
+			}
+		})
+	}
+	wg.Wait()
+	return ctx.Err()
+}
+
 // UpgradeVerifiers rewrites version-1 verifiers (see Store). The upgrade
 // function is computed for all rows in parallel (it is a memory-hard KDF),
 // inside the write transaction, so a crash leaves either every old verifier
@@ -219,20 +236,15 @@ func (s *SQLite) UpgradeVerifiers(ctx context.Context, upgrade func(privacy.Veri
 			return err
 		}
 
-		var wg sync.WaitGroup
-		workers := min(runtime.GOMAXPROCS(0), max(1, len(todo)))
-		for w := range workers {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for i := w; i < len(todo); i += workers {
-					todo[i].ver = upgrade(todo[i].ver)
-				}
-			}()
+		vers := make([]privacy.Verifier, len(todo))
+		for i, r := range todo {
+			vers[i] = r.ver
 		}
-		wg.Wait()
-		if err := ctx.Err(); err != nil {
+		if err := UpgradeAll(ctx, vers, upgrade); err != nil {
 			return err
+		}
+		for i := range todo {
+			todo[i].ver = vers[i]
 		}
 
 		upd, err := tx.tx.PrepareContext(ctx, `UPDATE devices SET verifier = ? WHERE id = ?`)

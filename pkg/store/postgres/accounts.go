@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"runtime"
-	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -343,7 +341,7 @@ func (s *Store) UpgradeVerifiers(ctx context.Context, upgrade func(privacy.Verif
 		}
 		var (
 			ids  []int64
-			vers [][]byte
+			vers []privacy.Verifier
 		)
 		for rows.Next() {
 			var (
@@ -359,28 +357,20 @@ func (s *Store) UpgradeVerifiers(ctx context.Context, upgrade func(privacy.Verif
 				rows.Close()
 				return err
 			}
-			ids, vers = append(ids, id), append(vers, b)
+			ids, vers = append(ids, id), append(vers, ver)
 		}
 		rows.Close()
 		if err := rows.Err(); err != nil {
 			return err
 		}
-		// upgrade is memory-hard: spread it over the CPUs.
-		var wg sync.WaitGroup
-		workers := min(runtime.GOMAXPROCS(0), max(1, len(ids)))
-		for w := range workers {
-			wg.Go(func() {
-				for i := w; i < len(vers); i += workers {
-					up := upgrade(privacy.Verifier(vers[i]))
-					vers[i] = up[:]
-				}
-			})
-		}
-		wg.Wait()
-		if err := ctx.Err(); err != nil {
+		if err := store.UpgradeAll(ctx, vers, upgrade); err != nil {
 			return err
 		}
-		if _, err := tx.Exec(ctx, `UPDATE devices d SET verifier = u.v FROM unnest($1::bigint[], $2::bytea[]) AS u(id, v) WHERE d.id = u.id`, ids, vers); err != nil {
+		col := make([][]byte, len(vers))
+		for i := range vers {
+			col[i] = vers[i][:]
+		}
+		if _, err := tx.Exec(ctx, `UPDATE devices d SET verifier = u.v FROM unnest($1::bigint[], $2::bytea[]) AS u(id, v) WHERE d.id = u.id`, ids, col); err != nil {
 			return err
 		}
 		if _, err := tx.Exec(ctx, `UPDATE meta SET value = $1 WHERE key = $2`, verifierV2, metaVerifierVersion); err != nil {
