@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/planetxlabs/dasset-gateway/internal/poll"
 	"github.com/planetxlabs/dasset-gateway/scripts/internal/netnstest"
 )
 
@@ -202,17 +203,15 @@ metrics:
 func (g *gateway) start(name string) {
 	g.t.Helper()
 	g.p = g.startProc(name, "dasset-gateway", "serve", "--config", g.config)
-	deadline := time.Now().Add(60 * time.Second)
-	for {
+	err := poll.Until(context.Background(), 60*time.Second, 100*time.Millisecond, func() error {
 		if g.p.Exited() {
-			g.t.Fatalf("%s exited: %s", name, g.p.LogText())
+			return fmt.Errorf("exited: %s", g.p.LogText())
 		}
-		if _, err := g.ctlErr("", "status"); err == nil {
-			return
-		} else if time.Now().After(deadline) {
-			g.t.Fatalf("%s not ready within 60s: %v", name, err)
-		}
-		time.Sleep(100 * time.Millisecond)
+		_, err := g.ctlErr("", "status")
+		return err
+	})
+	if err != nil {
+		g.t.Fatalf("%s not ready: %v", name, err)
 	}
 }
 
@@ -286,8 +285,7 @@ func (g *gateway) clientLogin(account string) (string, error) {
 // peers.
 func (g *gateway) waitDevicePeers(n int) {
 	g.t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for {
+	err := poll.Until(context.Background(), 30*time.Second, 100*time.Millisecond, func() error {
 		var resp struct {
 			Peers []struct {
 				Kind string `json:"kind"`
@@ -303,13 +301,13 @@ func (g *gateway) waitDevicePeers(n int) {
 				got++
 			}
 		}
-		if got == n {
-			return
+		if got != n {
+			return fmt.Errorf("%d device peers, want %d:\n%s", got, n, out)
 		}
-		if time.Now().After(deadline) {
-			g.t.Fatalf("%d device peers after 30s, want %d:\n%s", got, n, out)
-		}
-		time.Sleep(100 * time.Millisecond)
+		return nil
+	})
+	if err != nil {
+		g.t.Fatal(err)
 	}
 }
 
