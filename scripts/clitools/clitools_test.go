@@ -8,7 +8,6 @@ import (
 	"context"
 	"fmt"
 	"net"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -16,6 +15,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/planetxlabs/dasset-gateway/scripts/internal/netnstest"
 )
 
 func repoRoot(t *testing.T) string {
@@ -38,20 +39,6 @@ func tool(t *testing.T, name string) string {
 }
 
 func fileExists(p string) bool { _, err := os.Stat(p); return err == nil }
-
-func binaries(t *testing.T) string {
-	t.Helper()
-	if d := os.Getenv("DASSET_BIN"); d != "" {
-		return d
-	}
-	d := t.TempDir()
-	cmd := exec.Command("go", "build", "-o", d+"/", "./cmd/...")
-	cmd.Dir = repoRoot(t)
-	if out, err := cmd.CombinedOutput(); err != nil {
-		t.Fatalf("build: %v\n%s", err, out)
-	}
-	return d
-}
 
 func freePort(t *testing.T, network string) int {
 	t.Helper()
@@ -82,7 +69,7 @@ func run(t *testing.T, name string, args ...string) (string, error) {
 func TestOperatorToolsAgainstRunningGateway(t *testing.T) {
 	grpcurl := tool(t, "grpcurl")
 	probe := tool(t, "grpc-health-probe")
-	bin := binaries(t)
+	bin := netnstest.FindBinaries(context.Background(), t)
 	dir := t.TempDir()
 	grpcPort, metricsPort, wgPort := freePort(t, "tcp"), freePort(t, "tcp"), freePort(t, "udp")
 	sock := filepath.Join(dir, "admin.sock")
@@ -105,43 +92,9 @@ log:
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	logf, err := os.Create(filepath.Join(dir, "gateway.log"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer logf.Close()
-	gw := exec.Command(filepath.Join(bin, "dasset-gateway"), "serve", "--config", cfgPath)
-	gw.Stdout, gw.Stderr = logf, logf
-	if err := gw.Start(); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		_ = gw.Process.Signal(os.Interrupt)
-		done := make(chan struct{})
-		go func() { _ = gw.Wait(); close(done) }()
-		select {
-		case <-done:
-		case <-time.After(10 * time.Second):
-			_ = gw.Process.Kill()
-		}
-		if t.Failed() {
-			b, _ := os.ReadFile(logf.Name())
-			t.Logf("gateway log:\n%s", b)
-		}
-	})
-	deadline := time.Now().Add(30 * time.Second)
-	for {
-		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/readyz", metricsPort))
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("gateway not ready within 30s: %v", err)
-		}
-		time.Sleep(200 * time.Millisecond)
+	gw := netnstest.StartProc(t, filepath.Join(dir, "gateway.log"), filepath.Join(bin, "dasset-gateway"), "serve", "--config", cfgPath)
+	if err := netnstest.WaitHTTP(gw, fmt.Sprintf("http://127.0.0.1:%d/readyz", metricsPort), 30*time.Second); err != nil {
+		t.Fatalf("gateway not ready: %v", err)
 	}
 	ca := filepath.Join(dir, "data", "tls.crt")
 	addr := fmt.Sprintf("127.0.0.1:%d", grpcPort)
@@ -203,7 +156,7 @@ log:
 // trace; the same user then runs the whole gateway with tunnel.mode:
 // netstack. As root the daemon is run as nobody; otherwise as the test user.
 func TestNoTUNPrivilegeIsOneClearLine(t *testing.T) {
-	bin := binaries(t)
+	bin := netnstest.FindBinaries(context.Background(), t)
 	dir, err := os.MkdirTemp("", "dasset-nopriv-")
 	if err != nil {
 		t.Fatal(err)
@@ -265,27 +218,8 @@ func TestNoTUNPrivilegeIsOneClearLine(t *testing.T) {
 	if err := os.WriteFile(cfgPath, []byte(ns), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	nctx, ncancel := context.WithCancel(context.Background())
-	defer ncancel()
-	gwNS := exec.CommandContext(nctx, args[0], args[1:]...)
-	var nsOut strings.Builder
-	gwNS.Stdout, gwNS.Stderr = &nsOut, &nsOut
-	if err := gwNS.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer func() { ncancel(); _ = gwNS.Wait() }()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		resp, err := http.Get(fmt.Sprintf("http://127.0.0.1:%d/readyz", metricsPort))
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				break
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("unprivileged gateway in netstack mode not ready within 20s: %v\n%s", err, nsOut.String())
-		}
-		time.Sleep(200 * time.Millisecond)
+	gwNS := netnstest.StartProc(t, filepath.Join(dir, "gateway-netstack.log"), args...)
+	if err := netnstest.WaitHTTP(gwNS, fmt.Sprintf("http://127.0.0.1:%d/readyz", metricsPort), 20*time.Second); err != nil {
+		t.Fatalf("unprivileged gateway in netstack mode not ready: %v", err)
 	}
 }

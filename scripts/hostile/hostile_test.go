@@ -238,22 +238,8 @@ func metric(t *testing.T, addr, prefix string) float64 {
 
 func waitReady(t *testing.T, p *netnstest.Proc, metricsAddr string) {
 	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for {
-		if p.Exited() {
-			t.Fatalf("gateway exited:\n%s", p.LogText())
-		}
-		resp, err := http.Get("http://" + metricsAddr + "/readyz")
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("gateway not ready within 60s: %v\n%s", err, p.LogText())
-		}
-		time.Sleep(100 * time.Millisecond)
+	if err := netnstest.WaitHTTP(p, "http://"+metricsAddr+"/readyz", 60*time.Second); err != nil {
+		t.Fatalf("gateway not ready: %v", err)
 	}
 }
 

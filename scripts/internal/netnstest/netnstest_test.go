@@ -20,6 +20,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -200,5 +201,53 @@ func TestHTTPGet(t *testing.T) {
 	}
 	if code := HTTPGet("http://[::1", &out, &errb); code != 2 {
 		t.Fatalf("GET a malformed URL: exit %d, want 2", code)
+	}
+}
+
+// TestStartProcAndWaitHTTP: a process started by StartProc logs to its
+// file and is stopped gracefully; WaitHTTP waits through 503s for a 200,
+// and gives up at once on a process that has ended.
+func TestStartProcAndWaitHTTP(t *testing.T) {
+	var hits atomic.Int32
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if hits.Add(1) < 3 {
+			http.Error(w, "not ready", http.StatusServiceUnavailable)
+			return
+		}
+		_, _ = w.Write([]byte("ok\n"))
+	}))
+	defer srv.Close()
+	dir := t.TempDir()
+
+	p := StartProc(t, filepath.Join(dir, "sleeper.log"), "sh", "-c", "echo started; exec sleep 60")
+	if p.Name != "sleeper" || p.Pid() <= 0 {
+		t.Fatalf("Name %q, Pid %d", p.Name, p.Pid())
+	}
+	if err := WaitHTTP(p, srv.URL+"/readyz", 30*time.Second); err != nil {
+		t.Fatalf("WaitHTTP: %v", err)
+	}
+	if n := hits.Load(); n != 3 {
+		t.Fatalf("WaitHTTP returned after %d requests, want 3 (two 503s, then 200)", n)
+	}
+	if err := Poll(context.Background(), 10*time.Second, 10*time.Millisecond, func() error {
+		if p.LastLine() != "started" {
+			return errors.New("no output yet")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	if graceful, err := p.Stop(10 * time.Second); !graceful || err == nil || !p.Exited() {
+		t.Fatalf("Stop: graceful %v, err %v, exited %v; want a graceful end by SIGTERM", graceful, err, p.Exited())
+	}
+
+	done := StartProc(t, filepath.Join(dir, "done.log"), "sh", "-c", "echo bye; exit 3")
+	if ok, err := done.Wait(10 * time.Second); !ok || err == nil {
+		t.Fatalf("Wait: ok %v, err %v; want exit 3", ok, err)
+	}
+	hits.Store(0)
+	err := WaitHTTP(done, srv.URL+"/readyz", 30*time.Second)
+	if err == nil || !strings.Contains(err.Error(), "done exited") || !strings.Contains(err.Error(), "bye") || hits.Load() != 0 {
+		t.Fatalf("WaitHTTP on an ended process: %v after %d requests; want an error naming it and no request", err, hits.Load())
 	}
 }

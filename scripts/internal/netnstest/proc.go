@@ -1,6 +1,9 @@
 package netnstest
 
 import (
+	"context"
+	"fmt"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -8,6 +11,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/planetxlabs/dasset-gateway/internal/poll"
 )
 
 // Proc is a background process whose standard output and standard error
@@ -20,7 +25,8 @@ type Proc struct {
 
 	cmd  *exec.Cmd
 	done chan struct{}
-	err  error // valid after done is closed
+	ctx  context.Context // canceled when done is closed
+	err  error           // valid after done is closed
 }
 
 // Start runs argv inside namespace ns with its output in logPath (relative
@@ -71,10 +77,12 @@ func start(t testing.TB, logPath string, argv []string) *Proc {
 		t.Fatalf("start %s: %v", logPath, err)
 	}
 	f.Close()
-	p := &Proc{Name: strings.TrimSuffix(filepath.Base(logPath), ".log"), Log: logPath, cmd: cmd, done: make(chan struct{})}
+	ctx, cancel := context.WithCancel(context.Background())
+	p := &Proc{Name: strings.TrimSuffix(filepath.Base(logPath), ".log"), Log: logPath, cmd: cmd, done: make(chan struct{}), ctx: ctx}
 	go func() {
 		p.err = cmd.Wait()
 		close(p.done)
+		cancel()
 	}()
 	return p
 }
@@ -113,6 +121,10 @@ func (p *Proc) Wait(d time.Duration) (ok bool, err error) {
 		return false, nil
 	}
 }
+
+// Context is done once the process has ended: a poll for something the
+// process should bring about stops at once when it dies.
+func (p *Proc) Context() context.Context { return p.ctx }
 
 // Signal sends sig to the process.
 func (p *Proc) Signal(sig os.Signal) error { return p.cmd.Process.Signal(sig) }
@@ -170,4 +182,24 @@ func Field(out, label string) string {
 		}
 	}
 	return ""
+}
+
+// WaitHTTP polls url every 100ms, up to within, until it answers 200 OK
+// (a gateway's /readyz); it gives up at once when p has ended.
+func WaitHTTP(p *Proc, url string, within time.Duration) error {
+	client := &http.Client{Timeout: 5 * time.Second}
+	return poll.Until(p.Context(), within, 100*time.Millisecond, func() error {
+		if p.Exited() {
+			return fmt.Errorf("%s exited: %v: %s", p.Name, p.Err(), p.LastLine())
+		}
+		resp, err := client.Get(url)
+		if err != nil {
+			return err
+		}
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("GET %s: %s", url, resp.Status)
+		}
+		return nil
+	})
 }
