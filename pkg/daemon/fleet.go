@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/planetxlabs/dasset-gateway/internal/atomicfile"
 	"github.com/planetxlabs/dasset-gateway/pkg/store"
 )
 
@@ -42,19 +43,7 @@ func loadInstanceID(dataDir string) (string, error) {
 		return "", fmt.Errorf("instance id: %w", err)
 	}
 	id := hex.EncodeToString(raw)
-	tmp, err := os.CreateTemp(dataDir, ".instance_id-*")
-	if err != nil {
-		return "", fmt.Errorf("instance id: %w", err)
-	}
-	defer os.Remove(tmp.Name()) // no-op after the rename
-	if _, err := tmp.WriteString(id + "\n"); err != nil {
-		tmp.Close()
-		return "", fmt.Errorf("instance id: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return "", fmt.Errorf("instance id: %w", err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
+	if err := atomicfile.Write(path, []byte(id+"\n"), 0o600); err != nil {
 		return "", fmt.Errorf("instance id: %w", err)
 	}
 	return id, nil
