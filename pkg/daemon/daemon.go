@@ -83,15 +83,14 @@ type Daemon struct {
 	grpcLis, adminLis, httpLis     net.Listener
 	grpcSrv, adminSrv, adminTCPSrv *grpc.Server
 	endStreams                     func() // ends the public listener's streams (shutdown)
-	// writable: the registry could be written at the last check
-	// (checkWritable, every writeCheckInterval).
-	writable        atomic.Bool
-	writableProblem atomic.Value // string: why not, for /readyz
-	adminTCPLis     net.Listener
-	httpSrv         *http.Server
-	uapi            interface{ Close() error }
-	fingerprint     string
-	closers         []func() error
+	// unwritable says why the registry could not be written at the last
+	// check (checkWritable, every writeCheckInterval); nil: it could.
+	unwritable  atomic.Pointer[string]
+	adminTCPLis net.Listener
+	httpSrv     *http.Server
+	uapi        interface{ Close() error }
+	fingerprint string
+	closers     []func() error
 }
 
 // Options are test hooks; the zero value is production.
@@ -111,7 +110,6 @@ func (e *DataPlaneError) Unwrap() error { return e.Err }
 // On error, whatever was built is closed again.
 func New(ctx context.Context, cfg config.Config, opt Options) (_ *Daemon, err error) {
 	d := &Daemon{cfg: cfg, log: opt.Logger}
-	d.writable.Store(true)
 	if d.log == nil {
 		lvl := slog.LevelInfo
 		_ = lvl.UnmarshalText([]byte(cfg.Log.Level))
@@ -200,7 +198,7 @@ func New(ctx context.Context, cfg config.Config, opt Options) (_ *Daemon, err er
 		MaxConcurrent: cfg.GRPC.MaxConcurrentLogins,
 		Now:           now,
 		InstanceID:    hex.EncodeToString(instance),
-		Writable:      d.writable.Load,
+		Writable:      d.writable,
 		SessionOptions: gateway.SessionOptions{
 			MaxPerAccount:  cfg.Client.MaxSessionsPerAccount,
 			Duration:       cfg.Client.SessionDuration,
@@ -686,9 +684,8 @@ func (d *Daemon) readyz(w http.ResponseWriter, r *http.Request) {
 	if d.keys == nil {
 		problems = append(problems, "keystore: not loaded")
 	}
-	if !d.writable.Load() {
-		p, _ := d.writableProblem.Load().(string)
-		problems = append(problems, "store: not writable: "+p+" (admitted devices still log in; new admissions are refused)")
+	if p := d.unwritable.Load(); p != nil {
+		problems = append(problems, "store: not writable: "+*p+" (admitted devices still log in; new admissions are refused)")
 	}
 	if len(problems) > 0 {
 		w.WriteHeader(http.StatusServiceUnavailable)
@@ -825,9 +822,12 @@ func (d *Daemon) checkWritable(ctx context.Context) {
 			problem = "write probe: " + err.Error()
 		}
 	}
-	was := d.writable.Load()
-	d.writableProblem.Store(problem)
-	d.writable.Store(problem == "")
+	was := d.writable()
+	if problem == "" {
+		d.unwritable.Store(nil)
+	} else {
+		d.unwritable.Store(&problem)
+	}
 	switch {
 	case problem == "" && !was:
 		d.log.Info("registry writable again: new admissions resume")
@@ -837,6 +837,9 @@ func (d *Daemon) checkWritable(ctx context.Context) {
 		d.m.StoreWritable.Set(0)
 	}
 }
+
+// writable reports whether the registry could be written at the last check.
+func (d *Daemon) writable() bool { return d.unwritable.Load() == nil }
 
 // stopGRPC lets calls in flight finish (streams have been ended by then),
 // for at most a second.
