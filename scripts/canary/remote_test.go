@@ -65,18 +65,7 @@ func (h *harness) remoteControl(g *gateway, s remoteSpec) {
 	ifname := "ccx" + h.Suffix
 	p := h.Start(s.ns, "client-session.log", agent, "session", "open", "--serial", sn1,
 		"--interface", ifname, "--state-dir", stateDir, "--poll", "250ms", "--log-format", "json")
-	if err := h.Poll(30*time.Second, 50*time.Millisecond, func() error {
-		if p.Exited() {
-			return fmt.Errorf("session open exited: %v: %s", p.Err(), p.LastLine())
-		}
-		if netnstest.Field(p.LogText(), "Expires") == "" {
-			return fmt.Errorf("session open printed no addresses yet")
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-	printed := p.LogText()
+	printed := h.WaitOutput(p, 30*time.Second, "its addresses", func(out string) bool { return netnstest.Field(out, "Expires") != "" })
 	id, device := netnstest.Field(printed, "Session"), strings.Fields(netnstest.Field(printed, "Device"))
 	if id == "" || len(device) == 0 {
 		t.Fatalf("session open printed %q", printed)

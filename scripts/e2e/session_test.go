@@ -57,19 +57,7 @@ func (c client) open(serial, ifname, logName string) *session {
 	h.T.Helper()
 	p := h.Start(c.ns, logName, h.Path("dasset-agent"), "session", "open", "--serial", serial,
 		"--interface", ifname, "--state-dir", c.stateDir, "--poll", "250ms", "--log-format", "json")
-	err := h.Poll(30*time.Second, 50*time.Millisecond, func() error {
-		if p.Exited() {
-			return fmt.Errorf("session open exited: %v: %s", p.Err(), p.LastLine())
-		}
-		if netnstest.Field(p.LogText(), "Expires") == "" {
-			return fmt.Errorf("session open printed no addresses yet")
-		}
-		return nil
-	})
-	if err != nil {
-		h.T.Fatalf("%s: %v", logName, err)
-	}
-	out := p.LogText()
+	out := h.WaitOutput(p, 30*time.Second, "its addresses", func(out string) bool { return netnstest.Field(out, "Expires") != "" })
 	s := &session{h: h, p: p, ns: c.ns, ifname: ifname, id: netnstest.Field(out, "Session"),
 		client4: firstV4(netnstest.Field(out, "Client")), device: netnstest.Field(out, "Device")}
 	if s.id == "" || s.client4 == "" || firstV4(s.device) == "" || netnstest.Field(out, "Interface") != ifname {
@@ -229,17 +217,7 @@ func TestSessions(t *testing.T) {
 	// TCP from client 1 to a listener on device 1's virtual address; the
 	// device sees client 1's own virtual address (no NAT in the hub).
 	echo := h.Start(d1NS, "tcpecho.log", h.SelfArgv(tcpEchoEnv, dev1v4+":7000")...)
-	if err := h.Poll(10*time.Second, 20*time.Millisecond, func() error {
-		if echo.Exited() {
-			return fmt.Errorf("echo server exited: %v: %s", echo.Err(), echo.LogText())
-		}
-		if !strings.Contains(echo.LogText(), "listening") {
-			return fmt.Errorf("echo server not listening yet")
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
+	h.WaitOutput(echo, 10*time.Second, `"listening"`, func(out string) bool { return strings.Contains(out, "listening") })
 	self, err := os.Executable()
 	if err != nil {
 		t.Fatal(err)

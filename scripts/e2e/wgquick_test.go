@@ -92,18 +92,7 @@ func TestWGQuickSession(t *testing.T) {
 	conf := filepath.Join(h.Dir, ifname+".conf")
 	sess := h.Start(techNS, "session.log", h.Path("dasset-agent"), "session", "open", "--serial", sn1,
 		"--wg-quick", conf, "--qr", "--state-dir", c.stateDir, "--poll", "250ms", "--log-format", "json")
-	if err := h.Poll(30*time.Second, 50*time.Millisecond, func() error {
-		if sess.Exited() {
-			return fmt.Errorf("session open exited: %v: %s", sess.Err(), sess.LastLine())
-		}
-		if !strings.Contains(sess.LogText(), "Ctrl-C closes it") {
-			return fmt.Errorf("session open has not printed everything yet")
-		}
-		return nil
-	}); err != nil {
-		t.Fatal(err)
-	}
-	out := sess.LogText()
+	out := h.WaitOutput(sess, 30*time.Second, "everything", func(out string) bool { return strings.Contains(out, "Ctrl-C closes it") })
 	id, device := netnstest.Field(out, "Session"), netnstest.Field(out, "Device")
 	if id == "" || firstV4(device) != devV4 || netnstest.Field(out, "Config") != conf || netnstest.Field(out, "Interface") != "" {
 		t.Fatalf("session open printed:\n%s", out)

@@ -251,3 +251,14 @@ func TestStartProcAndWaitHTTP(t *testing.T) {
 		t.Fatalf("WaitHTTP on an ended process: %v after %d requests; want an error naming it and no request", err, hits.Load())
 	}
 }
+
+// TestWaitOutput: WaitOutput returns the output once it holds what is
+// waited for, not before.
+func TestWaitOutput(t *testing.T) {
+	h := &Harness{T: t}
+	p := StartProc(t, filepath.Join(t.TempDir(), "printer.log"), "sh", "-c", "echo one; sleep 0.3; echo Ready: yes; exec sleep 60")
+	out := h.WaitOutput(p, 30*time.Second, "Ready", func(out string) bool { return Field(out, "Ready") != "" })
+	if out != "one\nReady: yes\n" {
+		t.Fatalf("WaitOutput returned %q", out)
+	}
+}

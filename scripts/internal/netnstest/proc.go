@@ -203,3 +203,24 @@ func WaitHTTP(p *Proc, url string, within time.Duration) error {
 		return nil
 	})
 }
+
+// WaitOutput polls p's output every 50ms, up to within, until ready holds
+// for it, and returns that output. The test fails if p ends first (at once)
+// or the bound passes; what names what ready waits for.
+func (h *Harness) WaitOutput(p *Proc, within time.Duration, what string, ready func(out string) bool) string {
+	h.T.Helper()
+	var out string
+	err := poll.Until(p.Context(), within, 50*time.Millisecond, func() error {
+		if p.Exited() {
+			return fmt.Errorf("exited: %v: %s", p.Err(), p.LastLine())
+		}
+		if out = p.LogText(); !ready(out) {
+			return fmt.Errorf("has not printed %s yet", what)
+		}
+		return nil
+	})
+	if err != nil {
+		h.T.Fatalf("%s: %v", p.Name, err)
+	}
+	return out
+}
