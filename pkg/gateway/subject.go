@@ -52,13 +52,14 @@ type PseudonymKeys interface {
 // database.
 type ErasureLedger interface {
 	Contains(privacy.BlindIndex) bool
-	Add(privacy.BlindIndex) error
 	Remove(privacy.BlindIndex) error
-	All() []privacy.BlindIndex
 	AddDevice(idx privacy.BlindIndex, at time.Time) error
 	Devices() []privacy.ErasedAccount
 	AddAccount(idx privacy.BlindIndex, at time.Time) error
 	Accounts() []privacy.ErasedAccount
+	// Merge adds erasures learnt elsewhere with one write, returning how
+	// many were new.
+	Merge(devices, accounts []privacy.ErasedAccount) (added int, err error)
 }
 
 // Subject names a data subject: a device by serial number, or an account.
@@ -436,6 +437,7 @@ func (g *Gateway) SyncErasures(ctx context.Context) (learnt, restored int, err e
 		return 0, 0, err
 	}
 	known := make(map[[32]byte]time.Time, len(rows))
+	var devices, accounts []privacy.ErasedAccount
 	for _, r := range rows {
 		known[r.Tombstone] = r.ErasedAt
 		b, err := g.keys.Open(r.SealedIndex, erasureAAD(r.Kind, r.Tombstone))
@@ -449,21 +451,16 @@ func (g *Gateway) SyncErasures(ctx context.Context) (learnt, restored int, err e
 			g.log.Warn("an erasure in the database does not match its tombstone; skipped", "kind", r.Kind)
 			continue
 		}
-		var before, after int
+		e := privacy.ErasedAccount{Index: idx, ErasedAt: r.ErasedAt}
 		switch r.Kind {
 		case store.ErasedDevice:
-			before = len(g.subj.ledger.Devices())
-			err = g.subj.ledger.AddDevice(idx, r.ErasedAt)
-			after = len(g.subj.ledger.Devices())
+			devices = append(devices, e)
 		case store.ErasedAccount:
-			before = len(g.subj.ledger.Accounts())
-			err = g.subj.ledger.AddAccount(idx, r.ErasedAt)
-			after = len(g.subj.ledger.Accounts())
+			accounts = append(accounts, e)
 		}
-		if err != nil {
-			return learnt, restored, err
-		}
-		learnt += after - before
+	}
+	if learnt, err = g.subj.ledger.Merge(devices, accounts); err != nil {
+		return 0, 0, err
 	}
 	var missing []store.Erasure
 	for kind, list := range map[string][]privacy.ErasedAccount{store.ErasedDevice: g.subj.ledger.Devices(), store.ErasedAccount: g.subj.ledger.Accounts()} {

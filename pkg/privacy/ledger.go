@@ -137,37 +137,85 @@ func (l *Ledger) Contains(idx BlindIndex) bool {
 	return ok
 }
 
-// Add records durably that the device was erased now.
-func (l *Ledger) Add(idx BlindIndex) error { return l.AddDevice(idx, time.Now()) }
-
 // AddDevice records durably that the device with blind index idx was
 // erased at at (a later time replaces an earlier one).
 func (l *Ledger) AddDevice(idx BlindIndex, at time.Time) error {
+	_, err := l.Merge([]ErasedAccount{{Index: idx, ErasedAt: at}}, nil)
+	return err
+}
+
+// AddAccount records durably that the account with name index idx was
+// erased (or cancelled) at at. An account of that name created later is
+// not affected.
+func (l *Ledger) AddAccount(idx BlindIndex, at time.Time) error {
+	_, err := l.Merge(nil, []ErasedAccount{{Index: idx, ErasedAt: at}})
+	return err
+}
+
+// Merge records the device and account erasures given, each as AddDevice
+// or AddAccount does, with one write of the file for all of them (none
+// when nothing changes), and returns how many were new to the ledger. On
+// a failed write the ledger is left as it was.
+func (l *Ledger) Merge(devices, accounts []ErasedAccount) (added int, err error) {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	old, had := l.devices[idx]
-	at = at.UTC()
-	if had && (old.IsZero() || !at.After(old)) {
-		return nil
+	type undo struct {
+		m   map[BlindIndex]time.Time
+		idx BlindIndex
+		old time.Time
+		had bool
 	}
-	l.devices[idx] = at
-	if err := l.writeLocked(); err != nil {
-		if had {
-			l.devices[idx] = old
-		} else {
-			delete(l.devices, idx)
+	var undos []undo
+	set := func(m map[BlindIndex]time.Time, e ErasedAccount, device bool) {
+		old, had := m[e.Index]
+		at := e.ErasedAt.UTC()
+		keep := !at.After(old) // an account's later erasure stays
+		if device {
+			keep = had && (old.IsZero() || !at.After(old)) // and a device's of unknown time
 		}
-		return err
+		if keep {
+			return
+		}
+		undos = append(undos, undo{m, e.Index, old, had})
+		m[e.Index] = at
+		if !had {
+			added++
+		}
 	}
-	return nil
+	for _, e := range devices {
+		set(l.devices, e, true)
+	}
+	for _, e := range accounts {
+		set(l.accounts, e, false)
+	}
+	if len(undos) == 0 {
+		return 0, nil
+	}
+	if err := l.writeLocked(); err != nil {
+		for i := len(undos) - 1; i >= 0; i-- {
+			u := undos[i]
+			if u.had {
+				u.m[u.idx] = u.old
+			} else {
+				delete(u.m, u.idx)
+			}
+		}
+		return 0, err
+	}
+	return added, nil
 }
 
 // Devices lists the device erasures.
-func (l *Ledger) Devices() []ErasedAccount {
+func (l *Ledger) Devices() []ErasedAccount { return l.list(l.devices) }
+
+// Accounts lists the account erasures.
+func (l *Ledger) Accounts() []ErasedAccount { return l.list(l.accounts) }
+
+func (l *Ledger) list(m map[BlindIndex]time.Time) []ErasedAccount {
 	l.mu.Lock()
 	defer l.mu.Unlock()
-	out := make([]ErasedAccount, 0, len(l.devices))
-	for idx, at := range l.devices {
+	out := make([]ErasedAccount, 0, len(m))
+	for idx, at := range m {
 		out = append(out, ErasedAccount{Index: idx, ErasedAt: at})
 	}
 	slices.SortFunc(out, func(a, b ErasedAccount) int { return bytes.Compare(a.Index[:], b.Index[:]) })
@@ -188,53 +236,6 @@ func (l *Ledger) Remove(idx BlindIndex) error {
 		return err
 	}
 	return nil
-}
-
-// All lists the erased devices' indexes.
-func (l *Ledger) All() []BlindIndex {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	out := make([]BlindIndex, 0, len(l.devices))
-	for idx := range l.devices {
-		out = append(out, idx)
-	}
-	slices.SortFunc(out, func(a, b BlindIndex) int { return bytes.Compare(a[:], b[:]) })
-	return out
-}
-
-// AddAccount records durably that the account with name index idx was
-// erased (or cancelled) at at. An account of that name created later is
-// not affected.
-func (l *Ledger) AddAccount(idx BlindIndex, at time.Time) error {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	old, had := l.accounts[idx]
-	at = at.UTC()
-	if !at.After(old) {
-		return nil
-	}
-	l.accounts[idx] = at
-	if err := l.writeLocked(); err != nil {
-		if had {
-			l.accounts[idx] = old
-		} else {
-			delete(l.accounts, idx)
-		}
-		return err
-	}
-	return nil
-}
-
-// Accounts lists the account erasures.
-func (l *Ledger) Accounts() []ErasedAccount {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	out := make([]ErasedAccount, 0, len(l.accounts))
-	for idx, at := range l.accounts {
-		out = append(out, ErasedAccount{Index: idx, ErasedAt: at})
-	}
-	slices.SortFunc(out, func(a, b ErasedAccount) int { return bytes.Compare(a.Index[:], b.Index[:]) })
-	return out
 }
 
 func (l *Ledger) writeLocked() error {

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -87,7 +88,7 @@ func TestBackupCarriesLedgerAndAudit(t *testing.T) {
 		t.Fatal(err)
 	}
 	dev := k.BlindIndex(mustSN(t, "SN-LEDGER-2"))
-	if err := l.Add(dev); err != nil {
+	if err := l.AddDevice(dev, time.Now()); err != nil {
 		t.Fatal(err)
 	}
 	lines := `{"seq":1,"hash":"a"}` + "\n" + `{"seq":2,"hash":"b"}` + "\n"
@@ -176,5 +177,87 @@ func TestBackupExpiresItself(t *testing.T) {
 	}
 	if d, err := r.DayKeyRetention(); err != nil || d != 48*time.Hour {
 		t.Fatalf("restored retention %v, %v", d, err)
+	}
+}
+
+// TestLedgerMerge: erasures learnt elsewhere are added with one write of
+// the file (a new file by rename: a new inode), counting only those new to
+// the ledger; a merge that changes nothing writes nothing, and a failed
+// write leaves the ledger as it was.
+func TestLedgerMerge(t *testing.T) {
+	k, dir := openTestKeystore(t)
+	d1, d2 := k.BlindIndex(mustSN(t, "SN-MERGE-1")), k.BlindIndex(mustSN(t, "SN-MERGE-2"))
+	acct := k.AccountIndex("bob")
+	at := time.Date(2030, 1, 2, 3, 4, 5, 0, time.UTC)
+	path := filepath.Join(dir, LedgerFile)
+	inode := func() uint64 {
+		t.Helper()
+		st, err := os.Stat(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return st.Sys().(*syscall.Stat_t).Ino
+	}
+
+	l, err := OpenLedger(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.AddDevice(d1, at); err != nil {
+		t.Fatal(err)
+	}
+	before := inode()
+	n, err := l.Merge([]ErasedAccount{{Index: d1, ErasedAt: at.Add(time.Hour)}, {Index: d2, ErasedAt: at}}, []ErasedAccount{{Index: acct, ErasedAt: at}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n != 2 {
+		t.Fatalf("Merge of one known device erased later, a new device and a new account added %d, want 2", n)
+	}
+	if inode() == before {
+		t.Fatal("Merge did not rewrite the ledger file")
+	}
+	l2, err := OpenLedger(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := l2.Devices(); len(got) != 2 || !l2.Contains(d2) {
+		t.Fatalf("reopened ledger devices %+v", got)
+	}
+	for _, e := range l2.Devices() {
+		if e.Index == d1 && !e.ErasedAt.Equal(at.Add(time.Hour)) {
+			t.Fatalf("device erased again later kept %v", e.ErasedAt)
+		}
+	}
+	if got := l2.Accounts(); len(got) != 1 || got[0].Index != acct || !got[0].ErasedAt.Equal(at) {
+		t.Fatalf("reopened ledger accounts %+v", got)
+	}
+
+	// Nothing new or later: no write.
+	before = inode()
+	if n, err := l.Merge([]ErasedAccount{{Index: d2, ErasedAt: at.Add(-time.Hour)}}, []ErasedAccount{{Index: acct, ErasedAt: at}}); err != nil || n != 0 {
+		t.Fatalf("Merge of known erasures: %d, %v", n, err)
+	}
+	if inode() != before {
+		t.Fatal("a Merge that changed nothing rewrote the ledger file")
+	}
+
+	// A failed write (the directory is gone) changes nothing.
+	gone := t.TempDir()
+	lg, err := OpenLedger(gone)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := lg.AddDevice(d1, at); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.RemoveAll(gone); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := lg.Merge([]ErasedAccount{{Index: d1, ErasedAt: at.Add(time.Hour)}, {Index: d2, ErasedAt: at}}, []ErasedAccount{{Index: acct, ErasedAt: at}}); err == nil {
+		t.Fatal("Merge into a removed directory succeeded")
+	}
+	if got := lg.Devices(); len(got) != 1 || got[0].Index != d1 || !got[0].ErasedAt.Equal(at) || len(lg.Accounts()) != 0 {
+		t.Fatalf("after a failed Merge: devices %+v accounts %+v", got, lg.Accounts())
 	}
 }
