@@ -1,8 +1,6 @@
 package daemon_test
 
 import (
-	"github.com/planetxlabs/dasset-gateway/pkg/tlsutil/tlsutiltest"
-
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -16,16 +14,18 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/planetxlabs/dasset-gateway/pkg/config"
+	"github.com/planetxlabs/dasset-gateway/pkg/tlsutil/tlsutiltest"
 	gatewayv1 "github.com/planetxlabs/dasset-gateway/proto/dasset/gateway/v1"
 )
 
-// TestAdminOverMutualTLS: the TCP admin listener identifies operators by
-// their client certificate's common name; roles come from admin.operators.
-func TestAdminOverMutualTLS(t *testing.T) {
+// startMTLSAdmin starts a gateway whose admin listener is on TCP with
+// mutual TLS, certificates from a throw-away CA; olivia is an operator,
+// priya an operator with the privacy role.
+func startMTLSAdmin(t *testing.T) (*testGateway, *tlsutiltest.CA) {
+	t.Helper()
 	ca := tlsutiltest.NewCA(t)
 	srv := ca.Issue(t, "gateway-admin", x509.ExtKeyUsageServerAuth, net.IPv4(127, 0, 0, 1))
-	dir := t.TempDir()
-	cfg := testConfig(t, dir)
+	cfg := testConfig(t, t.TempDir())
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -40,21 +40,34 @@ func TestAdminOverMutualTLS(t *testing.T) {
 	if err := cfg.Validate(); err != nil {
 		t.Fatal(err)
 	}
-	g := startGateway(t, cfg)
+	return startGateway(t, cfg), ca
+}
+
+// dialMTLSAdmin connects to g's admin listener with a client certificate
+// for cn from ca (none when cn is empty).
+func dialMTLSAdmin(t *testing.T, g *testGateway, ca *tlsutiltest.CA, cn string) *grpc.ClientConn {
+	t.Helper()
+	var certs []tls.Certificate
+	if cn != "" {
+		certs = []tls.Certificate{ca.Issue(t, cn, x509.ExtKeyUsageClientAuth).Cert}
+	}
+	tc := &tls.Config{RootCAs: ca.Pool, Certificates: certs, MinVersion: tls.VersionTLS13}
+	conn, err := grpc.NewClient(g.cfg.Admin.Listen, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// TestAdminOverMutualTLS: the TCP admin listener identifies operators by
+// their client certificate's common name; roles come from admin.operators.
+func TestAdminOverMutualTLS(t *testing.T) {
+	g, ca := startMTLSAdmin(t)
 	g.enroll(t, [2]string{"DS-MTLS-0001", "HW-MTLS-1"})
 
 	dial := func(cn string) gatewayv1.AdminServiceClient {
-		var certs []tls.Certificate
-		if cn != "" {
-			certs = []tls.Certificate{ca.Issue(t, cn, x509.ExtKeyUsageClientAuth).Cert}
-		}
-		tc := &tls.Config{RootCAs: ca.Pool, Certificates: certs, MinVersion: tls.VersionTLS13}
-		conn, err := grpc.NewClient(cfg.Admin.Listen, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { conn.Close() })
-		return gatewayv1.NewAdminServiceClient(conn)
+		return gatewayv1.NewAdminServiceClient(dialMTLSAdmin(t, g, ca, cn))
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()

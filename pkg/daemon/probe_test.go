@@ -3,11 +3,8 @@ package daemon_test
 import (
 	"bufio"
 	"context"
-	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -15,15 +12,12 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"google.golang.org/protobuf/types/dynamicpb"
 
-	"github.com/planetxlabs/dasset-gateway/pkg/config"
 	"github.com/planetxlabs/dasset-gateway/pkg/privacy"
-	"github.com/planetxlabs/dasset-gateway/pkg/tlsutil/tlsutiltest"
 	gatewayv1 "github.com/planetxlabs/dasset-gateway/proto/dasset/gateway/v1"
 )
 
@@ -107,25 +101,7 @@ func (a answer) same(b answer) bool {
 // the privacy role does tell them apart (the positive control), every
 // probe is audited with its target, and a reveal names every device.
 func TestOperatorCannotProbeHWIDs(t *testing.T) {
-	ca := tlsutiltest.NewCA(t)
-	srv := ca.Issue(t, "gateway-admin", x509.ExtKeyUsageServerAuth, net.IPv4(127, 0, 0, 1))
-	dir := t.TempDir()
-	cfg := testConfig(t, dir)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cfg.Admin.Listen = l.Addr().String()
-	l.Close()
-	cfg.Admin.CertFile, cfg.Admin.KeyFile, cfg.Admin.ClientCAFile = srv.CertFile, srv.KeyFile, ca.File
-	cfg.Admin.Operators = []config.Operator{
-		{UID: 1000, Name: "olivia", Roles: []config.Role{config.RoleOperator}},
-		{UID: 1001, Name: "priya", Roles: []config.Role{config.RoleOperator, config.RolePrivacy}},
-	}
-	if err := cfg.Validate(); err != nil {
-		t.Fatal(err)
-	}
-	g := startGateway(t, cfg)
+	g, ca := startMTLSAdmin(t)
 	const (
 		serial, hwid    = "DS-PROBE-0001", "HW-PROBE-RIGHT"
 		erased, erasedH = "DS-PROBE-0002", "HW-PROBE-ERASED"
@@ -138,16 +114,7 @@ func TestOperatorCannotProbeHWIDs(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	dial := func(cn string) *grpc.ClientConn {
-		tc := &tls.Config{RootCAs: ca.Pool, Certificates: []tls.Certificate{ca.Issue(t, cn, x509.ExtKeyUsageClientAuth).Cert}, MinVersion: tls.VersionTLS13}
-		conn, err := grpc.NewClient(cfg.Admin.Listen, grpc.WithTransportCredentials(credentials.NewTLS(tc)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { conn.Close() })
-		return conn
-	}
-	olivia, priya := dial("olivia"), dial("priya")
+	olivia, priya := dialMTLSAdmin(t, g, ca, "olivia"), dialMTLSAdmin(t, g, ca, "priya")
 	call := func(conn *grpc.ClientConn, md protoreflect.MethodDescriptor, sn, hw string) answer {
 		req := dynamicpb.NewMessage(md.Input())
 		fill(req, sn, hw)
@@ -218,7 +185,7 @@ func TestOperatorCannotProbeHWIDs(t *testing.T) {
 	if _, err := gatewayv1.NewAdminServiceClient(priya).ListDevices(ctx, &gatewayv1.ListDevicesRequest{Reveal: true, Reason: "ticket 8"}); err != nil {
 		t.Fatal(err)
 	}
-	ks, err := privacy.OpenKeystore(cfg.KeystorePath())
+	ks, err := privacy.OpenKeystore(g.cfg.KeystorePath())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -234,7 +201,7 @@ func TestOperatorCannotProbeHWIDs(t *testing.T) {
 		Targets                                  []string
 	}
 	var entries []entry
-	f, err := os.Open(filepath.Join(cfg.KeystorePath(), privacy.AuditLogFile))
+	f, err := os.Open(filepath.Join(g.cfg.KeystorePath(), privacy.AuditLogFile))
 	if err != nil {
 		t.Fatal(err)
 	}
