@@ -2,6 +2,7 @@ package pgtest_test
 
 import (
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/planetxlabs/dasset-gateway/internal/poll"
 	"github.com/planetxlabs/dasset-gateway/pkg/store/postgres/pgtest"
 )
 
@@ -90,13 +92,15 @@ func TestCluster(t *testing.T) {
 	}
 	// pg_ctl stop returns once postmaster.pid is gone; the process itself
 	// may take a moment longer to exit.
-	deadline := time.Now().Add(10 * time.Second)
-	for syscall.Kill(pid, 0) != syscall.ESRCH {
-		if time.Now().After(deadline) {
-			t.Fatalf("server process %d still there 10 s after Close", pid)
-		}
-		time.Sleep(20 * time.Millisecond)
+	poll.Must(t, 10*time.Second, "server process gone after Close", func() error { return exited(pid) })
+}
+
+// exited is nil once no process has the id pid.
+func exited(pid int) error {
+	if syscall.Kill(pid, 0) != syscall.ESRCH {
+		return fmt.Errorf("process %d still there", pid)
 	}
+	return nil
 }
 
 // TestReapsOrphans: a cluster whose test process died without Close (here:
@@ -126,13 +130,7 @@ func TestReapsOrphans(t *testing.T) {
 	if _, err := os.Stat(orphan.Dir()); !os.IsNotExist(err) {
 		t.Fatalf("orphan cluster directory still there: %v", err)
 	}
-	deadline := time.Now().Add(10 * time.Second)
-	for syscall.Kill(server, 0) != syscall.ESRCH {
-		if time.Now().After(deadline) {
-			t.Fatalf("orphan server %d still running", server)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	poll.Must(t, 10*time.Second, "orphan server stopped", func() error { return exited(server) })
 	if _, err := os.Stat(c.Dir()); err != nil {
 		t.Fatalf("the new cluster: %v", err)
 	}
