@@ -442,6 +442,9 @@ func TestErasureLedgerSharedThroughDatabase(t *testing.T) {
 	}
 
 	b := startGateway(t, cfgB) // learns the erasure from the database
+	if !strings.Contains(b.log.String(), `"learnt":1,`) {
+		t.Fatalf("B did not count the one erasure it learnt from the database:\n%s", b.log.String())
+	}
 	poll.Must(t, 10*time.Second, "the erasure on B's own ledger", func() error {
 		if len(filesContaining(t, []byte("device "+idx.String()), keysB)) == 0 {
 			return fmt.Errorf("not yet")
