@@ -145,20 +145,7 @@ func (s *SQLite) admitLoop() {
 // maxAdmitBatch admissions and one commit) and returns the admission's own
 // outcome.
 func (s *SQLite) Admit(ctx context.Context, a Admission) (d Device, err error) {
-	switch {
-	case a.Key == Key{}:
-		return Device{}, fmt.Errorf("store: Admit: %w", invalid("key", "must not be zero"))
-	case a.First == 0:
-		return Device{}, fmt.Errorf("store: Admit: %w", invalid("first", "must be at least 1"))
-	case a.First > a.Last:
-		return Device{}, fmt.Errorf("store: Admit: %w", invalid("last", "must not be below first"))
-	case a.TokenHash == [32]byte{}:
-		return Device{}, fmt.Errorf("store: Admit: %w", invalid("token_hash", "must not be zero"))
-	}
-	if _, err := time.Parse(time.DateOnly, a.Day); err != nil {
-		return Device{}, fmt.Errorf("store: Admit: %w", invalid("day", "must be a UTC day YYYY-MM-DD"))
-	}
-	if err := checkTime("token_expires", a.TokenExpires); err != nil {
+	if err := CheckAdmission(a); err != nil {
 		return Device{}, fmt.Errorf("store: Admit: %w", err)
 	}
 	defer s.observe("Admit", time.Now(), &err)

@@ -462,20 +462,7 @@ func lowestFree(ctx context.Context, tx pgx.Tx, query string, first, last uint32
 // locked for the transaction, so concurrent logins of one device queue, and
 // a device without an address takes one under lockDeviceOffsets.
 func (s *Store) Admit(ctx context.Context, a store.Admission) (d store.Device, err error) {
-	switch {
-	case a.Key == store.Key{}:
-		return store.Device{}, fmt.Errorf("store: Admit: %w", store.Invalid("key", "must not be zero"))
-	case a.First == 0:
-		return store.Device{}, fmt.Errorf("store: Admit: %w", store.Invalid("first", "must be at least 1"))
-	case a.First > a.Last:
-		return store.Device{}, fmt.Errorf("store: Admit: %w", store.Invalid("last", "must not be below first"))
-	case a.TokenHash == [32]byte{}:
-		return store.Device{}, fmt.Errorf("store: Admit: %w", store.Invalid("token_hash", "must not be zero"))
-	}
-	if _, err := time.Parse(time.DateOnly, a.Day); err != nil {
-		return store.Device{}, fmt.Errorf("store: Admit: %w", store.Invalid("day", "must be a UTC day YYYY-MM-DD"))
-	}
-	if err := store.CheckTime("token_expires", a.TokenExpires); err != nil {
+	if err := store.CheckAdmission(a); err != nil {
 		return store.Device{}, fmt.Errorf("store: Admit: %w", err)
 	}
 	err = s.write(ctx, "Admit", func(tx pgx.Tx) error {
