@@ -177,7 +177,7 @@ func New(cfg Config) (*Agent, error) {
 	return &Agent{
 		cfg:      cfg,
 		log:      cfg.Logger,
-		scrub:    newAddrScrubber(gateways[0]),
+		scrub:    &addrScrubber{}, // Run keeps the resolved candidates' addresses
 		gateways: gateways,
 		lookup:   defaultLookup,
 		rnd:      rand.New(rand.NewPCG(rand.Uint64(), rand.Uint64())),

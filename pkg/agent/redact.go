@@ -24,10 +24,10 @@ var addrRE = regexp.MustCompile(`\[[0-9A-Fa-f:.%a-z]+\](:\d+)?|\b\d{1,3}(\.\d{1,
 // resolves to, the addresses its certificate names, and loopback. Those
 // belong to the gateway's operator, not to a person, and they are what a
 // TLS or dial error is about ("not valid for 192.0.2.7, the name dialled").
-// A nil *addrScrubber keeps loopback only.
+// A nil or zero *addrScrubber keeps loopback only.
 type addrScrubber struct {
 	mu   sync.Mutex
-	keep map[netip.Addr]bool
+	keep map[netip.Addr]bool // nil until the first add
 }
 
 // resolveTimeout bounds the one look-up of the gateway's name.
@@ -36,7 +36,7 @@ const resolveTimeout = 2 * time.Second
 // newAddrScrubber keeps gateway's host ("host:port"): as given when it is
 // an address, else what it resolves to (looked up once, in the background).
 func newAddrScrubber(gateway string) *addrScrubber {
-	s := &addrScrubber{keep: map[netip.Addr]bool{}}
+	s := &addrScrubber{}
 	host, err := splitGateway(gateway)
 	if err != nil {
 		return s
@@ -57,6 +57,9 @@ func newAddrScrubber(gateway string) *addrScrubber {
 func (s *addrScrubber) add(addrs ...netip.Addr) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	if s.keep == nil {
+		s.keep = map[netip.Addr]bool{}
+	}
 	for _, a := range addrs {
 		s.keep[a.Unmap().WithZone("")] = true
 	}
