@@ -227,13 +227,8 @@ func TestClientCommands(t *testing.T) {
 		}
 	}
 	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("session open after interrupt: %v", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("session open did not stop within 10s of the interrupt")
+	if err := waitDone(t, done, "session open after the interrupt"); err != nil {
+		t.Fatalf("session open after interrupt: %v", err)
 	}
 	f.mu.Lock()
 	closes := strings.Join(f.closes, ",")
@@ -256,13 +251,8 @@ func TestClientCommands(t *testing.T) {
 	if out, _, err := runIn("", "unbind", "--serial", "SN-DEV-1", "--state-dir", state); err != nil || out != "Unbound device SN-DEV-1. Removed: bindings=1 sessions=1.\n" {
 		t.Fatalf("unbind: %q %v", out, err)
 	}
-	select {
-	case err := <-done2:
-		if err == nil || !strings.Contains(err.Error(), "session ended: the device is no longer bound to this account") {
-			t.Fatalf("session open after unbind: %v", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("session open did not notice the unbind within 10s")
+	if err := waitDone(t, done2, "session open after the unbind"); err == nil || !strings.Contains(err.Error(), "session ended: the device is no longer bound to this account") {
+		t.Fatalf("session open after unbind: %v", err)
 	}
 
 	if _, _, err := runIn("", "session", "open", "--serial", "SN-DEV-1", "--netstack", "--state-dir", state); err == nil || oneLine(err) != "open session: permission denied: serial_number: device not bound to this account" {
@@ -283,7 +273,20 @@ func TestClientCommands(t *testing.T) {
 	}
 }
 
-func waitOutput(t *testing.T, b *syncBuffer, want string, done chan error) {
+// waitDone waits up to 10s for a command run in the background to end and
+// returns how it ended; what names it for the failure.
+func waitDone(t *testing.T, done <-chan error, what string) error {
+	t.Helper()
+	select {
+	case err := <-done:
+		return err
+	case <-time.After(10 * time.Second):
+		t.Fatalf("%s: still running after 10s", what)
+		return nil
+	}
+}
+
+func waitOutput(t *testing.T, b *syncBuffer, want string, done <-chan error) {
 	t.Helper()
 	deadline := time.After(15 * time.Second)
 	for !strings.Contains(b.String(), want) {
@@ -381,13 +384,8 @@ func TestSessionOpenWGQuick(t *testing.T) {
 		t.Fatal("the private key was printed in clear")
 	}
 	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("session open after interrupt: %v", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("session open did not stop within 10s of the interrupt")
+	if err := waitDone(t, done, "session open after the interrupt"); err != nil {
+		t.Fatalf("session open after interrupt: %v", err)
 	}
 	f.mu.Lock()
 	closes = strings.Join(f.closes, ",")

@@ -168,19 +168,10 @@ func TestBinaryUpAndSIGTERM(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { _ = cmd.Process.Kill() }) // a test that failed half-way
 	done := make(chan error, 1)
 	go func() { done <- cmd.Wait() }()
-	deadline := time.After(15 * time.Second)
-	for !strings.Contains(stderr.String(), `"msg":"sync stream connected"`) {
-		select {
-		case err := <-done:
-			t.Fatalf("agent exited early: %v\n%s", err, stderr.String())
-		case <-deadline:
-			_ = cmd.Process.Kill()
-			t.Fatalf("agent not connected within 15s:\n%s", stderr.String())
-		case <-time.After(50 * time.Millisecond):
-		}
-	}
+	waitOutput(t, &stderr, `"msg":"sync stream connected"`, done)
 
 	// No process's command line shows the serial number or hardware id
 	// while the agent runs: positive control first, a process with both in
@@ -211,14 +202,8 @@ func TestBinaryUpAndSIGTERM(t *testing.T) {
 	if err := cmd.Process.Signal(syscall.SIGTERM); err != nil {
 		t.Fatal(err)
 	}
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Fatalf("exit after SIGTERM: %v\n%s", err, stderr.String())
-		}
-	case <-time.After(10 * time.Second):
-		_ = cmd.Process.Kill()
-		t.Fatal("agent did not exit within 10s of SIGTERM")
+	if err := waitDone(t, done, "the agent after SIGTERM"); err != nil {
+		t.Fatalf("exit after SIGTERM: %v\n%s", err, stderr.String())
 	}
 	logs := stderr.String()
 	for _, want := range []string{`"msg":"tunnel up"`, `"msg":"tunnel down"`, `"msg":"stopped"`,
