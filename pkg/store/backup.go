@@ -9,6 +9,8 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+
+	"github.com/planetxlabs/dasset-gateway/internal/atomicfile"
 )
 
 // BackupInfo describes a database backup written by BackupSQLite.
@@ -102,9 +104,8 @@ func BackupSQLite(ctx context.Context, dbPath, out string) (BackupInfo, error) {
 	if err := os.Link(tmpPath, out); err != nil {
 		return BackupInfo{}, fmt.Errorf("store: backup: %w", err)
 	}
-	if d, err := os.Open(filepath.Dir(out)); err == nil {
-		_ = d.Sync()
-		d.Close()
+	if err := atomicfile.SyncDir(filepath.Dir(out)); err != nil {
+		return BackupInfo{}, fmt.Errorf("store: backup: %s written, but its name may not survive a power loss: %w", out, err)
 	}
 	return info, nil
 }
