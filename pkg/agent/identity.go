@@ -59,49 +59,14 @@ var placeholders = []string{
 func ReadIdentity(src IdentitySources) (Identity, error) {
 	var id Identity
 	var err error
-	switch {
-	case src.Serial != "":
-		id.Serial, id.SerialSource = src.Serial, SourceGiven
-	case src.SerialFile != "":
-		id.Serial, err = readIdentityFile(src.SerialFile, "serial_number")
-		id.SerialSource = src.SerialFile
-	default:
-		p := filepath.Join(src.rootDir(), DMISerialPath)
-		id.Serial, err = readPlatform(p, "serial_number")
-		if err != nil {
-			// Unset, absent, or readable by root only (DMI serials are 0400).
-			err = fmt.Errorf("%w; give the device's serial number with --serial-file FILE", err)
-		}
-		id.SerialSource = p
-	}
+	id.Serial, id.SerialSource, err = readIdentity(src.Serial, src.SerialFile, src.rootDir(), "serial_number", "serial number", "--serial-file", DMISerialPath)
 	if err != nil {
 		return Identity{}, err
 	}
 	if _, err := privacy.ParseSerialNumber(id.Serial); err != nil {
 		return Identity{}, fmt.Errorf("%s: %w", id.SerialSource, err)
 	}
-
-	switch {
-	case src.HWID != "":
-		id.HardwareID, id.HWIDSource = src.HWID, SourceGiven
-	case src.HWIDFile != "":
-		id.HardwareID, err = readIdentityFile(src.HWIDFile, "hardware_id")
-		id.HWIDSource = src.HWIDFile
-	default:
-		var errs []error
-		for _, p := range []string{DMIUUIDPath, MachineIDPath} {
-			p = filepath.Join(src.rootDir(), p)
-			id.HardwareID, err = readPlatform(p, "hardware_id")
-			id.HWIDSource = p
-			if err == nil {
-				break
-			}
-			errs = append(errs, err)
-		}
-		if err != nil {
-			err = fmt.Errorf("%w; give the device's hardware id with --hwid-file FILE", errors.Join(errs...))
-		}
-	}
+	id.HardwareID, id.HWIDSource, err = readIdentity(src.HWID, src.HWIDFile, src.rootDir(), "hardware_id", "hardware id", "--hwid-file", DMIUUIDPath, MachineIDPath)
 	if err != nil {
 		return Identity{}, err
 	}
@@ -109,6 +74,30 @@ func ReadIdentity(src IdentitySources) (Identity, error) {
 		return Identity{}, fmt.Errorf("%s: %w", id.HWIDSource, err)
 	}
 	return id, nil
+}
+
+// readIdentity reads one identity value (field, "what" for people): given
+// itself, else from file, else from the first of the platform paths (under
+// root) that holds one. source is where it came from.
+func readIdentity(given, file, root, field, what, fileFlag string, platform ...string) (v, source string, err error) {
+	switch {
+	case given != "":
+		return given, SourceGiven, nil
+	case file != "":
+		v, err := readIdentityFile(file, field)
+		return v, file, err
+	}
+	var errs []error
+	for _, p := range platform {
+		p = filepath.Join(root, p)
+		v, err := readPlatform(p, field)
+		if err == nil {
+			return v, p, nil
+		}
+		errs = append(errs, err)
+	}
+	// Unset, absent, or readable by root only (DMI serials are 0400).
+	return "", "", fmt.Errorf("%w; give the device's %s with %s FILE", errors.Join(errs...), what, fileFlag)
 }
 
 func (s IdentitySources) rootDir() string {
