@@ -46,15 +46,7 @@ func (t tunnelAdapter) RemovePeer(ctx context.Context, key [32]byte) error {
 }
 
 func (t tunnelAdapter) LastHandshakes(ctx context.Context) (map[[32]byte]time.Time, error) {
-	ps, err := t.d.Peers(ctx)
-	if err != nil {
-		return nil, err
-	}
-	out := make(map[[32]byte]time.Time, len(ps))
-	for _, p := range ps {
-		out[p.PublicKey] = p.LastHandshake
-	}
-	return out, nil
+	return t.d.LastHandshakes(ctx)
 }
 
 func (t tunnelAdapter) LastHandshake(ctx context.Context, key [32]byte) (time.Time, error) {

@@ -225,6 +225,9 @@ func TestTunnelPing(t *testing.T) {
 	if hs, ok, err := gw.LastHandshake(ctx, gw.PublicKey()); err != nil || ok || !hs.IsZero() {
 		t.Errorf("LastHandshake(not a peer) = %v, %v, %v; want not found", hs, ok, err)
 	}
+	if all, err := gw.LastHandshakes(ctx); err != nil || len(all) != 1 || !all[dev.PublicKey()].Equal(p.LastHandshake) {
+		t.Errorf("LastHandshakes = %v, %v; want only the device's, %v", all, err, p.LastHandshake)
+	}
 	st, err := gw.Stats(ctx)
 	if err != nil {
 		t.Fatal(err)

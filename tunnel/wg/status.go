@@ -67,6 +67,21 @@ func (d *Device) LastHandshake(ctx context.Context, k Key) (t time.Time, ok bool
 	return peers[i].LastHandshake, true, nil
 }
 
+// LastHandshakes returns each peer's last handshake (zero: never) by public
+// key, from the same cached IpcGet as Peers, without copying the peer list
+// (online counts read it at every metrics scrape).
+func (d *Device) LastHandshakes(ctx context.Context) (map[[KeySize]byte]time.Time, error) {
+	peers, _, err := d.status(ctx, true, false)
+	if err != nil {
+		return nil, fmt.Errorf("wg: last handshakes: %w", err)
+	}
+	out := make(map[[KeySize]byte]time.Time, len(peers))
+	for i := range peers {
+		out[peers[i].PublicKey] = peers[i].LastHandshake
+	}
+	return out, nil
+}
+
 // Peers returns every peer as the device reports it, from one IpcGet that
 // is reused for up to Config.StatsMaxAge unless peers were changed since.
 func (d *Device) Peers(ctx context.Context) ([]PeerStatus, error) {
