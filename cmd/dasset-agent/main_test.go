@@ -8,7 +8,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -20,6 +19,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/planetxlabs/dasset-gateway/internal/argvscan"
 	gatewayv1 "github.com/planetxlabs/dasset-gateway/proto/dasset/gateway/v1"
 )
 
@@ -176,25 +176,7 @@ func TestBinaryUpAndSIGTERM(t *testing.T) {
 	// No process's command line shows the serial number or hardware id
 	// while the agent runs: positive control first, a process with both in
 	// its argv, which the scan must find (and only it).
-	// It waits on a shell builtin (no child process) until killed.
-	canary := exec.Command("sh", "-c", "read -r line", "argv-canary", okSerial, okHWID)
-	canaryIn, err := canary.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer canaryIn.Close()
-	if err := canary.Start(); err != nil {
-		t.Fatal(err)
-	}
-	if pids := argvHolding(t, okSerial, okHWID); len(pids) != 1 || pids[0] != canary.Process.Pid {
-		_ = canary.Process.Kill()
-		t.Fatalf("scan of /proc/*/cmdline found %v, want only the planted process %d: the scan cannot work", pids, canary.Process.Pid)
-	}
-	_ = canary.Process.Kill()
-	_ = canary.Wait()
-	if pids := argvHolding(t, okSerial, okHWID); len(pids) != 0 {
-		t.Fatalf("processes %v (the agent is %d) show the serial number or hardware id in their command line", pids, cmd.Process.Pid)
-	}
+	argvscan.Check(t, okSerial, okHWID)
 	if ps, err := exec.Command("ps", "-eww", "-o", "args").Output(); err == nil && (strings.Contains(string(ps), okSerial) || strings.Contains(string(ps), okHWID)) {
 		t.Fatalf("ps shows the serial number or hardware id:\n%s", ps)
 	}
@@ -226,34 +208,6 @@ func TestBinaryUpAndSIGTERM(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(state, "private.key")); err != nil {
 		t.Error(err)
 	}
-}
-
-// argvHolding lists the processes whose command line (/proc/PID/cmdline,
-// what ps shows every user) holds any of the values.
-func argvHolding(t *testing.T, values ...string) []int {
-	t.Helper()
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var pids []int
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil {
-			continue // gone meanwhile
-		}
-		for _, v := range values {
-			if bytes.Contains(b, []byte(v)) {
-				pids = append(pids, pid)
-				break
-			}
-		}
-	}
-	return pids
 }
 
 // --serial and --hwid still work (labs), with a warning naming the risk.

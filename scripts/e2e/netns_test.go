@@ -4,13 +4,13 @@ import (
 	"encoding/base64"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/planetxlabs/dasset-gateway/internal/argvscan"
 	"github.com/planetxlabs/dasset-gateway/scripts/internal/netnstest"
 )
 
@@ -102,25 +102,7 @@ func TestNetns(t *testing.T) {
 	// The running agent's command line (and every other) shows neither
 	// identifier. Positive control first: a process with both in its argv
 	// is found, and only it.
-	// It waits on a shell builtin (no child process) until killed.
-	canary := exec.Command("sh", "-c", "read -r line", "argv-canary", sn1, hw1)
-	canaryIn, err := canary.StdinPipe()
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer canaryIn.Close()
-	if err := canary.Start(); err != nil {
-		t.Fatal(err)
-	}
-	pids, err := netnstest.ArgvHolding(sn1, hw1)
-	_ = canary.Process.Kill()
-	_ = canary.Wait()
-	if err != nil || len(pids) != 1 || pids[0] != canary.Process.Pid {
-		t.Fatalf("argv scan found %v (%v), want only the planted process %d: the scan cannot work", pids, err, canary.Process.Pid)
-	}
-	if pids, err := netnstest.ArgvHolding(sn1, hw1); err != nil || len(pids) != 0 {
-		t.Fatalf("processes %v show device 1's serial number or hardware id in their command line (%v)", pids, err)
-	}
+	argvscan.Check(t, sn1, hw1)
 
 	// Refusals, while device 2 has no pinned key yet: a wrong hardware id,
 	// and device 2 presenting device 1's WireGuard key.

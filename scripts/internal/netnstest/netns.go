@@ -11,7 +11,6 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 )
@@ -205,31 +204,4 @@ func HTTPGet(url string, stdout, stderr io.Writer) int {
 		return 1
 	}
 	return 0
-}
-
-// ArgvHolding lists the processes whose command line (/proc/PID/cmdline,
-// what ps shows every local user) holds any of the values.
-func ArgvHolding(values ...string) ([]int, error) {
-	ents, err := os.ReadDir("/proc")
-	if err != nil {
-		return nil, err
-	}
-	var pids []int
-	for _, e := range ents {
-		pid, err := strconv.Atoi(e.Name())
-		if err != nil {
-			continue
-		}
-		b, err := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline"))
-		if err != nil {
-			continue // gone meanwhile
-		}
-		for _, v := range values {
-			if strings.Contains(string(b), v) {
-				pids = append(pids, pid)
-				break
-			}
-		}
-	}
-	return pids, nil
 }
