@@ -28,12 +28,8 @@ type Store interface {
 	// OldestRecord is the time of the oldest prunable row of table (zero
 	// when there is none).
 	OldestRecord(ctx context.Context, table string) (time.Time, error)
-}
-
-// Checkpointer is implemented by a store that can fold its write-ahead log
-// back into the database file (and truncate it) after deletions, so deleted
-// rows do not linger in the log. The pruner type-asserts it on the Store.
-type Checkpointer interface {
+	// Checkpoint folds the store's write-ahead log back into the database
+	// file and truncates it, so deleted rows do not linger in the log.
 	Checkpoint(ctx context.Context) error
 }
 
@@ -261,8 +257,7 @@ func (m *metrics) register(reg prometheus.Registerer) error {
 // Interval is the configured interval between runs.
 func (p *Pruner) Interval() time.Duration { return p.cfg.Interval }
 
-// RunOnce prunes every configured table, checkpoints the store when rows
-// were deleted, destroys expired pseudonym keys and forgets idle endpoints.
+// RunOnce prunes every configured table, checkpoints the store, destroys expired pseudonym keys and forgets idle endpoints.
 // A failure in one step does not stop the others; the errors are joined and
 // the run counts as unsuccessful. A call made while another run is in
 // progress waits for it (or for ctx).
@@ -289,10 +284,8 @@ func (p *Pruner) RunOnce(ctx context.Context) (Result, error) {
 
 	// Every run ends with a checkpoint, so the rows it deleted (and those
 	// deleted since the last run) leave the write-ahead log too.
-	if c, ok := p.st.(Checkpointer); ok {
-		if err := c.Checkpoint(ctx); err != nil {
-			errs = append(errs, fmt.Errorf("retention: checkpoint: %w", err))
-		}
+	if err := p.st.Checkpoint(ctx); err != nil {
+		errs = append(errs, fmt.Errorf("retention: checkpoint: %w", err))
 	}
 
 	if p.keys != nil {

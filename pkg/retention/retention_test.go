@@ -133,7 +133,7 @@ func (f *fakeEndpoints) ForgetIdleEndpoints(_ context.Context, idle time.Duratio
 }
 
 // recorder wraps a store, recording every Prune call and whether two ran at
-// once. It forwards Checkpoint so the pruner still finds it.
+// once, and counts Checkpoint calls.
 type recorder struct {
 	*store.SQLite
 	mu          sync.Mutex
