@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"testing"
 	"time"
@@ -19,16 +18,11 @@ import (
 	"github.com/planetxlabs/dasset-gateway/scripts/internal/netnstest"
 )
 
-func repoRoot(t *testing.T) string {
-	_, file, _, _ := runtime.Caller(0)
-	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
-}
-
 // tool finds a Go-installed tool: the repo's .bin (scripts/install-deps.sh
 // puts them there), then PATH.
 func tool(t *testing.T, name string) string {
 	t.Helper()
-	if p := filepath.Join(repoRoot(t), ".bin", name); fileExists(p) {
+	if p := filepath.Join(netnstest.RepoRoot(t), ".bin", name); fileExists(p) {
 		return p
 	}
 	if p, err := exec.LookPath(name); err == nil {

@@ -14,6 +14,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/planetxlabs/dasset-gateway/scripts/internal/netnstest"
 )
 
 // entry is one line of `dpkg-deb --contents`.
@@ -58,22 +60,6 @@ var packages = []want{
 		},
 		unit: "dasset-agent.service",
 	},
-}
-
-func repoRoot(t *testing.T) string {
-	t.Helper()
-	dir, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for range 10 {
-		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			return dir
-		}
-		dir = filepath.Dir(dir)
-	}
-	t.Fatal("go.mod not found above the test directory")
-	return ""
 }
 
 func tool(t *testing.T, name string) string {
@@ -121,7 +107,7 @@ func TestDebianPackages(t *testing.T) {
 	for _, n := range []string{"dpkg-deb", "lintian", "systemd-analyze"} {
 		tool(t, n)
 	}
-	root := repoRoot(t)
+	root := netnstest.RepoRoot(t)
 	out := t.TempDir()
 	const version = "1.2.3~test4"
 	built, err := run(t, 20*time.Minute, root, []string{"PKG_VERSION=" + version}, "bash", "scripts/package.sh", out)
@@ -396,7 +382,7 @@ func checkInstalledConfig(t *testing.T, root, version string) {
 	// It is configs/gateway.yaml, whose data_dir and keystore_dir (empty:
 	// <data_dir>-keys) are the unit's StateDirectory= (scripts/promtest)
 	// and the directories postinst makes (checked above).
-	src, err := os.ReadFile(filepath.Join(repoRoot(t), "configs", "gateway.yaml"))
+	src, err := os.ReadFile(filepath.Join(netnstest.RepoRoot(t), "configs", "gateway.yaml"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,7 +8,6 @@ import (
 	"io"
 	"net"
 	"net/http"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -18,20 +17,6 @@ import (
 	"github.com/planetxlabs/dasset-gateway/internal/poll"
 	"github.com/planetxlabs/dasset-gateway/scripts/internal/netnstest"
 )
-
-// repoRoot is the directory of go.mod above the test's directory.
-func repoRoot(t *testing.T) string {
-	t.Helper()
-	wd, err := os.Getwd()
-	if err != nil {
-		t.Fatal(err)
-	}
-	root, err := netnstest.ModuleRoot(wd)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return root
-}
 
 // tool finds an executable on PATH, skipping the test when it is missing.
 func tool(t *testing.T, name, why string) string {

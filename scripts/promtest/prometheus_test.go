@@ -37,7 +37,7 @@ var scrapeMetrics = map[string]bool{
 
 func TestPromtoolRules(t *testing.T) {
 	promtool := tool(t, "promtool", needPromPkgs)
-	dir := filepath.Join(repoRoot(t), "configs", "prometheus")
+	dir := filepath.Join(netnstest.RepoRoot(t), "configs", "prometheus")
 	for _, args := range [][]string{
 		{"check", "rules", "alerts.yml"},
 		{"test", "rules", "alerts_test.yml"},
@@ -55,7 +55,7 @@ func TestPromtoolRules(t *testing.T) {
 // TestAlertTestsCoverEveryAlert checks that alerts_test.yml has, for every
 // alert of alerts.yml, a case where it fires and one where it stays quiet.
 func TestAlertTestsCoverEveryAlert(t *testing.T) {
-	dir := filepath.Join(repoRoot(t), "configs", "prometheus")
+	dir := filepath.Join(netnstest.RepoRoot(t), "configs", "prometheus")
 	rules := loadRules(t, filepath.Join(dir, "alerts.yml"))
 	var tests struct {
 		Tests []struct {
@@ -558,7 +558,7 @@ func fingerprint(logPath string) (string, error) {
 func TestPrometheusAgainstGateway(t *testing.T) {
 	prometheus := tool(t, "prometheus", needPromPkgs)
 	promtool := tool(t, "promtool", needPromPkgs)
-	root := repoRoot(t)
+	root := netnstest.RepoRoot(t)
 	promDir := filepath.Join(root, "configs", "prometheus")
 	bin := netnstest.FindBinaries(context.Background(), t)
 	dir := t.TempDir()

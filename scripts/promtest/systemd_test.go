@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"go.yaml.in/yaml/v3"
+
+	"github.com/planetxlabs/dasset-gateway/scripts/internal/netnstest"
 )
 
 // maxExposure is the highest `systemd-analyze security` exposure allowed,
@@ -52,7 +54,7 @@ func unitDirectives(t *testing.T, path string) map[string][]string {
 // /usr/local/bin/ programs are stand-in scripts in a temporary directory.
 func TestSystemdUnits(t *testing.T) {
 	analyze := tool(t, "systemd-analyze", "systemd-analyze is in Debian's systemd package")
-	root := repoRoot(t)
+	root := netnstest.RepoRoot(t)
 	dir := t.TempDir()
 	binDir := filepath.Join(dir, "bin")
 	if err := os.Mkdir(binDir, 0o755); err != nil {
@@ -98,7 +100,7 @@ func TestSystemdUnits(t *testing.T) {
 // TestGatewayUnitMatchesConfig checks that the directories the gateway unit
 // makes writable are the ones configs/gateway.yaml uses by default.
 func TestGatewayUnitMatchesConfig(t *testing.T) {
-	root := repoRoot(t)
+	root := netnstest.RepoRoot(t)
 	u := unitDirectives(t, filepath.Join(root, "configs", "systemd", "dasset-gateway.service"))
 	b, err := os.ReadFile(filepath.Join(root, "configs", "gateway.yaml"))
 	if err != nil {

@@ -139,6 +139,20 @@ func FindBinaries(ctx context.Context, t testing.TB) string {
 	return dir
 }
 
+// RepoRoot is the module root above the test's working directory.
+func RepoRoot(t testing.TB) string {
+	t.Helper()
+	wd, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	root, err := ModuleRoot(wd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return root
+}
+
 // ModuleRoot is the nearest directory at or above dir holding a go.mod.
 func ModuleRoot(dir string) (string, error) {
 	dir, err := filepath.Abs(dir)
