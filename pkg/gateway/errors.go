@@ -74,6 +74,12 @@ func throttled(cause error, after time.Duration, msg string) error {
 	return &Error{Kind: ErrUnauthenticated, Msg: msg, Cause: cause, RetryAfter: max(after, time.Millisecond)}
 }
 
+// busy answers a full admission queue or password pool: ErrRateLimited
+// with the busyRetry hint; what names what there are too many of.
+func busy(cause error, what string) error {
+	return &Error{Kind: ErrRateLimited, Msg: "gateway busy: too many " + what + " at once; retry with backoff", Cause: cause, RetryAfter: busyRetry}
+}
+
 // RetryAfter returns the retry hint of a throttled error (0: none).
 func RetryAfter(err error) time.Duration {
 	var e *Error

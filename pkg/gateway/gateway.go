@@ -451,8 +451,7 @@ func (g *Gateway) acquire(ctx context.Context, pinned bool) (func(), error) {
 	case queued <- struct{}{}:
 	default:
 		g.obs.AdmissionRejected()
-		e := &Error{Kind: ErrRateLimited, Msg: "gateway busy: too many logins at once; retry with backoff", RetryAfter: busyRetry}
-		return nil, e
+		return nil, busy(nil, "logins")
 	}
 	g.obs.AdmissionQueue(len(g.queued) + len(g.pinnedQueued))
 	defer func() { <-queued; g.obs.AdmissionQueue(len(g.queued) + len(g.pinnedQueued)) }()

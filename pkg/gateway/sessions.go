@@ -249,7 +249,7 @@ func (g *Gateway) hashPassword(ctx context.Context, password []byte) (string, er
 	case errors.As(err, &fe):
 		return "", newErr(ErrInvalid, err, "%s", fe.Error())
 	case errors.Is(err, identity.ErrBusy):
-		return "", &Error{Kind: ErrRateLimited, Msg: "gateway busy: too many password checks at once; retry with backoff", Cause: err, RetryAfter: busyRetry}
+		return "", busy(err, "password checks")
 	case err != nil:
 		return "", newErr(ErrUnavailable, err, "hashing password failed")
 	}
@@ -294,7 +294,7 @@ func (g *Gateway) ClientLogin(ctx context.Context, name string, password []byte,
 		return "", time.Time{}, newErr(ErrUnauthenticated, err, msgClientRefused)
 	case errors.Is(err, identity.ErrBusy):
 		g.connlog.Record(ConnEvent{At: now, Event: EventClientLogin, Outcome: OutcomeRateLimited, Index: idx, Source: source})
-		return "", time.Time{}, &Error{Kind: ErrRateLimited, Msg: "gateway busy: too many logins at once; retry with backoff", Cause: err, RetryAfter: busyRetry}
+		return "", time.Time{}, busy(err, "logins")
 	case err != nil:
 		return "", time.Time{}, newErr(ErrUnavailable, err, "checking password failed")
 	}
@@ -327,7 +327,7 @@ func (g *Gateway) checkOwnPassword(ctx context.Context, a store.Account, passwor
 	case errors.Is(err, identity.ErrUnauthenticated):
 		return newErr(ErrPermission, err, "old_password: wrong password, or too many attempts")
 	case errors.Is(err, identity.ErrBusy):
-		return &Error{Kind: ErrRateLimited, Msg: "gateway busy: too many password checks at once; retry with backoff", Cause: err, RetryAfter: busyRetry}
+		return busy(err, "password checks")
 	default:
 		return newErr(ErrUnavailable, err, "checking password failed")
 	}

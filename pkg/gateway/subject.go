@@ -288,7 +288,7 @@ func (g *Gateway) CancelAccount(ctx context.Context, a store.Account, password [
 			case errors.As(err, &te):
 				return nil, &Error{Kind: ErrPermission, Msg: "password: does not match the account's password, or too many attempts; nothing was deleted", Cause: err, RetryAfter: te.RetryAfter}
 			case errors.Is(err, identity.ErrBusy):
-				return nil, &Error{Kind: ErrRateLimited, Msg: "gateway busy: too many password checks at once; retry with backoff", Cause: err, RetryAfter: busyRetry}
+				return nil, busy(err, "password checks")
 			}
 			return nil, newErr(ErrUnavailable, err, "checking password failed")
 		}
