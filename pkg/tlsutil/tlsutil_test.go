@@ -195,16 +195,23 @@ func roundTrip(addr string, cfg *tls.Config) error {
 	return nil
 }
 
+// selfSignedServer makes a self-signed certificate (for hosts besides the
+// defaults) in a fresh directory and a server config for it.
+func selfSignedServer(t *testing.T, hosts ...string) (certFile, fingerprint string, srv *tls.Config) {
+	t.Helper()
+	cert, key, fp, err := EnsureSelfSigned(t.TempDir(), hosts, time.Now())
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err = ServerConfig(cert, key, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return cert, fp, srv
+}
+
 func TestClientConfigPin(t *testing.T) {
-	dir := t.TempDir()
-	cert, key, fp, err := EnsureSelfSigned(dir, nil, time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := ServerConfig(cert, key, "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	cert, fp, srv := selfSignedServer(t)
 	addr := serve(t, srv)
 
 	// The pin replaces host name checks: a name the certificate lacks still works.
@@ -234,21 +241,13 @@ func TestClientConfigPin(t *testing.T) {
 	if _, err := ClientConfig("", "xyz", "localhost"); err == nil {
 		t.Fatal("ClientConfig accepted a malformed pin")
 	}
-	if _, err := ClientConfig(filepath.Join(dir, CertFileName), fp, "localhost"); err == nil {
+	if _, err := ClientConfig(cert, fp, "localhost"); err == nil {
 		t.Fatal("ClientConfig accepted both a CA file and a pin")
 	}
 }
 
 func TestClientConfigCAFile(t *testing.T) {
-	dir := t.TempDir()
-	cert, key, _, err := EnsureSelfSigned(dir, nil, time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := ServerConfig(cert, key, "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	cert, _, srv := selfSignedServer(t)
 	addr := serve(t, srv)
 
 	// The self-signed certificate is its own CA.
@@ -287,7 +286,7 @@ func TestClientConfigCAFile(t *testing.T) {
 	if err := roundTrip(addr, sys); err == nil {
 		t.Fatal("system roots accepted a self-signed certificate")
 	}
-	if _, err := ClientConfig(filepath.Join(dir, "missing.pem"), "", "localhost"); err == nil {
+	if _, err := ClientConfig(filepath.Join(t.TempDir(), "missing.pem"), "", "localhost"); err == nil {
 		t.Fatal("ClientConfig accepted a missing CA file")
 	}
 }
@@ -375,15 +374,7 @@ func TestSelfSignedNamesHostAddresses(t *testing.T) {
 	if len(local) == 0 {
 		t.Skip("this host has no non-loopback address")
 	}
-	dir := t.TempDir()
-	cert, key, _, err := EnsureSelfSigned(dir, nil, time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := ServerConfig(cert, key, "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	cert, _, srv := selfSignedServer(t)
 	for _, a := range local {
 		if a.IsLoopback() || a.IsLinkLocalUnicast() {
 			t.Fatalf("HostAddrs returned %s", a)
@@ -402,15 +393,7 @@ func TestSelfSignedNamesHostAddresses(t *testing.T) {
 // A name mismatch says which name was dialled and which names the
 // certificate has.
 func TestNameMismatchNamesBoth(t *testing.T) {
-	dir := t.TempDir()
-	cert, key, _, err := EnsureSelfSigned(dir, []string{"gw.example.test"}, time.Now())
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := ServerConfig(cert, key, "")
-	if err != nil {
-		t.Fatal(err)
-	}
+	cert, _, srv := selfSignedServer(t, "gw.example.test")
 	addr := serve(t, srv)
 	for _, dialled := range []string{"other.invalid", "198.51.100.7"} {
 		cli, err := ClientConfig(cert, "", dialled)
