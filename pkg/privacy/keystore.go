@@ -61,6 +61,7 @@ type Keystore struct {
 	seal     cipher.AEAD
 	wgPriv   [32]byte
 	dummyVer Verifier
+	verSalt  []byte // the verifier KDF's salt, derived from index once
 
 	mu      sync.RWMutex
 	horizon string               // "" or UTC day; days before it are destroyed
@@ -178,6 +179,7 @@ func OpenKeystore(dir string) (*Keystore, error) {
 	m := hmac.New(sha256.New, k.index)
 	m.Write([]byte(domainDummy))
 	copy(k.dummyVer[:], m.Sum(nil))
+	k.verSalt = k.verifierSalt()
 	return k, nil
 }
 

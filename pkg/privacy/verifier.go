@@ -47,7 +47,7 @@ func (k *Keystore) Verifier(sn SerialNumber, hw HardwareID) Verifier {
 // version-1 verifier stays on disk.
 func (k *Keystore) UpgradeVerifier(v1 Verifier) Verifier {
 	var v Verifier
-	copy(v[:], argon2.IDKey(v1[:], k.verifierSalt(), VerifierTime, VerifierMemoryKiB, VerifierThreads, uint32(len(v))))
+	copy(v[:], argon2.IDKey(v1[:], k.verSalt, VerifierTime, VerifierMemoryKiB, VerifierThreads, uint32(len(v))))
 	return v
 }
 
@@ -66,6 +66,8 @@ func (k *Keystore) hmacVerifier(sn SerialNumber, hw HardwareID) Verifier {
 	return v
 }
 
+// verifierSalt derives the salt of the verifier KDF (OpenKeystore keeps
+// it, so a login does not compute it again).
 func (k *Keystore) verifierSalt() []byte {
 	m := hmac.New(sha256.New, k.index)
 	m.Write([]byte(domainVerifierSalt))
