@@ -40,7 +40,7 @@ erasure ledger kept with the keys on every start.`,
 			if out == "" {
 				return usagef("--out is required")
 			}
-			db := filepath.Join(dataDir, "gateway.db")
+			db := filepath.Join(dataDir, store.DBFile)
 			if _, err := os.Stat(db); errors.Is(err, fs.ErrNotExist) {
 				if _, ierr := os.Stat(filepath.Join(dataDir, "instance_id")); ierr == nil {
 					// A gateway ran here without a SQLite file: its registry

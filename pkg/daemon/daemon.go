@@ -377,7 +377,7 @@ func upgradeVerifiers(ctx context.Context, st store.Store, ks *privacy.Keystore,
 func openStore(ctx context.Context, cfg config.Config, observe func(op string, d time.Duration, err error)) (store.Store, error) {
 	switch cfg.Store.Driver {
 	case config.DriverSQLite:
-		st, err := store.OpenSQLite(ctx, filepath.Join(cfg.DataDir, "gateway.db"), store.WithObserver(observe))
+		st, err := store.OpenSQLite(ctx, filepath.Join(cfg.DataDir, store.DBFile), store.WithObserver(observe))
 		if err != nil {
 			return nil, fmt.Errorf("store: %w", err)
 		}
@@ -415,7 +415,7 @@ func checkDatabaseFile(ctx context.Context, cfg config.Config) error {
 	if err != nil || !ok {
 		return err
 	}
-	path := filepath.Join(cfg.DataDir, "gateway.db")
+	path := filepath.Join(cfg.DataDir, store.DBFile)
 	f, err := store.InspectSQLite(ctx, path)
 	var problem string
 	switch {

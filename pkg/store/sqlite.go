@@ -75,6 +75,9 @@ type SQLite struct {
 
 var _ Store = (*SQLite)(nil)
 
+// DBFile is the gateway database's file name in data_dir.
+const DBFile = "gateway.db"
+
 // OpenSQLite opens (creating it, mode 0600, and its directory, mode 0700, if
 // missing) the database at path and brings its schema up to date.
 func OpenSQLite(ctx context.Context, path string, opts ...Option) (*SQLite, error) {
