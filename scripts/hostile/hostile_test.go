@@ -51,7 +51,7 @@ func TestClientLoginFloodBoundedMemory(t *testing.T) {
 	}
 	bin := filepath.Join(netnstest.FindBinaries(context.Background(), t), "dasset-gateway")
 	dir := t.TempDir()
-	grpcAddr, metricsAddr := freeTCP(t), freeTCP(t)
+	grpcAddr, metricsAddr := netnstest.FreeTCP(t), netnstest.FreeTCP(t)
 	sock := filepath.Join(dir, "admin.sock")
 	cfg := filepath.Join(dir, "gateway.yaml")
 	yaml := fmt.Sprintf(`# written by scripts/hostile
@@ -73,7 +73,7 @@ admin:
       roles: [operator]
 metrics:
   listen: %s
-`, filepath.Join(dir, "data"), os.Getpid()%100000, freeUDPPort(t), grpcAddr, sock, os.Getuid(), metricsAddr)
+`, filepath.Join(dir, "data"), os.Getpid()%100000, netnstest.FreeUDPPort(t), grpcAddr, sock, os.Getuid(), metricsAddr)
 	if err := os.WriteFile(cfg, []byte(yaml), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -241,24 +241,4 @@ func waitReady(t *testing.T, p *netnstest.Proc, metricsAddr string) {
 	if err := netnstest.WaitHTTP(p, "http://"+metricsAddr+"/readyz", 60*time.Second); err != nil {
 		t.Fatalf("gateway not ready: %v", err)
 	}
-}
-
-func freeTCP(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
-func freeUDPPort(t *testing.T) int {
-	t.Helper()
-	c, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	return c.LocalAddr().(*net.UDPAddr).Port
 }

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os/exec"
 	"path/filepath"
@@ -26,28 +25,6 @@ func tool(t *testing.T, name, why string) string {
 		t.Skipf("%s not found on PATH (%v); %s", name, err, why)
 	}
 	return p
-}
-
-// freeTCP returns a loopback TCP address that was free a moment ago.
-func freeTCP(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
-// freeUDPPort returns a UDP port that was free on all addresses a moment ago.
-func freeUDPPort(t *testing.T) int {
-	t.Helper()
-	c, err := net.ListenPacket("udp", ":0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	return c.LocalAddr().(*net.UDPAddr).Port
 }
 
 // startProc starts bin with args, its output in logDir/NAME.log; the test's

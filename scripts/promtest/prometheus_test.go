@@ -564,9 +564,9 @@ func TestPrometheusAgainstGateway(t *testing.T) {
 	dir := t.TempDir()
 
 	// The gateway.
-	grpcAddr, metricsAddr := freeTCP(t), freeTCP(t)
+	grpcAddr, metricsAddr := netnstest.FreeTCP(t), netnstest.FreeTCP(t)
 	cfgPath := filepath.Join(dir, "gateway.yaml")
-	if err := os.WriteFile(cfgPath, []byte(gatewayConfig(dir, grpcAddr, metricsAddr, freeUDPPort(t))), 0o600); err != nil {
+	if err := os.WriteFile(cfgPath, []byte(gatewayConfig(dir, grpcAddr, metricsAddr, netnstest.FreeUDPPort(t))), 0o600); err != nil {
 		t.Fatal(err)
 	}
 	gw := startProc(t, "gateway", dir, filepath.Join(bin, "dasset-gateway"), "serve", "--config", cfgPath)
@@ -596,7 +596,7 @@ func TestPrometheusAgainstGateway(t *testing.T) {
 	if out, err := run(30*time.Second, "", promtool, "check", "config", promCfg); err != nil {
 		t.Fatalf("promtool check config (generated): %v\n%s", err, out)
 	}
-	promAddr := freeTCP(t)
+	promAddr := netnstest.FreeTCP(t)
 	prom := startProc(t, "prometheus", dir, prometheus,
 		"--config.file="+promCfg, "--storage.tsdb.path="+filepath.Join(dir, "tsdb"),
 		"--web.listen-address="+promAddr, "--log.level=info")

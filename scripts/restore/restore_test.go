@@ -8,7 +8,6 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -170,7 +169,7 @@ type gateway struct {
 
 func (g *gateway) writeConfig() {
 	g.config, g.sock = filepath.Join(g.dir, "gateway.yaml"), filepath.Join(g.dir, "admin.sock")
-	g.grpcAddr, g.metricsAddr, g.wgPort = freeTCP(g.t), freeTCP(g.t), freeUDPPort(g.t)
+	g.grpcAddr, g.metricsAddr, g.wgPort = netnstest.FreeTCP(g.t), netnstest.FreeTCP(g.t), netnstest.FreeUDPPort(g.t)
 	yaml := fmt.Sprintf(`# written by scripts/restore
 data_dir: %s
 keystore_dir: %s
@@ -335,24 +334,4 @@ func copyDir(t *testing.T, from, to string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-}
-
-func freeTCP(t *testing.T) string {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().String()
-}
-
-func freeUDPPort(t *testing.T) int {
-	t.Helper()
-	c, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	return c.LocalAddr().(*net.UDPAddr).Port
 }

@@ -3,6 +3,7 @@ package netnstest
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -223,4 +224,28 @@ func (h *Harness) WaitOutput(p *Proc, within time.Duration, what string, ready f
 		h.T.Fatalf("%s: %v", p.Name, err)
 	}
 	return out
+}
+
+// FreeTCP is a loopback TCP address ("127.0.0.1:port") that was free a
+// moment ago, for a process started next to listen on.
+func FreeTCP(t testing.TB) string {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().String()
+}
+
+// FreeUDPPort is a UDP port that was free on all addresses a moment ago (a
+// WireGuard listen port).
+func FreeUDPPort(t testing.TB) int {
+	t.Helper()
+	c, err := net.ListenPacket("udp", ":0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	return c.LocalAddr().(*net.UDPAddr).Port
 }
