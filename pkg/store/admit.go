@@ -58,7 +58,9 @@ type admitQueue struct {
 	wake   chan struct{} // capacity 1: "the queue may have grown or closed"
 	exited chan struct{} // closed when admitLoop returns
 	// onBatch, when set (tests), is called after each batch's transaction
-	// with the number of admissions that ran in it.
+	// with the number of admissions that ran in it, before any of their
+	// callers is answered: once an Admit has returned, the hook call of its
+	// batch is over, and a test may swap the hook without a data race.
 	onBatch func(ran int)
 }
 
@@ -236,6 +238,9 @@ func (s *SQLite) admitBatch(batch []*admitReq) {
 	} else {
 		_ = sqlTx.Rollback()
 	}
+	if s.aq.onBatch != nil {
+		s.aq.onBatch(len(results))
+	}
 	for _, res := range results {
 		switch {
 		case res.err != nil:
@@ -250,9 +255,6 @@ func (s *SQLite) admitBatch(batch []*admitReq) {
 	}
 	if fatal != nil {
 		failPending(fmt.Errorf("not run, batch transaction failed: %w", fatal))
-	}
-	if s.aq.onBatch != nil {
-		s.aq.onBatch(len(results))
 	}
 }
 
