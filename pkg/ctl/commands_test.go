@@ -3,6 +3,7 @@ package ctl
 import (
 	"bytes"
 	"context"
+	"encoding/base64"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -125,6 +126,44 @@ func TestKeysBackupRestoreRoundTrip(t *testing.T) {
 	}
 	if k2.ID() != k.ID() || k2.GatewayPrivateKey() != k.GatewayPrivateKey() {
 		t.Fatal("restored keystore differs from the original")
+	}
+}
+
+// TestKeysFleetBackupRestore: "keys backup --fleet" writes a file that
+// "keys restore" turns into a keystore with the member's id and shared
+// keys and a WireGuard key of its own, whose public key it prints.
+func TestKeysFleetBackupRestore(t *testing.T) {
+	dir := t.TempDir()
+	ks := filepath.Join(dir, "member")
+	k, err := privacy.OpenKeystore(ks)
+	if err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(dir, "fleet.keys")
+	var out, errb bytes.Buffer
+	env := Env{Stdin: strings.NewReader("fleet horse battery\n"), Stdout: &out, Stderr: &errb, Getenv: func(string) string { return "" }}
+	if code := Run(context.Background(), []string{"keys", "backup", "--fleet", "--keystore", ks, "--out", file, "--passphrase-stdin"}, env); code != 0 {
+		t.Fatalf("backup --fleet exit %d: %s", code, errb.String())
+	}
+	if st, err := os.Stat(file); err != nil || st.Mode().Perm() != 0o600 {
+		t.Fatalf("fleet keys file: %v %v", st, err)
+	}
+	joined := filepath.Join(dir, "joined")
+	out.Reset()
+	env.Stdin = strings.NewReader("fleet horse battery\n")
+	if code := Run(context.Background(), []string{"keys", "restore", "--in", file, "--keystore", joined, "--passphrase-stdin"}, env); code != 0 {
+		t.Fatalf("restore exit %d: %s", code, errb.String())
+	}
+	k2, err := privacy.OpenKeystore(joined)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub := k2.GatewayPublicKey()
+	if k2.ID() != k.ID() || k2.GatewayPublicKey() == k.GatewayPublicKey() {
+		t.Fatalf("joined keystore: id %s (member %s), same WireGuard key: %v", k2.ID(), k.ID(), pub == k.GatewayPublicKey())
+	}
+	if !strings.Contains(out.String(), "fleet keys restored") || !strings.Contains(out.String(), base64.StdEncoding.EncodeToString(pub[:])) {
+		t.Fatalf("restore output %q does not name the new WireGuard public key", out.String())
 	}
 }
 

@@ -2,6 +2,7 @@ package ctl
 
 import (
 	"bytes"
+	"encoding/base64"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -28,12 +29,23 @@ not through the gateway.
 A backup carries the ledger and the audit log, so restoring it beside any older database copy
 brings back no erased device or account (the gateway erases them again at its next start) and
 an audit log that verifies. It expires itself: it holds no pseudonym day key already past the
-connection-log retention, and a restore drops those that passed it since.`,
+connection-log retention, and a restore drops those that passed it since.
+
+Fleets (several gateways on one PostgreSQL registry) share the keys that blind, seal and wrap
+pseudonym day keys, and the keystore id the database records; each gateway keeps a WireGuard
+key of its own. "keys backup --fleet" on a member writes only the shared keys (with the
+destruction horizon and the erasure ledger), never the member's WireGuard key, audit log or
+day-key retention; "keys restore" of that file into the new gateway's empty keystore_dir,
+before its first start, makes the new gateway's own WireGuard key and prints its public key.`,
 		Example: `  dassetctl keys backup --keystore /var/lib/dasset-gateway-keys --out keystore.backup
-  dassetctl keys restore --keystore /var/lib/dasset-gateway-keys --in keystore.backup`,
+  dassetctl keys restore --keystore /var/lib/dasset-gateway-keys --in keystore.backup
+
+  # joining a fleet: on a member, then on the new gateway before its first start
+  dassetctl keys backup --fleet --keystore /var/lib/dasset-gateway-keys --out fleet.keys
+  dassetctl keys restore --in fleet.keys --keystore /var/lib/dasset-gateway-keys`,
 	}
 	var dir, out, in string
-	var stdinPass bool
+	var stdinPass, fleet bool
 	passphrase := func(cmd *cobra.Command) (string, error) {
 		if stdinPass {
 			return readPasswordStdin(cmd)
@@ -41,10 +53,11 @@ connection-log retention, and a restore drops those that passed it since.`,
 		return readNewPassword(cmd)
 	}
 	backup := &cobra.Command{
-		Use:     "backup",
-		Short:   "Write the keystore, encrypted under a passphrase (argon2id + XChaCha20-Poly1305)",
-		Example: `  dassetctl keys backup --keystore /var/lib/dasset-gateway-keys --out keystore.backup`,
-		Args:    exactArgs(),
+		Use:   "backup",
+		Short: "Write the keystore (or with --fleet the keys a fleet shares), encrypted under a passphrase (argon2id + XChaCha20-Poly1305)",
+		Example: `  dassetctl keys backup --keystore /var/lib/dasset-gateway-keys --out keystore.backup
+  dassetctl keys backup --fleet --keystore /var/lib/dasset-gateway-keys --out fleet.keys`,
+		Args: exactArgs(),
 		RunE: run(func(cmd *cobra.Command, _ []string) error {
 			if out == "" {
 				return usagef("--out is required")
@@ -58,19 +71,23 @@ connection-log retention, and a restore drops those that passed it since.`,
 				return err
 			}
 			var buf bytes.Buffer
-			if err := ks.Backup(&buf, []byte(pw)); err != nil {
+			write, what := ks.Backup, "keystore %s backed up to %s\n"
+			if fleet {
+				write, what = ks.BackupFleet, "fleet keys of keystore %s written to %s (no WireGuard key: the joining gateway makes its own at restore)\n"
+			}
+			if err := write(&buf, []byte(pw)); err != nil {
 				return err
 			}
 			if err := os.WriteFile(out, buf.Bytes(), 0o600); err != nil {
 				return fmt.Errorf("write backup: %w", err)
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "keystore %s backed up to %s\n", ks.ID(), out)
+			fmt.Fprintf(cmd.OutOrStdout(), what, ks.ID(), out)
 			return nil
 		}),
 	}
 	restore := &cobra.Command{
 		Use:     "restore",
-		Short:   "Restore a keystore backup into an empty keystore directory",
+		Short:   "Restore a keystore backup or a fleet keys file into an empty keystore directory",
 		Example: `  dassetctl keys restore --keystore /var/lib/dasset-gateway-keys --in keystore.backup`,
 		Args:    exactArgs(),
 		RunE: run(func(cmd *cobra.Command, _ []string) error {
@@ -93,6 +110,12 @@ connection-log retention, and a restore drops those that passed it since.`,
 			if err != nil {
 				return err
 			}
+			if info.Fleet {
+				fmt.Fprintf(cmd.OutOrStdout(), "fleet keys restored into %s; this gateway's own WireGuard public key: %s; "+
+					"erasure ledger: %d devices, %d accounts\n",
+					dir, base64.StdEncoding.EncodeToString(info.WireGuardPublicKey[:]), info.ErasedDevices, info.ErasedAccounts)
+				return nil
+			}
 			fmt.Fprintf(cmd.OutOrStdout(), "keystore restored into %s: %d day keys (%d dropped as past their retention); "+
 				"erasure ledger: %d devices, %d accounts, erased again at the gateway's next start\n",
 				dir, info.DayKeys, info.ExpiredDayKeys, info.ErasedDevices, info.ErasedAccounts)
@@ -104,6 +127,7 @@ connection-log retention, and a restore drops those that passed it since.`,
 		c.Flags().BoolVar(&stdinPass, "passphrase-stdin", false, "read the passphrase from standard input")
 	}
 	backup.Flags().StringVar(&out, "out", "", "backup file to write (0600)")
+	backup.Flags().BoolVar(&fleet, "fleet", false, "write only the keys a fleet shares, for a new gateway to join (never this gateway's WireGuard key)")
 	restore.Flags().StringVar(&in, "in", "", "backup file to read")
 	cmd.AddCommand(backup, restore)
 	return cmd

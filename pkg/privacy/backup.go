@@ -105,6 +105,12 @@ func (k *Keystore) backupAt(w io.Writer, passphrase []byte, now time.Time) error
 	if err != nil {
 		return err
 	}
+	return writeBackup(w, backupFormat, passphrase, files, dayKeys, now)
+}
+
+// writeBackup encrypts files under a key derived from passphrase and writes
+// the envelope; it clears files.
+func writeBackup(w io.Writer, format string, passphrase []byte, files map[string][]byte, dayKeys *backupDayKeys, now time.Time) error {
 	plain, err := json.Marshal(backupPayload{Files: files})
 	for _, b := range files {
 		clear(b)
@@ -115,7 +121,7 @@ func (k *Keystore) backupAt(w io.Writer, passphrase []byte, now time.Time) error
 	defer clear(plain)
 
 	bf := backupFile{
-		Format:  backupFormat,
+		Format:  format,
 		Version: backupVersion,
 		KDF:     backupKDF{Name: "argon2id", Time: backupTime, MemoryKiB: backupMemory, Threads: backupThreads, Salt: make([]byte, 16)},
 		Created: now.UTC().Format(time.RFC3339),
@@ -156,7 +162,7 @@ const (
 // horizon, and records horizon as the horizon (caller holds mu).
 func (k *Keystore) readAllFiles(horizon string) (map[string][]byte, error) {
 	files := make(map[string][]byte)
-	for _, name := range []string{indexKeyFile, sealKeyFile, wireguardKeyFile, idFile, horizonFile, LedgerFile, retentionFile} {
+	for _, name := range []string{indexKeyFile, sealKeyFile, dayKEKFile, wireguardKeyFile, idFile, horizonFile, LedgerFile, retentionFile} {
 		b, err := readPrivateFile(filepath.Join(k.dir, name))
 		if errors.Is(err, fs.ErrNotExist) && (name == horizonFile || name == LedgerFile || name == retentionFile) {
 			continue
@@ -243,6 +249,10 @@ type RestoreInfo struct {
 	Horizon        string // first day whose key may exist ("" = none destroyed)
 	ErasedDevices  int    // on the restored erasure ledger
 	ErasedAccounts int
+	// Fleet: the file was a fleet keys file (BackupFleet), and the
+	// restore made this gateway a WireGuard key of its own.
+	Fleet              bool
+	WireGuardPublicKey [32]byte // the restored keystore's
 }
 
 func restoreAt(r io.Reader, passphrase []byte, dir string, now time.Time) (RestoreInfo, error) {
@@ -261,8 +271,10 @@ func restoreAt(r io.Reader, passphrase []byte, dir string, now time.Time) (Resto
 		return info, fmt.Errorf("privacy: restore: not a keystore backup: %w", err)
 	}
 	switch {
-	case bf.Format != backupFormat:
-		return info, fmt.Errorf("privacy: restore: format %q is not %q", bf.Format, backupFormat)
+	case bf.Format != backupFormat && bf.Format != fleetFormat:
+		return info, fmt.Errorf("privacy: restore: format %q is neither %q nor %q", bf.Format, backupFormat, fleetFormat)
+	case bf.Format == fleetFormat && bf.DayKeys != nil:
+		return info, fmt.Errorf("privacy: restore: a fleet keys file has no day_keys header")
 	case bf.Version != backupVersion:
 		return info, fmt.Errorf("privacy: restore: backup version %d is not supported (want %d)", bf.Version, backupVersion)
 	case bf.KDF.Name != "argon2id":
@@ -304,7 +316,25 @@ func restoreAt(r io.Reader, passphrase []byte, dir string, now time.Time) (Resto
 			clear(b)
 		}
 	}()
-	if err := checkPayload(p.Files); err != nil {
+	if bf.Format == fleetFormat {
+		err = checkFleetPayload(p.Files)
+		if err == nil {
+			// The joining gateway's own WireGuard key, made here, once:
+			// the fleet file never holds one.
+			var wg []byte
+			wg, err = newKey(true)
+			p.Files[wireguardKeyFile] = wg
+		}
+		info.Fleet = true
+	}
+	if err == nil {
+		err = checkPayload(p.Files)
+	}
+	if err != nil {
+		return info, err
+	}
+	info.WireGuardPublicKey, err = publicKey(p.Files[wireguardKeyFile])
+	if err != nil {
 		return info, err
 	}
 	if err := expireDayKeys(&bf, p.Files, now, &info); err != nil {
@@ -402,7 +432,7 @@ func checkPayload(files map[string][]byte) error {
 	}
 	for name, b := range files {
 		switch name {
-		case indexKeyFile, sealKeyFile, wireguardKeyFile:
+		case indexKeyFile, sealKeyFile, dayKEKFile, wireguardKeyFile:
 		case idFile, horizonFile, AuditLogFile, AuditHeadFile, retentionFile:
 			continue
 		case LedgerFile:

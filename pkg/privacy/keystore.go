@@ -27,6 +27,7 @@ const (
 	indexKeyFile     = "index.key"     // K_index: blind indexes and verifiers
 	sealKeyFile      = "seal.key"      // K_seal: sealed values
 	wireguardKeyFile = "wireguard.key" // the gateway's WireGuard private key
+	dayKEKFile       = "daykeys.kek"   // K_kek: wraps day keys kept in a shared database
 	idFile           = "keystore.id"   // random id, recorded by the database
 	horizonFile      = "horizon"       // UTC day before which day keys are destroyed
 	daysDir          = "days"          // daily pseudonym keys, days/YYYY-MM-DD.key
@@ -59,6 +60,7 @@ type Keystore struct {
 	id       string
 	index    []byte
 	seal     cipher.AEAD
+	kek      cipher.AEAD // wraps day keys shared through the database
 	wgPriv   [32]byte
 	dummyVer Verifier
 	verSalt  []byte // the verifier KDF's salt, derived from index once
@@ -108,7 +110,7 @@ func OpenKeystore(dir string) (*Keystore, error) {
 		// First start (or a first start that was cut short before the id
 		// was written, so nothing can have used these keys yet): make what
 		// is missing, the id last.
-		for _, name := range []string{indexKeyFile, sealKeyFile, wireguardKeyFile} {
+		for _, name := range []string{indexKeyFile, sealKeyFile, dayKEKFile, wireguardKeyFile} {
 			if err := createIfAbsent(dir, name, func() ([]byte, error) { return newKey(name == wireguardKeyFile) }); err != nil {
 				return nil, err
 			}
@@ -122,6 +124,14 @@ func OpenKeystore(dir string) (*Keystore, error) {
 		}); err != nil {
 			return nil, err
 		}
+	}
+
+	// The day-key KEK came later than the other keys: a keystore made
+	// before it gets one now (nothing can have been wrapped under a key it
+	// never had; one that lost it cannot open the database's day keys, and
+	// ShareDayKeys says so).
+	if err := createIfAbsent(dir, dayKEKFile, func() ([]byte, error) { return newKey(false) }); err != nil {
+		return nil, err
 	}
 
 	k := &Keystore{dir: dir, dayKeys: make(map[string]*[32]byte)}
@@ -143,6 +153,14 @@ func OpenKeystore(dir string) (*Keystore, error) {
 	if k.seal, err = chacha20poly1305.NewX(sealKey); err != nil {
 		return nil, fmt.Errorf("privacy: keystore: seal key: %w", err)
 	}
+	kek, err := readKey(filepath.Join(dir, dayKEKFile))
+	if err != nil {
+		return nil, err
+	}
+	if k.kek, err = chacha20poly1305.NewX(kek); err != nil {
+		return nil, fmt.Errorf("privacy: keystore: day-key KEK: %w", err)
+	}
+	clear(kek)
 	wg, err := readKey(filepath.Join(dir, wireguardKeyFile))
 	if err != nil {
 		return nil, err

@@ -132,9 +132,9 @@ func TestKeystoreModes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// index, seal, wireguard, id, one day key.
-	if n != 5 {
-		t.Errorf("found %d files, want 5", n)
+	// index, seal, day-key KEK, wireguard, id, one day key.
+	if n != 6 {
+		t.Errorf("found %d files, want 6", n)
 	}
 }
 
