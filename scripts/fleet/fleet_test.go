@@ -1,0 +1,264 @@
+package fleet
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/planetxlabs/dasset-gateway/internal/poll"
+)
+
+// fleetDevices is how many devices the test runs.
+const fleetDevices = 300
+
+// failoverBound is how long a killed gateway's devices may take to ping
+// through another one.
+const failoverBound = 30 * time.Second
+
+// session is one open session of the test's accounts.
+type session struct {
+	account, serial, id string
+	host                *member // the gateway the client opened it on
+}
+
+// TestFleet: three gateways on one PostgreSQL registry, 300 devices spread
+// over them (each agent is given all three), two accounts with sessions.
+// One gateway is killed with SIGKILL: every one of its devices pings through
+// another gateway within 30 s with the same key and addresses, and no
+// address is held twice (in the database, against what the devices use, in
+// the live gateways' peer lists). The killed gateway starts again. Then
+// PostgreSQL is restarted: the tunnels keep carrying pings, client logins
+// answer Unavailable and /readyz is not ready during the outage, and both
+// come back by themselves after it.
+func TestFleet(t *testing.T) {
+	f := newFleet(t)
+	a, b, c := f.gws[0], f.gws[1], f.gws[2]
+	a.startReady()
+	for _, m := range []*member{b, c} {
+		f.joinKeystore(a, m)
+		m.startReady()
+	}
+	t.Logf("gateways up: a=%s b=%s c=%s", a.instance, b.instance, c.instance)
+	var fl struct {
+		Gateways []struct {
+			InstanceID string `json:"instance_id"`
+		} `json:"gateways"`
+	}
+	a.CtlJSON(&fl, "fleet")
+	if len(fl.Gateways) != 3 {
+		t.Fatalf("dassetctl fleet on a lists %d gateways, want 3: %+v", len(fl.Gateways), fl)
+	}
+
+	// Enrolment (one CSV batch on a) and the two accounts.
+	devs := make([]identity, fleetDevices)
+	var csv strings.Builder
+	csv.WriteString("serial_number,hardware_id\n")
+	for i := range devs {
+		devs[i] = identity{Serial: fmt.Sprintf("DS-FLEET-%04d", i), HWID: fmt.Sprintf("HW-FLEET-%04d", i)}
+		fmt.Fprintf(&csv, "%s,%s\n", devs[i].Serial, devs[i].HWID)
+	}
+	csvPath := filepath.Join(f.Dir, "devices.csv")
+	if err := os.WriteFile(csvPath, []byte(csv.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	a.MustCtl("enroll", "--file", csvPath)
+	passwords := map[string]string{"alice": "alice-fleet-password", "bob": "bob-fleet-password"}
+	for name, pw := range passwords {
+		if _, err := f.RunStdin(pw+"\n", f.Path("dassetctl"), "--socket", a.Sock, "accounts", "create", name, "--password-stdin"); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// Every device up, spread over the three gateways.
+	started := time.Now()
+	f.startDriver(devs)
+	var before map[string]deviceState
+	f.until(120*time.Second, 250*time.Millisecond, "every device logged in with its addresses", func() error {
+		before = f.devices()
+		up := 0
+		for _, d := range before {
+			if d.Ended != "" {
+				t.Fatalf("device %s: %s", d.Serial, d.Ended)
+			}
+			if d.Instance != "" && len(d.Addrs) > 0 {
+				up++
+			}
+		}
+		if up < fleetDevices {
+			return fmt.Errorf("%d of %d up", up, fleetDevices)
+		}
+		return nil
+	})
+	f.ping("every device through its gateway", nil, 30*time.Second)
+	t.Logf("%d devices logged in and pinged their gateway in %v", fleetDevices, time.Since(started).Round(time.Millisecond))
+	on := map[*member][]deviceState{}
+	for _, d := range before {
+		m := f.byInstance(d.Instance)
+		if m == nil {
+			t.Fatalf("device %s logged in to instance %q, not one of the fleet", d.Serial, d.Instance)
+		}
+		on[m] = append(on[m], d)
+	}
+	for _, m := range f.gws {
+		// Each agent starts on a random gateway of three: 100 each on
+		// average, and fewer than 30 on one has a probability below 1e-15.
+		if len(on[m]) < 30 {
+			t.Fatalf("gateway %s has %d of %d devices; want them spread over the three", m.name, len(on[m]), fleetDevices)
+		}
+		m.holdsDevices(on[m])
+	}
+	t.Logf("devices per gateway: a=%d b=%d c=%d", len(on[a]), len(on[b]), len(on[c]))
+	f.checkAddresses(before, f.gws)
+
+	// Two accounts, each with sessions to two devices on c (the gateway
+	// that will be killed) and one elsewhere; logins on a, binding on a,
+	// each session opened on its device's gateway.
+	for name, pw := range passwords {
+		f.client("/client/login", clientRequest{Gateway: a.addr, Account: name, Password: pw})
+	}
+	var sessions []session
+	pick := map[string][]deviceState{"alice": {on[c][0], on[c][1], on[a][0]}, "bob": {on[c][2], on[c][3], on[b][0]}}
+	for name, ds := range pick {
+		for _, d := range ds {
+			code := f.client("/bindcode", clientRequest{Serial: d.Serial}).Binding
+			f.client("/client/bind", clientRequest{Gateway: a.addr, Account: name, Code: code})
+			host := f.byInstance(d.Instance)
+			res := f.client("/session/open", clientRequest{Gateway: host.addr, Account: name, Serial: d.Serial})
+			if got := strings.Join(res.Device, ","); got != strings.Join(d.Addrs, ",") {
+				t.Fatalf("session %s to %s: device addresses %s, the device has %s", res.ID, d.Serial, got, strings.Join(d.Addrs, ","))
+			}
+			sessions = append(sessions, session{account: name, serial: d.Serial, id: res.ID, host: host})
+		}
+	}
+	for _, s := range sessions {
+		f.client("/session/ping", clientRequest{ID: s.id, WithinMS: 15000})
+	}
+	t.Logf("%d sessions carry pings", len(sessions))
+
+	// SIGKILL c: its devices come back through a or b within 30 s, with
+	// the same keys and addresses.
+	victims := on[c]
+	serials := make([]string, len(victims))
+	for i, d := range victims {
+		serials[i] = d.Serial
+	}
+	c.kill()
+	killed := time.Now()
+	var after map[string]deviceState
+	err := poll.Until(f.Context(), failoverBound, 100*time.Millisecond, func() error {
+		after = f.devices()
+		for _, sn := range serials {
+			d := after[sn]
+			if d.Ended != "" {
+				t.Fatalf("device %s: %s", sn, d.Ended)
+			}
+			if d.Instance == c.instance || len(d.Addrs) == 0 {
+				return fmt.Errorf("device %s still on c or down", sn)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("after SIGKILL of c: %v", err)
+	}
+	moved := time.Since(killed)
+	f.ping("c's devices through another gateway", serials, max(failoverBound-time.Since(killed), time.Second))
+	took := time.Since(killed)
+	if took > failoverBound {
+		t.Fatalf("c's %d devices pinged through another gateway %v after SIGKILL; want within %v", len(serials), took.Round(time.Millisecond), failoverBound)
+	}
+	t.Logf("SIGKILL of c: its %d devices logged in elsewhere after %v and all pinged after %v",
+		len(serials), moved.Round(time.Millisecond), took.Round(time.Millisecond))
+	movedTo := map[*member][]deviceState{}
+	for _, d0 := range victims {
+		d := after[d0.Serial]
+		if d.Key != d0.Key {
+			t.Fatalf("device %s: key %s after the failover, %s before (a re-key)", d.Serial, d.Key, d0.Key)
+		}
+		if strings.Join(d.Addrs, ",") != strings.Join(d0.Addrs, ",") {
+			t.Fatalf("device %s: addresses %v after the failover, %v before", d.Serial, d.Addrs, d0.Addrs)
+		}
+		m := f.byInstance(d.Instance)
+		if m != a && m != b {
+			t.Fatalf("device %s: on instance %q after the failover, neither a nor b", d.Serial, d.Instance)
+		}
+		movedTo[m] = append(movedTo[m], d)
+	}
+	for m, ds := range movedTo {
+		m.holdsDevices(ds)
+	}
+	t.Logf("c's devices moved: %d to a, %d to b", len(movedTo[a]), len(movedTo[b]))
+	// The devices that were elsewhere did not move, and every device
+	// still pings.
+	for sn, d := range after {
+		if d0 := before[sn]; d0.Instance != c.instance && d.Instance != d0.Instance {
+			t.Fatalf("device %s moved from %s to %s though its gateway lived", sn, d0.Instance, d.Instance)
+		}
+	}
+	f.ping("every device after the failover", nil, 10*time.Second)
+	for _, s := range sessions {
+		if s.host != c {
+			f.client("/session/ping", clientRequest{ID: s.id, WithinMS: 10000})
+		}
+	}
+	f.checkAddresses(after, []*member{a, b})
+
+	// c starts again (same data directory, instance id and keystore).
+	c.startReady()
+	t.Logf("c restarted as instance %s", c.instance)
+
+	// PostgreSQL restarts: tunnels keep carrying pings; client logins answer
+	// Unavailable and /readyz is not ready during the outage; both recover
+	// by themselves.
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	if err := f.pg.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	stopped := time.Now()
+	for _, m := range f.gws {
+		f.until(15*time.Second, 200*time.Millisecond, "gateway "+m.name+" not ready without its registry", func() error {
+			if _, err := m.Get("http://127.0.0.1:9591/readyz"); err == nil {
+				return fmt.Errorf("/readyz still ready")
+			}
+			return nil
+		})
+	}
+	for _, m := range f.gws {
+		res := f.tryClient("/client/login", clientRequest{Gateway: m.addr, Account: "alice", Password: passwords["alice"]})
+		if res.Code != "Unavailable" {
+			t.Fatalf("client login on %s during the PostgreSQL outage: %s %s; want Unavailable", m.name, res.Code, res.Error)
+		}
+	}
+	f.ping("every device during the PostgreSQL outage", nil, 10*time.Second)
+	for _, s := range sessions {
+		if s.host != c {
+			f.client("/session/ping", clientRequest{ID: s.id, WithinMS: 10000})
+		}
+	}
+	t.Logf("PostgreSQL down for %v: every device pinged, logins answered Unavailable", time.Since(stopped).Round(time.Millisecond))
+	if err := f.pg.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	restarted := time.Now()
+	for _, m := range f.gws {
+		f.until(30*time.Second, 200*time.Millisecond, "client login on "+m.name+" after PostgreSQL is back", func() error {
+			res := f.tryClient("/client/login", clientRequest{Gateway: m.addr, Account: "bob", Password: passwords["bob"]})
+			if res.Code != "OK" {
+				return fmt.Errorf("%s %s", res.Code, res.Error)
+			}
+			return nil
+		})
+		f.until(30*time.Second, 200*time.Millisecond, "gateway "+m.name+" ready again", func() error {
+			_, err := m.Get("http://127.0.0.1:9591/readyz")
+			return err
+		})
+	}
+	t.Logf("logins and readiness back %v after PostgreSQL restarted", time.Since(restarted).Round(time.Millisecond))
+	f.ping("every device after the PostgreSQL restart", nil, 10*time.Second)
+	f.checkAddresses(f.devices(), []*member{a, b})
+}
