@@ -216,7 +216,7 @@ func New(ctx context.Context, cfg config.Config, opt Options) (_ *Daemon, err er
 	if err != nil {
 		return nil, err
 	}
-	if err := d.replayErasures(ctx); err != nil {
+	if err := d.replayErasures(ctx, true); err != nil {
 		return nil, err
 	}
 	n, err := d.gw.Start(ctx)
@@ -257,14 +257,19 @@ func New(ctx context.Context, cfg config.Config, opt Options) (_ *Daemon, err er
 
 // replayErasures merges the erasure ledger kept with the keys and the
 // database's copy both ways, then erases again whatever the database still
-// holds of an erased subject.
-func (d *Daemon) replayErasures(ctx context.Context) error {
+// holds of an erased subject. At start it always replays (one look-up per
+// ledger entry); afterwards only when the merge changed something: an
+// erasure another gateway recorded, or erasures missing from the database
+// (an older copy restored under the running gateway).
+func (d *Daemon) replayErasures(ctx context.Context, always bool) error {
 	learnt, restored, err := d.gw.SyncErasures(ctx)
 	if err != nil {
 		return fmt.Errorf("merging the erasure ledger with the database: %w", err)
 	}
 	if learnt > 0 || restored > 0 {
 		d.log.Info("erasure ledger merged with the database", "learnt", learnt, "written_back", restored)
+	} else if !always {
+		return nil
 	}
 	n, err := d.gw.ReplayErasures(ctx)
 	if err != nil {
@@ -714,7 +719,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 				d.pruneAudit()
 				// Erasures other gateways of a fleet recorded, or a
 				// database restored under a running gateway.
-				if err := d.replayErasures(gctx); err != nil && gctx.Err() == nil {
+				if err := d.replayErasures(gctx, false); err != nil && gctx.Err() == nil {
 					d.log.Error("replaying the erasure ledger failed", "err", err)
 				}
 			}
