@@ -1296,7 +1296,12 @@ type FleetGateway struct {
 	StartedAt   *timestamppb.Timestamp `protobuf:"bytes,4,opt,name=started_at,json=startedAt,proto3" json:"started_at,omitempty"`
 	HeartbeatAt *timestamppb.Timestamp `protobuf:"bytes,5,opt,name=heartbeat_at,json=heartbeatAt,proto3" json:"heartbeat_at,omitempty"`
 	// True for the gateway that answered.
-	Self          bool `protobuf:"varint,6,opt,name=self,proto3" json:"self,omitempty"`
+	Self bool `protobuf:"varint,6,opt,name=self,proto3" json:"self,omitempty"`
+	// Admitted, unrevoked devices whose home (the gateway they last logged
+	// in to) is this gateway.
+	Devices int64 `protobuf:"varint,7,opt,name=devices,proto3" json:"devices,omitempty"`
+	// Open sessions of those devices (served by this gateway).
+	Sessions      int64 `protobuf:"varint,8,opt,name=sessions,proto3" json:"sessions,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1371,6 +1376,20 @@ func (x *FleetGateway) GetSelf() bool {
 		return x.Self
 	}
 	return false
+}
+
+func (x *FleetGateway) GetDevices() int64 {
+	if x != nil {
+		return x.Devices
+	}
+	return 0
+}
+
+func (x *FleetGateway) GetSessions() int64 {
+	if x != nil {
+		return x.Sessions
+	}
+	return 0
 }
 
 type ListGatewaysResponse struct {
@@ -2048,7 +2067,7 @@ const file_dasset_gateway_v1_admin_proto_rawDesc = "" +
 	"\fpeers_recent\x18\x06 \x01(\x03R\vpeersRecent\x12\x19\n" +
 	"\brx_bytes\x18\a \x01(\x04R\arxBytes\x12\x19\n" +
 	"\btx_bytes\x18\b \x01(\x04R\atxBytes\"\x15\n" +
-	"\x13ListGatewaysRequest\"\xf8\x01\n" +
+	"\x13ListGatewaysRequest\"\xae\x02\n" +
 	"\fFleetGateway\x12\x1f\n" +
 	"\vinstance_id\x18\x01 \x01(\tR\n" +
 	"instanceId\x12\x1d\n" +
@@ -2058,7 +2077,9 @@ const file_dasset_gateway_v1_admin_proto_rawDesc = "" +
 	"\n" +
 	"started_at\x18\x04 \x01(\v2\x1a.google.protobuf.TimestampR\tstartedAt\x12=\n" +
 	"\fheartbeat_at\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\vheartbeatAt\x12\x12\n" +
-	"\x04self\x18\x06 \x01(\bR\x04self\"S\n" +
+	"\x04self\x18\x06 \x01(\bR\x04self\x12\x18\n" +
+	"\adevices\x18\a \x01(\x03R\adevices\x12\x1a\n" +
+	"\bsessions\x18\b \x01(\x03R\bsessions\"S\n" +
 	"\x14ListGatewaysResponse\x12;\n" +
 	"\bgateways\x18\x01 \x03(\v2\x1f.dasset.gateway.v1.FleetGatewayR\bgateways\"|\n" +
 	"\x14ExportSubjectRequest\x12%\n" +

@@ -164,8 +164,14 @@ type SessionInfo struct {
 	DeviceAddresses []string               `protobuf:"bytes,5,rep,name=device_addresses,json=deviceAddresses,proto3" json:"device_addresses,omitempty"`
 	OpenedAt        *timestamppb.Timestamp `protobuf:"bytes,6,opt,name=opened_at,json=openedAt,proto3" json:"opened_at,omitempty"`
 	ExpiresAt       *timestamppb.Timestamp `protobuf:"bytes,7,opt,name=expires_at,json=expiresAt,proto3" json:"expires_at,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// The WireGuard peer the session's client uses now: the gateway that
+	// hosts the device (its home gateway), with that gateway's key and
+	// endpoint. It changes when the device moves to another gateway; a
+	// client that polls GetSession replaces its peer with it (same key and
+	// addresses). Set by GetSession only.
+	Gateway       *GatewayPeer `protobuf:"bytes,8,opt,name=gateway,proto3" json:"gateway,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SessionInfo) Reset() {
@@ -247,6 +253,13 @@ func (x *SessionInfo) GetExpiresAt() *timestamppb.Timestamp {
 	return nil
 }
 
+func (x *SessionInfo) GetGateway() *GatewayPeer {
+	if x != nil {
+		return x.Gateway
+	}
+	return nil
+}
+
 var File_dasset_gateway_v1_common_proto protoreflect.FileDescriptor
 
 const file_dasset_gateway_v1_common_proto_rawDesc = "" +
@@ -258,7 +271,7 @@ const file_dasset_gateway_v1_common_proto_rawDesc = "" +
 	"\bendpoint\x18\x02 \x01(\tR\bendpoint\x12\x1f\n" +
 	"\vallowed_ips\x18\x03 \x03(\tR\n" +
 	"allowedIps\x12@\n" +
-	"\x1cpersistent_keepalive_seconds\x18\x04 \x01(\rR\x1apersistentKeepaliveSeconds\"\xb5\x02\n" +
+	"\x1cpersistent_keepalive_seconds\x18\x04 \x01(\rR\x1apersistentKeepaliveSeconds\"\xef\x02\n" +
 	"\vSessionInfo\x12\x1d\n" +
 	"\n" +
 	"session_id\x18\x01 \x01(\tR\tsessionId\x12#\n" +
@@ -268,7 +281,8 @@ const file_dasset_gateway_v1_common_proto_rawDesc = "" +
 	"\x10device_addresses\x18\x05 \x03(\tR\x0fdeviceAddresses\x127\n" +
 	"\topened_at\x18\x06 \x01(\v2\x1a.google.protobuf.TimestampR\bopenedAt\x129\n" +
 	"\n" +
-	"expires_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt*\xb3\x01\n" +
+	"expires_at\x18\a \x01(\v2\x1a.google.protobuf.TimestampR\texpiresAt\x128\n" +
+	"\agateway\x18\b \x01(\v2\x1e.dasset.gateway.v1.GatewayPeerR\agateway*\xb3\x01\n" +
 	"\fLoginOutcome\x12\x1d\n" +
 	"\x19LOGIN_OUTCOME_UNSPECIFIED\x10\x00\x12\x14\n" +
 	"\x10LOGIN_OUTCOME_OK\x10\x01\x12\x18\n" +
@@ -300,11 +314,12 @@ var file_dasset_gateway_v1_common_proto_goTypes = []any{
 var file_dasset_gateway_v1_common_proto_depIdxs = []int32{
 	3, // 0: dasset.gateway.v1.SessionInfo.opened_at:type_name -> google.protobuf.Timestamp
 	3, // 1: dasset.gateway.v1.SessionInfo.expires_at:type_name -> google.protobuf.Timestamp
-	2, // [2:2] is the sub-list for method output_type
-	2, // [2:2] is the sub-list for method input_type
-	2, // [2:2] is the sub-list for extension type_name
-	2, // [2:2] is the sub-list for extension extendee
-	0, // [0:2] is the sub-list for field type_name
+	1, // 2: dasset.gateway.v1.SessionInfo.gateway:type_name -> dasset.gateway.v1.GatewayPeer
+	3, // [3:3] is the sub-list for method output_type
+	3, // [3:3] is the sub-list for method input_type
+	3, // [3:3] is the sub-list for extension type_name
+	3, // [3:3] is the sub-list for extension extendee
+	0, // [0:3] is the sub-list for field type_name
 }
 
 func init() { file_dasset_gateway_v1_common_proto_init() }
