@@ -5,11 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"maps"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"text/tabwriter"
 	"time"
 
@@ -308,7 +310,13 @@ unbound) and lists the account's devices (a refused access token), so the end is
 within one interval; the expiry is checked locally; and, with a tunnel of its own, a
 gateway that stopped answering shows as WireGuard handshakes failing, noticed within about
 3 minutes (with --wg-quick or --qr the handshakes are the app's, and the command waits
-for the gateway to answer again).`,
+for the gateway to answer again).
+
+In a fleet each poll also learns which gateway serves the session (the device's home).
+When the device moves to another gateway, the session's tunnel replaces its gateway peer
+(same key, same addresses) and its traffic resumes through the new gateway; with
+--wg-quick the file is rewritten and the command says how to apply it (` + "`wg syncconf`" + `),
+with --qr it prints the new QR code.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			logger, err := logs.logger(logOut)
@@ -329,6 +337,16 @@ for the gateway to answer again).`,
 			if netstack || cfg.NoTunnel {
 				cfg.Interface = ""
 			}
+			// outMu orders what the session's watcher prints (the device
+			// moved to another gateway) after the session's first lines.
+			var outMu sync.Mutex
+			if cfg.NoTunnel {
+				cfg.OnGatewayPeer = func(w agent.WGQuick) {
+					outMu.Lock()
+					defer outMu.Unlock()
+					printGatewayMoved(stdout, logger, wgQuick, qr, w)
+				}
+			}
 			octx, cancel := context.WithTimeout(cmd.Context(), callTimeout)
 			s, err := agent.OpenSession(octx, cfg, serial)
 			cancel()
@@ -345,6 +363,7 @@ for the gateway to answer again).`,
 					return fmt.Errorf("--wg-quick: %w", err)
 				}
 			}
+			outMu.Lock()
 			fmt.Fprintf(stdout, "Session:   %s\n", s.ID())
 			if !netstack && !cfg.NoTunnel {
 				fmt.Fprintf(stdout, "Interface: %s\n", cfg.Interface)
@@ -361,6 +380,7 @@ for the gateway to answer again).`,
 			if f, ok := stdout.(*os.File); ok {
 				_ = f.Sync()
 			}
+			outMu.Unlock()
 			werr := s.Wait(cmd.Context())
 			cctx, ccancel := context.WithTimeout(context.WithoutCancel(cmd.Context()), callTimeout)
 			defer ccancel()
@@ -392,6 +412,29 @@ for the gateway to answer again).`,
 		cmd.MarkFlagsMutuallyExclusive(f, "netstack")
 	}
 	return cmd
+}
+
+// printGatewayMoved tells the user of a stock WireGuard app that the
+// session's gateway peer changed (the device moved to another gateway of
+// the fleet): it rewrites the --wg-quick file and says how to apply it, or
+// prints the new QR code.
+func printGatewayMoved(w io.Writer, logger *slog.Logger, file string, qr bool, conf agent.WGQuick) {
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "The device moved to another gateway: the session's WireGuard peer changed.")
+	if file != "" {
+		if err := agent.WriteWGQuick(file, conf); err != nil {
+			logger.Warn("rewriting the session's configuration for the new gateway failed", "session", conf.SessionID, "error", err)
+			fmt.Fprintf(w, "Rewriting %s failed (%v); the tunnel keeps the old gateway.\n", file, err)
+		} else {
+			name := strings.TrimSuffix(filepath.Base(file), ".conf")
+			fmt.Fprintf(w, "%s now names the new gateway; apply it with `wg syncconf %s <(wg-quick strip %s)`, or import the file again.\n", file, name, file)
+		}
+	}
+	if qr {
+		fmt.Fprintln(w, "Scan this QR code again with the WireGuard app:")
+		fmt.Fprintln(w)
+		qrterminal.GenerateHalfBlock(string(conf.Render()), qrterminal.L, w)
+	}
 }
 
 // printAppHelp says how to use the session from a stock WireGuard app and

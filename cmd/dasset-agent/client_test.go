@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
+	"encoding/base64"
 	"net"
 	"os"
 	"path/filepath"
@@ -30,6 +31,7 @@ type fakeClients struct {
 	bound    bool
 	sessions map[string]bool // id → open
 	closes   []string
+	peer     *gatewayv1.GatewayPeer // GetSession's gateway peer (nil: none named)
 }
 
 const fakeToken = "access-tok-1"
@@ -115,6 +117,18 @@ func (f *fakeClients) OpenSession(ctx context.Context, req *gatewayv1.OpenSessio
 		ExpiresAt:       timestamppb.New(time.Now().Add(time.Hour)),
 		Mtu:             1420,
 	}, nil
+}
+
+func (f *fakeClients) GetSession(ctx context.Context, req *gatewayv1.GetSessionRequest) (*gatewayv1.SessionInfo, error) {
+	if err := f.auth(ctx); err != nil {
+		return nil, err
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.sessions[req.GetSessionId()] {
+		return nil, status.Error(codes.NotFound, "session_id: no open session with this id")
+	}
+	return &gatewayv1.SessionInfo{SessionId: req.GetSessionId(), Gateway: f.peer}, nil
 }
 
 func (f *fakeClients) CloseSession(ctx context.Context, req *gatewayv1.CloseSessionRequest) (*gatewayv1.CloseSessionResponse, error) {
@@ -382,6 +396,39 @@ func TestSessionOpenWGQuick(t *testing.T) {
 	}
 	if strings.Contains(out, "PrivateKey") {
 		t.Fatal("the private key was printed in clear")
+	}
+
+	// The device moves to another gateway: the file is rewritten with the
+	// new peer (same private key and addresses) and a new QR code printed.
+	newKey := bytes.Repeat([]byte{7}, 32)
+	f.mu.Lock()
+	f.peer = &gatewayv1.GatewayPeer{PublicKey: newKey, Endpoint: "127.0.0.1:10", AllowedIps: []string{"100.80.0.0/12", "fdda:55e7::/48"}, PersistentKeepaliveSeconds: 25}
+	f.mu.Unlock()
+	waitOutput(t, &sout, "Scan this QR code again", done)
+	moved, err := os.ReadFile(conf)
+	if err != nil {
+		t.Fatal(err)
+	}
+	privLine := func(b []byte) string {
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(l, "PrivateKey = ") {
+				return l
+			}
+		}
+		return ""
+	}
+	if !strings.Contains(string(moved), "PublicKey = "+base64.StdEncoding.EncodeToString(newKey)+"\n") || !strings.Contains(string(moved), "Endpoint = 127.0.0.1:10\n") ||
+		privLine(moved) == "" || privLine(moved) != privLine(data) || !strings.Contains(string(moved), "Address = 100.95.0.1/32, fdda:55e7:0:ff::1/128\n") {
+		t.Fatalf("%s after the move:\n%s\nbefore:\n%s", conf, moved, data)
+	}
+	out = sout.String()
+	if !strings.Contains(out, "wg syncconf dasset1 <(wg-quick strip "+conf+")") {
+		t.Fatalf("output after the move lacks how to apply it:\n%s", out)
+	}
+	qr.Reset()
+	qrterminal.GenerateHalfBlock(string(moved), qrterminal.L, &qr)
+	if !strings.Contains(out, qr.String()) {
+		t.Fatal("output lacks the QR code of the rewritten file")
 	}
 	cancel()
 	if err := waitDone(t, done, "session open after the interrupt"); err != nil {

@@ -17,6 +17,7 @@ import (
 
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv4"
+	"golang.zx2c4.com/wireguard/tun/netstack"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
@@ -38,7 +39,13 @@ func ping(a *Agent, seq int) error {
 	if len(addrs) == 0 {
 		return errors.New("no address")
 	}
-	c, err := n.DialPingAddr(addrs[0].Addr(), netip.MustParseAddr(gatewayAddr))
+	return pingVia(n, addrs[0].Addr(), netip.MustParseAddr(gatewayAddr), seq)
+}
+
+// pingVia sends one ICMP echo from src on the netstack n to dst and waits
+// up to 2 s for the reply.
+func pingVia(n *netstack.Net, src, dst netip.Addr, seq int) error {
+	c, err := n.DialPingAddr(src, dst)
 	if err != nil {
 		return err
 	}

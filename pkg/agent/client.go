@@ -3,11 +3,13 @@ package agent
 import (
 	"context"
 	"crypto/rand"
+	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io/fs"
 	"log/slog"
+	mrand "math/rand/v2"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -22,6 +24,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/planetxlabs/dasset-gateway/internal/atomicfile"
 	"github.com/planetxlabs/dasset-gateway/pkg/privacy"
@@ -92,8 +95,16 @@ type ClientConfig struct {
 	// Logger receives the log (default slog.Default()).
 	Logger *slog.Logger
 	// PollInterval is how often an open session checks with the gateway
-	// that it still stands (default 2s).
+	// that it still stands and which gateway serves it (default 2s; each
+	// wait is jittered by ±25% so that many clients do not poll in step).
 	PollInterval time.Duration
+	// OnGatewayPeer, when set, is called (from the session's watcher) with
+	// the session's new WireGuard configuration each time the gateway that
+	// serves the session changes (the device moved to another gateway of
+	// the fleet). A session with a tunnel of its own has already replaced
+	// its peer by then; with NoTunnel this is how the app's configuration
+	// learns the new peer.
+	OnGatewayPeer func(WGQuick)
 }
 
 func (c ClientConfig) withDefaults() (ClientConfig, error) {
@@ -378,6 +389,7 @@ func CloseSession(ctx context.Context, cfg ClientConfig, id string) error {
 type Session struct {
 	cfg     ClientConfig
 	log     *slog.Logger
+	scrub   *addrScrubber
 	conn    *grpc.ClientConn
 	token   string
 	serial  privacy.SerialNumber
@@ -387,7 +399,14 @@ type Session struct {
 	expires time.Time
 	opened  time.Time
 	tun     *tunnel // nil with NoTunnel
-	wgQuick WGQuick
+
+	// peerMu guards the gateway peer, which the watcher replaces when the
+	// device moves to another gateway: wgQuick, tun.peer, peerSince, peerMsg.
+	peerMu    sync.Mutex
+	wgQuick   WGQuick
+	peerSince time.Time              // when the gateway peer was last set
+	peerMsg   *gatewayv1.GatewayPeer // the peer as last applied (or refused), to notice a change
+	moves     int                    // gateway peer changes applied
 
 	ended     chan struct{} // closed when the watcher saw the session end
 	endErr    error         // why; set before ended is closed
@@ -432,7 +451,7 @@ func OpenSession(ctx context.Context, cfg ClientConfig, serial string) (*Session
 		return nil, err
 	}
 	s := &Session{
-		cfg: cfg, log: cfg.Logger, conn: conn, token: tok, serial: sn,
+		cfg: cfg, log: cfg.Logger, scrub: sc, conn: conn, token: tok, serial: sn,
 		ended: make(chan struct{}), watchDone: make(chan struct{}), closed: make(chan struct{}),
 	}
 	resp, err := gatewayv1.NewClientServiceClient(conn).OpenSession(s.authCtx(ctx),
@@ -467,6 +486,7 @@ func OpenSession(ctx context.Context, cfg ClientConfig, serial string) (*Session
 		s.device = append(s.device, p)
 	}
 	s.client = lc.addrs
+	s.peerSince, s.peerMsg = s.opened, resp.GetGateway()
 	s.wgQuick = WGQuick{
 		SessionID: s.id, Expires: s.expires, PrivateKey: priv, Addresses: lc.addrs, MTU: lc.mtu,
 		PeerPublicKey: lc.peer.publicKey, Endpoint: lc.endpointName,
@@ -523,7 +543,9 @@ func (s *Session) Net() *netstack.Net {
 // the device's addresses routed into the tunnel. Meant for NoTunnel
 // sessions; two WireGuard ends with one key fight over the gateway peer.
 func (s *Session) WGQuick() WGQuick {
+	s.peerMu.Lock()
 	w := s.wgQuick
+	s.peerMu.Unlock()
 	w.Addresses, w.AllowedIPs = slices.Clone(w.Addresses), slices.Clone(w.AllowedIPs)
 	return w
 }
@@ -581,17 +603,42 @@ func (s *Session) Close(ctx context.Context) error {
 	return s.closeErr
 }
 
-// watch polls until the session ends or stopWatch is called.
+// GatewayPeer returns the session's current gateway peer: its WireGuard
+// public key and endpoint (host:port as the gateway sent it), and how many
+// times it has changed since the session opened (the device moved to
+// another gateway).
+func (s *Session) GatewayPeer() (key [32]byte, endpoint string, changes int) {
+	s.peerMu.Lock()
+	defer s.peerMu.Unlock()
+	return s.wgQuick.PeerPublicKey, s.wgQuick.Endpoint, s.moves
+}
+
+// handshakeStaleFollow: with a persistent keepalive, a peer that answers
+// re-handshakes every 2 minutes (WireGuard's RekeyAfterTime) within a few
+// seconds (RekeyTimeout); no handshake for longer means the gateway no
+// longer answers, perhaps because the device moved to another gateway, so
+// the watcher asks the gateway at once instead of at its next poll.
+const handshakeStaleFollow = 120*time.Second + 15*time.Second
+
+// pollWait is the wait before the next poll: interval ±25%, at random.
+func pollWait(interval time.Duration) time.Duration {
+	return interval*3/4 + mrand.N(interval/2+1)
+}
+
+// watch polls until the session ends or stopWatch is called: every
+// PollInterval (jittered), and at once when the gateway peer's handshake
+// goes stale.
 func (s *Session) watch(ctx context.Context) {
 	defer close(s.watchDone)
 	client := gatewayv1.NewClientServiceClient(s.conn)
-	tick := time.NewTicker(s.cfg.PollInterval)
-	defer tick.Stop()
+	timer := time.NewTimer(pollWait(s.cfg.PollInterval))
+	defer timer.Stop()
+	staleSeen := false // the current stale spell has had its immediate poll
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-tick.C:
+		case <-timer.C:
 		}
 		if why := s.check(ctx, client); why != "" {
 			s.endErr = fmt.Errorf("%w: %s", ErrSessionEnded, why)
@@ -599,6 +646,86 @@ func (s *Session) watch(ctx context.Context) {
 			close(s.ended)
 			return
 		}
+		wait := pollWait(s.cfg.PollInterval)
+		if staleIn, ok := s.staleIn(time.Now()); ok {
+			switch {
+			case staleIn > 0:
+				staleSeen = false
+				wait = min(wait, staleIn)
+			case !staleSeen:
+				staleSeen = true
+				wait = 0
+			}
+		}
+		timer.Reset(wait)
+	}
+}
+
+// staleIn says how long until the gateway peer's handshake counts as stale
+// (<= 0: it is); ok is false without a tunnel of its own or a keepalive.
+func (s *Session) staleIn(now time.Time) (time.Duration, bool) {
+	if s.tun == nil {
+		return 0, false
+	}
+	s.peerMu.Lock()
+	keepalive, since := s.tun.peer.keepalive, s.peerSince
+	s.peerMu.Unlock()
+	if keepalive == 0 {
+		return 0, false
+	}
+	last := lastHandshake(s.tun)
+	if last.Before(since) {
+		last = since
+	}
+	return last.Add(handshakeStaleFollow).Sub(now), true
+}
+
+// follow replaces the session's gateway peer when GetSession names another
+// one than the session uses (the device moved to another gateway): same
+// key, same addresses, the new gateway's key and endpoint. A peer the
+// session cannot use is logged once and the old one kept.
+func (s *Session) follow(ctx context.Context, gw *gatewayv1.GatewayPeer) {
+	if gw == nil {
+		return // a gateway that does not say: keep the peer
+	}
+	s.peerMu.Lock()
+	same := proto.Equal(gw, s.peerMsg)
+	s.peerMu.Unlock()
+	if same {
+		return
+	}
+	pc, name, err := parseGatewayPeer(ctx, s.cfg.Gateway, gw)
+	if err != nil {
+		s.peerMu.Lock()
+		s.peerMsg = gw
+		s.peerMu.Unlock()
+		s.log.Warn("the gateway named an unusable gateway peer for the session; keeping the old one", "session", s.id, "error", s.scrub.text(err.Error()))
+		return
+	}
+	s.scrub.add(pc.endpoint.Addr()) // a gateway's address, as the dialled one
+	if s.tun != nil {
+		if err := s.tun.dev.IpcSet("replace_peers=true\n" + pc.uapi()); err != nil {
+			s.log.Warn("replacing the session's gateway peer failed; retrying at the next poll", "session", s.id, "error", err)
+			return
+		}
+	}
+	s.peerMu.Lock()
+	s.peerMsg = gw
+	if s.tun != nil {
+		s.tun.peer = pc
+	}
+	s.peerSince = time.Now()
+	s.wgQuick.PeerPublicKey, s.wgQuick.Endpoint, s.wgQuick.PersistentKeepalive = pc.publicKey, name, pc.keepalive
+	s.moves++
+	w := s.wgQuick
+	s.peerMu.Unlock()
+	if s.tun != nil {
+		startHandshake(s.tun, s.log)
+	}
+	s.log.Info("session follows its device to another gateway", "session", s.id, "gateway_key", base64.StdEncoding.EncodeToString(pc.publicKey[:]))
+	if s.cfg.OnGatewayPeer != nil {
+		w.Addresses, w.AllowedIPs = slices.Clone(w.Addresses), slices.Clone(w.AllowedIPs)
+		s.cfg.OnGatewayPeer(w)
 	}
 }
 
@@ -609,8 +736,11 @@ func (s *Session) check(ctx context.Context, client gatewayv1.ClientServiceClien
 		return "expired"
 	}
 	cctx, cancel := context.WithTimeout(ctx, min(clientCallTimeout, max(s.cfg.PollInterval, time.Second)))
-	_, gerr := client.GetSession(s.authCtx(cctx), &gatewayv1.GetSessionRequest{SessionId: s.id})
+	info, gerr := client.GetSession(s.authCtx(cctx), &gatewayv1.GetSessionRequest{SessionId: s.id})
 	cancel()
+	if gerr == nil {
+		s.follow(ctx, info.GetGateway())
+	}
 	if status.Code(gerr) == codes.NotFound && ctx.Err() == nil {
 		// Closed elsewhere, expired, idle or unbound: say which when we can.
 		cctx, cancel := context.WithTimeout(ctx, min(clientCallTimeout, max(s.cfg.PollInterval, time.Second)))
@@ -642,10 +772,17 @@ func (s *Session) check(ctx context.Context, client gatewayv1.ClientServiceClien
 			return "the device is no longer bound to this account"
 		}
 	}
-	if s.tun != nil && s.tun.peer.keepalive != 0 {
+	s.peerMu.Lock()
+	var keepalive uint32
+	if s.tun != nil {
+		keepalive = s.tun.peer.keepalive
+	}
+	since := s.peerSince
+	s.peerMu.Unlock()
+	if keepalive != 0 {
 		last := lastHandshake(s.tun)
-		if last.Before(s.opened) {
-			last = s.opened
+		if last.Before(since) {
+			last = since
 		}
 		if now.Sub(last) > handshakeStaleAfter {
 			return fmt.Sprintf("no WireGuard handshake with the gateway for %v: the gateway closed the session or is unreachable", now.Sub(last).Round(time.Second))

@@ -1,12 +1,16 @@
 package agent
 
 import (
+	"bytes"
 	"context"
+	"encoding/hex"
 	"errors"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -21,6 +25,7 @@ import (
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/timestamppb"
 
+	"github.com/planetxlabs/dasset-gateway/internal/poll"
 	gatewayv1 "github.com/planetxlabs/dasset-gateway/proto/dasset/gateway/v1"
 )
 
@@ -31,6 +36,10 @@ type fakeClientService struct {
 	noEndpoint bool        // the grant names no endpoint (the gRPC host stands in)
 	keepalive  uint32      // the grant's persistent keepalive
 	listFails  atomic.Bool // ListDevices answers Unauthenticated
+	// peer, when set, is the gateway peer of OpenSession and GetSession
+	// (the session's current gateway); nil: OpenSession's fixed peer and
+	// GetSession names none.
+	peer atomic.Pointer[gatewayv1.GatewayPeer]
 
 	mu     sync.Mutex
 	keys   [][]byte
@@ -55,14 +64,22 @@ func (f *fakeClientService) OpenSession(_ context.Context, req *gatewayv1.OpenSe
 	if f.noEndpoint {
 		endpoint = ""
 	}
+	peer := &gatewayv1.GatewayPeer{PublicKey: gwKey, Endpoint: endpoint, AllowedIps: f.allowedIPs, PersistentKeepaliveSeconds: f.keepalive}
+	if p := f.peer.Load(); p != nil {
+		peer = p
+	}
 	return &gatewayv1.OpenSessionResponse{
 		SessionId:       "s" + string(rune('0'+n)),
 		ClientAddresses: []string{"100.95.0.1/32"},
 		DeviceAddresses: []string{deviceAddr},
-		Gateway:         &gatewayv1.GatewayPeer{PublicKey: gwKey, Endpoint: endpoint, AllowedIps: f.allowedIPs, PersistentKeepaliveSeconds: f.keepalive},
+		Gateway:         peer,
 		ExpiresAt:       timestamppb.New(time.Now().Add(time.Hour)),
 		Mtu:             1420,
 	}, nil
+}
+
+func (f *fakeClientService) GetSession(_ context.Context, req *gatewayv1.GetSessionRequest) (*gatewayv1.SessionInfo, error) {
+	return &gatewayv1.SessionInfo{SessionId: req.GetSessionId(), Gateway: f.peer.Load()}, nil
 }
 
 func (f *fakeClientService) CloseSession(_ context.Context, req *gatewayv1.CloseSessionRequest) (*gatewayv1.CloseSessionResponse, error) {
@@ -211,5 +228,131 @@ func TestClientErrorThrottledSaysWhenToRetry(t *testing.T) {
 	plain := clientError("login", status.Error(codes.Unauthenticated, "wrong account or password, or too many attempts")).Error()
 	if !strings.Contains(plain, "login: wrong account or password") {
 		t.Fatalf("plain refusal: %q", plain)
+	}
+}
+
+// wgGatewayPeer is the gateway peer message for the fake gateway g's
+// WireGuard device.
+func wgGatewayPeer(g *fakeGateway) *gatewayv1.GatewayPeer {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return &gatewayv1.GatewayPeer{
+		PublicKey: bytes.Clone(g.wgPub[:]), Endpoint: net.JoinHostPort("127.0.0.1", strconv.Itoa(g.wgPort)),
+		AllowedIps: []string{virtualNetwork}, PersistentKeepaliveSeconds: 25,
+	}
+}
+
+// setClientPeer adds (or, with remove, removes) a session's client key as a
+// peer of the fake gateway g, as the gateway hosting the session does.
+func setClientPeer(t *testing.T, g *fakeGateway, key []byte, addr string, remove bool) {
+	t.Helper()
+	conf := "public_key=" + hex.EncodeToString(key) + "\n"
+	if remove {
+		conf += "remove=true\n"
+	} else {
+		conf += "allowed_ip=" + addr + "\n"
+	}
+	g.mu.Lock()
+	dev := g.wg
+	g.mu.Unlock()
+	if err := dev.IpcSet(conf); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// A session follows its device to another gateway: when GetSession names
+// another gateway peer, the session replaces its WireGuard peer (same key,
+// same addresses) and its pings go through the new gateway, the old one
+// having dropped the client. A peer it cannot use is refused and the
+// working one kept.
+func TestSessionFollowsGatewayPeer(t *testing.T) {
+	const clientAddr = "100.95.0.1/32"
+	gw1 := newFakeGatewayNet(t, nil, gatewayAddr, clientAddr, virtualNetwork)
+	gw2 := newFakeGatewayNet(t, nil, gatewayAddr, clientAddr, virtualNetwork)
+	f := &fakeClientService{}
+	f.peer.Store(wgGatewayPeer(gw1))
+	cfg := serveClientService(t, f)
+	var logs lockedBuffer
+	cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Log(logs.String())
+		}
+	})
+	var (
+		hookMu sync.Mutex
+		hooked []WGQuick
+	)
+	cfg.OnGatewayPeer = func(w WGQuick) {
+		hookMu.Lock()
+		defer hookMu.Unlock()
+		hooked = append(hooked, w)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s, err := OpenSession(ctx, cfg, testSerial)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close(context.Background()) })
+	f.mu.Lock()
+	clientKey := f.keys[0]
+	f.mu.Unlock()
+	setClientPeer(t, gw1, clientKey, clientAddr, false)
+	src, dst := s.ClientAddresses()[0].Addr(), netip.MustParseAddr(gatewayAddr)
+	pingThrough := func(what string) {
+		t.Helper()
+		seq := 0
+		poll.Must(t, 15*time.Second, "a ping "+what, func() error {
+			seq++
+			return pingVia(s.Net(), src, dst, seq)
+		})
+	}
+	pingThrough("through the first gateway")
+	if gw1.lastHandshake([32]byte(clientKey)).IsZero() {
+		t.Fatal("a ping went through, but the first gateway saw no handshake from the client")
+	}
+
+	// The device moves: the second gateway hosts the session now, the first
+	// drops the client; GetSession names the second.
+	setClientPeer(t, gw2, clientKey, clientAddr, false)
+	setClientPeer(t, gw1, clientKey, clientAddr, true)
+	f.peer.Store(wgGatewayPeer(gw2))
+	pingThrough("through the second gateway")
+	if gw2.lastHandshake([32]byte(clientKey)).IsZero() {
+		t.Fatal("a ping went through, but the second gateway saw no handshake from the client")
+	}
+	key, endpoint, changes := s.GatewayPeer()
+	if key != gw2.wgPub || endpoint != wgGatewayPeer(gw2).GetEndpoint() || changes != 1 {
+		t.Fatalf("gateway peer %x at %s after %d changes, want %x at %s after 1", key, endpoint, changes, gw2.wgPub, wgGatewayPeer(gw2).GetEndpoint())
+	}
+	if w := s.WGQuick(); w.PeerPublicKey != gw2.wgPub || w.Endpoint != endpoint || w.Addresses[0].String() != clientAddr {
+		t.Fatalf("wg-quick configuration after the move: peer %x at %s, addresses %v", w.PeerPublicKey, w.Endpoint, w.Addresses)
+	}
+	hookMu.Lock()
+	if len(hooked) != 1 || hooked[0].PeerPublicKey != gw2.wgPub || hooked[0].PrivateKey != s.WGQuick().PrivateKey {
+		t.Fatalf("OnGatewayPeer calls: %d (%+v), want one with the second gateway's key and the session's own private key", len(hooked), hooked)
+	}
+	hookMu.Unlock()
+
+	// An unusable peer (a short key) is refused: the session keeps the
+	// second gateway and its pings keep going through it.
+	bad := wgGatewayPeer(gw2)
+	bad.PublicKey = bad.PublicKey[:31]
+	f.peer.Store(bad)
+	poll.Must(t, 10*time.Second, "the unusable peer refused in the log", func() error {
+		if !strings.Contains(logs.String(), "unusable gateway peer") || !strings.Contains(logs.String(), "gateway.public_key: 31 bytes") {
+			return errors.New("not logged yet")
+		}
+		return nil
+	})
+	pingThrough("through the second gateway after an unusable peer")
+	if _, _, changes := s.GatewayPeer(); changes != 1 {
+		t.Fatalf("%d peer changes after an unusable peer, want still 1", changes)
+	}
+	select {
+	case <-s.ended:
+		t.Fatalf("the session ended: %v", s.endErr)
+	default:
 	}
 }

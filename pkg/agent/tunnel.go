@@ -92,35 +92,46 @@ func parseTunnelConfig(ctx context.Context, gateway string, addresses []string, 
 	if lc.mtu < 576 || lc.mtu > 65535 {
 		return lc, fmt.Errorf("mtu: %d out of range", lc.mtu)
 	}
+	var err error
+	lc.peer, lc.endpointName, err = parseGatewayPeer(ctx, gateway, gw)
+	return lc, err
+}
+
+// parseGatewayPeer validates the gateway peer of a login response or a
+// session (OpenSession, GetSession) and resolves its WireGuard endpoint;
+// it also returns the endpoint as sent (host:port, the gRPC host with the
+// default WireGuard port when empty). Errors name the field (gateway.*).
+func parseGatewayPeer(ctx context.Context, gateway string, gw *gatewayv1.GatewayPeer) (peerConfig, string, error) {
+	var pc peerConfig
 	if gw == nil {
-		return lc, errors.New("gateway: missing")
+		return pc, "", errors.New("gateway: missing")
 	}
 	if len(gw.GetPublicKey()) != 32 {
-		return lc, fmt.Errorf("gateway.public_key: %d bytes, want 32", len(gw.GetPublicKey()))
+		return pc, "", fmt.Errorf("gateway.public_key: %d bytes, want 32", len(gw.GetPublicKey()))
 	}
-	copy(lc.peer.publicKey[:], gw.GetPublicKey())
+	copy(pc.publicKey[:], gw.GetPublicKey())
 	if len(gw.GetAllowedIps()) == 0 {
-		return lc, errors.New("gateway.allowed_ips: none")
+		return pc, "", errors.New("gateway.allowed_ips: none")
 	}
 	for i, s := range gw.GetAllowedIps() {
 		p, err := netip.ParsePrefix(s)
 		if err != nil {
-			return lc, fmt.Errorf("gateway.allowed_ips[%d]: %w", i, err)
+			return pc, "", fmt.Errorf("gateway.allowed_ips[%d]: %w", i, err)
 		}
-		lc.peer.allowedIPs = append(lc.peer.allowedIPs, p.Masked())
+		pc.allowedIPs = append(pc.allowedIPs, p.Masked())
 	}
-	lc.peer.keepalive = gw.GetPersistentKeepaliveSeconds()
+	pc.keepalive = gw.GetPersistentKeepaliveSeconds()
 	ep, err := resolveEndpoint(ctx, gateway, gw.GetEndpoint())
 	if err != nil {
-		return lc, fmt.Errorf("gateway.endpoint: %w", err)
+		return pc, "", fmt.Errorf("gateway.endpoint: %w", err)
 	}
-	lc.peer.endpoint = ep
-	lc.endpointName = gw.GetEndpoint()
-	if lc.endpointName == "" {
+	pc.endpoint = ep
+	name := gw.GetEndpoint()
+	if name == "" {
 		host, _ := splitGateway(gateway) // resolveEndpoint checked it
-		lc.endpointName = net.JoinHostPort(host, strconv.Itoa(DefaultWireGuardPort))
+		name = net.JoinHostPort(host, strconv.Itoa(DefaultWireGuardPort))
 	}
-	return lc, nil
+	return pc, name, nil
 }
 
 // resolveEndpoint turns "host:port" into an address and port. An empty
