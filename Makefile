@@ -86,6 +86,8 @@ bench: build
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 1s ./tunnel/... ./pkg/store/ ./pkg/identity/
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 40x ./pkg/retention/
 	BIN=$(BIN) BENCH_DEVICES=$(BENCH_DEVICES) BENCH_CONCURRENCY=$(BENCH_CONCURRENCY) bash scripts/bench.sh
+	@# The same storm against three gateways on one PostgreSQL, beside one on SQLite.
+	BIN=$(BIN) BENCH_DEVICES=$(BENCH_DEVICES) BENCH_CONCURRENCY=$(BENCH_CONCURRENCY) bash scripts/bench-fleet.sh
 	@# Data-plane throughput (iperf3 over namespaces); needs root, iperf3 and wg,
 	@# so it is skipped, saying why, where they are missing.
 	@rc=0; BIN=$(BIN) bash scripts/bench-throughput.sh || rc=$$?; \

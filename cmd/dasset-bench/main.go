@@ -1,11 +1,12 @@
 // Command dasset-bench is the DASSET gateway's load generator.
 //
-//	dasset-bench bootstorm --gateway HOST:PORT --pin SHA256 --devices N --concurrency C
+//	dasset-bench bootstorm --gateway HOST:PORT[,HOST:PORT...] --pin SHA256 --devices N --concurrency C
 //	dasset-bench baseline --devices N --concurrency C
 //	dasset-bench compare baseline.json bootstorm.json
 //
 // bootstorm logs N devices in, C at once, each over a new TLS connection
-// with a fresh WireGuard public key; baseline runs the same client loop
+// with a fresh WireGuard public key (against several gateways of one fleet,
+// device i goes to the (i mod n)-th); baseline runs the same client loop
 // against an in-process gRPC server with the same TLS setup whose Login does
 // nothing, the reference the gateway is measured against. Both print a JSON
 // summary on standard output; compare prints two of them side by side.
@@ -63,14 +64,17 @@ func stormFlags(cmd *cobra.Command, c *stormConfig) {
 func bootstormCommand() *cobra.Command {
 	var c stormConfig
 	var certFile, enrollSocket string
-	var pid int
+	var pids []int
+	var label string
 	cmd := &cobra.Command{
-		Use:   "bootstorm --gateway HOST:PORT (--pin SHA256 | --cert FILE) [--enroll-socket PATH] [--pid PID]",
+		Use:   "bootstorm --gateway HOST:PORT[,HOST:PORT...] (--pin SHA256 | --cert FILE) [--enroll-socket PATH] [--pid PID[,PID...]]",
 		Short: "Log N devices in, C at once, each over a new TLS connection",
 		Long: `Log N devices in, C at once. Each device dials a new gRPC connection (a new
 TLS 1.3 handshake), calls DeviceService.Login once with a fresh Curve25519
-public key, and closes the connection. The devices must be enrolled, by the
-caller or with --enroll-socket. A device that logs in again with a new key is
+public key, and closes the connection. With several gateways (a fleet on one
+registry, sharing one certificate), device i logs in to the (i mod n)-th and
+the summary counts the logins per gateway. The devices must be enrolled, by
+the caller or with --enroll-socket (on any gateway of a fleet). A device that logs in again with a new key is
 refused unless the gateway has device.rekey: allow, so use a fresh gateway or
 a fresh --prefix for every run.`,
 		Args: cobra.NoArgs,
@@ -102,16 +106,9 @@ a fresh --prefix for every run.`,
 				}
 				fmt.Fprintf(cmd.ErrOrStderr(), "enrolled %d new devices of %d\n", n, c.Devices)
 			}
-			var before int64
-			var gwCPU float64
-			if pid != 0 {
-				var err error
-				if before, _, err = memory(pid); err != nil {
-					return err
-				}
-				if gwCPU, err = processCPU(pid); err != nil {
-					return err
-				}
+			before, _, gwCPU, err := usage(pids)
+			if err != nil {
+				return err
 			}
 			cpu := selfCPU()
 			samples, wall, err := storm(ctx, c)
@@ -119,13 +116,10 @@ a fresh --prefix for every run.`,
 				return err
 			}
 			s := summarize("bootstorm", c.Gateway, c.Concurrency, samples, wall)
+			s.Label = label
 			s.BenchCPUSeconds = round3(selfCPU() - cpu)
-			if pid != 0 {
-				rss, peak, err := memory(pid)
-				if err != nil {
-					return err
-				}
-				after, err := processCPU(pid)
+			if len(pids) > 0 {
+				rss, peak, after, err := usage(pids)
 				if err != nil {
 					return err
 				}
@@ -137,11 +131,12 @@ a fresh --prefix for every run.`,
 	}
 	stormFlags(cmd, &c)
 	f := cmd.Flags()
-	f.StringVar(&c.Gateway, "gateway", "", "HOST:PORT of the gateway's device gRPC listener")
+	f.StringVar(&c.Gateway, "gateway", "", "HOST:PORT of the gateway's device gRPC listener, or several comma-separated (a fleet)")
 	f.StringVar(&c.Pin, "pin", "", "SHA-256 of the gateway's TLS certificate (64 hex digits)")
 	f.StringVar(&certFile, "cert", "", "the gateway's certificate (PEM, e.g. DATA_DIR/tls.crt); its SHA-256 is the pin")
 	f.StringVar(&enrollSocket, "enroll-socket", "", "enroll the devices first through the AdminService on this unix socket")
-	f.IntVar(&pid, "pid", 0, "gateway process id, to report its memory (from /proc/PID/status)")
+	f.StringVar(&label, "label", "", "name of this run in the summary and in compare's header (default: the mode)")
+	f.IntSliceVar(&pids, "pid", nil, "gateway process ids (comma-separated), to report their memory and CPU (from /proc), summed")
 	return cmd
 }
 
@@ -246,6 +241,23 @@ func pinOf(certFile string) (string, error) {
 		return "", fmt.Errorf("--cert %s: %w", certFile, err)
 	}
 	return tlsutil.Fingerprint(der), nil
+}
+
+// usage sums the resident and peak memory (KiB) and the CPU seconds of the
+// processes pids (zeros for none).
+func usage(pids []int) (rss, peak int64, cpu float64, err error) {
+	for _, pid := range pids {
+		r, p, err := memory(pid)
+		if err != nil {
+			return 0, 0, 0, err
+		}
+		c, err := processCPU(pid)
+		if err != nil {
+			return 0, 0, 0, err
+		}
+		rss, peak, cpu = rss+r, peak+p, cpu+c
+	}
+	return rss, peak, cpu, nil
 }
 
 func round3(v float64) float64 { return math.Round(v*1e3) / 1e3 }

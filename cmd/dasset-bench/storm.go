@@ -34,6 +34,8 @@ const enrollBatch = 1000
 // stormConfig is one boot storm: devices logging in once each, concurrency
 // at a time, each over its own new TLS connection.
 type stormConfig struct {
+	// Gateway is one gateway's HOST:PORT, or several, comma-separated (a
+	// fleet on one registry): device i logs in to the (i mod n)-th.
 	Gateway     string
 	Pin         string
 	Devices     int
@@ -97,6 +99,10 @@ func storm(ctx context.Context, c stormConfig) ([]sample, time.Duration, error) 
 	if err := opts.Validate(); err != nil {
 		return nil, 0, fmt.Errorf("--pin: %w", err)
 	}
+	gateways, err := agent.ParseGateways(c.Gateway)
+	if err != nil {
+		return nil, 0, fmt.Errorf("--gateway: %w", err)
+	}
 	samples := make([]sample, c.Devices)
 	next := make(chan int)
 	var wg sync.WaitGroup
@@ -104,7 +110,8 @@ func storm(ctx context.Context, c stormConfig) ([]sample, time.Duration, error) 
 	for range c.Concurrency {
 		wg.Go(func() {
 			for i := range next {
-				samples[i] = loginOnce(ctx, c, opts, reqs[i])
+				samples[i] = loginOnce(ctx, gateways[i%len(gateways)], c, opts, reqs[i])
+				samples[i].gateway = gateways[i%len(gateways)]
 			}
 		})
 	}
@@ -127,9 +134,9 @@ feed:
 
 // loginOnce makes a new gRPC connection (so a new TLS handshake), calls
 // Login once and closes the connection. The latency covers the handshake.
-func loginOnce(ctx context.Context, c stormConfig, opts agent.TLSOptions, req *gatewayv1.DeviceLoginRequest) sample {
+func loginOnce(ctx context.Context, gateway string, c stormConfig, opts agent.TLSOptions, req *gatewayv1.DeviceLoginRequest) sample {
 	t0 := time.Now()
-	conn, err := agent.Dial(c.Gateway, opts)
+	conn, err := agent.Dial(gateway, opts)
 	if err != nil {
 		return sample{latency: time.Since(t0), code: "Dial", msg: err.Error()}
 	}

@@ -18,6 +18,7 @@ type sample struct {
 	latency time.Duration
 	code    string
 	msg     string
+	gateway string // the gateway it logged in to (of several)
 }
 
 // Latencies are login latencies in milliseconds, over successful logins.
@@ -31,11 +32,17 @@ type Latencies struct {
 // Summary is what one run prints, as JSON, on standard output. bootstorm and
 // baseline print the same shape so that they can be compared.
 type Summary struct {
-	Mode        string `json:"mode"`
+	Mode string `json:"mode"`
+	// Label names the run in compare's header instead of Mode (e.g.
+	// "sqlite" and "fleet" for two boot storms side by side).
+	Label       string `json:"label,omitempty"`
 	Target      string `json:"target"`
 	Devices     int    `json:"devices"`
 	Concurrency int    `json:"concurrency"`
 	OK          int    `json:"ok"`
+	// PerGateway counts successful logins by gateway when the storm went
+	// to several (a fleet); the figures below are over all of them.
+	PerGateway map[string]int `json:"per_gateway,omitempty"`
 	// Errors counts failed logins by gRPC code name.
 	Errors map[string]int `json:"errors"`
 	// ErrorSamples holds the first message seen for each code in Errors.
@@ -44,16 +51,25 @@ type Summary struct {
 	LoginsPerSecond float64           `json:"logins_per_second"`
 	LatencyMS       Latencies         `json:"latency_ms"`
 	// Gateway memory (from /proc/PID/status) when --pid is given, in KiB:
-	// resident before and after the run, and the process's peak (VmHWM).
+	// resident before and after the run, and the process's peak (VmHWM);
+	// with several gateway processes, the sums over them.
 	GatewayRSSBeforeKiB int64 `json:"gateway_rss_before_kib,omitempty"`
 	GatewayRSSKiB       int64 `json:"gateway_rss_kib,omitempty"`
 	GatewayPeakRSSKiB   int64 `json:"gateway_peak_rss_kib,omitempty"`
 	// CPU time (user+system, seconds) spent during the storm by this process
 	// (the clients, and in baseline also the reference server) and, with
-	// --pid, by the gateway.
+	// --pid, by the gateway (by all of them, with several).
 	BenchCPUSeconds   float64 `json:"bench_cpu_seconds"`
 	GatewayCPUSeconds float64 `json:"gateway_cpu_seconds,omitempty"`
 	Time              string  `json:"time"`
+}
+
+// name is the run's label, or its mode.
+func (s Summary) name() string {
+	if s.Label != "" {
+		return s.Label
+	}
+	return s.Mode
 }
 
 // percentile returns the nearest-rank p-th percentile (0 < p <= 100) of
@@ -78,10 +94,17 @@ func summarize(mode, target string, concurrency int, samples []sample, wall time
 		Errors: map[string]int{}, WallSeconds: math.Round(wall.Seconds()*1e3) / 1e3,
 	}
 	lat := make([]time.Duration, 0, len(samples))
+	targets := map[string]int{}
 	for _, x := range samples {
+		if x.gateway != "" {
+			targets[x.gateway] += 0
+		}
 		if x.code == "" {
 			s.OK++
 			lat = append(lat, x.latency)
+			if x.gateway != "" {
+				targets[x.gateway]++
+			}
 			continue
 		}
 		s.Errors[x.code]++
@@ -91,6 +114,9 @@ func summarize(mode, target string, concurrency int, samples []sample, wall time
 			}
 			s.ErrorSamples[x.code] = x.msg
 		}
+	}
+	if len(targets) > 1 {
+		s.PerGateway = targets
 	}
 	slices.Sort(lat)
 	if wall > 0 {
@@ -138,7 +164,7 @@ func compare(w io.Writer, ref, got Summary) error {
 		return strings.Join(parts, ",")
 	}
 	rows := [][]string{
-		{"", ref.Mode, got.Mode, got.Mode + "/" + ref.Mode},
+		{"", ref.name(), got.name(), got.name() + "/" + ref.name()},
 		{"devices", fmt.Sprint(ref.Devices), fmt.Sprint(got.Devices), ""},
 		{"concurrency", fmt.Sprint(ref.Concurrency), fmt.Sprint(got.Concurrency), ""},
 		{"ok", fmt.Sprint(ref.OK), fmt.Sprint(got.OK), ""},
@@ -153,19 +179,31 @@ func compare(w io.Writer, ref, got Summary) error {
 		{"gateway RSS after KiB", kib(ref.GatewayRSSKiB), kib(got.GatewayRSSKiB), ""},
 		{"gateway peak RSS KiB", kib(ref.GatewayPeakRSSKiB), kib(got.GatewayPeakRSSKiB), ""},
 	}
-	// The reference server shares its process with the clients; the client
+	// A baseline's server shares its process with the clients; the client
 	// side's cost is what the bootstorm process spent, so the bare server's
-	// share is estimated as the difference.
+	// share is estimated as the difference. A reference that is itself a
+	// measured gateway (a single gateway beside a fleet) has its own figure.
 	if got.GatewayCPUSeconds > 0 && got.OK > 0 && ref.OK > 0 {
 		refServer := (ref.BenchCPUSeconds/float64(ref.OK) - got.BenchCPUSeconds/float64(got.OK)) * 1e3
+		refText, refClient := fmt.Sprintf("~%.2f", refServer), "-"
+		if ref.GatewayCPUSeconds > 0 {
+			refServer = ref.GatewayCPUSeconds / float64(ref.OK) * 1e3
+			refText = fmt.Sprintf("%.2f", refServer)
+			refClient = fmt.Sprintf("%.2f", ref.BenchCPUSeconds/float64(ref.OK)*1e3)
+		}
 		gwServer := got.GatewayCPUSeconds / float64(got.OK) * 1e3
 		rows = append(rows,
-			[]string{"client CPU ms/login", "-", fmt.Sprintf("%.2f", got.BenchCPUSeconds/float64(got.OK)*1e3), ""},
-			[]string{"server CPU ms/login", fmt.Sprintf("~%.2f", refServer), fmt.Sprintf("%.2f", gwServer), ratio(gwServer, refServer)})
+			[]string{"client CPU ms/login", refClient, fmt.Sprintf("%.2f", got.BenchCPUSeconds/float64(got.OK)*1e3), ""},
+			[]string{"server CPU ms/login", refText, fmt.Sprintf("%.2f", gwServer), ratio(gwServer, refServer)})
 	}
-	if got.GatewayRSSKiB > 0 && got.GatewayRSSBeforeKiB > 0 && got.OK > 0 {
-		per := float64(got.GatewayRSSKiB-got.GatewayRSSBeforeKiB) / float64(got.OK)
-		rows = append(rows, []string{"RSS growth KiB/device", "-", fmt.Sprintf("%.1f", per), ""})
+	growth := func(s Summary) string {
+		if s.GatewayRSSKiB == 0 || s.GatewayRSSBeforeKiB == 0 || s.OK == 0 {
+			return "-"
+		}
+		return fmt.Sprintf("%.1f", float64(s.GatewayRSSKiB-s.GatewayRSSBeforeKiB)/float64(s.OK))
+	}
+	if g := growth(got); g != "-" {
+		rows = append(rows, []string{"RSS growth KiB/device", growth(ref), g, ""})
 	}
 	for _, r := range rows {
 		if _, err := fmt.Fprintln(tw, strings.Join(r, "\t")+"\t"); err != nil {

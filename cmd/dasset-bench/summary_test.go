@@ -145,6 +145,23 @@ func TestCompareCPU(t *testing.T) {
 	}
 }
 
+// TestCompareTwoGateways: a reference that is a measured gateway (one on
+// SQLite beside a fleet) is compared by its own CPU and memory figures.
+func TestCompareTwoGateways(t *testing.T) {
+	ref := Summary{Mode: "bootstorm", Label: "sqlite", OK: 1000, BenchCPUSeconds: 2, GatewayCPUSeconds: 2, GatewayRSSBeforeKiB: 1000, GatewayRSSKiB: 51000}
+	got := Summary{Mode: "bootstorm", Label: "fleet", OK: 1000, BenchCPUSeconds: 2.5, GatewayCPUSeconds: 3, GatewayRSSBeforeKiB: 3000, GatewayRSSKiB: 93000}
+	var b bytes.Buffer
+	if err := compare(&b, ref, got); err != nil {
+		t.Fatal(err)
+	}
+	out := strings.Join(strings.Fields(b.String()), " ")
+	for _, want := range []string{"sqlite fleet fleet/sqlite", "client CPU ms/login 2.00 2.50", "server CPU ms/login 2.00 3.00 1.50", "RSS growth KiB/device 50.0 90.0"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("compare output lacks %q:\n%s", want, b.String())
+		}
+	}
+}
+
 func TestSerialValidation(t *testing.T) {
 	if s, err := serial("DS-BENCH-", 42); err != nil || s != "DS-BENCH-000042" || hardwareID(s) != "HW-DS-BENCH-000042" {
 		t.Errorf("serial = %q, %v", s, err)
@@ -186,5 +203,42 @@ func TestBaselineEndToEnd(t *testing.T) {
 	s = summarize("baseline", addr, c.Concurrency, samples, wall)
 	if s.OK != 0 || s.Errors["Unavailable"] != 3 || !strings.Contains(s.ErrorSamples["Unavailable"], "pin") {
 		t.Fatalf("wrong pin summary = %+v", s)
+	}
+}
+
+// TestStormSpreadsOverGateways: with several gateways, device i logs in to
+// the (i mod n)-th, and the summary counts the logins per gateway.
+func TestStormSpreadsOverGateways(t *testing.T) {
+	dir := t.TempDir() // one certificate for both, as a fleet shares one
+	addr1, pin1, stop1, err := startBaseline(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop1()
+	addr2, pin2, stop2, err := startBaseline(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stop2()
+	if pin1 != pin2 {
+		t.Fatalf("two baselines in one directory: pins %s and %s", pin1, pin2)
+	}
+	c := stormConfig{Gateway: addr1 + "," + addr2, Pin: pin1, Devices: 7, Concurrency: 3, Prefix: "T-", Timeout: 30 * time.Second}
+	samples, wall, err := storm(t.Context(), c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := summarize("bootstorm", c.Gateway, c.Concurrency, samples, wall)
+	if s.OK != 7 || s.PerGateway[addr1] != 4 || s.PerGateway[addr2] != 3 || len(s.PerGateway) != 2 {
+		t.Fatalf("summary = %+v; want 7 logins, 4 on %s and 3 on %s", s, addr1, addr2)
+	}
+	one := summarize("bootstorm", addr1, 1, samples[:1], wall)
+	if one.PerGateway != nil {
+		t.Fatalf("a storm on one gateway has per_gateway %v; want none", one.PerGateway)
+	}
+
+	c.Gateway = addr1 + ",nonsense"
+	if _, _, err := storm(t.Context(), c); err == nil || !strings.Contains(err.Error(), "--gateway") {
+		t.Fatalf("a bad gateway in the list: %v; want a --gateway error", err)
 	}
 }
