@@ -8,8 +8,8 @@
 # postgresql package, as the postgres user when run as root; listening only on
 # a unix socket in a temporary directory), three netstack gateways on it (no
 # TUN, no root needed; free loopback ports; one certificate; the second and
-# third get the first one's keys with `dassetctl keys backup` / `keys
-# restore`), and one netstack gateway on SQLite. Then, with the same N and C:
+# third join with the first one's keys, `dassetctl keys backup --fleet` /
+# `keys restore`, and make their own WireGuard keys), and one netstack gateway on SQLite. Then, with the same N and C:
 #
 #   single   `dasset-bench bootstorm` against the SQLite gateway
 #   fleet    `dasset-bench bootstorm --gateway A,B,C` (device i to the
@@ -126,7 +126,7 @@ cert=$work/a/data/tls.crt
 tlsfiles="  cert_file: $cert
   key_file: $work/a/data/tls.key"
 for m in b c; do
-	printf 'bench-fleet-passphrase\n' | "$BIN/dassetctl" keys backup --keystore "$work/a/keys" --out "$work/keys-$m.backup" --passphrase-stdin >/dev/null
+	printf 'bench-fleet-passphrase\n' | "$BIN/dassetctl" keys backup --fleet --keystore "$work/a/keys" --out "$work/keys-$m.backup" --passphrase-stdin >/dev/null
 	printf 'bench-fleet-passphrase\n' | "$BIN/dassetctl" keys restore --keystore "$work/$m/keys" --in "$work/keys-$m.backup" --passphrase-stdin >/dev/null
 	gateway "$m" "$pgstore" "$tlsfiles"
 done

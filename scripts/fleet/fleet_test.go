@@ -46,11 +46,16 @@ func TestFleet(t *testing.T) {
 	var fl struct {
 		Gateways []struct {
 			InstanceID string `json:"instance_id"`
+			PublicKey  string `json:"public_key"`
 		} `json:"gateways"`
 	}
 	a.CtlJSON(&fl, "fleet")
-	if len(fl.Gateways) != 3 {
-		t.Fatalf("dassetctl fleet on a lists %d gateways, want 3: %+v", len(fl.Gateways), fl)
+	keys := map[string]bool{}
+	for _, g := range fl.Gateways {
+		keys[g.PublicKey] = true
+	}
+	if len(fl.Gateways) != 3 || len(keys) != 3 {
+		t.Fatalf("dassetctl fleet on a lists %d gateways with %d WireGuard keys, want 3 of each: %+v", len(fl.Gateways), len(keys), fl)
 	}
 
 	// Enrolment (one CSV batch on a) and the two accounts.

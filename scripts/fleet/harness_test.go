@@ -139,13 +139,14 @@ func (m *member) kill() {
 	}
 }
 
-// joinKeystore gives m the fleet's keys from a member already running:
-// `dassetctl keys backup` there, `keys restore` into m's empty keystore.
+// joinKeystore gives m the fleet's shared keys from a member already
+// running: `dassetctl keys backup --fleet` there, `keys restore` into m's
+// empty keystore (which makes m its own WireGuard key).
 func (f *fleet) joinKeystore(from, m *member) {
 	f.T.Helper()
 	const pass = "fleet-e2e-keystore-passphrase\n"
-	backup := filepath.Join(f.Dir, "keys-"+m.name+".backup")
-	if _, err := f.RunStdin(pass, f.Path("dassetctl"), "keys", "backup", "--keystore", from.keystore, "--out", backup, "--passphrase-stdin"); err != nil {
+	backup := filepath.Join(f.Dir, "fleet-keys-"+m.name)
+	if _, err := f.RunStdin(pass, f.Path("dassetctl"), "keys", "backup", "--fleet", "--keystore", from.keystore, "--out", backup, "--passphrase-stdin"); err != nil {
 		f.T.Fatal(err)
 	}
 	if _, err := f.RunStdin(pass, f.Path("dassetctl"), "keys", "restore", "--keystore", m.keystore, "--in", backup, "--passphrase-stdin"); err != nil {
