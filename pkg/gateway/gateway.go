@@ -379,7 +379,7 @@ func (g *Gateway) Admit(ctx context.Context, req LoginRequest) (adm Admission, e
 		var stored store.Device
 		stored, err = g.reg.Admit(ctx, store.Admission{
 			DeviceID: dev.ID, Key: req.Key, ReplaceKey: replace, First: first, Last: last,
-			Day: day, TokenHash: hash, TokenExpires: expires,
+			Day: day, TokenHash: hash, TokenExpires: expires, Gateway: g.cfg.InstanceID,
 		})
 		switch {
 		case err == nil:

@@ -100,7 +100,7 @@ func enroll(t testing.TB, s store.Store, n int) []store.Device {
 func admission(id int64, expires time.Time) store.Admission {
 	return store.Admission{
 		DeviceID: id, Key: random[store.Key](), ReplaceKey: true, First: 1, Last: 100000,
-		Day: t0.Format(time.DateOnly), TokenHash: random[[32]byte](), TokenExpires: expires,
+		Day: t0.Format(time.DateOnly), TokenHash: random[[32]byte](), TokenExpires: expires, Gateway: "gw-retention",
 	}
 }
 

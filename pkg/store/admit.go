@@ -138,8 +138,8 @@ func (s *SQLite) admitLoop() {
 }
 
 // Admit records one successful device login: pins the key, allocates the
-// address offset once, sets the login day and replaces the device's tokens,
-// all or nothing. Concurrent calls share one write transaction (see
+// address offset once, sets the login day and the home gateway and replaces
+// the device's tokens, all or nothing. Concurrent calls share one write transaction (see
 // admitLoop); each one's result is committed, or nothing of it is written,
 // when Admit returns. A caller whose ctx ends while its admission is still
 // queued returns the context's error and nothing of it is written; once
@@ -308,9 +308,9 @@ func admitTx(ctx context.Context, tx *wtx, a Admission) (Device, error) {
 		}
 		d.Offset = off
 	}
-	d.LastLoginDay = a.Day
-	if _, err := tx.ExecContext(ctx, `UPDATE devices SET pinned_key = ?, address_offset = ?, last_login_day = ? WHERE id = ?`,
-		d.Key[:], d.Offset, d.LastLoginDay, d.ID); err != nil {
+	d.LastLoginDay, d.Home = a.Day, a.Gateway
+	if _, err := tx.ExecContext(ctx, `UPDATE devices SET pinned_key = ?, address_offset = ?, last_login_day = ?, home_gateway = ? WHERE id = ?`,
+		d.Key[:], d.Offset, d.LastLoginDay, d.Home, d.ID); err != nil {
 		return Device{}, err
 	}
 	if _, err := tx.ExecContext(ctx, `DELETE FROM device_tokens WHERE device_id = ?`, d.ID); err != nil {

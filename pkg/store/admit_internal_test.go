@@ -47,7 +47,7 @@ func enrollInternal(t *testing.T, s *SQLite, n int) []int64 {
 }
 
 func adm(id int64, first, last uint32) Admission {
-	return Admission{DeviceID: id, Key: key32(), First: first, Last: last, Day: "2030-01-02", TokenHash: key32(), TokenExpires: time.Now().Add(time.Hour)}
+	return Admission{DeviceID: id, Key: key32(), First: first, Last: last, Day: "2030-01-02", TokenHash: key32(), TokenExpires: time.Now().Add(time.Hour), Gateway: "gw-test"}
 }
 
 // TestAdmitBatchSavepoints runs one hand-made batch in one transaction:

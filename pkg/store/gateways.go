@@ -7,11 +7,10 @@ import (
 
 // checkGateway validates a gateway record before it is written.
 func checkGateway(g Gateway) error {
+	if err := checkInstanceID("instance_id", g.InstanceID); err != nil {
+		return err
+	}
 	switch {
-	case g.InstanceID == "":
-		return invalid("instance_id", "must not be empty")
-	case len(g.InstanceID) > 64:
-		return invalid("instance_id", "must be at most 64 bytes")
 	case g.PublicKey == Key{}:
 		return invalid("public_key", "must not be zero")
 	case len(g.Endpoint) > 255:
@@ -22,6 +21,22 @@ func checkGateway(g Gateway) error {
 	}
 	return checkTime("heartbeat_at", g.HeartbeatAt)
 }
+
+// checkInstanceID validates a gateway instance id named field (a gateway's
+// own, a device's home).
+func checkInstanceID(field, id string) error {
+	switch {
+	case id == "":
+		return invalid(field, "must not be empty")
+	case len(id) > 64:
+		return invalid(field, "must be at most 64 bytes")
+	}
+	return nil
+}
+
+// CheckInstanceID validates a gateway instance id named field (a device's
+// home in Admission.Gateway and SetHome) as every backend does.
+func CheckInstanceID(field, id string) error { return checkInstanceID(field, id) }
 
 // CheckGateway validates a gateway record as every backend does.
 func CheckGateway(g Gateway) error { return checkGateway(g) }

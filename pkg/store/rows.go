@@ -11,7 +11,7 @@ package store
 type Scanner interface{ Scan(dest ...any) error }
 
 // DeviceCols are the columns ScanDevice reads, of the devices table as d.
-const DeviceCols = `d.id, d.blind_index, d.sealed_serial, d.verifier, d.pinned_key, d.address_offset, d.last_login_day, d.revoked, d.enrolled_at`
+const DeviceCols = `d.id, d.blind_index, d.sealed_serial, d.verifier, d.pinned_key, d.address_offset, d.last_login_day, d.revoked, d.enrolled_at, d.home_gateway`
 
 // ScanDevice reads a row of DeviceCols.
 func ScanDevice(sc Scanner) (Device, error) {
@@ -21,8 +21,9 @@ func ScanDevice(sc Scanner) (Device, error) {
 		sealed        []byte
 		off           *int64
 		enrolled      int64
+		home          *string
 	)
-	if err := sc.Scan(&d.ID, &idx, &sealed, &ver, &key, &off, &d.LastLoginDay, &d.Revoked, &enrolled); err != nil {
+	if err := sc.Scan(&d.ID, &idx, &sealed, &ver, &key, &off, &d.LastLoginDay, &d.Revoked, &enrolled, &home); err != nil {
 		return Device{}, err
 	}
 	if err := to32((*[32]byte)(&d.Index), idx, "blind_index"); err != nil {
@@ -42,6 +43,9 @@ func ScanDevice(sc Scanner) (Device, error) {
 	}
 	d.SealedSerial = sealed
 	d.EnrolledAt = fromNanos(enrolled)
+	if home != nil {
+		d.Home = *home
+	}
 	return d, nil
 }
 
@@ -93,6 +97,48 @@ func ScanSession(sc Scanner) (Session, error) {
 		s.ClosedAt = fromNanos(*closed)
 	}
 	return s, nil
+}
+
+// HostedSessionCols are the columns ScanHostedSession reads: a session (of
+// the sessions table as s) with its device's address offset and pinned key
+// (of the devices table as d).
+const HostedSessionCols = `s.id, s.account_id, s.device_id, s.client_key, s.client_offset, s.opened_at, s.expires_at, s.closed_at, d.address_offset, d.pinned_key`
+
+// ScanHostedSession reads a row of HostedSessionCols. A device without an
+// address or a pinned key leaves DeviceOffset 0 or DeviceKey zero.
+func ScanHostedSession(sc Scanner) (HostedSession, error) {
+	var (
+		h               HostedSession
+		account         *int64
+		key, devKey     []byte
+		off             int64
+		devOff          *int64
+		opened, expires int64
+		closed          *int64
+	)
+	if err := sc.Scan(&h.ID, &account, &h.DeviceID, &key, &off, &opened, &expires, &closed, &devOff, &devKey); err != nil {
+		return HostedSession{}, err
+	}
+	if err := to32((*[32]byte)(&h.ClientKey), key, "client_key"); err != nil {
+		return HostedSession{}, err
+	}
+	if devKey != nil {
+		if err := to32((*[32]byte)(&h.DeviceKey), devKey, "pinned_key"); err != nil {
+			return HostedSession{}, err
+		}
+	}
+	if account != nil {
+		h.AccountID = *account
+	}
+	if devOff != nil {
+		h.DeviceOffset = uint32(*devOff)
+	}
+	h.ClientOffset = uint32(off)
+	h.OpenedAt, h.ExpiresAt = fromNanos(opened), fromNanos(expires)
+	if closed != nil {
+		h.ClosedAt = fromNanos(*closed)
+	}
+	return h, nil
 }
 
 // GatewayCols are the columns ScanGateway reads, of the gateways table.

@@ -62,7 +62,7 @@ func TestReopenKeepsData(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := store.Admission{DeviceID: d.ID, Key: rnd32(), First: 7, Last: 9, Day: "2030-01-02", TokenHash: rnd32(), TokenExpires: time.Now().Add(time.Hour)}
+	a := store.Admission{DeviceID: d.ID, Key: rnd32(), First: 7, Last: 9, Day: "2030-01-02", TokenHash: rnd32(), TokenExpires: time.Now().Add(time.Hour), Gateway: "gw-test"}
 	admitted, err := s.Admit(ctx, a)
 	if err != nil {
 		t.Fatal(err)
@@ -336,7 +336,7 @@ func BenchmarkAdmit(b *testing.B) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		if _, err := s.Admit(ctx, store.Admission{
-			DeviceID: ids[i], Key: rnd32(), First: 1, Last: 1 << 20, Day: "2030-01-02", TokenHash: rnd32(), TokenExpires: exp,
+			DeviceID: ids[i], Key: rnd32(), First: 1, Last: 1 << 20, Day: "2030-01-02", TokenHash: rnd32(), TokenExpires: exp, Gateway: "gw-test",
 		}); err != nil {
 			b.Fatal(err)
 		}
@@ -375,7 +375,7 @@ func BenchmarkAdmitParallel(b *testing.B) {
 		for pb.Next() {
 			i := next.Add(1) - 1
 			if _, err := s.Admit(ctx, store.Admission{
-				DeviceID: ids[i], Key: rnd32(), First: 1, Last: 1 << 20, Day: "2030-01-02", TokenHash: rnd32(), TokenExpires: exp,
+				DeviceID: ids[i], Key: rnd32(), First: 1, Last: 1 << 20, Day: "2030-01-02", TokenHash: rnd32(), TokenExpires: exp, Gateway: "gw-test",
 			}); err != nil {
 				b.Error(err)
 				return
@@ -459,8 +459,8 @@ func TestAdmitWaitsForCommitOrContext(t *testing.T) {
 	defer s.Close()
 	ids := enrolledIDs(t, s, 2)
 	exp := time.Now().Add(time.Hour)
-	a1 := store.Admission{DeviceID: ids[0], Key: rnd32(), First: 1, Last: 10, Day: "2030-01-02", TokenHash: rnd32(), TokenExpires: exp}
-	a2 := store.Admission{DeviceID: ids[1], Key: rnd32(), First: 1, Last: 10, Day: "2030-01-02", TokenHash: rnd32(), TokenExpires: exp}
+	a1 := store.Admission{DeviceID: ids[0], Key: rnd32(), First: 1, Last: 10, Day: "2030-01-02", TokenHash: rnd32(), TokenExpires: exp, Gateway: "gw-test"}
+	a2 := store.Admission{DeviceID: ids[1], Key: rnd32(), First: 1, Last: 10, Day: "2030-01-02", TokenHash: rnd32(), TokenExpires: exp, Gateway: "gw-test"}
 
 	other, release := holdWriteLock(t, ctx, s.Path())
 	defer other.Close()
@@ -508,7 +508,7 @@ func TestAdmitAfterClose(t *testing.T) {
 	if err := s.Close(); err != nil {
 		t.Fatal(err)
 	}
-	_, err := s.Admit(ctx, store.Admission{DeviceID: id, Key: rnd32(), First: 1, Last: 10, Day: "2030-01-02", TokenHash: rnd32(), TokenExpires: time.Now().Add(time.Hour)})
+	_, err := s.Admit(ctx, store.Admission{DeviceID: id, Key: rnd32(), First: 1, Last: 10, Day: "2030-01-02", TokenHash: rnd32(), TokenExpires: time.Now().Add(time.Hour), Gateway: "gw-test"})
 	if err == nil || ctx.Err() != nil {
 		t.Fatalf("Admit after Close: %v (context: %v), want an error at once", err, ctx.Err())
 	}
@@ -545,7 +545,7 @@ func TestObserverAdmitPerCall(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, errs[i] = s.Admit(ctx, store.Admission{DeviceID: id, Key: rnd32(), First: 1, Last: 100, Day: "2030-01-02", TokenHash: rnd32(), TokenExpires: exp})
+			_, errs[i] = s.Admit(ctx, store.Admission{DeviceID: id, Key: rnd32(), First: 1, Last: 100, Day: "2030-01-02", TokenHash: rnd32(), TokenExpires: exp, Gateway: "gw-test"})
 		}()
 	}
 	wg.Wait()

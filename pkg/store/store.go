@@ -53,6 +53,10 @@ type Device struct {
 	LastLoginDay string // UTC "2006-01-02"; "" = never
 	Revoked      bool
 	EnrolledAt   time.Time
+	// Home is the instance id of the gateway the device last logged in to
+	// (Admit, SetHome): the gateway that keeps it as a WireGuard peer. ""
+	// = none yet.
+	Home string
 }
 
 // Enrollment is one device to add to the allow-list.
@@ -84,6 +88,10 @@ type Admission struct {
 	// previous tokens.
 	TokenHash    [32]byte
 	TokenExpires time.Time
+	// Gateway is the admitting gateway's instance id: it becomes the
+	// device's Home, in the admission's transaction. Required, validated
+	// like a gateway's instance id (1 to 64 bytes).
+	Gateway string
 }
 
 // Account is a client account.
@@ -298,6 +306,21 @@ type Store interface {
 	// Gateways lists every gateway by instance id.
 	Heartbeat(ctx context.Context, g Gateway) error
 	Gateways(ctx context.Context) ([]Gateway, error)
+
+	// Homes (fleet.go). SetHome moves an admitted device's home to gateway
+	// (a re-login elsewhere that has nothing else to write); a no-op when
+	// it is home there already. ErrNotFound for an unknown device,
+	// ErrRevoked for a revoked one.
+	SetHome(ctx context.Context, deviceID int64, gateway string) error
+	// HomePeers is the desired data-plane state of one gateway: every
+	// admitted (key pinned, address offset set), unrevoked device whose
+	// Home is gateway, by id, and every open session whose device's Home
+	// is gateway, oldest first; read in one snapshot.
+	HomePeers(ctx context.Context, gateway string) (HomePeers, error)
+	// GatewayLoads counts, per gateway instance id, what HomePeers of that
+	// gateway holds: its admitted devices and their open sessions.
+	// Gateways with neither are absent.
+	GatewayLoads(ctx context.Context) (map[string]GatewayLoad, error)
 
 	// Metadata of the store itself (e.g. the keystore id it was written with).
 	Meta(ctx context.Context, key string) (string, error)

@@ -27,6 +27,9 @@ func CheckAdmission(a Admission) error {
 	case a.TokenHash == [32]byte{}:
 		return invalid("token_hash", "must not be zero")
 	}
+	if err := checkInstanceID("gateway", a.Gateway); err != nil {
+		return err
+	}
 	if _, err := time.Parse(time.DateOnly, a.Day); err != nil {
 		return invalid("day", "must be a UTC day YYYY-MM-DD")
 	}

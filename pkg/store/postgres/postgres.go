@@ -509,9 +509,9 @@ func admitTx(ctx context.Context, tx pgx.Tx, a store.Admission) (store.Device, e
 		}
 		d.Offset = off
 	}
-	d.LastLoginDay = a.Day
-	if _, err := tx.Exec(ctx, `UPDATE devices SET pinned_key = $1, address_offset = $2, last_login_day = $3 WHERE id = $4`,
-		d.Key[:], int64(d.Offset), d.LastLoginDay, d.ID); err != nil {
+	d.LastLoginDay, d.Home = a.Day, a.Gateway
+	if _, err := tx.Exec(ctx, `UPDATE devices SET pinned_key = $1, address_offset = $2, last_login_day = $3, home_gateway = $4 WHERE id = $5`,
+		d.Key[:], int64(d.Offset), d.LastLoginDay, d.Home, d.ID); err != nil {
 		return store.Device{}, err
 	}
 	if _, err := tx.Exec(ctx, `DELETE FROM device_tokens WHERE device_id = $1`, d.ID); err != nil {

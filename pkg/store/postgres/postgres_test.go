@@ -297,7 +297,7 @@ func TestGatewaysAdmitAtOnce(t *testing.T) {
 		s := stores[i%3]
 		wg.Go(func() {
 			a := store.Admission{DeviceID: d.ID, Key: store.Key{byte(i), byte(i >> 8), 2}, First: 1, Last: 1000, Day: "2030-01-02",
-				TokenHash: [32]byte{byte(i), byte(i >> 8), 3}, TokenExpires: now.Add(time.Hour)}
+				TokenHash: [32]byte{byte(i), byte(i >> 8), 3}, TokenExpires: now.Add(time.Hour), Gateway: fmt.Sprintf("gw-%d", i%3)}
 			if _, err := s.Admit(ctx, a); err != nil {
 				errs <- fmt.Errorf("admit %d: %w", d.ID, err)
 			}

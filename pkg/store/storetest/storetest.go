@@ -66,6 +66,10 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"Erase/AccountReceipt", testEraseAccount},
 		{"Meta", testMeta},
 		{"Gateways", testGateways},
+		{"Homes/AdmitSetsHome", testAdmitSetsHome},
+		{"Homes/SetHome", testSetHome},
+		{"Homes/HomePeers", testHomePeers},
+		{"Homes/GatewayLoads", testGatewayLoads},
 		{"Meta/ClaimConcurrent", testClaimMeta},
 		{"Checkpoint", testCheckpoint},
 		{"Erasures", testErasures},
@@ -149,10 +153,17 @@ func (t *h) enroll(n int) []store.Device {
 	return out
 }
 
+// Gateway instance ids of the suite.
+const (
+	gwA = "gw-a"
+	gwB = "gw-b"
+	gwC = "gw-c"
+)
+
 func admission(id int64, first, last uint32) store.Admission {
 	return store.Admission{
 		DeviceID: id, Key: random[store.Key](), First: first, Last: last, Day: "2030-01-02",
-		TokenHash: random[[32]byte](), TokenExpires: t0.Add(time.Hour),
+		TokenHash: random[[32]byte](), TokenExpires: t0.Add(time.Hour), Gateway: gwA,
 	}
 }
 
@@ -183,7 +194,8 @@ func (t *h) openSession(accountID, deviceID int64, first, last uint32) (store.Se
 func sameDevice(a, b store.Device) bool {
 	return a.ID == b.ID && a.Index == b.Index && string(a.SealedSerial) == string(b.SealedSerial) &&
 		a.Verifier == b.Verifier && a.KeyPinned == b.KeyPinned && (!a.KeyPinned || a.Key == b.Key) &&
-		a.Offset == b.Offset && a.LastLoginDay == b.LastLoginDay && a.Revoked == b.Revoked && a.EnrolledAt.Equal(b.EnrolledAt)
+		a.Offset == b.Offset && a.LastLoginDay == b.LastLoginDay && a.Revoked == b.Revoked && a.EnrolledAt.Equal(b.EnrolledAt) &&
+		a.Home == b.Home
 }
 
 func (t *h) device(id int64) store.Device {
@@ -380,8 +392,8 @@ func testAdmitFirstAndRepeat(t *h) {
 	a := admission(devs[0].ID, 10, 20)
 	d, err := t.s.Admit(t.ctx, a)
 	t.must(err, "Admit")
-	if !d.KeyPinned || d.Key != a.Key || d.Offset != 10 || d.LastLoginDay != a.Day || d.Revoked {
-		t.Fatalf("admitted device %+v: want key pinned, offset 10, day %s", d, a.Day)
+	if !d.KeyPinned || d.Key != a.Key || d.Offset != 10 || d.LastLoginDay != a.Day || d.Revoked || d.Home != a.Gateway {
+		t.Fatalf("admitted device %+v: want key pinned, offset 10, day %s, home %s", d, a.Day, a.Gateway)
 	}
 	if got := t.device(d.ID); !sameDevice(got, d) {
 		t.Fatalf("Admit returned %+v, stored %+v", d, got)
@@ -518,12 +530,14 @@ func testAdmitUnknown(t *h) {
 func testAdmitInvalid(t *h) {
 	d := t.enroll(1)[0]
 	for name, bad := range map[string]func(*store.Admission){
-		"zero key":   func(a *store.Admission) { a.Key = store.Key{} },
-		"zero first": func(a *store.Admission) { a.First = 0 },
-		"first>last": func(a *store.Admission) { a.First, a.Last = 5, 4 },
-		"bad day":    func(a *store.Admission) { a.Day = "yesterday" },
-		"no expiry":  func(a *store.Admission) { a.TokenExpires = time.Time{} },
-		"zero token": func(a *store.Admission) { a.TokenHash = [32]byte{} },
+		"zero key":     func(a *store.Admission) { a.Key = store.Key{} },
+		"zero first":   func(a *store.Admission) { a.First = 0 },
+		"first>last":   func(a *store.Admission) { a.First, a.Last = 5, 4 },
+		"bad day":      func(a *store.Admission) { a.Day = "yesterday" },
+		"no expiry":    func(a *store.Admission) { a.TokenExpires = time.Time{} },
+		"zero token":   func(a *store.Admission) { a.TokenHash = [32]byte{} },
+		"no gateway":   func(a *store.Admission) { a.Gateway = "" },
+		"long gateway": func(a *store.Admission) { a.Gateway = strings.Repeat("g", 65) },
 	} {
 		a := admission(d.ID, 1, 10)
 		bad(&a)
