@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -36,6 +37,7 @@ type fleet struct {
 	*netnstest.Harness
 	pg       *pgtest.Cluster
 	dsn      string
+	dsnFile  string // holds dsn (0600): the gateways' store.dsn_file
 	devNS    string
 	certFile string
 	keyFile  string
@@ -65,7 +67,7 @@ func newFleet(t *testing.T) *fleet {
 	h := netnstest.New(t, netnstest.Options{Who: "fleet e2e", Tools: []string{"ping"}, TailLines: 60})
 	f := &fleet{Harness: h, devNS: "fld" + h.Suffix}
 	f.pg = pgtest.Start(t)
-	f.dsn = f.pg.NewDatabase(t)
+	f.dsn, f.dsnFile = f.registry()
 	// One certificate for the fleet (the gateways' grpc.cert_file), so the
 	// devices pin one fingerprint for all of them.
 	dir := filepath.Join(h.Dir, "tls")
@@ -96,6 +98,34 @@ func newFleet(t *testing.T) *fleet {
 	return f
 }
 
+// registry makes the fleet's role and database with configs/fleet/postgres.sql
+// (run by psql, as the operator would) and returns the gateways' connection
+// string (as that role, which is no superuser) and a 0600 file holding it.
+func (f *fleet) registry() (dsn, file string) {
+	f.T.Helper()
+	psql, err := exec.LookPath("psql")
+	if err != nil {
+		bins, _ := filepath.Glob("/usr/lib/postgresql/*/bin/psql")
+		if len(bins) == 0 {
+			f.T.Fatalf("no psql (the postgresql package): %v", err)
+		}
+		slices.Sort(bins)
+		psql = bins[len(bins)-1]
+	}
+	const password = "fleet-e2e-registry"
+	sql := filepath.Join(netnstest.RepoRoot(f.T), "configs", "fleet", "postgres.sql")
+	if out, err := f.Run(psql, "--no-psqlrc", "--set", "ON_ERROR_STOP=1", "--set", "password='"+password+"'",
+		"--dbname", f.pg.DSN("postgres"), "--file", sql); err != nil {
+		f.T.Fatalf("configs/fleet/postgres.sql: %v\n%s", err, out)
+	}
+	dsn = fmt.Sprintf("host=%s port=%d user=dasset_gateway password=%s dbname=dasset sslmode=disable", f.pg.Dir(), pgtest.Port, password)
+	file = filepath.Join(f.Dir, "registry.dsn")
+	if err := os.WriteFile(file, []byte(dsn+"\n"), 0o600); err != nil {
+		f.T.Fatal(err)
+	}
+	return dsn, file
+}
+
 // start runs the gateway on the fleet's registry and certificate. The
 // devices all come from one address per gateway (the driver's namespace):
 // the per-source login throttle is lifted so that their first logins are
@@ -106,7 +136,7 @@ func (m *member) start() {
 	f := m.f
 	m.Proc = f.Start(m.NS, fmt.Sprintf("gateway-%s-%d.log", m.name, m.runs), f.Path("dasset-gateway"),
 		"serve", "--config", m.Config,
-		"--store.driver=postgres", "--store.dsn="+f.dsn,
+		"--store.driver=postgres", "--store.dsn_file="+f.dsnFile,
 		"--grpc.cert_file="+f.certFile, "--grpc.key_file="+f.keyFile,
 		"--throttle.source_rate=100000", "--throttle.source_burst=100000")
 }
