@@ -68,6 +68,7 @@ type Tunnel struct {
 	UAPI                bool          `mapstructure:"uapi" usage:"serve a read-only WireGuard UAPI socket so 'wg show' works"`
 	UAPIEndpoints       string        `mapstructure:"uapi_endpoints" usage:"peer endpoints on the UAPI socket: truncated (/24, /48, port 0, as the connection log) or full (beyond the privacy policy)"`
 	BatchWindow         time.Duration `mapstructure:"batch_window" usage:"how long peer additions wait to be batched with concurrent logins (0: no batching)"`
+	ReconcileInterval   time.Duration `mapstructure:"reconcile_interval" usage:"how often the WireGuard peers and hub ACL are compared with the registry in full and repaired (1s..1h)"`
 }
 
 // tunnel.uapi_endpoints values.
@@ -239,6 +240,7 @@ func Default() Config {
 			UAPI:                true,
 			UAPIEndpoints:       UAPIEndpointsTruncated,
 			BatchWindow:         2 * time.Millisecond,
+			ReconcileInterval:   30 * time.Second,
 		},
 		Network: Network{
 			IPv4:          netip.MustParsePrefix("100.80.0.0/12"),

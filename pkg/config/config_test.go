@@ -135,7 +135,7 @@ func TestGoodFileValues(t *testing.T) {
 		Tunnel: Tunnel{
 			Mode: "netstack", Interface: "wg.gw_1", ListenPort: 51999, MTU: 1380,
 			Endpoint: "gw.example.net:51999", PersistentKeepalive: 15 * time.Second,
-			UAPI: false, UAPIEndpoints: UAPIEndpointsFull, BatchWindow: 0,
+			UAPI: false, UAPIEndpoints: UAPIEndpointsFull, BatchWindow: 0, ReconcileInterval: 5 * time.Minute,
 		},
 		Network: Network{
 			IPv4:          netip.MustParsePrefix("100.64.0.0/16"),

@@ -54,6 +54,7 @@ func (c Config) Validate() error {
 		v.bad("tunnel.persistent_keepalive", "must be whole seconds, got %s", t.PersistentKeepalive)
 	}
 	v.durRange("tunnel.batch_window", t.BatchWindow, 0, time.Second)
+	v.durRange("tunnel.reconcile_interval", t.ReconcileInterval, time.Second, time.Hour)
 
 	c.validateNetwork(&v)
 

@@ -518,6 +518,42 @@ func TestRemovePeerAndReconcile(t *testing.T) {
 	}
 }
 
+func TestRemovePeers(t *testing.T) {
+	ctx := ctxT(t)
+	gw := newNode(t, Config{}, "100.80.0.1")
+	keys := pubKeys(t, 6)
+	var peers []Peer
+	for i := range 5 {
+		peers = append(peers, Peer{PublicKey: keys[i], AllowedIPs: []netip.Prefix{host(i)}})
+	}
+	if err := gw.AddPeers(ctx, peers); err != nil {
+		t.Fatal(err)
+	}
+	before := gw.ipcSets.Load()
+	// keys[5] is unknown: skipped.
+	if err := gw.RemovePeers(ctx, []Key{keys[0], keys[2], keys[5], keys[4]}); err != nil {
+		t.Fatal(err)
+	}
+	if got := gw.ipcSets.Load() - before; got != 1 {
+		t.Fatalf("RemovePeers made %d IpcSet calls, want 1", got)
+	}
+	dp := devicePeers(t, gw.Device)
+	for i, k := range keys[:5] {
+		_, onDevice := dp[k]
+		want := i == 1 || i == 3
+		if onDevice != want || gw.HasPeer(k) != want {
+			t.Fatalf("peer %d: on device %v, in desired state %v, want %v", i, onDevice, gw.HasPeer(k), want)
+		}
+	}
+	before = gw.ipcSets.Load()
+	if err := gw.RemovePeers(ctx, []Key{keys[0], keys[5]}); err != nil {
+		t.Fatal(err)
+	}
+	if got := gw.ipcSets.Load() - before; got != 0 {
+		t.Fatalf("removing only unknown keys made %d IpcSet calls", got)
+	}
+}
+
 func TestAddPeersBulk(t *testing.T) {
 	ctx := ctxT(t)
 	const n = 2000

@@ -254,6 +254,30 @@ func (d *Device) RemovePeer(ctx context.Context, k Key) error {
 	return d.wait(ctx, r, "remove peer "+k.String())
 }
 
+// RemovePeers removes the peers with the given public keys with one IpcSet
+// (a gateway dropping the peers of many devices that moved away). Unknown
+// keys are skipped.
+func (d *Device) RemovePeers(ctx context.Context, keys []Key) error {
+	d.mu.Lock()
+	if d.closed {
+		d.mu.Unlock()
+		return fmt.Errorf("wg: remove peers: %w", ErrClosed)
+	}
+	r := newRequest(false, len(keys))
+	for _, k := range keys {
+		if prev := d.uninstall(k); prev != nil {
+			r.items = append(r.items, item{peer: Peer{PublicKey: k}, prev: prev})
+		}
+	}
+	if len(r.items) == 0 {
+		d.mu.Unlock()
+		return nil
+	}
+	d.enqueueLocked(r)
+	d.mu.Unlock()
+	return d.wait(ctx, r, fmt.Sprintf("remove %d peers", len(r.items)))
+}
+
 // Reconcile makes the device's peer set exactly peers: peers not listed are
 // removed, listed ones added or updated. The set is validated first (nothing
 // changes if it is invalid). It reads the device once and applies only the
