@@ -109,7 +109,7 @@ func (s *DeviceServer) Sync(_ *gatewayv1.SyncRequest, stream grpc.ServerStreamin
 	if every <= 0 {
 		every = 15 * time.Second
 	}
-	ka := &gatewayv1.SyncEvent{Event: &gatewayv1.SyncEvent_Keepalive{Keepalive: &gatewayv1.Keepalive{GatewayInstance: s.GW.InstanceID()}}}
+	ka := &gatewayv1.SyncEvent{Event: &gatewayv1.SyncEvent_Keepalive{Keepalive: &gatewayv1.Keepalive{GatewayInstance: s.GW.RunID()}}}
 	if err := stream.Send(ka); err != nil {
 		return err
 	}

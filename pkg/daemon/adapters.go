@@ -45,6 +45,35 @@ func (t tunnelAdapter) RemovePeer(ctx context.Context, key [32]byte) error {
 	return t.d.RemovePeer(ctx, wg.Key(key))
 }
 
+func (t tunnelAdapter) RemovePeers(ctx context.Context, keys [][32]byte) error {
+	ks := make([]wg.Key, len(keys))
+	for i, k := range keys {
+		ks[i] = wg.Key(k)
+	}
+	return t.d.RemovePeers(ctx, ks)
+}
+
+// Peers reads the device's peers from an IpcGet made now.
+func (t tunnelAdapter) Peers(ctx context.Context) ([]gateway.PeerSpec, error) {
+	ps, err := t.d.PeersNow(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make([]gateway.PeerSpec, len(ps))
+	for i, p := range ps {
+		out[i] = gateway.PeerSpec{Key: p.PublicKey, Allowed: p.AllowedIPs}
+	}
+	return out, nil
+}
+
+func (t tunnelAdapter) SetPeers(ctx context.Context, ps []gateway.PeerSpec) error {
+	peers := make([]wg.Peer, len(ps))
+	for i, p := range ps {
+		peers[i] = wg.Peer{PublicKey: wg.Key(p.Key), AllowedIPs: p.Allowed}
+	}
+	return t.d.Reconcile(ctx, peers)
+}
+
 func (t tunnelAdapter) LastHandshakes(ctx context.Context) (map[[32]byte]time.Time, error) {
 	return t.d.LastHandshakes(ctx)
 }

@@ -197,7 +197,10 @@ func New(ctx context.Context, cfg config.Config, opt Options) (_ *Daemon, err er
 		ListenPort:    d.dev.ListenPort(),
 		MaxConcurrent: cfg.GRPC.MaxConcurrentLogins,
 		Now:           now,
-		InstanceID:    hex.EncodeToString(instance),
+		InstanceID:    d.instance,
+		RunID:         hex.EncodeToString(instance),
+		HomeStale:     3 * heartbeatInterval,
+		Sole:          cfg.Store.Driver == config.DriverSQLite,
 		Writable:      d.writable,
 		SessionOptions: gateway.SessionOptions{
 			MaxPerAccount:  cfg.Client.MaxSessionsPerAccount,
@@ -209,6 +212,7 @@ func New(ctx context.Context, cfg config.Config, opt Options) (_ *Daemon, err er
 	}, gateway.Deps{
 		Registry: d.st, Sessions: d.st, Verifier: verifier, Keys: d.keys, Accounts: d.keys,
 		Plan: d.plan, Tunnel: tunnelAdapter{d.dev}, ACL: aclAdapter{d.rt}, ConnLog: d.cl,
+		Homes: d.st, Reconciles: metrics.ReconcileObserver{M: d.m},
 		Observer: metrics.LoginObserver{M: d.m}, Logger: d.log,
 		BindThrottle: d.limits.binds, CodeThrottle: d.limits.codes,
 		Subjects: d.st, Pseudonyms: d.keys, Ledger: d.ledger,
@@ -726,6 +730,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		}
 	})
 	g.Go(func() error { return d.heartbeats(gctx) })
+	g.Go(func() error { return d.gw.RunReconciler(gctx, nil, d.cfg.Tunnel.ReconcileInterval) })
 	g.Go(func() error {
 		t := time.NewTicker(writeCheckInterval)
 		defer t.Stop()

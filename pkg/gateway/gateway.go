@@ -68,6 +68,13 @@ type Tunnel interface {
 	AddPeer(ctx context.Context, key [32]byte, allowed []netip.Prefix) error
 	AddPeers(ctx context.Context, peers []PeerSpec) error
 	RemovePeer(ctx context.Context, key [32]byte) error
+	RemovePeers(ctx context.Context, keys [][32]byte) error
+	// Peers reads the peers the WireGuard device holds now (not a cached
+	// view).
+	Peers(ctx context.Context) ([]PeerSpec, error)
+	// SetPeers makes the device's peers exactly peers, changing only what
+	// differs.
+	SetPeers(ctx context.Context, peers []PeerSpec) error
 	// LastHandshakes returns the last handshake time per peer key, from a
 	// cached view of the device.
 	LastHandshakes(ctx context.Context) (map[[32]byte]time.Time, error)
@@ -106,17 +113,30 @@ type Observer interface {
 
 // Config is what the gateway needs from the daemon's configuration.
 type Config struct {
-	Rekey          bool
-	TokenTTL       time.Duration
-	IdleTimeout    time.Duration
-	Keepalive      time.Duration
-	MTU            int
-	Endpoint       string // host:port; empty = the address the gRPC connection reached
-	ListenPort     int
-	MaxConcurrent  int // logins admitted at once
-	MaxQueued      int // logins waiting for a slot; beyond it: rate limited
-	Now            func() time.Time
-	InstanceID     string
+	Rekey         bool
+	TokenTTL      time.Duration
+	IdleTimeout   time.Duration
+	Keepalive     time.Duration
+	MTU           int
+	Endpoint      string // host:port; empty = the address the gRPC connection reached
+	ListenPort    int
+	MaxConcurrent int // logins admitted at once
+	MaxQueued     int // logins waiting for a slot; beyond it: rate limited
+	Now           func() time.Time
+	// InstanceID is the gateway's stable id, its row in the registry's
+	// gateways table: the home it records for the devices it admits.
+	InstanceID string
+	// RunID identifies this run of the gateway (Sync keepalives carry it,
+	// so an agent notices a restart and forces a handshake).
+	RunID string
+	// HomeStale is how old the heartbeat of a device's home gateway may be
+	// for the device to count as online from another gateway (0: 30s).
+	HomeStale time.Duration
+	// Sole says no other gateway can share the registry (an embedded
+	// SQLite file): at Start every admitted device is made this gateway's,
+	// whatever home it had (a restored backup or a new data directory
+	// gives the gateway a new instance id).
+	Sole           bool
 	SessionOptions SessionOptions
 	// Writable reports whether the registry can be written (nil: always).
 	// While it cannot, admissions that would need a write are refused with
@@ -154,10 +174,13 @@ type Gateway struct {
 	sess *sessions
 	subj *subjects
 
-	// keysMu guards devKeys: the pinned key of every admitted device, so
-	// online counts need no store read.
-	keysMu  sync.Mutex
-	devKeys map[[32]byte]int64
+	// plane holds the devices homed here (their pinned keys, so online
+	// counts and admission lanes need no store read) and orders changes of
+	// the data plane (reconcile.go).
+	plane  *plane
+	homes  Homes
+	recObs ReconcileObserver
+	fleet  *fleetView
 
 	memTok *memTokens // device tokens of re-logins that wrote nothing
 }
@@ -175,9 +198,13 @@ type Deps struct {
 	Plan      *ipam.Allocator
 	Tunnel    Tunnel
 	ACL       ACL
-	ConnLog   ConnLog
-	Observer  Observer
-	Logger    *slog.Logger
+	// Homes says which devices and sessions are this gateway's (required).
+	Homes Homes
+	// Reconciles observes reconcile passes (optional).
+	Reconciles ReconcileObserver
+	ConnLog    ConnLog
+	Observer   Observer
+	Logger     *slog.Logger
 
 	// Binding limits (optional): BindDevice by (account, source prefix),
 	// source and globally; CreateBindingCode by device and source.
@@ -192,8 +219,17 @@ type Deps struct {
 
 // New builds a Gateway.
 func New(cfg Config, d Deps) (*Gateway, error) {
-	if d.Registry == nil || d.Verifier == nil || d.Keys == nil || d.Plan == nil || d.Tunnel == nil {
-		return nil, errors.New("gateway: registry, verifier, keys, address plan and tunnel are required")
+	if d.Registry == nil || d.Verifier == nil || d.Keys == nil || d.Plan == nil || d.Tunnel == nil || d.Homes == nil {
+		return nil, errors.New("gateway: registry, homes, verifier, keys, address plan and tunnel are required")
+	}
+	if cfg.InstanceID == "" {
+		return nil, errors.New("gateway: an instance id is required")
+	}
+	if cfg.HomeStale <= 0 {
+		cfg.HomeStale = 30 * time.Second
+	}
+	if d.Reconciles == nil {
+		d.Reconciles = nopReconcileObserver{}
 	}
 	if cfg.Now == nil {
 		cfg.Now = time.Now
@@ -227,9 +263,12 @@ func New(cfg Config, d Deps) (*Gateway, error) {
 		pinnedSlots:  make(chan struct{}, cfg.MaxConcurrent),
 		pinnedQueued: make(chan struct{}, cfg.MaxQueued),
 		hub:          newHub(),
-		devKeys:      make(map[[32]byte]int64),
+		plane:        newPlane(),
+		homes:        d.Homes,
+		recObs:       d.Reconciles,
 		memTok:       newMemTokens(),
 	}
+	g.fleet = &fleetView{homes: d.Homes, now: cfg.Now}
 	g.pw = d.Passwords
 	g.binds, g.codes = d.BindThrottle, d.CodeThrottle
 	if g.pw == nil {
@@ -252,9 +291,11 @@ func (nopObserver) Login(string, time.Duration) {}
 func (nopObserver) AdmissionQueue(int)          {}
 func (nopObserver) AdmissionRejected()          {}
 
-// Start reserves the gateway's own key and re-adds every admitted device's
-// peer (and every open session's client peer) from the store, in one batch,
-// before anything is served.
+// Start reserves the gateway's own key, makes this gateway the home of
+// admitted devices that have none yet (a registry written before gateways
+// recorded homes; on a sole gateway, every admitted device), and adds the peers of the devices homed here and of the
+// sessions they have, from the store, in one batch, before anything is
+// served. It returns the number of devices homed here.
 func (g *Gateway) Start(ctx context.Context) (int, error) {
 	if err := g.reg.ReserveKey(ctx, g.tun.PublicKey(), store.OwnerGateway); err != nil {
 		return 0, fmt.Errorf("gateway: reserve own WireGuard key: %w", err)
@@ -263,25 +304,23 @@ func (g *Gateway) Start(ctx context.Context) (int, error) {
 	if err != nil {
 		return 0, fmt.Errorf("gateway: load admitted devices: %w", err)
 	}
-	peers := make([]PeerSpec, 0, len(devs))
+	adopted := 0
 	for _, d := range devs {
-		pfx, err := g.devicePrefixes(d.Offset)
-		if err != nil {
-			g.log.Warn("skipping device with an address outside the configured network", "device_id", d.ID, "err", err)
+		if d.Home == g.cfg.InstanceID || (d.Home != "" && !g.cfg.Sole) {
 			continue
 		}
-		peers = append(peers, PeerSpec{Key: d.Key, Allowed: pfx})
-		g.setDeviceKey(d.ID, d.Key, true)
+		if err := g.homes.SetHome(ctx, d.ID, g.cfg.InstanceID); err != nil && !errors.Is(err, store.ErrRevoked) && !errors.Is(err, store.ErrNotFound) {
+			return 0, fmt.Errorf("gateway: recording the home of device %d: %w", d.ID, err)
+		}
+		adopted++
 	}
-	cps, err := g.sess.restore(ctx)
-	if err != nil {
-		return 0, err
+	if adopted > 0 {
+		g.log.Info("admitted devices without a home gateway (or, on a sole gateway, with another) now homed here", "devices", adopted)
 	}
-	peers = append(peers, cps...)
-	if err := g.tun.AddPeers(ctx, peers); err != nil {
-		return 0, fmt.Errorf("gateway: restore %d peers: %w", len(peers), err)
+	if _, err := g.fullPass(ctx, true); err != nil {
+		return 0, fmt.Errorf("gateway: restore peers: %w", err)
 	}
-	return len(devs), nil
+	return g.AdmittedCount(), nil
 }
 
 func (g *Gateway) devicePrefixes(offset uint32) ([]netip.Prefix, error) {
@@ -372,6 +411,28 @@ func (g *Gateway) Admit(ctx context.Context, req LoginRequest) (adm Admission, e
 	// disk), the device is admitted all the same.
 	admitted := !replace && dev.KeyPinned && dev.Key == store.Key(req.Key) && dev.Offset != 0 && !dev.Revoked
 	memOnly := admitted && dev.LastLoginDay == day // the token is all there is to store
+	// moved: the device's home was another gateway; its peer and sessions
+	// come here, the old home drops them. A login that writes nothing else
+	// records the new home alone.
+	moved := dev.Home != "" && dev.Home != g.cfg.InstanceID
+	pending := false // admitted here, home not recorded (registry unavailable)
+	if memOnly && dev.Home != g.cfg.InstanceID {
+		err = errors.New("the registry cannot be written now")
+		if g.cfg.Writable == nil || g.cfg.Writable() {
+			err = g.homes.SetHome(ctx, dev.ID, g.cfg.InstanceID)
+		}
+		switch {
+		case err == nil:
+			dev.Home = g.cfg.InstanceID
+		case errors.Is(err, store.ErrRevoked):
+			return Admission{}, newErr(ErrPermission, err, "device revoked")
+		case errors.Is(err, store.ErrNotFound) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded):
+			return Admission{}, newErr(ErrUnavailable, err, "recording the device's gateway failed")
+		default:
+			g.log.Warn("registry not writable: admitting a known device with its pinned key here without recording its home; retried in the background", "device_id", dev.ID, "err", err)
+			pending, err = true, nil
+		}
+	}
 	if !memOnly {
 		if !admitted && g.cfg.Writable != nil && !g.cfg.Writable() {
 			return Admission{}, newErr(ErrUnavailable, nil, "the registry cannot be written now (disk full or read-only); new admissions resume when it can")
@@ -387,6 +448,7 @@ func (g *Gateway) Admit(ctx context.Context, req LoginRequest) (adm Admission, e
 		case admitted && isStorageFault(err):
 			g.log.Warn("registry not writable: admitting a known device with its pinned key without storing its login", "device_id", dev.ID, "err", err)
 			memOnly, err = true, nil
+			pending = dev.Home != g.cfg.InstanceID
 		}
 	}
 	if memOnly {
@@ -404,23 +466,19 @@ func (g *Gateway) Admit(ctx context.Context, req LoginRequest) (adm Admission, e
 	case err != nil:
 		return Admission{}, newErr(ErrUnavailable, err, "storing admission failed")
 	}
-	if replace && hadKey && oldKey != store.Key(req.Key) {
-		outcome = OutcomeRekeyed
-		if err := g.tun.RemovePeer(ctx, oldKey); err != nil {
-			return Admission{}, newErr(ErrUnavailable, err, "removing the old peer failed")
-		}
-	}
 	pfx, err := g.devicePrefixes(dev.Offset)
 	if err != nil {
 		return Admission{}, newErr(ErrUnavailable, err, "device address outside the configured network")
 	}
-	if err := g.tun.AddPeer(ctx, req.Key, pfx); err != nil {
-		return Admission{}, newErr(ErrUnavailable, err, "adding the WireGuard peer failed")
+	if err := g.addHomePeer(ctx, dev.ID, req.Key, dev.Offset, pfx, replace && hadKey && oldKey != store.Key(req.Key), oldKey, pending); err != nil {
+		return Admission{}, err
 	}
-	if replace && hadKey {
-		g.setDeviceKey(dev.ID, oldKey, false)
+	if replace && hadKey && oldKey != store.Key(req.Key) {
+		outcome = OutcomeRekeyed
 	}
-	g.setDeviceKey(dev.ID, req.Key, true)
+	if moved {
+		g.adoptSessions(ctx, dev.ID, dev.Offset)
+	}
 	return Admission{
 		Addresses:    pfx,
 		GatewayKey:   g.tun.PublicKey(),
@@ -463,11 +521,55 @@ func (g *Gateway) acquire(ctx context.Context, pinned bool) (func(), error) {
 	}
 }
 
-// pinnedKey reports whether key is the pinned key of an admitted device.
+// addHomePeer makes a device admitted here a peer (removing its old key's
+// peer first on a re-key), in the order of the in-memory state.
+func (g *Gateway) addHomePeer(ctx context.Context, id int64, key [32]byte, offset uint32, pfx []netip.Prefix, rekeyed bool, oldKey [32]byte, pending bool) error {
+	g.plane.order.RLock()
+	defer g.plane.order.RUnlock()
+	if rekeyed {
+		if err := g.tun.RemovePeer(ctx, oldKey); err != nil {
+			return newErr(ErrUnavailable, err, "removing the old peer failed")
+		}
+	}
+	g.plane.setDevice(id, key, offset)
+	if pending {
+		g.plane.mu.Lock()
+		g.plane.pending[id] = true
+		g.plane.mu.Unlock()
+	}
+	if err := g.tun.AddPeer(ctx, key, pfx); err != nil {
+		g.plane.dropDevice(id, false)
+		return newErr(ErrUnavailable, err, "adding the WireGuard peer failed")
+	}
+	return nil
+}
+
+// dropHomePeer removes a device's peer here (revoked, key reset, logged
+// out, erased); a device homed elsewhere has none, and removing it is a
+// no-op.
+func (g *Gateway) dropHomePeer(ctx context.Context, d store.Device, loggedOut bool) error {
+	g.plane.order.RLock()
+	defer g.plane.order.RUnlock()
+	cur, held := g.plane.home(d.ID)
+	g.plane.dropDevice(d.ID, loggedOut)
+	var keys [][32]byte
+	if d.KeyPinned {
+		keys = append(keys, d.Key)
+	}
+	if held && cur.key != d.Key {
+		keys = append(keys, cur.key)
+	}
+	if err := g.tun.RemovePeers(ctx, keys); err != nil {
+		return newErr(ErrUnavailable, err, "removing the WireGuard peer failed")
+	}
+	return nil
+}
+
+// pinnedKey reports whether key is the pinned key of a device homed here.
 func (g *Gateway) pinnedKey(key [32]byte) bool {
-	g.keysMu.Lock()
-	defer g.keysMu.Unlock()
-	_, ok := g.devKeys[key]
+	g.plane.mu.Lock()
+	defer g.plane.mu.Unlock()
+	_, ok := g.plane.byKey[key]
 	return ok
 }
 
@@ -640,7 +742,7 @@ func (g *Gateway) view(d store.Device, online func(key [32]byte) bool) (DeviceVi
 	if d.Offset != 0 {
 		v.Addresses, _ = g.devicePrefixes(d.Offset)
 	}
-	v.Online = !d.Revoked && d.KeyPinned && (g.hub.connected(d.ID) || online(d.Key))
+	v.Online = !d.Revoked && d.KeyPinned && (g.hub.connected(d.ID) || online(d.Key) || g.fleet.homeAlive(d.Home, g.cfg.InstanceID, g.cfg.HomeStale))
 	return v, nil
 }
 
@@ -679,30 +781,20 @@ func (g *Gateway) onlineSet(ctx context.Context) map[[32]byte]bool {
 	return on
 }
 
-func (g *Gateway) setDeviceKey(id int64, key [32]byte, on bool) {
-	g.keysMu.Lock()
-	defer g.keysMu.Unlock()
-	if on {
-		g.devKeys[key] = id
-	} else if g.devKeys[key] == id {
-		delete(g.devKeys, key)
-	}
-}
-
-// AdmittedCount counts devices with a pinned key that are not revoked.
+// AdmittedCount counts the admitted devices homed on this gateway.
 func (g *Gateway) AdmittedCount() int {
-	g.keysMu.Lock()
-	defer g.keysMu.Unlock()
-	return len(g.devKeys)
+	g.plane.mu.Lock()
+	defer g.plane.mu.Unlock()
+	return len(g.plane.byID)
 }
 
 // OnlineCount counts admitted devices that are online.
 func (g *Gateway) OnlineCount(ctx context.Context) (int, error) {
 	on := g.onlineSet(ctx)
-	g.keysMu.Lock()
-	defer g.keysMu.Unlock()
+	g.plane.mu.Lock()
+	defer g.plane.mu.Unlock()
 	n := 0
-	for k, id := range g.devKeys {
+	for k, id := range g.plane.byKey {
 		if on[k] || g.hub.connected(id) {
 			n++
 		}
@@ -711,15 +803,22 @@ func (g *Gateway) OnlineCount(ctx context.Context) (int, error) {
 }
 
 // Online reports whether a device is reachable: a live Sync stream or a
-// handshake within the idle timeout.
+// handshake within the idle timeout here; for a device homed on another
+// gateway, that gateway's heartbeat is fresh (within HomeStale). That
+// gateway alone sees the device's stream and handshakes, and it closes a
+// session nobody uses when it turns idle.
 func (g *Gateway) Online(ctx context.Context, d store.Device) bool {
 	if d.Revoked || !d.KeyPinned {
 		return false
 	}
-	if g.hub.connected(d.ID) {
+	if g.hub.connected(d.ID) || g.handshookRecently(ctx, d.Key) {
 		return true
 	}
-	return g.handshookRecently(ctx, d.Key)
+	if d.Home != "" && d.Home != g.cfg.InstanceID {
+		g.fleet.refresh(ctx)
+		return g.fleet.homeAlive(d.Home, g.cfg.InstanceID, g.cfg.HomeStale)
+	}
+	return false
 }
 
 func (g *Gateway) deviceBySerial(ctx context.Context, sn privacy.SerialNumber) (store.Device, error) {
@@ -744,14 +843,11 @@ func (g *Gateway) Revoke(ctx context.Context, sn privacy.SerialNumber) error {
 	if err := g.reg.RevokeDevice(ctx, d.ID); err != nil {
 		return newErr(ErrUnavailable, err, "revoking failed")
 	}
-	g.setDeviceKey(d.ID, d.Key, false)
 	if err := g.sess.closeForDevice(ctx, d.ID, "device revoked"); err != nil {
 		return err
 	}
-	if d.KeyPinned {
-		if err := g.tun.RemovePeer(ctx, d.Key); err != nil {
-			return newErr(ErrUnavailable, err, "removing the WireGuard peer failed")
-		}
+	if err := g.dropHomePeer(ctx, d, false); err != nil {
+		return err
 	}
 	g.hub.publish(d.ID, Event{Kind: EventRevoked, Reason: "revoked by an operator"})
 	g.log.Info("device revoked", "device_id", d.ID)
@@ -768,11 +864,8 @@ func (g *Gateway) ResetKey(ctx context.Context, sn privacy.SerialNumber) error {
 	if err := g.reg.ResetDeviceKey(ctx, d.ID); err != nil {
 		return newErr(ErrUnavailable, err, "resetting key failed")
 	}
-	g.setDeviceKey(d.ID, d.Key, false)
-	if d.KeyPinned {
-		if err := g.tun.RemovePeer(ctx, d.Key); err != nil {
-			return newErr(ErrUnavailable, err, "removing the WireGuard peer failed")
-		}
+	if err := g.dropHomePeer(ctx, d, false); err != nil {
+		return err
 	}
 	g.log.Info("device key reset", "device_id", d.ID)
 	return nil
@@ -814,10 +907,8 @@ func (g *Gateway) Logout(ctx context.Context, d store.Device, source privacy.Add
 	if err := g.sess.closeForDevice(ctx, d.ID, "device logged out"); err != nil {
 		return err
 	}
-	if d.KeyPinned {
-		if err := g.tun.RemovePeer(ctx, d.Key); err != nil {
-			return newErr(ErrUnavailable, err, "removing the WireGuard peer failed")
-		}
+	if err := g.dropHomePeer(ctx, d, true); err != nil {
+		return err
 	}
 	g.connlog.Record(ConnEvent{At: g.cfg.Now(), Event: EventLogout, Outcome: OutcomeOK, Index: d.Index, Source: source})
 	g.hub.publish(d.ID, Event{Kind: EventRevoked, Reason: "logged out"})
@@ -835,8 +926,12 @@ func (g *Gateway) Subscribe(d store.Device) (events <-chan Event, replaced <-cha
 // Now is the gateway's clock.
 func (g *Gateway) Now() time.Time { return g.cfg.Now() }
 
-// InstanceID identifies this run of the gateway.
+// InstanceID is the gateway's stable instance id (its row in the gateways
+// table).
 func (g *Gateway) InstanceID() string { return g.cfg.InstanceID }
+
+// RunID identifies this run of the gateway (Sync keepalives carry it).
+func (g *Gateway) RunID() string { return g.cfg.RunID }
 
 // EventKind says what happened.
 type EventKind int
@@ -899,6 +994,17 @@ func (h *hub) publish(id int64, e Event) {
 		case s.ch <- e:
 		default:
 		}
+	}
+}
+
+// drop ends a device's stream here (the device moved to another gateway,
+// where its newer stream is): as if a newer stream had replaced it.
+func (h *hub) drop(id int64) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if s := h.subs[id]; s != nil {
+		close(s.replaced)
+		delete(h.subs, id)
 	}
 }
 

@@ -82,8 +82,9 @@ func TestPinnedLane(t *testing.T) {
 	g := &Gateway{
 		slots: make(chan struct{}, 1), queued: make(chan struct{}),
 		pinnedSlots: make(chan struct{}, 1), pinnedQueued: make(chan struct{}),
-		obs: obs, devKeys: map[[32]byte]int64{{1}: 7},
+		obs: obs, plane: newPlane(),
 	}
+	g.plane.setDevice(7, [32]byte{1}, 1)
 	ctx := context.Background()
 	stranger, err := g.acquire(ctx, g.pinnedKey([32]byte{9}))
 	if err != nil {

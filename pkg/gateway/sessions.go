@@ -97,45 +97,70 @@ func newSessions(g *Gateway, reg SessionRegistry, keys AccountKeys, acl ACL, opt
 
 func (s *sessions) enabled() bool { return s.reg != nil && s.keys != nil && s.acl != nil }
 
-// restore loads open sessions on start and returns their client peers.
-func (s *sessions) restore(ctx context.Context) ([]PeerSpec, error) {
-	if !s.enabled() {
-		return nil, nil
-	}
-	list, err := s.reg.OpenSessions(ctx)
-	if err != nil {
-		return nil, newErr(ErrUnavailable, err, "loading open sessions failed")
-	}
-	var peers []PeerSpec
-	s.mu.Lock()
-	for _, ss := range list {
-		os, err := s.build(ctx, ss)
-		if err != nil {
-			s.g.log.Warn("skipping session that cannot be restored", "session", ss.ID, "err", err)
-			continue
-		}
-		s.open[ss.ID] = os
-		peers = append(peers, PeerSpec{Key: ss.ClientKey, Allowed: os.clientAddrs})
-	}
-	s.publishACLLocked()
-	s.mu.Unlock()
-	return peers, nil
-}
-
 func (s *sessions) build(ctx context.Context, ss store.Session) (*openSession, error) {
-	cp, err := s.g.plan.ClientPrefixes(ss.ClientOffset)
-	if err != nil {
-		return nil, err
-	}
 	d, err := s.g.reg.DeviceByID(ctx, ss.DeviceID)
 	if err != nil {
 		return nil, err
 	}
-	dp, err := s.g.devicePrefixes(d.Offset)
+	return s.g.buildHosted(ss, d.Offset)
+}
+
+// buildHosted makes the in-memory form of a session hosted here, its device
+// at address offset deviceOffset.
+func (g *Gateway) buildHosted(ss store.Session, deviceOffset uint32) (*openSession, error) {
+	cp, err := g.plan.ClientPrefixes(ss.ClientOffset)
+	if err != nil {
+		return nil, err
+	}
+	dp, err := g.devicePrefixes(deviceOffset)
 	if err != nil {
 		return nil, err
 	}
 	return &openSession{Session: ss, clientAddrs: cp, deviceAddrs: dp}, nil
+}
+
+// adoptSessions hosts the open sessions of a device that just moved here
+// (their client peers, the ACL, SessionOpened on its stream). A failed read
+// is left to the reconciler.
+func (g *Gateway) adoptSessions(ctx context.Context, deviceID int64, deviceOffset uint32) {
+	s := g.sess
+	if !s.enabled() {
+		return
+	}
+	list, err := g.homes.SessionsOf(ctx, deviceID, 0)
+	if err != nil {
+		g.log.Warn("reading the sessions of a device that moved here failed; the reconciler retries", "device_id", deviceID, "err", err)
+		return
+	}
+	var add []PeerSpec
+	var events []Event
+	g.plane.order.RLock()
+	defer g.plane.order.RUnlock()
+	s.mu.Lock()
+	for _, ss := range list {
+		if !ss.ClosedAt.IsZero() || s.open[ss.ID] != nil {
+			continue
+		}
+		os, err := g.buildHosted(ss, deviceOffset)
+		if err != nil {
+			g.log.Warn("skipping session that cannot be hosted", "session", ss.ID, "err", err)
+			continue
+		}
+		g.plane.touchSession(ss.ID)
+		s.open[ss.ID] = os
+		add = append(add, PeerSpec{Key: ss.ClientKey, Allowed: os.clientAddrs})
+		events = append(events, Event{Kind: EventSessionOpened, SessionID: ss.ID, ClientAddr: os.clientAddrs, ExpiresAt: ss.ExpiresAt})
+	}
+	if len(add) > 0 {
+		s.publishACLLocked()
+	}
+	s.mu.Unlock()
+	if err := g.tun.AddPeers(ctx, add); err != nil {
+		g.log.Warn("adding the client peers of a device that moved here failed; the reconciler retries", "device_id", deviceID, "err", err)
+	}
+	for _, e := range events {
+		g.hub.publish(deviceID, e)
+	}
 }
 
 func (s *sessions) publishACLLocked() {
@@ -153,44 +178,79 @@ func (s *sessions) publishACLLocked() {
 }
 
 func (s *sessions) closeForDevice(ctx context.Context, deviceID int64, reason string) error {
-	return s.closeWhere(ctx, reason, func(os *openSession) bool { return os.DeviceID == deviceID })
+	_, err := s.closeWhere(ctx, reason, deviceID, 0, func(ss store.Session) bool { return ss.DeviceID == deviceID })
+	return err
 }
 
-func (s *sessions) closeWhere(ctx context.Context, reason string, match func(*openSession) bool) error {
+// closeWhere closes every open session match accepts, among those of the
+// device (deviceID > 0) or else of the account, wherever they are hosted:
+// the ones hosted here at once, the others through the registry (their
+// host gateway learns it from its change feed). It returns how many it
+// closed.
+func (s *sessions) closeWhere(ctx context.Context, reason string, deviceID, accountID int64, match func(store.Session) bool) (int, error) {
 	if !s.enabled() {
-		return nil
+		return 0, nil
 	}
+	ids := map[string]bool{}
 	s.mu.Lock()
-	var ids []string
 	for id, os := range s.open {
-		if match(os) {
-			ids = append(ids, id)
+		if match(os.Session) {
+			ids[id] = true
 		}
 	}
 	s.mu.Unlock()
+	all, err := s.g.homes.SessionsOf(ctx, deviceID, accountID)
+	if err != nil {
+		return 0, newErr(ErrUnavailable, err, "listing open sessions failed")
+	}
+	for _, ss := range all {
+		if ss.ClosedAt.IsZero() && match(ss) {
+			ids[ss.ID] = true
+		}
+	}
 	var errs []error
-	for _, id := range ids {
-		if err := s.close(ctx, id, reason); err != nil && !errors.Is(err, ErrNotFound) {
+	n := 0
+	for id := range ids {
+		err := s.close(ctx, id, reason)
+		switch {
+		case err == nil:
+			n++
+		case !errors.Is(err, ErrNotFound):
 			errs = append(errs, err)
 		}
 	}
-	return errors.Join(errs...)
+	return n, errors.Join(errs...)
 }
 
 // close ends a session: store first (so a crash cannot resurrect it), then
 // the ACL (so packets stop at once), then the peer, then the device's stream.
+// A session hosted on another gateway is closed in the store only: its
+// host learns it from the change feed.
 func (s *sessions) close(ctx context.Context, id, reason string) error {
+	s.g.plane.order.RLock()
+	defer s.g.plane.order.RUnlock()
 	s.mu.Lock()
 	os, ok := s.open[id]
 	if ok {
+		s.g.plane.touchSession(id)
 		delete(s.open, id)
 		s.publishACLLocked()
 	}
 	s.mu.Unlock()
-	if !ok {
-		return newErr(ErrNotFound, nil, "session_id: no open session with this id")
-	}
 	now := s.g.cfg.Now()
+	if !ok {
+		ss, err := s.reg.CloseSession(ctx, id, now)
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+			return newErr(ErrNotFound, nil, "session_id: no open session with this id")
+		case err != nil:
+			return newErr(ErrUnavailable, err, "closing session failed")
+		}
+		d, _ := s.g.reg.DeviceByID(ctx, ss.DeviceID)
+		s.g.connlog.Record(ConnEvent{At: now, Event: EventSessionClose, Outcome: OutcomeOK, Index: d.Index})
+		s.g.log.Info("session closed", "session", id, "reason", reason, "host", d.Home)
+		return nil
+	}
 	if _, err := s.reg.CloseSession(ctx, id, now); err != nil && !errors.Is(err, store.ErrNotFound) {
 		return newErr(ErrUnavailable, err, "closing session failed")
 	}
@@ -358,14 +418,8 @@ func (g *Gateway) ChangePassword(ctx context.Context, a store.Account, oldPasswo
 	if err := s.reg.DeleteAccessTokens(ctx, a.ID); err != nil {
 		return "", time.Time{}, 0, newErr(ErrUnavailable, err, "revoking access tokens failed")
 	}
-	s.mu.Lock()
-	for _, os := range s.open {
-		if os.AccountID == a.ID {
-			closed++
-		}
-	}
-	s.mu.Unlock()
-	if err := s.closeWhere(ctx, "password changed", func(os *openSession) bool { return os.AccountID == a.ID }); err != nil {
+	closed, err = s.closeWhere(ctx, "password changed", 0, a.ID, func(ss store.Session) bool { return ss.AccountID == a.ID })
+	if err != nil {
 		return "", time.Time{}, 0, err
 	}
 	token, th, err := identity.NewToken()
@@ -423,7 +477,7 @@ func (g *Gateway) DeleteAccount(ctx context.Context, name string) (map[string]in
 	if g.subj != nil {
 		return g.eraseAccount(ctx, a, "account deleted")
 	}
-	if err := s.closeWhere(ctx, "account deleted", func(os *openSession) bool { return os.AccountID == a.ID }); err != nil {
+	if _, err := s.closeWhere(ctx, "account deleted", 0, a.ID, func(ss store.Session) bool { return ss.AccountID == a.ID }); err != nil {
 		return nil, err
 	}
 	receipt, err := s.reg.DeleteAccount(ctx, a.ID)
@@ -503,7 +557,7 @@ func (g *Gateway) UnbindDevice(ctx context.Context, a store.Account, sn privacy.
 	if err != nil {
 		return nil, err
 	}
-	if err := s.closeWhere(ctx, "device unbound", func(os *openSession) bool { return os.AccountID == a.ID && os.DeviceID == d.ID }); err != nil {
+	if _, err := s.closeWhere(ctx, "device unbound", d.ID, 0, func(ss store.Session) bool { return ss.AccountID == a.ID && ss.DeviceID == d.ID }); err != nil {
 		return nil, err
 	}
 	receipt, err := s.reg.Unbind(ctx, a.ID, d.ID)
@@ -557,7 +611,9 @@ func (g *Gateway) BoundDevices(ctx context.Context, a store.Account) ([]BoundDev
 		return nil, newErr(ErrUnavailable, err, "reading binding notices failed")
 	}
 	// An account has a few devices: look each one up in the cached status
-	// instead of building a map of every peer.
+	// instead of building a map of every peer (and devices homed on other
+	// gateways up in the cached gateways table).
+	g.fleet.refresh(ctx)
 	online := func(k [32]byte) bool { return g.handshookRecently(ctx, k) }
 	out := make([]BoundDevice, 0, len(devs))
 	for _, d := range devs {
@@ -600,6 +656,18 @@ func (g *Gateway) OpenSession(ctx context.Context, a store.Account, sn privacy.S
 	if !g.Online(ctx, d) {
 		return SessionGrant{}, newErr(ErrPrecondition, nil, "device offline")
 	}
+	// A device homed on another gateway is reached through it: the client
+	// needs that gateway's key and endpoint.
+	var home store.Gateway
+	if d.Home != "" && d.Home != g.cfg.InstanceID {
+		var ok bool
+		if home, ok = g.fleet.gateway(ctx, d.Home); !ok {
+			return SessionGrant{}, newErr(ErrUnavailable, nil, "the device's gateway is not in the registry's gateways table")
+		}
+		if home.Endpoint == "" {
+			return SessionGrant{}, newErr(ErrUnavailable, nil, "the device's gateway has no tunnel.endpoint configured; every gateway of a fleet needs one")
+		}
+	}
 	id, err := newSessionID()
 	if err != nil {
 		return SessionGrant{}, newErr(ErrUnavailable, err, "making session id failed")
@@ -620,19 +688,32 @@ func (g *Gateway) OpenSession(ctx context.Context, a store.Account, sn privacy.S
 	case err != nil:
 		return SessionGrant{}, newErr(ErrUnavailable, err, "storing session failed")
 	}
+	if d.Home != "" && d.Home != g.cfg.InstanceID {
+		return g.remoteGrant(ctx, ss, d, home)
+	}
 	os, err := s.build(ctx, ss)
 	if err != nil {
 		_, _ = s.reg.CloseSession(ctx, id, now)
 		return SessionGrant{}, newErr(ErrUnavailable, err, "building session failed")
 	}
-	if err := g.tun.AddPeer(ctx, clientKey, os.clientAddrs); err != nil {
-		_, _ = s.reg.CloseSession(ctx, id, now)
-		return SessionGrant{}, newErr(ErrUnavailable, err, "adding the client peer failed")
-	}
+	g.plane.order.RLock()
+	g.plane.touchSession(id)
 	s.mu.Lock()
 	s.open[id] = os
 	s.publishACLLocked()
 	s.mu.Unlock()
+	err = g.tun.AddPeer(ctx, clientKey, os.clientAddrs)
+	if err != nil {
+		s.mu.Lock()
+		delete(s.open, id)
+		s.publishACLLocked()
+		s.mu.Unlock()
+	}
+	g.plane.order.RUnlock()
+	if err != nil {
+		_, _ = s.reg.CloseSession(ctx, id, now)
+		return SessionGrant{}, newErr(ErrUnavailable, err, "adding the client peer failed")
+	}
 	g.connlog.Record(ConnEvent{At: now, Event: EventSessionOpen, Outcome: OutcomeOK, Index: d.Index})
 	g.hub.publish(d.ID, Event{Kind: EventSessionOpened, SessionID: id, ClientAddr: os.clientAddrs, ExpiresAt: ss.ExpiresAt})
 	g.log.Info("session opened", "session", id, "client", os.clientAddrs, "device", os.deviceAddrs)
@@ -643,12 +724,45 @@ func (g *Gateway) OpenSession(ctx context.Context, a store.Account, sn privacy.S
 	}, nil
 }
 
+// remoteGrant answers OpenSession for a device homed on another gateway:
+// the session is in the registry, and its home gateway (whose key and
+// endpoint the grant names) adds the client peer when the change reaches
+// it.
+func (g *Gateway) remoteGrant(ctx context.Context, ss store.Session, d store.Device, home store.Gateway) (SessionGrant, error) {
+	cp, err := g.plan.ClientPrefixes(ss.ClientOffset)
+	if err == nil {
+		var dp []netip.Prefix
+		if dp, err = g.devicePrefixes(d.Offset); err == nil {
+			g.connlog.Record(ConnEvent{At: ss.OpenedAt, Event: EventSessionOpen, Outcome: OutcomeOK, Index: d.Index})
+			g.log.Info("session opened", "session", ss.ID, "client", cp, "device", dp, "host", d.Home)
+			return SessionGrant{
+				ID: ss.ID, ClientAddrs: cp, DeviceAddrs: dp, GatewayKey: home.PublicKey,
+				Endpoint: home.Endpoint, AllowedIPs: g.plan.Network(), Keepalive: g.cfg.Keepalive, MTU: g.cfg.MTU,
+				ExpiresAt: ss.ExpiresAt,
+			}, nil
+		}
+	}
+	_, _ = g.sess.reg.CloseSession(ctx, ss.ID, g.cfg.Now())
+	return SessionGrant{}, newErr(ErrUnavailable, err, "building session failed")
+}
+
 // CloseSession closes a session; a non-nil account must own it.
 func (g *Gateway) CloseSession(ctx context.Context, a *store.Account, id string) error {
 	s := g.sess
 	s.mu.Lock()
 	os, ok := s.open[id]
 	s.mu.Unlock()
+	if !ok && s.enabled() {
+		// Hosted by another gateway, or not open.
+		ss, err := g.homes.SessionByID(ctx, id)
+		switch {
+		case errors.Is(err, store.ErrNotFound):
+		case err != nil:
+			return newErr(ErrUnavailable, err, "looking up session failed")
+		case ss.ClosedAt.IsZero():
+			os, ok = &openSession{Session: ss}, true
+		}
+	}
 	if !ok || (a != nil && os.AccountID != a.ID) {
 		return newErr(ErrNotFound, nil, "session_id: no open session with this id")
 	}

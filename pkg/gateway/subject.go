@@ -316,7 +316,7 @@ func (g *Gateway) eraseAccount(ctx context.Context, a store.Account, why string)
 		return nil, newErr(ErrUnavailable, err, "recording the erasure failed")
 	}
 	g.shareErasure(ctx, store.ErasedAccount, a.NameIndex, now)
-	if err := g.sess.closeWhere(ctx, why, func(os *openSession) bool { return os.AccountID == a.ID }); err != nil {
+	if _, err := g.sess.closeWhere(ctx, why, 0, a.ID, func(ss store.Session) bool { return ss.AccountID == a.ID }); err != nil {
 		return nil, err
 	}
 	receipt, err := g.subj.st.EraseAccount(ctx, a.ID, g.pseudonymList(a.NameIndex))
@@ -338,11 +338,8 @@ func (g *Gateway) eraseDevice(ctx context.Context, d store.Device) (map[string]i
 	if err := g.sess.closeForDevice(ctx, d.ID, "device erased"); err != nil {
 		return nil, err
 	}
-	if d.KeyPinned {
-		if err := g.tun.RemovePeer(ctx, d.Key); err != nil {
-			return nil, newErr(ErrUnavailable, err, "removing the WireGuard peer failed")
-		}
-		g.setDeviceKey(d.ID, d.Key, false)
+	if err := g.dropHomePeer(ctx, d, false); err != nil {
+		return nil, err
 	}
 	g.hub.publish(d.ID, Event{Kind: EventRevoked, Reason: "erased"})
 	receipt, err := g.subj.st.EraseDevice(ctx, d.ID, g.pseudonymList(d.Index))

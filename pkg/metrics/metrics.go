@@ -33,6 +33,13 @@ type Gateway struct {
 	// StoreWritable is 1 while the registry can be written, 0 while it
 	// cannot (disk full or read-only): new admissions are refused then.
 	StoreWritable prometheus.Gauge
+	// Reconciles counts reconcile passes of the data plane against the
+	// registry, by pass (full, changes) and result (ok, error).
+	Reconciles *prometheus.CounterVec
+	// ReconcileRepairs counts WireGuard peers a full reconcile pass found
+	// wrong although no change had told the gateway (a missed
+	// notification, a failed peer change, a peer removed behind its back).
+	ReconcileRepairs prometheus.Counter
 }
 
 // New registers the gateway's event metrics, build info, and the Go and
@@ -77,8 +84,21 @@ func New(reg prometheus.Registerer, outcomes []string, version string) *Gateway 
 			Namespace: Namespace, Name: "store_writable",
 			Help: "1 while the registry can be written, 0 while it cannot (disk full or read-only; new admissions are refused).",
 		}),
+		Reconciles: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "reconciles_total",
+			Help: "Reconcile passes of the WireGuard peers and hub ACL against the registry, by pass (full, changes) and result (ok, error).",
+		}, []string{"pass", "result"}),
+		ReconcileRepairs: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: Namespace, Name: "reconcile_repairs_total",
+			Help: "WireGuard peers a full reconcile pass found wrong (missing, extra or with other allowed IPs) and repaired.",
+		}),
 	}
 	m.StoreWritable.Set(1)
+	for _, pass := range []string{"full", "changes"} {
+		for _, res := range []string{"ok", "error"} {
+			m.Reconciles.WithLabelValues(pass, res)
+		}
+	}
 	for _, o := range outcomes {
 		m.Logins.WithLabelValues(o)
 	}
@@ -91,7 +111,7 @@ func New(reg prometheus.Registerer, outcomes []string, version string) *Gateway 
 		gov = bi.GoVersion
 	}
 	build.WithLabelValues(version, gov).Set(1)
-	reg.MustRegister(m.Logins, m.LoginDuration, m.AdmissionQueue, m.AdmissionRejected, m.StoreTx, m.ConnLogDropped, m.CertExpiry, m.Throttled, m.StoreWritable, build,
+	reg.MustRegister(m.Logins, m.LoginDuration, m.AdmissionQueue, m.AdmissionRejected, m.StoreTx, m.ConnLogDropped, m.CertExpiry, m.Throttled, m.StoreWritable, m.Reconciles, m.ReconcileRepairs, build,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }

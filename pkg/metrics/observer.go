@@ -21,3 +21,21 @@ func (o LoginObserver) AdmissionQueue(depth int) { o.M.AdmissionQueue.Set(float6
 
 // AdmissionRejected counts a rejection.
 func (o LoginObserver) AdmissionRejected() { o.M.AdmissionRejected.Inc() }
+
+// ReconcileObserver adapts Gateway to the domain's ReconcileObserver.
+type ReconcileObserver struct{ M *Gateway }
+
+// Reconciled counts a reconcile pass and the peers it repaired.
+func (o ReconcileObserver) Reconciled(full bool, repairs int, err error) {
+	pass, res := "changes", "ok"
+	if full {
+		pass = "full"
+	}
+	if err != nil {
+		res = "error"
+	}
+	o.M.Reconciles.WithLabelValues(pass, res).Inc()
+	if repairs > 0 {
+		o.M.ReconcileRepairs.Add(float64(repairs))
+	}
+}

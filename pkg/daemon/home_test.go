@@ -1,0 +1,246 @@
+package daemon_test
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/planetxlabs/dasset-gateway/internal/poll"
+	"github.com/planetxlabs/dasset-gateway/pkg/agent"
+	"github.com/planetxlabs/dasset-gateway/pkg/config"
+	"github.com/planetxlabs/dasset-gateway/pkg/store/postgres/pgtest"
+	gatewayv1 "github.com/planetxlabs/dasset-gateway/proto/dasset/gateway/v1"
+	"github.com/planetxlabs/dasset-gateway/tunnel/wg"
+)
+
+// homeFleet is two gateways, A and B, on one PostgreSQL database, each with
+// its own data directory, WireGuard key (B joined A's fleet keys) and
+// tunnel endpoint.
+type homeFleet struct {
+	a, b       *testGateway
+	cfgA, cfgB config.Config
+}
+
+func startHomeFleet(t *testing.T, cluster *pgtest.Cluster, tweak func(*config.Config)) *homeFleet {
+	t.Helper()
+	dsn := cluster.NewDatabase(t)
+	pgConfig := func(keys string) config.Config {
+		cfg := testConfig(t, t.TempDir())
+		if keys != "" {
+			cfg.KeystoreDir = keys
+		}
+		cfg.Store = config.Store{Driver: config.DriverPostgres, DSN: dsn}
+		cfg.Tunnel.Endpoint = fmt.Sprintf("127.0.0.1:%d", cfg.Tunnel.ListenPort)
+		// No change feed yet: the full pass, every second here, carries
+		// every change between the gateways.
+		cfg.Tunnel.ReconcileInterval = time.Second
+		if tweak != nil {
+			tweak(&cfg)
+		}
+		if err := cfg.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		return cfg
+	}
+	f := &homeFleet{cfgA: pgConfig("")}
+	f.a = startGateway(t, f.cfgA)
+	f.cfgB = pgConfig(joinFleet(t, f.cfgA))
+	f.b = startGateway(t, f.cfgB)
+	return f
+}
+
+// devicePeer reports whether g holds a WireGuard peer with key (and that it
+// is a device peer).
+func devicePeer(t *testing.T, g *testGateway, key []byte) bool {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	resp, err := g.admin.ListPeers(ctx, &gatewayv1.ListPeersRequest{})
+	if err != nil {
+		t.Fatalf("ListPeers: %v", err)
+	}
+	for _, p := range resp.GetPeers() {
+		if string(p.GetPublicKey()) == string(key) {
+			return p.GetKind() == "device"
+		}
+	}
+	return false
+}
+
+func waitDevicePeer(t *testing.T, g *testGateway, key []byte, want bool, what string) time.Duration {
+	t.Helper()
+	start := time.Now()
+	poll.Must(t, 10*time.Second, what, func() error {
+		if got := devicePeer(t, g, key); got != want {
+			return fmt.Errorf("device peer on %s: %v, want %v", g.d.InstanceID(), got, want)
+		}
+		return nil
+	})
+	return time.Since(start)
+}
+
+// TestFleetDataPlane: the registry decides which gateway holds a device's
+// peer (its home, the gateway it last logged in to), and every gateway
+// follows it through the change feed: on one PostgreSQL, with two
+// in-process gateways.
+func TestFleetDataPlane(t *testing.T) {
+	cluster := pgtest.Start(t)
+
+	// A device that logs in on B with its pinned key moves there: B adds
+	// its peer, A drops its own; back on A, the reverse. A restart of A
+	// restores only the devices homed on A.
+	t.Run("moves", func(t *testing.T) {
+		f := startHomeFleet(t, cluster, nil)
+		const sn1, sn2 = "DS-HOME-MOVE-1", "DS-HOME-MOVE-2"
+		f.a.enroll(t, [2]string{sn1, "HW-" + sn1}, [2]string{sn2, "HW-" + sn2})
+		k1, k2 := newKey(t), newKey(t)
+		onA := deviceLogin(t, f.a, sn1, k1)
+		deviceLogin(t, f.b, sn2, k2)
+		if !devicePeer(t, f.a, k1) || devicePeer(t, f.b, k1) {
+			t.Fatal("device 1, homed on A, is not a peer on A alone")
+		}
+		waitDevicePeer(t, f.a, k2, false, "device 2 (homed on B) not a peer on A")
+
+		onB := deviceLogin(t, f.b, sn1, k1) // a pinned re-login: only its home changes
+		if fmt.Sprint(onB.Addresses) != fmt.Sprint(onA.Addresses) {
+			t.Fatalf("addresses %v on B, %v on A", onB.Addresses, onA.Addresses)
+		}
+		if !devicePeer(t, f.b, k1) {
+			t.Fatal("B has no peer for the device that logged in there")
+		}
+		took := waitDevicePeer(t, f.a, k1, false, "A dropped the peer of the device that moved to B")
+		t.Logf("A dropped the moved device's peer %v after its login on B", took.Round(time.Millisecond))
+		deviceLogin(t, f.a, sn1, k1)
+		waitDevicePeer(t, f.b, k1, false, "B dropped the peer of the device that moved back to A")
+		if !devicePeer(t, f.a, k1) {
+			t.Fatal("A has no peer for the device that moved back")
+		}
+
+		f.a.stop()
+		f.a = startGateway(t, f.cfgA)
+		if !devicePeer(t, f.a, k1) {
+			t.Fatal("A restarted without the peer of its own device")
+		}
+		if devicePeer(t, f.a, k2) {
+			t.Fatal("A restarted with the peer of a device homed on B")
+		}
+		if !devicePeer(t, f.b, k2) || devicePeer(t, f.b, k1) {
+			t.Fatal("B's peers changed while A restarted")
+		}
+	})
+
+	// Revoking, on A, a device homed on B cuts it on B: B drops its peer
+	// and its Sync stream on B gets Revoked.
+	t.Run("revoke", func(t *testing.T) {
+		f := startHomeFleet(t, cluster, nil)
+		const sn = "DS-HOME-REVOKE"
+		f.a.enroll(t, [2]string{sn, "HW-" + sn})
+		a, events := startEventAgent(t, f.b, sn, "HW-"+sn, filepath.Join(t.TempDir(), "agent"))
+		key := a.PublicKey()
+		if !devicePeer(t, f.b, key[:]) {
+			t.Fatal("the agent's device is not a peer on B")
+		}
+		if err := pingUntil(a.Net(), a.Addresses(), netip.MustParseAddr("100.80.0.1"), 10*time.Second); err != nil {
+			t.Fatalf("ping through B: %v", err)
+		}
+		// Its Sync stream on B is up (the first keepalive came).
+		events.waitFor(t, "a keepalive from B", 10*time.Second, func(ev *gatewayv1.SyncEvent) bool { return ev.GetKeepalive() != nil })
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		revoked := time.Now()
+		if _, err := f.a.admin.RevokeDevice(ctx, &gatewayv1.RevokeDeviceRequest{SerialNumber: sn}); err != nil {
+			t.Fatalf("revoke on A: %v", err)
+		}
+		at := events.waitFor(t, "Revoked on its stream on B", 10*time.Second, func(ev *gatewayv1.SyncEvent) bool { return ev.GetRevoked() != nil })
+		waitDevicePeer(t, f.b, key[:], false, "B dropped the revoked device's peer")
+		t.Logf("revoked on A: Revoked on B's stream after %v, B's peer gone by %v",
+			at.Sub(revoked).Round(time.Millisecond), time.Since(revoked).Round(time.Millisecond))
+	})
+
+	// A peer removed behind the gateway's back (straight on its WireGuard
+	// device) comes back at the next full pass, counted as a repair.
+	t.Run("repair", func(t *testing.T) {
+		f := startHomeFleet(t, cluster, func(c *config.Config) { c.Tunnel.ReconcileInterval = time.Second })
+		const sn = "DS-HOME-REPAIR"
+		f.a.enroll(t, [2]string{sn, "HW-" + sn})
+		key := newKey(t)
+		deviceLogin(t, f.a, sn, key)
+		metricsAddr := f.a.d.HTTPAddr().String()
+		before := counter(t, metricsAddr, "dasset_gateway_reconcile_repairs_total", nil)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if err := f.a.d.WireGuard().RemovePeer(ctx, wg.Key(key)); err != nil {
+			t.Fatal(err)
+		}
+		if devicePeer(t, f.a, key) {
+			t.Fatal("the peer is still there after removing it")
+		}
+		waitDevicePeer(t, f.a, key, true, "the full pass put the removed peer back")
+		if after := counter(t, metricsAddr, "dasset_gateway_reconcile_repairs_total", nil); after <= before {
+			t.Fatalf("reconcile repairs %v → %v, want a rise", before, after)
+		}
+	})
+
+	// A session opened on A to a device homed on B is served by B: the
+	// grant names B's key and endpoint, B adds the client peer and tells
+	// the device, and traffic flows client → B → device.
+	t.Run("session", func(t *testing.T) {
+		f := startHomeFleet(t, cluster, nil)
+		const sn = "DS-HOME-SESSION"
+		f.a.enroll(t, [2]string{sn, "HW-" + sn})
+		dir := t.TempDir()
+		devDir := filepath.Join(dir, "device")
+		dev, events := startEventAgent(t, f.b, sn, "HW-"+sn, devDir)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if _, err := f.a.admin.CreateAccount(ctx, &gatewayv1.CreateAccountRequest{Name: "carol", Password: "carol-password-1"}); err != nil {
+			t.Fatal(err)
+		}
+		c := agent.ClientConfig{
+			Gateway: f.a.d.GRPCAddr().String(), TLS: agent.TLSOptions{Pin: f.a.d.Fingerprint()},
+			Account: "carol", Password: "carol-password-1", Netstack: true,
+			StateDir: filepath.Join(dir, "client"), Logger: slog.New(slog.NewTextHandler(testWriter{t}, nil)).With("client", "carol"),
+			PollInterval: 200 * time.Millisecond,
+		}
+		if _, _, err := agent.ClientLogin(ctx, c); err != nil {
+			t.Fatal(err)
+		}
+		stored, err := agent.LoadClientConfig(c.StateDir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		stored.Netstack, stored.Logger, stored.PollInterval = true, c.Logger, c.PollInterval
+		code, _, _, err := agent.BindCode(ctx, agent.Config{Gateway: f.b.d.GRPCAddr().String(), StateDir: devDir, Pin: f.b.d.Fingerprint()})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := agent.Bind(ctx, stored, code); err != nil {
+			t.Fatal(err)
+		}
+		s, err := agent.OpenSession(ctx, stored, sn)
+		if err != nil {
+			t.Fatalf("open session on A to a device homed on B: %v", err)
+		}
+		defer s.Close(context.Background())
+		events.waitFor(t, "SessionOpened on its stream on B", 10*time.Second, opened(s.ID()))
+		clientAddr := addrOf(t, s.ClientAddresses(), true)
+		if !peerPresent(t, f.b, clientAddr) {
+			t.Fatal("B has no client peer for the session")
+		}
+		if peerPresent(t, f.a, clientAddr) {
+			t.Fatal("A holds the client peer of a session to a device homed on B")
+		}
+		if err := pingUntil(s.Net(), s.ClientAddresses(), addrOf(t, dev.Addresses(), true), 10*time.Second); err != nil {
+			t.Fatalf("client → device through B: %v", err)
+		}
+		if err := agent.CloseSession(ctx, stored, s.ID()); err != nil {
+			t.Fatalf("close the session on A: %v", err)
+		}
+		events.waitFor(t, "SessionClosed on its stream on B", 10*time.Second, closed(s.ID()))
+		waitPeerGone(t, f.b, clientAddr)
+	})
+}
