@@ -38,9 +38,9 @@ type clientFlags struct {
 
 func (f *clientFlags) add(cmd *cobra.Command, gatewayRequired bool) {
 	fl := cmd.Flags()
-	usage := "gateway gRPC address, HOST:PORT (default: the one stored by login)"
+	usage := "gateway gRPC address, HOST:PORT, or several gateways of one fleet comma-separated (default: the one stored by login)"
 	if gatewayRequired {
-		usage = "gateway gRPC address, HOST:PORT (e.g. gateway.example.com:8443)"
+		usage = "gateway gRPC address, HOST:PORT (e.g. gateway.example.com:8443), or several gateways of one fleet comma-separated (each call goes to the first that answers)"
 	}
 	fl.StringVar(&f.gateway, "gateway", "", usage)
 	fl.StringVar(&f.stateDir, "state-dir", agent.DefaultClientStateDir, "directory for the client's access token and gateway settings")

@@ -73,7 +73,10 @@ var (
 // ClientConfig configures the client mode (an end user's machine opening
 // remote-control sessions to its devices).
 type ClientConfig struct {
-	// Gateway is the gateway's gRPC address, host:port.
+	// Gateway is the gateway's gRPC address, host:port, or several
+	// gateways of one fleet, comma-separated: calls go to the first that
+	// answers, and an open session moves its calls to the next when its
+	// gateway stops answering.
 	Gateway string
 	// TLS says how to authenticate the gateway.
 	TLS TLSOptions
@@ -108,7 +111,7 @@ type ClientConfig struct {
 }
 
 func (c ClientConfig) withDefaults() (ClientConfig, error) {
-	if _, err := splitGateway(c.Gateway); err != nil {
+	if _, err := ParseGateways(c.Gateway); err != nil {
 		return c, err
 	}
 	if err := c.TLS.Validate(); err != nil {
@@ -217,14 +220,32 @@ func clientError(op string, err error) error {
 		return fmt.Errorf("%s: %w", op, context.Canceled)
 	case codes.Unimplemented:
 		return fmt.Errorf("%s: this gateway has no ClientService (is the address right?)", op)
+	case codes.Unavailable:
+		return &unavailableError{msg: fmt.Sprintf("%s: %v: %s", op, ErrUnavailable, st.Message())}
 	default:
 		kind = ErrUnavailable
 	}
 	return fmt.Errorf("%s: %w: %s", op, kind, st.Message())
 }
 
-// call dials the gateway and runs f with a ClientService client and a
-// context carrying the access token (none for login).
+// unavailableError is a call a gateway could not take (codes.Unavailable:
+// unreachable, stopping, or its registry away): another gateway of the
+// fleet may take it. It is an ErrUnavailable.
+type unavailableError struct{ msg string }
+
+func (e *unavailableError) Error() string        { return e.msg }
+func (e *unavailableError) Is(target error) bool { return target == ErrUnavailable }
+
+// gatewayDown reports whether err says that the gateway could not take the
+// call, so that the next gateway should be asked.
+func gatewayDown(err error) bool {
+	var ue *unavailableError
+	return errors.As(err, &ue) || status.Code(err) == codes.Unavailable
+}
+
+// call runs f with a ClientService client of the first gateway in
+// cfg.Gateway that takes the call (the next one is asked when one is
+// unavailable) and a context carrying the access token (none for login).
 func call(ctx context.Context, cfg ClientConfig, withToken bool, f func(context.Context, gatewayv1.ClientServiceClient) error) error {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
@@ -237,13 +258,21 @@ func call(ctx context.Context, cfg ClientConfig, withToken bool, f func(context.
 		}
 		ctx = metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+tok)
 	}
-	sc := newAddrScrubber(cfg.Gateway)
-	conn, err := dialWith(cfg.Gateway, cfg.TLS, sc)
-	if err != nil {
-		return err
+	gws, _ := ParseGateways(cfg.Gateway) // withDefaults checked them
+	sc := newAddrScrubber(gws...)
+	for i, gw := range gws {
+		conn, err := dialWith(gw, cfg.TLS, sc)
+		if err != nil {
+			return err
+		}
+		err = f(ctx, gatewayv1.NewClientServiceClient(conn))
+		conn.Close()
+		if i < len(gws)-1 && gatewayDown(err) && ctx.Err() == nil {
+			continue
+		}
+		return sc.err(err)
 	}
-	defer conn.Close()
-	return sc.err(f(ctx, gatewayv1.NewClientServiceClient(conn)))
+	return nil // not reached: gws is never empty
 }
 
 // ClientLogin logs in with cfg.Account and cfg.Password and returns the
@@ -387,18 +416,24 @@ func CloseSession(ctx context.Context, cfg ClientConfig, id string) error {
 // ClientConfig.NoTunnel). The gateway lets it reach only the session's
 // device.
 type Session struct {
-	cfg     ClientConfig
-	log     *slog.Logger
-	scrub   *addrScrubber
-	conn    *grpc.ClientConn
-	token   string
-	serial  privacy.SerialNumber
-	id      string
-	client  []netip.Prefix
-	device  []netip.Prefix
-	expires time.Time
-	opened  time.Time
-	tun     *tunnel // nil with NoTunnel
+	cfg   ClientConfig
+	log   *slog.Logger
+	scrub *addrScrubber
+	// gateways are the gRPC addresses of cfg.Gateway; conn is a connection
+	// to gateways[gwIdx], replaced by the watcher when that gateway stops
+	// answering (before the watcher starts and after it stops, only one
+	// goroutine uses them).
+	gateways []string
+	gwIdx    int
+	conn     *grpc.ClientConn
+	token    string
+	serial   privacy.SerialNumber
+	id       string
+	client   []netip.Prefix
+	device   []netip.Prefix
+	expires  time.Time
+	opened   time.Time
+	tun      *tunnel // nil with NoTunnel
 
 	// peerMu guards the gateway peer, which the watcher replaces when the
 	// device moves to another gateway: wgQuick, tun.peer, peerSince, peerMsg.
@@ -445,21 +480,33 @@ func OpenSession(ctx context.Context, cfg ClientConfig, serial string) (*Session
 	if err != nil {
 		return nil, err
 	}
-	sc := newAddrScrubber(cfg.Gateway)
-	conn, err := dialWith(cfg.Gateway, cfg.TLS, sc)
-	if err != nil {
-		return nil, err
-	}
+	gws, _ := ParseGateways(cfg.Gateway) // withDefaults checked them
+	sc := newAddrScrubber(gws...)
 	s := &Session{
-		cfg: cfg, log: cfg.Logger, scrub: sc, conn: conn, token: tok, serial: sn,
+		cfg: cfg, log: cfg.Logger, scrub: sc, gateways: gws, token: tok, serial: sn,
 		ended: make(chan struct{}), watchDone: make(chan struct{}), closed: make(chan struct{}),
 	}
-	resp, err := gatewayv1.NewClientServiceClient(conn).OpenSession(s.authCtx(ctx),
-		&gatewayv1.OpenSessionRequest{SerialNumber: serial, ClientPublicKey: pub[:]})
-	if err != nil {
+	var (
+		resp *gatewayv1.OpenSessionResponse
+		conn *grpc.ClientConn
+	)
+	for i, gw := range gws {
+		conn, err = dialWith(gw, cfg.TLS, sc)
+		if err != nil {
+			return nil, err
+		}
+		resp, err = gatewayv1.NewClientServiceClient(conn).OpenSession(s.authCtx(ctx),
+			&gatewayv1.OpenSessionRequest{SerialNumber: serial, ClientPublicKey: pub[:]})
+		if err == nil {
+			s.gwIdx = i
+			break
+		}
 		conn.Close()
-		return nil, sc.err(clientError("open session", err))
+		if i == len(gws)-1 || !gatewayDown(err) || ctx.Err() != nil {
+			return nil, sc.err(clientError("open session", err))
+		}
 	}
+	s.conn = conn
 	s.id, s.expires, s.opened = resp.GetSessionId(), resp.GetExpiresAt().AsTime(), time.Now()
 	fail := func(err error) (*Session, error) {
 		cctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), clientCallTimeout)
@@ -474,7 +521,7 @@ func OpenSession(ctx context.Context, cfg ClientConfig, serial string) (*Session
 		conn.Close()
 		return nil, errors.New("open session: the gateway sent an empty session id")
 	}
-	lc, err := parseTunnelConfig(ctx, cfg.Gateway, resp.GetClientAddresses(), resp.GetMtu(), resp.GetGateway())
+	lc, err := parseTunnelConfig(ctx, s.gateways[s.gwIdx], resp.GetClientAddresses(), resp.GetMtu(), resp.GetGateway())
 	if err != nil {
 		return fail(fmt.Errorf("gateway sent an unusable session: %w", err))
 	}
@@ -630,7 +677,6 @@ func pollWait(interval time.Duration) time.Duration {
 // goes stale.
 func (s *Session) watch(ctx context.Context) {
 	defer close(s.watchDone)
-	client := gatewayv1.NewClientServiceClient(s.conn)
 	timer := time.NewTimer(pollWait(s.cfg.PollInterval))
 	defer timer.Stop()
 	staleSeen := false // the current stale spell has had its immediate poll
@@ -640,7 +686,7 @@ func (s *Session) watch(ctx context.Context) {
 			return
 		case <-timer.C:
 		}
-		if why := s.check(ctx, client); why != "" {
+		if why := s.check(ctx, gatewayv1.NewClientServiceClient(s.conn)); why != "" {
 			s.endErr = fmt.Errorf("%w: %s", ErrSessionEnded, why)
 			s.log.Warn("session ended", "session", s.id, "reason", why)
 			close(s.ended)
@@ -680,6 +726,19 @@ func (s *Session) staleIn(now time.Time) (time.Duration, bool) {
 	return last.Add(handshakeStaleFollow).Sub(now), true
 }
 
+// nextGateway moves the session's calls to the next gateway of cfg.Gateway.
+func (s *Session) nextGateway() {
+	i := (s.gwIdx + 1) % len(s.gateways)
+	conn, err := dialWith(s.gateways[i], s.cfg.TLS, s.scrub)
+	if err != nil {
+		s.log.Warn("session: dialling the next gateway failed", "session", s.id, "gateway", i+1, "error", s.scrub.message(err))
+		return
+	}
+	s.conn.Close()
+	s.conn, s.gwIdx = conn, i
+	s.log.Info("session: its gateway does not answer; asking the next one", "session", s.id, "gateway", i+1, "of", len(s.gateways))
+}
+
 // follow replaces the session's gateway peer when GetSession names another
 // one than the session uses (the device moved to another gateway): same
 // key, same addresses, the new gateway's key and endpoint. A peer the
@@ -694,7 +753,7 @@ func (s *Session) follow(ctx context.Context, gw *gatewayv1.GatewayPeer) {
 	if same {
 		return
 	}
-	pc, name, err := parseGatewayPeer(ctx, s.cfg.Gateway, gw)
+	pc, name, err := parseGatewayPeer(ctx, s.gateways[s.gwIdx], gw)
 	if err != nil {
 		s.peerMu.Lock()
 		s.peerMsg = gw
@@ -740,6 +799,11 @@ func (s *Session) check(ctx context.Context, client gatewayv1.ClientServiceClien
 	cancel()
 	if gerr == nil {
 		s.follow(ctx, info.GetGateway())
+	}
+	if (status.Code(gerr) == codes.Unavailable || status.Code(gerr) == codes.DeadlineExceeded) && ctx.Err() == nil && len(s.gateways) > 1 {
+		// This gateway does not answer: the next poll asks the next one
+		// (any gateway of the fleet answers for any session).
+		s.nextGateway()
 	}
 	if status.Code(gerr) == codes.NotFound && ctx.Err() == nil {
 		// Closed elsewhere, expired, idle or unbound: say which when we can.

@@ -91,6 +91,14 @@ func (f *fakeClientService) CloseSession(_ context.Context, req *gatewayv1.Close
 
 func serveClientService(t *testing.T, f *fakeClientService) ClientConfig {
 	t.Helper()
+	cfg, _ := serveClientServiceStoppable(t, f)
+	return cfg
+}
+
+// serveClientServiceStoppable is serveClientService that also returns the
+// server, to stop it early.
+func serveClientServiceStoppable(t *testing.T, f *fakeClientService) (ClientConfig, *grpc.Server) {
+	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -102,7 +110,7 @@ func serveClientService(t *testing.T, f *fakeClientService) ClientConfig {
 	return ClientConfig{
 		Gateway: ln.Addr().String(), TLS: TLSOptions{Insecure: true}, Token: "tok", Netstack: true,
 		Logger: slog.New(slog.DiscardHandler), PollInterval: 50 * time.Millisecond,
-	}
+	}, srv
 }
 
 // A grant the client cannot use is closed on the gateway, not left open.
@@ -354,5 +362,73 @@ func TestSessionFollowsGatewayPeer(t *testing.T) {
 	case <-s.ended:
 		t.Fatalf("the session ended: %v", s.endErr)
 	default:
+	}
+}
+
+// A client given several gateways of a fleet calls the next when one does
+// not answer, and an open session whose gateway stops answering asks the
+// next one, learns its peer there and follows it: its pings go through the
+// new gateway.
+func TestSessionFailsOverToAnotherGateway(t *testing.T) {
+	const clientAddr = "100.95.0.1/32"
+	wg1 := newFakeGatewayNet(t, nil, gatewayAddr, clientAddr, virtualNetwork)
+	wg2 := newFakeGatewayNet(t, nil, gatewayAddr, clientAddr, virtualNetwork)
+	fa, fb := &fakeClientService{}, &fakeClientService{}
+	fa.peer.Store(wgGatewayPeer(wg1))
+	fb.peer.Store(wgGatewayPeer(wg2))
+	cfgA, srvA := serveClientServiceStoppable(t, fa)
+	cfgB := serveClientService(t, fb)
+	var logs lockedBuffer
+	cfg := cfgA
+	cfg.Gateway = cfgA.Gateway + "," + cfgB.Gateway
+	cfg.Logger = slog.New(slog.NewTextHandler(&logs, nil))
+	t.Cleanup(func() {
+		if t.Failed() {
+			t.Log(logs.String())
+		}
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s, err := OpenSession(ctx, cfg, testSerial)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = s.Close(context.Background()) })
+	fa.mu.Lock()
+	if len(fa.keys) != 1 {
+		t.Fatalf("gateway A got %d OpenSession calls, want the first", len(fa.keys))
+	}
+	clientKey := fa.keys[0]
+	fa.mu.Unlock()
+	setClientPeer(t, wg1, clientKey, clientAddr, false)
+	src, dst := s.ClientAddresses()[0].Addr(), netip.MustParseAddr(gatewayAddr)
+	seq := 0
+	poll.Must(t, 15*time.Second, "a ping through the first gateway", func() error {
+		seq++
+		return pingVia(s.Net(), src, dst, seq)
+	})
+
+	// Gateway A stops (gRPC and WireGuard alike, as a killed gateway); B
+	// hosts the session now.
+	srvA.Stop()
+	setClientPeer(t, wg1, clientKey, clientAddr, true)
+	setClientPeer(t, wg2, clientKey, clientAddr, false)
+	poll.Must(t, 15*time.Second, "a ping through the second gateway", func() error {
+		seq++
+		return pingVia(s.Net(), src, dst, seq)
+	})
+	if key, _, n := s.GatewayPeer(); key != wg2.wgPub || n != 1 {
+		t.Fatalf("gateway peer %x after %d changes, want the second gateway's %x after 1", key, n, wg2.wgPub)
+	}
+	if !strings.Contains(logs.String(), "asking the next one") {
+		t.Fatal("the session did not log its move to the next gateway")
+	}
+	// One-shot calls skip the stopped gateway too.
+	if devs, err := ListDevices(ctx, cfg); err != nil || len(devs) != 1 {
+		t.Fatalf("ListDevices with the first gateway down: %v, %v", devs, err)
+	}
+	// With only the stopped gateway, the call fails as unavailable.
+	if _, err := ListDevices(ctx, cfgA); !errors.Is(err, ErrUnavailable) {
+		t.Fatalf("ListDevices on a stopped gateway: %v, want ErrUnavailable", err)
 	}
 }

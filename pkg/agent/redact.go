@@ -33,24 +33,27 @@ type addrScrubber struct {
 // resolveTimeout bounds the one look-up of the gateway's name.
 const resolveTimeout = 2 * time.Second
 
-// newAddrScrubber keeps gateway's host ("host:port"): as given when it is
-// an address, else what it resolves to (looked up once, in the background).
-func newAddrScrubber(gateway string) *addrScrubber {
+// newAddrScrubber keeps each gateway's host ("host:port"): as given when
+// it is an address, else what it resolves to (looked up once, in the
+// background).
+func newAddrScrubber(gateways ...string) *addrScrubber {
 	s := &addrScrubber{}
-	host, err := splitGateway(gateway)
-	if err != nil {
-		return s
+	for _, gateway := range gateways {
+		host, err := splitGateway(gateway)
+		if err != nil {
+			continue
+		}
+		if a, err := netip.ParseAddr(strings.Trim(host, "[]")); err == nil {
+			s.add(a)
+			continue
+		}
+		go func() {
+			ctx, cancel := context.WithTimeout(context.Background(), resolveTimeout)
+			defer cancel()
+			addrs, _ := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+			s.add(addrs...)
+		}()
 	}
-	if a, err := netip.ParseAddr(strings.Trim(host, "[]")); err == nil {
-		s.add(a)
-		return s
-	}
-	go func() {
-		ctx, cancel := context.WithTimeout(context.Background(), resolveTimeout)
-		defer cancel()
-		addrs, _ := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
-		s.add(addrs...)
-	}()
 	return s
 }
 
