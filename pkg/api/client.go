@@ -155,14 +155,19 @@ func (s *ClientServer) GetSession(ctx context.Context, req *gatewayv1.GetSession
 	if req.GetSessionId() == "" {
 		return nil, invalid("session_id", "must not be empty")
 	}
-	v, err := s.GW.Session(a, req.GetSessionId())
+	_, local := peerAddrs(ctx)
+	v, err := s.GW.Session(ctx, a, req.GetSessionId(), local)
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	return &gatewayv1.SessionInfo{
+	info := &gatewayv1.SessionInfo{
 		SessionId: v.ID, ClientAddresses: prefixStrings(v.ClientAddrs), DeviceAddresses: prefixStrings(v.DeviceAddrs),
 		OpenedAt: timestamppb.New(v.OpenedAt), ExpiresAt: timestamppb.New(v.ExpiresAt),
-	}, nil
+	}
+	if p := v.Gateway; p != nil {
+		info.Gateway = gatewayPeer(p.Key, p.Endpoint, p.AllowedIPs, p.Keepalive)
+	}
+	return info, nil
 }
 
 // ChangePassword replaces the caller's password; the account's sessions

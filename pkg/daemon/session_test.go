@@ -12,6 +12,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -377,6 +378,13 @@ func TestClientSessions(t *testing.T) {
 	}
 	if !peerPresent(t, g, c1Addr4) {
 		t.Fatalf("no WireGuard peer allows client 1's %s during its session", c1Addr4)
+	}
+
+	// A single gateway with no tunnel.endpoint: GetSession, polled all along,
+	// names it as OpenSession did (the address the client reached), so the
+	// session never replaced its peer.
+	if _, ep, n := s1.GatewayPeer(); n != 0 || ep != net.JoinHostPort("127.0.0.1", strconv.Itoa(cfg.Tunnel.ListenPort)) {
+		t.Fatalf("session's gateway peer %s after %d changes; want 127.0.0.1:%d, unchanged", ep, n, cfg.Tunnel.ListenPort)
 	}
 
 	// Closing the session (as `session close --id` does, while this end's

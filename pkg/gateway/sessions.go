@@ -32,7 +32,9 @@ type SessionRegistry interface {
 	Unbind(ctx context.Context, accountID, deviceID int64) (map[string]int64, error)
 	OpenSession(ctx context.Context, s store.Session, first, last uint32) (store.Session, error)
 	CloseSession(ctx context.Context, id string, at time.Time) (store.Session, error)
+	SessionByID(ctx context.Context, id string) (store.Session, error)
 	OpenSessions(ctx context.Context) ([]store.Session, error)
+	Gateways(ctx context.Context) ([]store.Gateway, error)
 	Checkpoint(ctx context.Context) error
 }
 
@@ -774,16 +776,52 @@ func (g *Gateway) CloseSession(ctx context.Context, a *store.Account, id string)
 }
 
 // Session returns one of the account's open sessions (ErrNotFound once it
-// has ended or when it is someone else's).
-func (g *Gateway) Session(a store.Account, id string) (SessionView, error) {
+// has ended, or when it is someone else's), as the registry holds it, so
+// any gateway of a fleet answers for any session, with the WireGuard peer
+// its client uses now: the device's home gateway (local is the address the
+// client's gRPC connection reached, for this gateway's endpoint when
+// tunnel.endpoint is empty).
+func (g *Gateway) Session(ctx context.Context, a store.Account, id string, local netip.AddrPort) (SessionView, error) {
 	s := g.sess
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	os, ok := s.open[id]
-	if !ok || os.AccountID != a.ID {
-		return SessionView{}, newErr(ErrNotFound, nil, "session_id: no open session with this id")
+	if !s.enabled() {
+		return SessionView{}, newErr(ErrUnavailable, nil, "sessions are not configured")
 	}
-	return SessionView{ID: os.ID, DeviceID: os.DeviceID, ClientAddrs: os.clientAddrs, DeviceAddrs: os.deviceAddrs, OpenedAt: os.OpenedAt, ExpiresAt: os.ExpiresAt}, nil
+	notFound := func(err error) (SessionView, error) {
+		return SessionView{}, newErr(ErrNotFound, err, "session_id: no open session with this id")
+	}
+	ss, err := s.reg.SessionByID(ctx, id)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return notFound(err)
+	case err != nil:
+		return SessionView{}, newErr(ErrUnavailable, err, "reading the session failed")
+	case ss.AccountID != a.ID || !ss.ClosedAt.IsZero() || !g.cfg.Now().Before(ss.ExpiresAt):
+		return notFound(nil)
+	}
+	d, err := g.reg.DeviceByID(ctx, ss.DeviceID)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return notFound(err)
+	case err != nil:
+		return SessionView{}, newErr(ErrUnavailable, err, "reading the session's device failed")
+	}
+	cp, err := g.plan.ClientPrefixes(ss.ClientOffset)
+	if err != nil {
+		return SessionView{}, newErr(ErrUnavailable, err, "session addresses")
+	}
+	dp, err := g.devicePrefixes(d.Offset)
+	if err != nil {
+		return SessionView{}, newErr(ErrUnavailable, err, "device addresses")
+	}
+	key, endpoint, err := g.homePeer(ctx, d.Home, local)
+	if err != nil {
+		return SessionView{}, err
+	}
+	return SessionView{
+		ID: ss.ID, DeviceID: ss.DeviceID, AccountID: ss.AccountID, ClientAddrs: cp, DeviceAddrs: dp,
+		OpenedAt: ss.OpenedAt, ExpiresAt: ss.ExpiresAt,
+		Gateway: &PeerView{Key: key, Endpoint: endpoint, AllowedIPs: g.plan.Network(), Keepalive: g.cfg.Keepalive},
+	}, nil
 }
 
 // SessionView is an open session as operators see it.
@@ -796,6 +834,17 @@ type SessionView struct {
 	DeviceAddrs []netip.Prefix
 	OpenedAt    time.Time
 	ExpiresAt   time.Time
+	// Gateway is the WireGuard peer the session's client uses now (Session
+	// only; nil elsewhere).
+	Gateway *PeerView
+}
+
+// PeerView is a gateway as a WireGuard peer of a client.
+type PeerView struct {
+	Key        [32]byte
+	Endpoint   string // host:port
+	AllowedIPs []netip.Prefix
+	Keepalive  time.Duration
 }
 
 // ReapSessions closes sessions past their expiry or idle longer than the
