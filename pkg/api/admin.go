@@ -47,12 +47,15 @@ type AdminServer struct {
 	Instance  string // this gateway's instance id
 }
 
-// FleetSource lists the gateways of the registry (the store).
+// FleetSource lists the gateways of the registry (the store) and what
+// each one serves.
 type FleetSource interface {
 	Gateways(ctx context.Context) ([]store.Gateway, error)
+	GatewayLoads(ctx context.Context) (map[string]store.GatewayLoad, error)
 }
 
-// ListGateways lists the gateways as their heartbeats recorded them.
+// ListGateways lists the gateways as their heartbeats recorded them, with
+// the devices homed on each and their open sessions.
 func (s *AdminServer) ListGateways(ctx context.Context, _ *gatewayv1.ListGatewaysRequest) (*gatewayv1.ListGatewaysResponse, error) {
 	if s.Fleet == nil {
 		return nil, status.Error(codes.Unavailable, "no fleet registry")
@@ -61,12 +64,17 @@ func (s *AdminServer) ListGateways(ctx context.Context, _ *gatewayv1.ListGateway
 	if err != nil {
 		return nil, toStatus(err)
 	}
+	loads, err := s.Fleet.GatewayLoads(ctx)
+	if err != nil {
+		return nil, toStatus(err)
+	}
 	out := &gatewayv1.ListGatewaysResponse{}
 	for _, g := range gs {
+		l := loads[g.InstanceID]
 		out.Gateways = append(out.Gateways, &gatewayv1.FleetGateway{
 			InstanceId: g.InstanceID, PublicKey: g.PublicKey[:], Endpoint: g.Endpoint,
 			StartedAt: timestamppb.New(g.StartedAt), HeartbeatAt: timestamppb.New(g.HeartbeatAt),
-			Self: g.InstanceID == s.Instance,
+			Self: g.InstanceID == s.Instance, Devices: int64(l.Devices), Sessions: int64(l.Sessions),
 		})
 	}
 	return out, nil

@@ -22,16 +22,17 @@ func TestFleetList(t *testing.T) {
 	key[0] = 0xff
 	f := &fakeAdmin{gateways: &gatewayv1.ListGatewaysResponse{Gateways: []*gatewayv1.FleetGateway{
 		{InstanceId: "0a1b2c3d4e5f6071", PublicKey: key, Endpoint: "gw1.example.net:51820",
-			StartedAt: timestamppb.New(testNow.Add(-2 * time.Hour)), HeartbeatAt: timestamppb.New(testNow.Add(-4 * time.Second)), Self: true},
+			StartedAt: timestamppb.New(testNow.Add(-2 * time.Hour)), HeartbeatAt: timestamppb.New(testNow.Add(-4 * time.Second)), Self: true,
+			Devices: 1234, Sessions: 7},
 		{InstanceId: "9f8e7d6c5b4a3921", PublicKey: key,
 			StartedAt: timestamppb.New(testNow.Add(-3 * time.Hour)), HeartbeatAt: timestamppb.New(testNow.Add(-10 * time.Minute))},
 	}}}
 	sock := serveUnix(t, f)
 	r := runCLI(t, "", nil, "--socket", sock, "fleet")
 	want := [][]string{
-		{"INSTANCE", "PUBLIC", "KEY", "ENDPOINT", "STARTED", "HEARTBEAT"},
-		{"0a1b2c3d4e5f6071", "*", "/wAAAAAAAA…", "gw1.example.net:51820", "2h", "ago", "4s", "ago"},
-		{"9f8e7d6c5b4a3921", "/wAAAAAAAA…", none, "3h", "ago", "10m", "ago"},
+		{"INSTANCE", "PUBLIC", "KEY", "ENDPOINT", "STARTED", "HEARTBEAT", "DEVICES", "SESSIONS"},
+		{"0a1b2c3d4e5f6071", "*", "/wAAAAAAAA…", "gw1.example.net:51820", "2h", "ago", "4s", "ago", "1234", "7"},
+		{"9f8e7d6c5b4a3921", "/wAAAAAAAA…", none, "3h", "ago", "10m", "ago", "0", "0"},
 	}
 	if r.code != ExitOK || fmt.Sprint(tableRows(r.stdout)) != fmt.Sprint(want) {
 		t.Fatalf("exit %d, stdout\n%s\nstderr %q\nwant %q", r.code, r.stdout, r.stderr, want)
