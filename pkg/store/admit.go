@@ -204,9 +204,10 @@ func (s *SQLite) admitBatch(batch []*admitReq) {
 	defer tx.warm(ctx)
 
 	type result struct {
-		r   *admitReq
-		d   Device
-		err error
+		r       *admitReq
+		d       Device
+		changed bool
+		err     error
 	}
 	results := make([]result, 0, len(batch))
 	var (
@@ -220,23 +221,32 @@ func (s *SQLite) admitBatch(batch []*admitReq) {
 		if live == 1 {
 			// Alone in its transaction: no savepoint needed, its failure
 			// rolls back the transaction.
-			d, err := admitTx(ctx, tx, r.a)
-			results = append(results, result{r: r, d: d, err: err})
+			d, changed, err := admitTx(ctx, tx, r.a)
+			results = append(results, result{r: r, d: d, changed: changed, err: err})
 			abort = err != nil
 			break
 		}
-		d, err, txErr := admitSavepoint(ctx, tx, r.a)
+		d, changed, err, txErr := admitSavepoint(ctx, tx, r.a)
 		if txErr != nil {
 			fatal = txErr
 			results = append(results, result{r: r, err: txErr})
 			break
 		}
-		results = append(results, result{r: r, d: d, err: err})
+		results = append(results, result{r: r, d: d, changed: changed, err: err})
 	}
 	if fatal == nil && !abort {
 		fatal = sqlTx.Commit()
 	} else {
 		_ = sqlTx.Rollback()
+	}
+	if fatal == nil && !abort {
+		var cs []Change
+		for _, res := range results {
+			if res.err == nil && res.changed {
+				cs = append(cs, Change{Kind: ChangeDevice, DeviceID: res.d.ID, Gateway: res.d.Home})
+			}
+		}
+		s.ch.Publish(cs...)
 	}
 	if s.aq.onBatch != nil {
 		s.aq.onBatch(len(results))
@@ -261,63 +271,66 @@ func (s *SQLite) admitBatch(batch []*admitReq) {
 // admitSavepoint runs one admission inside a savepoint of tx: err is the
 // admission's own failure (rolled back to the savepoint, nothing of it
 // written); txErr means the transaction itself is no longer usable.
-func admitSavepoint(ctx context.Context, tx *wtx, a Admission) (d Device, err, txErr error) {
+func admitSavepoint(ctx context.Context, tx *wtx, a Admission) (d Device, changed bool, err, txErr error) {
 	if _, err := tx.ExecContext(ctx, `SAVEPOINT admit`); err != nil {
-		return Device{}, nil, fmt.Errorf("savepoint: %w", err)
+		return Device{}, false, nil, fmt.Errorf("savepoint: %w", err)
 	}
-	d, err = admitTx(ctx, tx, a)
+	d, changed, err = admitTx(ctx, tx, a)
 	if err != nil {
 		if _, rerr := tx.ExecContext(ctx, `ROLLBACK TO admit`); rerr != nil {
-			return Device{}, nil, fmt.Errorf("rollback to savepoint after %w: %w", err, rerr)
+			return Device{}, false, nil, fmt.Errorf("rollback to savepoint after %w: %w", err, rerr)
 		}
 	}
 	if _, rerr := tx.ExecContext(ctx, `RELEASE admit`); rerr != nil {
-		return Device{}, nil, fmt.Errorf("release savepoint: %w", rerr)
+		return Device{}, false, nil, fmt.Errorf("release savepoint: %w", rerr)
 	}
-	return d, err, nil
+	return d, changed, err, nil
 }
 
-// admitTx writes one admission in tx.
-func admitTx(ctx context.Context, tx *wtx, a Admission) (Device, error) {
+// admitTx writes one admission in tx; changed reports whether the device's
+// data-plane state (pinned key, address, home) changed, which is what
+// emits a ChangeDevice (a repeated login only replaces its token and day).
+func admitTx(ctx context.Context, tx *wtx, a Admission) (Device, bool, error) {
 	d, err := deviceByID(ctx, tx, a.DeviceID)
 	if err != nil {
-		return Device{}, err
+		return Device{}, false, err
 	}
 	if d.Revoked {
-		return Device{}, fmt.Errorf("device %d: %w", d.ID, ErrRevoked)
+		return Device{}, false, fmt.Errorf("device %d: %w", d.ID, ErrRevoked)
 	}
+	before := d
 	owner := ownerID(d.ID)
 	if !d.KeyPinned || d.Key != a.Key {
 		if d.KeyPinned && !a.ReplaceKey {
-			return Device{}, fmt.Errorf("device %d: %w", d.ID, ErrKeyPinned)
+			return Device{}, false, fmt.Errorf("device %d: %w", d.ID, ErrKeyPinned)
 		}
 		if d.KeyPinned {
 			if _, err := tx.ExecContext(ctx, `DELETE FROM wg_keys WHERE key = ? AND owner_kind = 'device' AND owner_id = ?`, d.Key[:], owner); err != nil {
-				return Device{}, err
+				return Device{}, false, err
 			}
 		}
 		if err := claimKey(ctx, tx, a.Key, OwnerDevice, owner); err != nil {
-			return Device{}, fmt.Errorf("device %d: %w", d.ID, err)
+			return Device{}, false, fmt.Errorf("device %d: %w", d.ID, err)
 		}
 		d.Key, d.KeyPinned = a.Key, true
 	}
 	if d.Offset == 0 {
 		off, err := allocDeviceOffset(ctx, tx, a.First, a.Last)
 		if err != nil {
-			return Device{}, fmt.Errorf("device %d: %w", d.ID, err)
+			return Device{}, false, fmt.Errorf("device %d: %w", d.ID, err)
 		}
 		d.Offset = off
 	}
 	d.LastLoginDay, d.Home = a.Day, a.Gateway
 	if _, err := tx.ExecContext(ctx, `UPDATE devices SET pinned_key = ?, address_offset = ?, last_login_day = ?, home_gateway = ? WHERE id = ?`,
 		d.Key[:], d.Offset, d.LastLoginDay, d.Home, d.ID); err != nil {
-		return Device{}, err
+		return Device{}, false, err
 	}
 	if _, err := tx.ExecContext(ctx, `DELETE FROM device_tokens WHERE device_id = ?`, d.ID); err != nil {
-		return Device{}, err
+		return Device{}, false, err
 	}
 	if _, err := tx.ExecContext(ctx, `INSERT INTO device_tokens (hash, device_id, expires_at) VALUES (?, ?, ?)`, a.TokenHash[:], d.ID, nanos(a.TokenExpires)); err != nil {
-		return Device{}, err
+		return Device{}, false, err
 	}
-	return d, nil
+	return d, AdmitChanged(before, d), nil
 }

@@ -58,7 +58,10 @@ func (s *SQLite) SetHome(ctx context.Context, deviceID int64, gateway string) er
 		return fmt.Errorf("store: SetHome: %w", err)
 	}
 	return s.write(ctx, "SetHome", func(tx *wtx) error {
-		_, err := setHomeTx(ctx, tx, deviceID, gateway)
+		changed, err := setHomeTx(ctx, tx, deviceID, gateway)
+		if changed {
+			tx.emit(Change{Kind: ChangeDevice, DeviceID: deviceID, Gateway: gateway})
+		}
 		return err
 	})
 }

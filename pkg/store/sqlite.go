@@ -70,6 +70,7 @@ type SQLite struct {
 	ws   *stmtCache
 	rs   *stmtCache
 	aq   *admitQueue // Admit's group commit (admit.go)
+	ch   *Broker     // Changes: in-process, after commit
 	opt  options
 }
 
@@ -115,7 +116,7 @@ func OpenSQLite(ctx context.Context, path string, opts ...Option) (*SQLite, erro
 	w.SetMaxIdleConns(1)
 	w.SetConnMaxLifetime(0)
 	w.SetConnMaxIdleTime(0)
-	s := &SQLite{path: path, w: w, ws: newStmtCache(w), opt: o}
+	s := &SQLite{path: path, w: w, ws: newStmtCache(w), ch: NewBroker(), opt: o}
 	if err := s.migrate(ctx); err != nil {
 		_ = w.Close()
 		return nil, err
@@ -210,6 +211,7 @@ func (s *SQLite) Close() error {
 	if s.aq != nil {
 		s.aq.close()
 	}
+	s.ch.Close()
 	s.ws.close()
 	if s.r != nil {
 		s.rs.close()
@@ -260,7 +262,18 @@ func (s *SQLite) write(ctx context.Context, op string, fn func(tx *wtx) error) (
 	if err := sqlTx.Commit(); err != nil {
 		return wrap(op, err)
 	}
+	s.ch.Publish(tx.changes...)
 	return nil
+}
+
+// Changes delivers the registry's changes, published in-process after each
+// commit (a single gateway owns a SQLite database). See Store.Changes.
+func (s *SQLite) Changes(ctx context.Context) (<-chan Change, error) {
+	ch, err := s.ch.Subscribe(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("store: Changes: %w", err)
+	}
+	return ch, nil
 }
 
 // read runs fn on the read pool.
@@ -577,17 +590,18 @@ func unpin(ctx context.Context, tx *wtx, id int64, revoke bool) error {
 	if revoke {
 		q = `UPDATE devices SET pinned_key = NULL, revoked = 1 WHERE id = ?`
 	}
-	res, err := tx.ExecContext(ctx, q, id)
-	if err != nil {
-		return err
-	}
-	if n, err := res.RowsAffected(); err != nil {
-		return err
-	} else if n == 0 {
+	var home string
+	err := tx.QueryRowContext(ctx, q+` RETURNING coalesce(home_gateway, '')`, id).Scan(&home)
+	if errors.Is(err, sql.ErrNoRows) {
 		return fmt.Errorf("device %d: %w", id, ErrNotFound)
+	} else if err != nil {
+		return err
 	}
-	_, err = tx.ExecContext(ctx, `DELETE FROM wg_keys WHERE owner_kind = 'device' AND owner_id = ?`, ownerID(id))
-	return err
+	if _, err = tx.ExecContext(ctx, `DELETE FROM wg_keys WHERE owner_kind = 'device' AND owner_id = ?`, ownerID(id)); err != nil {
+		return err
+	}
+	tx.emit(Change{Kind: ChangeDevice, DeviceID: id, Gateway: home})
+	return nil
 }
 
 // DeviceByToken finds the device holding an unexpired token (expires_at > now).
@@ -747,13 +761,35 @@ func execCount(ctx context.Context, tx *wtx, q string, args ...any) (int64, erro
 }
 
 // closeSessions closes the open sessions matching where (a condition on
-// sessions) and releases their client keys; it returns how many it closed.
+// sessions), releases their client keys and emits a ChangeSession for each;
+// it returns how many it closed.
 func closeSessions(ctx context.Context, tx *wtx, at int64, where string, args ...any) (int64, error) {
 	if _, err := tx.ExecContext(ctx, `DELETE FROM wg_keys WHERE owner_kind = 'client' AND owner_id IN
 		(SELECT id FROM sessions WHERE closed_at IS NULL AND `+where+`)`, args...); err != nil {
 		return 0, err
 	}
-	return execCount(ctx, tx, `UPDATE sessions SET closed_at = ? WHERE closed_at IS NULL AND `+where, append([]any{at}, args...)...)
+	rows, err := tx.QueryContext(ctx, `UPDATE sessions SET closed_at = ? WHERE closed_at IS NULL AND `+where+` RETURNING id, device_id`, append([]any{at}, args...)...)
+	if err != nil {
+		return 0, err
+	}
+	n, err := emitSessions(tx, rows)
+	return int64(n), err
+}
+
+// emitSessions emits a ChangeSession for each row of (session id, device
+// id) and closes rows; it returns how many there were.
+func emitSessions(tx *wtx, rows *sql.Rows) (int, error) {
+	defer rows.Close()
+	n := 0
+	for rows.Next() {
+		c := Change{Kind: ChangeSession}
+		if err := rows.Scan(&c.SessionID, &c.DeviceID); err != nil {
+			return n, err
+		}
+		tx.emit(c)
+		n++
+	}
+	return n, rows.Err()
 }
 
 // DeleteAccount deletes the account with its access tokens and bindings and
@@ -1028,9 +1064,12 @@ func (s *SQLite) OpenSession(ctx context.Context, sess Session, first, last uint
 			return err
 		}
 		sess.ClientOffset = off
-		_, err = tx.ExecContext(ctx, `INSERT INTO sessions (id, account_id, device_id, client_key, client_offset, opened_at, expires_at)
-			VALUES (?, ?, ?, ?, ?, ?, ?)`, sess.ID, sess.AccountID, sess.DeviceID, sess.ClientKey[:], off, nanos(sess.OpenedAt), nanos(sess.ExpiresAt))
-		return err
+		if _, err = tx.ExecContext(ctx, `INSERT INTO sessions (id, account_id, device_id, client_key, client_offset, opened_at, expires_at)
+			VALUES (?, ?, ?, ?, ?, ?, ?)`, sess.ID, sess.AccountID, sess.DeviceID, sess.ClientKey[:], off, nanos(sess.OpenedAt), nanos(sess.ExpiresAt)); err != nil {
+			return err
+		}
+		tx.emit(Change{Kind: ChangeSession, SessionID: sess.ID, DeviceID: sess.DeviceID})
+		return nil
 	})
 	if err != nil {
 		return Session{}, err

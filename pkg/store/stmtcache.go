@@ -68,10 +68,14 @@ func (c *stmtCache) close() {
 // prepared after the transaction ends (preparing on the DB inside the
 // transaction would wait for the one connection the transaction holds).
 type wtx struct {
-	tx     *sql.Tx
-	cache  *stmtCache
-	missed []string
+	tx      *sql.Tx
+	cache   *stmtCache
+	missed  []string
+	changes []Change // published once the transaction has committed
 }
+
+// emit records changes to publish after the commit.
+func (t *wtx) emit(cs ...Change) { t.changes = append(t.changes, cs...) }
 
 // stmt returns a statement for q bound to the transaction.
 func (t *wtx) stmt(ctx context.Context, q string) (*sql.Stmt, error) {

@@ -322,6 +322,21 @@ type Store interface {
 	// Gateways with neither are absent.
 	GatewayLoads(ctx context.Context) (map[string]GatewayLoad, error)
 
+	// Changes delivers what changed in the registry, from every gateway on
+	// the database (PostgreSQL: LISTEN/NOTIFY, sent inside the writing
+	// transaction, so it arrives only after commit; SQLite: in-process,
+	// after commit), from the moment it returns. The channel is closed when
+	// ctx ends or the store is closed. A consumer that falls behind
+	// (ChangeBuffer) or a listener that had to reconnect gets one
+	// ChangeResync (then re-reads everything) instead of a blocked writer
+	// or a silent gap. Writes that emit: Admit when it pins a key, takes an
+	// address or moves the home, SetHome when it moves it, RevokeDevice,
+	// ResetDeviceKey, EraseDevice (ChangeDevice); OpenSession, and each
+	// session closed by CloseSession, Unbind, DeleteAccount, EraseDevice or
+	// EraseAccount (ChangeSession). Nothing is emitted for a write that
+	// fails or changes nothing.
+	Changes(ctx context.Context) (<-chan Change, error)
+
 	// Metadata of the store itself (e.g. the keystore id it was written with).
 	Meta(ctx context.Context, key string) (string, error)
 	SetMeta(ctx context.Context, key, value string) error

@@ -89,6 +89,17 @@ func eraseSteps(ctx context.Context, tx *wtx, steps []eraseStep, pseudonyms []pr
 	return err
 }
 
+// emitOpenSessions emits a ChangeSession for each open session matching
+// where (an erasure deletes them: they close).
+func emitOpenSessions(ctx context.Context, tx *wtx, where string, args ...any) error {
+	rows, err := tx.QueryContext(ctx, `SELECT id, device_id FROM sessions WHERE closed_at IS NULL AND `+where, args...)
+	if err != nil {
+		return err
+	}
+	_, err = emitSessions(tx, rows)
+	return err
+}
+
 // EraseDevice deletes everything stored about a device in one transaction:
 // its row, tokens, binding codes, bindings, sessions (open and closed, with
 // their client keys), its auth-failure records and the connection-log rows
@@ -96,13 +107,20 @@ func eraseSteps(ctx context.Context, tx *wtx, steps []eraseStep, pseudonyms []pr
 func (s *SQLite) EraseDevice(ctx context.Context, id int64, pseudonyms []privacy.Pseudonym) (map[string]int64, error) {
 	receipt := map[string]int64{}
 	err := s.write(ctx, "EraseDevice", func(tx *wtx) error {
-		var idx []byte
-		if err := tx.QueryRowContext(ctx, `SELECT blind_index FROM devices WHERE id = ?`, id).Scan(&idx); err != nil {
+		var (
+			idx  []byte
+			home string
+		)
+		if err := tx.QueryRowContext(ctx, `SELECT blind_index, coalesce(home_gateway, '') FROM devices WHERE id = ?`, id).Scan(&idx, &home); err != nil {
 			if errors.Is(err, sql.ErrNoRows) {
 				return fmt.Errorf("device %d: %w", id, ErrNotFound)
 			}
 			return err
 		}
+		if err := emitOpenSessions(ctx, tx, `device_id = ?`, id); err != nil {
+			return err
+		}
+		tx.emit(Change{Kind: ChangeDevice, DeviceID: id, Gateway: home})
 		steps := []eraseStep{
 			{"", `DELETE FROM wg_keys WHERE owner_kind = 'client' AND owner_id IN (SELECT id FROM sessions WHERE device_id = ?)`, []any{id}},
 			{"", `DELETE FROM wg_keys WHERE owner_kind = 'device' AND owner_id = ?`, []any{ownerID(id)}},
@@ -132,6 +150,9 @@ func (s *SQLite) EraseAccount(ctx context.Context, id int64, pseudonyms []privac
 			if errors.Is(err, sql.ErrNoRows) {
 				return fmt.Errorf("account %d: %w", id, ErrNotFound)
 			}
+			return err
+		}
+		if err := emitOpenSessions(ctx, tx, `account_id = ?`, id); err != nil {
 			return err
 		}
 		steps := []eraseStep{

@@ -86,18 +86,25 @@ func execCount(ctx context.Context, tx pgx.Tx, q string, args ...any) (int64, er
 // sessions using $2, $3, ...) and releases their client keys; it returns
 // how many it closed.
 func closeSessions(ctx context.Context, tx pgx.Tx, at int64, where string, args ...any) (int64, error) {
-	rows, err := tx.Query(ctx, `UPDATE sessions SET closed_at = $1 WHERE closed_at IS NULL AND `+where+` RETURNING id`, append([]any{at}, args...)...)
+	rows, err := tx.Query(ctx, `UPDATE sessions SET closed_at = $1 WHERE closed_at IS NULL AND `+where+` RETURNING id, device_id`, append([]any{at}, args...)...)
 	if err != nil {
 		return 0, err
 	}
-	ids, err := pgx.CollectRows(rows, pgx.RowTo[string])
+	cs, err := collectSessionChanges(rows)
 	if err != nil {
 		return 0, err
 	}
-	if len(ids) == 0 {
+	if len(cs) == 0 {
 		return 0, nil
 	}
+	ids := make([]string, len(cs))
+	for i, c := range cs {
+		ids[i] = c.SessionID
+	}
 	if _, err := tx.Exec(ctx, `DELETE FROM wg_keys WHERE owner_kind = 'client' AND owner_id = ANY($1)`, ids); err != nil {
+		return 0, err
+	}
+	if err := notify(ctx, tx, cs...); err != nil {
 		return 0, err
 	}
 	return int64(len(ids)), nil

@@ -18,7 +18,10 @@ func (s *Store) SetHome(ctx context.Context, deviceID int64, gateway string) err
 		return fmt.Errorf("store: SetHome: %w", err)
 	}
 	return s.write(ctx, "SetHome", func(tx pgx.Tx) error {
-		_, err := setHomeTx(ctx, tx, deviceID, gateway)
+		changed, err := setHomeTx(ctx, tx, deviceID, gateway)
+		if changed {
+			return notify(ctx, tx, store.Change{Kind: store.ChangeDevice, DeviceID: deviceID, Gateway: gateway})
+		}
 		return err
 	})
 }

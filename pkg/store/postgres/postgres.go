@@ -71,6 +71,11 @@ type Store struct {
 
 	mu    sync.Mutex
 	parts map[int64]bool // days whose connection_log partition exists
+
+	broker *store.Broker // Changes' subscribers
+	lmu    sync.Mutex
+	listen *listener // started by the first Changes
+	closed bool
 }
 
 var _ store.Store = (*Store)(nil)
@@ -99,7 +104,7 @@ func Open(ctx context.Context, dsn string, opts ...Option) (*Store, error) {
 		pool.Close()
 		return nil, fmt.Errorf("store: open postgres: %w", err)
 	}
-	s := &Store{pool: pool, opt: o, parts: map[int64]bool{}}
+	s := &Store{pool: pool, opt: o, parts: map[int64]bool{}, broker: store.NewBroker()}
 	if err := s.migrate(ctx); err != nil {
 		pool.Close()
 		return nil, err
@@ -130,8 +135,10 @@ func (s *Store) SchemaVersion(ctx context.Context) (int64, error) {
 	return v, nil
 }
 
-// Close closes the connection pool.
+// Close stops the change listener, ends every Changes subscription and
+// closes the connection pool.
 func (s *Store) Close() error {
+	s.closeListener()
 	s.pool.Close()
 	return nil
 }
@@ -484,6 +491,7 @@ func admitTx(ctx context.Context, tx pgx.Tx, a store.Admission) (store.Device, e
 	if d.Revoked {
 		return store.Device{}, fmt.Errorf("device %d: %w", d.ID, store.ErrRevoked)
 	}
+	before := d
 	owner := ownerID(d.ID)
 	if !d.KeyPinned || d.Key != a.Key {
 		if d.KeyPinned && !a.ReplaceKey {
@@ -520,6 +528,11 @@ func admitTx(ctx context.Context, tx pgx.Tx, a store.Admission) (store.Device, e
 	if _, err := tx.Exec(ctx, `INSERT INTO device_tokens (hash, device_id, expires_at) VALUES ($1, $2, $3)`, a.TokenHash[:], d.ID, nanos(a.TokenExpires)); err != nil {
 		return store.Device{}, err
 	}
+	if store.AdmitChanged(before, d) {
+		if err := notify(ctx, tx, store.Change{Kind: store.ChangeDevice, DeviceID: d.ID, Gateway: d.Home}); err != nil {
+			return store.Device{}, err
+		}
+	}
 	return d, nil
 }
 
@@ -549,15 +562,17 @@ func unpin(ctx context.Context, tx pgx.Tx, id int64, revoke bool) error {
 	if revoke {
 		q = `UPDATE devices SET pinned_key = NULL, revoked = true WHERE id = $1`
 	}
-	tag, err := tx.Exec(ctx, q, id)
-	if err != nil {
+	var home string
+	err := tx.QueryRow(ctx, q+` RETURNING coalesce(home_gateway, '')`, id).Scan(&home)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return fmt.Errorf("device %d: %w", id, store.ErrNotFound)
+	} else if err != nil {
 		return err
 	}
-	if tag.RowsAffected() == 0 {
-		return fmt.Errorf("device %d: %w", id, store.ErrNotFound)
+	if _, err = tx.Exec(ctx, `DELETE FROM wg_keys WHERE owner_kind = 'device' AND owner_id = $1`, ownerID(id)); err != nil {
+		return err
 	}
-	_, err = tx.Exec(ctx, `DELETE FROM wg_keys WHERE owner_kind = 'device' AND owner_id = $1`, ownerID(id))
-	return err
+	return notify(ctx, tx, store.Change{Kind: store.ChangeDevice, DeviceID: id, Gateway: home})
 }
 
 // DeviceByToken finds the device holding an unexpired token (expires_at > now).

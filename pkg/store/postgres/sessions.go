@@ -87,9 +87,11 @@ func (s *Store) OpenSession(ctx context.Context, sess store.Session, first, last
 			return err
 		}
 		sess.ClientOffset = off
-		_, err = tx.Exec(ctx, `INSERT INTO sessions (id, account_id, device_id, client_key, client_offset, opened_at, expires_at)
-			VALUES ($1, $2, $3, $4, $5, $6, $7)`, sess.ID, sess.AccountID, sess.DeviceID, sess.ClientKey[:], int64(off), nanos(sess.OpenedAt), nanos(sess.ExpiresAt))
-		return err
+		if _, err = tx.Exec(ctx, `INSERT INTO sessions (id, account_id, device_id, client_key, client_offset, opened_at, expires_at)
+			VALUES ($1, $2, $3, $4, $5, $6, $7)`, sess.ID, sess.AccountID, sess.DeviceID, sess.ClientKey[:], int64(off), nanos(sess.OpenedAt), nanos(sess.ExpiresAt)); err != nil {
+			return err
+		}
+		return notify(ctx, tx, store.Change{Kind: store.ChangeSession, SessionID: sess.ID, DeviceID: sess.DeviceID})
 	})
 	if err != nil {
 		return store.Session{}, err
@@ -207,15 +209,43 @@ func pseudonymArgs(ps []privacy.Pseudonym) [][]byte {
 	return out
 }
 
+// openSessionChanges is a ChangeSession for each open session matching
+// where (an erasure deletes them: they close).
+func openSessionChanges(ctx context.Context, tx pgx.Tx, where string, args ...any) ([]store.Change, error) {
+	rows, err := tx.Query(ctx, `SELECT id, device_id FROM sessions WHERE closed_at IS NULL AND `+where, args...)
+	if err != nil {
+		return nil, err
+	}
+	return collectSessionChanges(rows)
+}
+
+// collectSessionChanges reads rows of (session id, device id).
+func collectSessionChanges(rows pgx.Rows) ([]store.Change, error) {
+	return pgx.CollectRows(rows, func(r pgx.CollectableRow) (store.Change, error) {
+		c := store.Change{Kind: store.ChangeSession}
+		return c, r.Scan(&c.SessionID, &c.DeviceID)
+	})
+}
+
 // EraseDevice deletes everything stored about a device in one transaction
 // (see store.Store); the receipt counts rows per table.
 func (s *Store) EraseDevice(ctx context.Context, id int64, pseudonyms []privacy.Pseudonym) (map[string]int64, error) {
 	return s.erase(ctx, "EraseDevice", func(tx pgx.Tx) ([]eraseStep, error) {
-		var idx []byte
-		if err := tx.QueryRow(ctx, `SELECT blind_index FROM devices WHERE id = $1 FOR UPDATE`, id).Scan(&idx); err != nil {
+		var (
+			idx  []byte
+			home string
+		)
+		if err := tx.QueryRow(ctx, `SELECT blind_index, coalesce(home_gateway, '') FROM devices WHERE id = $1 FOR UPDATE`, id).Scan(&idx, &home); err != nil {
 			if errors.Is(err, pgx.ErrNoRows) {
 				return nil, fmt.Errorf("device %d: %w", id, store.ErrNotFound)
 			}
+			return nil, err
+		}
+		cs, err := openSessionChanges(ctx, tx, `device_id = $1`, id)
+		if err != nil {
+			return nil, err
+		}
+		if err := notify(ctx, tx, append(cs, store.Change{Kind: store.ChangeDevice, DeviceID: id, Gateway: home})...); err != nil {
 			return nil, err
 		}
 		return []eraseStep{
@@ -241,6 +271,13 @@ func (s *Store) EraseAccount(ctx context.Context, id int64, pseudonyms []privacy
 			if errors.Is(err, pgx.ErrNoRows) {
 				return nil, fmt.Errorf("account %d: %w", id, store.ErrNotFound)
 			}
+			return nil, err
+		}
+		cs, err := openSessionChanges(ctx, tx, `account_id = $1`, id)
+		if err != nil {
+			return nil, err
+		}
+		if err := notify(ctx, tx, cs...); err != nil {
 			return nil, err
 		}
 		return []eraseStep{
