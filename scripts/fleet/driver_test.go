@@ -92,6 +92,10 @@ type clientResult struct {
 	Binding string   `json:"binding,omitempty"`
 	ID      string   `json:"id,omitempty"`
 	Device  []string `json:"device,omitempty"`
+	// PeerKey and Moves are a session's current gateway peer (base64) and
+	// how often it changed (the device moved to another gateway).
+	PeerKey string `json:"peer_key,omitempty"`
+	Moves   int    `json:"moves,omitempty"`
 }
 
 type runningAgent struct {
@@ -368,7 +372,8 @@ func (d *driver) openSession(w http.ResponseWriter, r *http.Request) {
 	d.mu.Lock()
 	d.sessions[s.ID()] = s
 	d.mu.Unlock()
-	res := clientResult{Code: "OK", ID: s.ID()}
+	key, _, _ := s.GatewayPeer()
+	res := clientResult{Code: "OK", ID: s.ID(), PeerKey: base64.StdEncoding.EncodeToString(key[:])}
 	for _, p := range s.DeviceAddresses() {
 		res.Device = append(res.Device, p.String())
 	}
@@ -398,11 +403,15 @@ func (d *driver) pingSession(w http.ResponseWriter, r *http.Request) {
 	err := poll.Until(r.Context(), time.Duration(req.WithinMS)*time.Millisecond, 200*time.Millisecond, func() error {
 		return pingFrom(s.Net(), s.ClientAddresses(), dst)
 	})
+	key, _, moves := s.GatewayPeer()
+	res := clientResult{PeerKey: base64.StdEncoding.EncodeToString(key[:]), Moves: moves}
 	if err != nil {
-		reply(w, clientResult{Error: err.Error()})
+		res.Error = err.Error()
+		reply(w, res)
 		return
 	}
-	reply(w, clientResult{Code: "OK"})
+	res.Code = "OK"
+	reply(w, res)
 }
 
 // pingFrom sends one ICMP echo from the netstack n (source: its IPv4

@@ -53,6 +53,7 @@ type member struct {
 	f        *fleet
 	name     string // a, b, c
 	addr     string // HOST:PORT devices dial
+	endpoint string // its WireGuard HOST:PORT (tunnel.endpoint)
 	keystore string
 	instance string
 	runs     int
@@ -90,7 +91,7 @@ func newFleet(t *testing.T) *fleet {
 			PeerAddrs: []netip.Prefix{netip.MustParsePrefix(fmt.Sprintf("10.214.%d.2/24", n))},
 		})
 		gdir := filepath.Join(h.Dir, "gateway-"+name)
-		m := &member{f: f, name: name, addr: gwAddr + ":8443", keystore: filepath.Join(gdir, "keystore")}
+		m := &member{f: f, name: name, addr: gwAddr + ":8443", endpoint: gwAddr + ":51820", keystore: filepath.Join(gdir, "keystore")}
 		m.Gateway = h.NewGateway(netnstest.GatewaySpec{NS: ns, Interface: "flw" + name + h.Suffix, Dir: gdir,
 			DataDir: filepath.Join(gdir, "data"), KeystoreDir: m.keystore, WrittenBy: "scripts/fleet"})
 		f.gws = append(f.gws, m)
@@ -137,7 +138,7 @@ func (m *member) start() {
 	m.Proc = f.Start(m.NS, fmt.Sprintf("gateway-%s-%d.log", m.name, m.runs), f.Path("dasset-gateway"),
 		"serve", "--config", m.Config,
 		"--store.driver=postgres", "--store.dsn_file="+f.dsnFile,
-		"--grpc.cert_file="+f.certFile, "--grpc.key_file="+f.keyFile,
+		"--grpc.cert_file="+f.certFile, "--grpc.key_file="+f.keyFile, "--tunnel.endpoint="+m.endpoint,
 		"--throttle.source_rate=100000", "--throttle.source_burst=100000")
 }
 
@@ -256,7 +257,7 @@ func (f *fleet) client(path string, req clientRequest) clientResult {
 	f.T.Helper()
 	res := f.tryClient(path, req)
 	if res.Code != "OK" {
-		f.T.Fatalf("%s %+v: %s %s", path, req, res.Code, res.Error)
+		f.T.Fatalf("%s %+v: %+v", path, req, res)
 	}
 	return res
 }
