@@ -99,6 +99,11 @@ type Options struct {
 	Now    func() time.Time
 }
 
+// dayKeyRefresh bounds how long a gateway of a fleet may go on using a day
+// key that another gateway destroyed (exports and erasures re-read the
+// shared day keys every time).
+const dayKeyRefresh = 30 * time.Second
+
 // DataPlaneError is a failure to set up the tunnel, with the one-line hint an
 // operator needs (e.g. missing privilege).
 type DataPlaneError struct{ Err error }
@@ -158,6 +163,14 @@ func New(ctx context.Context, cfg config.Config, opt Options) (_ *Daemon, err er
 
 	if err := checkKeystoreID(ctx, d.st, d.keys); err != nil {
 		return nil, err
+	}
+	if cfg.Store.Driver == config.DriverPostgres {
+		// A fleet: every gateway pseudonymises a day with the same key,
+		// kept wrapped in the registry (a single SQLite gateway keeps its
+		// day keys in its keystore).
+		if err := d.keys.ShareDayKeys(ctx, d.st, dayKeyRefresh); err != nil {
+			return nil, fmt.Errorf("keystore: %w", err)
+		}
 	}
 	if err := upgradeVerifiers(ctx, d.st, d.keys, d.log); err != nil {
 		return nil, err

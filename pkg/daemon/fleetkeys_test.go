@@ -3,14 +3,20 @@ package daemon_test
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"fmt"
 	"path/filepath"
 	"slices"
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
+	"github.com/planetxlabs/dasset-gateway/internal/poll"
 	"github.com/planetxlabs/dasset-gateway/pkg/agent"
 	"github.com/planetxlabs/dasset-gateway/pkg/config"
 	"github.com/planetxlabs/dasset-gateway/pkg/privacy"
+	"github.com/planetxlabs/dasset-gateway/pkg/store/postgres"
 	"github.com/planetxlabs/dasset-gateway/pkg/store/postgres/pgtest"
 	gatewayv1 "github.com/planetxlabs/dasset-gateway/proto/dasset/gateway/v1"
 )
@@ -114,5 +120,117 @@ func TestFleetKeysJoin(t *testing.T) {
 		if pub := ks.GatewayPublicKey(); !bytes.Equal(pub[:], g.pub) {
 			t.Fatalf("a gateway answered with %x, its keystore holds %x", g.pub, pub)
 		}
+	}
+}
+
+type connLogExport struct {
+	ConnectionLog []struct {
+		Time      time.Time `json:"time"`
+		Outcome   string    `json:"outcome"`
+		Pseudonym string    `json:"pseudonym"`
+	} `json:"connection_log"`
+}
+
+// exportConnLog exports sn on g and returns its connection-log rows.
+func exportConnLog(t *testing.T, g *testGateway, sn string) connLogExport {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	resp, err := g.admin.ExportSubject(ctx, &gatewayv1.ExportSubjectRequest{Subject: &gatewayv1.ExportSubjectRequest_SerialNumber{SerialNumber: sn}, Reason: "fleet day keys"})
+	if err != nil {
+		t.Fatalf("export of %s on %s: %v", sn, g.d.InstanceID(), err)
+	}
+	var doc connLogExport
+	if err := json.Unmarshal([]byte(resp.GetJson()), &doc); err != nil {
+		t.Fatalf("export is not JSON: %v", err)
+	}
+	return doc
+}
+
+// TestFleetDayKeys: two gateways of a fleet (the second joined from the
+// first's fleet keys file) pseudonymise one device alike on one day, so a
+// subject export on one finds the connection-log rows the other wrote;
+// once the day's key is destroyed from the first gateway's keystore, the
+// second (not restarted) no longer finds them, though the rows are still
+// in the database.
+func TestFleetDayKeys(t *testing.T) {
+	cluster := pgtest.Start(t)
+	dsn := cluster.NewDatabase(t)
+	pgConfig := func(keys string) config.Config {
+		cfg := testConfig(t, t.TempDir())
+		if keys != "" {
+			cfg.KeystoreDir = keys
+		}
+		cfg.Store = config.Store{Driver: config.DriverPostgres, DSN: dsn}
+		if err := cfg.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		return cfg
+	}
+	cfgA := pgConfig("")
+	a := startGateway(t, cfgA)
+	b := startGateway(t, pgConfig(joinFleet(t, cfgA)))
+
+	const sn = "DS-DAYKEYS-1"
+	a.enroll(t, [2]string{sn, "HW-" + sn})
+	key := newKey(t)
+	deviceLogin(t, b, sn, key)
+	// The connection log is written in batches. Every export is audited:
+	// ask five times a second, not more.
+	ctx := context.Background()
+	var rows connLogExport
+	if err := poll.Until(ctx, 15*time.Second, 200*time.Millisecond, func() error {
+		if rows = exportConnLog(t, a, sn); len(rows.ConnectionLog) < 1 {
+			return fmt.Errorf("the export on A holds %d connection-log rows, want B's login", len(rows.ConnectionLog))
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	deviceLogin(t, a, sn, key)
+	if err := poll.Until(ctx, 15*time.Second, 200*time.Millisecond, func() error {
+		if rows = exportConnLog(t, b, sn); len(rows.ConnectionLog) < 2 {
+			return fmt.Errorf("the export on B holds %d connection-log rows, want both logins", len(rows.ConnectionLog))
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	r0, r1 := rows.ConnectionLog[0], rows.ConnectionLog[1]
+	if r0.Pseudonym == "" || (r0.Time.UTC().YearDay() == r1.Time.UTC().YearDay() && r0.Pseudonym != r1.Pseudonym) {
+		t.Fatalf("pseudonyms %q and %q of one device on one day, one row from each gateway: want equal", r0.Pseudonym, r1.Pseudonym)
+	}
+
+	// Destroy every day key up to tomorrow from A's keystore (as A's
+	// pruner does when the days pass its retention).
+	st, err := postgres.Open(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer st.Close()
+	ks, err := privacy.OpenKeystore(cfgA.KeystorePath())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ks.ShareDayKeys(ctx, st, time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	n, err := ks.DestroyKeysBefore(time.Now().Add(24 * time.Hour))
+	if err != nil || n < 1 {
+		t.Fatalf("DestroyKeysBefore: %d keys, %v", n, err)
+	}
+	for _, g := range []*testGateway{b, a} {
+		if got := exportConnLog(t, g, sn); len(got.ConnectionLog) != 0 {
+			t.Fatalf("after the destruction the export on %s still finds %d connection-log rows", g.d.InstanceID(), len(got.ConnectionLog))
+		}
+	}
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var left int
+	if err := conn.QueryRow(ctx, `SELECT count(*) FROM connection_log`).Scan(&left); err != nil || left < 2 {
+		t.Fatalf("connection-log rows in the database: %d, %v; want the 2 rows, now unlinkable", left, err)
 	}
 }

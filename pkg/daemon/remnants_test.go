@@ -173,7 +173,11 @@ func TestNoRemnants(t *testing.T) {
 	}
 	pseudonyms := func(what string, idx privacy.BlindIndex) []needle {
 		var out []needle
-		for day, p := range ks.PseudonymsFor(idx) {
+		all, err := ks.PseudonymsFor(context.Background(), idx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for day, p := range all {
 			out = append(out, needle{what + " pseudonym of " + day, p[:]})
 		}
 		return out

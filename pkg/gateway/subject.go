@@ -44,7 +44,7 @@ func (g *Gateway) checkpoint(ctx context.Context, st interface{ Checkpoint(conte
 // PseudonymKeys lists a subject's pseudonym for every retained day, and
 // names erasures in the database's copy of the ledger.
 type PseudonymKeys interface {
-	PseudonymsFor(idx privacy.BlindIndex) map[string]privacy.Pseudonym
+	PseudonymsFor(ctx context.Context, idx privacy.BlindIndex) (map[string]privacy.Pseudonym, error)
 	Tombstone(kind string, idx privacy.BlindIndex) [32]byte
 }
 
@@ -79,13 +79,16 @@ func (g *Gateway) SubjectIndex(s Subject) privacy.BlindIndex {
 	return privacy.BlindIndex{}
 }
 
-func (g *Gateway) pseudonymList(idx privacy.BlindIndex) []privacy.Pseudonym {
-	m := g.subj.keys.PseudonymsFor(idx)
+func (g *Gateway) pseudonymList(ctx context.Context, idx privacy.BlindIndex) ([]privacy.Pseudonym, error) {
+	m, err := g.subj.keys.PseudonymsFor(ctx, idx)
+	if err != nil {
+		return nil, newErr(ErrUnavailable, err, "reading the pseudonym day keys failed")
+	}
 	out := make([]privacy.Pseudonym, 0, len(m))
 	for _, p := range m {
 		out = append(out, p)
 	}
-	return out
+	return out, nil
 }
 
 type exportSession struct {
@@ -217,7 +220,11 @@ func (g *Gateway) exportRest(ctx context.Context, out export, idx privacy.BlindI
 		out.Sessions = append(out.Sessions, exportSession{ID: ss.ID, OpenedAt: ss.OpenedAt, ExpiresAt: ss.ExpiresAt, ClosedAt: ss.ClosedAt,
 			ClientKey: base64.StdEncoding.EncodeToString(ss.ClientKey[:])})
 	}
-	rows, err := g.subj.st.ConnLogByPseudonyms(ctx, g.pseudonymList(idx))
+	ps, err := g.pseudonymList(ctx, idx)
+	if err != nil {
+		return nil, err
+	}
+	rows, err := g.subj.st.ConnLogByPseudonyms(ctx, ps)
 	if err != nil {
 		return nil, newErr(ErrUnavailable, err, "reading the connection log failed")
 	}
@@ -319,7 +326,11 @@ func (g *Gateway) eraseAccount(ctx context.Context, a store.Account, why string)
 	if _, err := g.sess.closeWhere(ctx, why, 0, a.ID, func(ss store.Session) bool { return ss.AccountID == a.ID }); err != nil {
 		return nil, err
 	}
-	receipt, err := g.subj.st.EraseAccount(ctx, a.ID, g.pseudonymList(a.NameIndex))
+	ps, err := g.pseudonymList(ctx, a.NameIndex)
+	if err != nil {
+		return nil, err
+	}
+	receipt, err := g.subj.st.EraseAccount(ctx, a.ID, ps)
 	if err != nil {
 		return nil, newErr(ErrUnavailable, err, "erasing account failed")
 	}
@@ -342,7 +353,11 @@ func (g *Gateway) eraseDevice(ctx context.Context, d store.Device) (map[string]i
 		return nil, err
 	}
 	g.hub.publish(d.ID, Event{Kind: EventRevoked, Reason: "erased"})
-	receipt, err := g.subj.st.EraseDevice(ctx, d.ID, g.pseudonymList(d.Index))
+	ps, err := g.pseudonymList(ctx, d.Index)
+	if err != nil {
+		return nil, err
+	}
+	receipt, err := g.subj.st.EraseDevice(ctx, d.ID, ps)
 	if err != nil {
 		return nil, newErr(ErrUnavailable, err, "erasing device failed")
 	}

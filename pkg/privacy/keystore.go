@@ -1,6 +1,7 @@
 package privacy
 
 import (
+	"context"
 	"crypto/cipher"
 	"crypto/hmac"
 	"crypto/rand"
@@ -68,6 +69,11 @@ type Keystore struct {
 	mu      sync.RWMutex
 	horizon string               // "" or UTC day; days before it are destroyed
 	dayKeys map[string]*[32]byte // cache of loaded day keys
+	// Shared day keys (ShareDayKeys): nil while day keys are files.
+	shared  SharedDayKeys
+	refresh time.Duration // re-read the shared day keys at least this often
+	synced  time.Time     // when they were last read
+	syncMu  sync.Mutex    // one sync at a time; taken before mu, never inside it
 }
 
 // KeystoreID returns the id of the keystore in dir without creating or
@@ -300,14 +306,19 @@ func pseudonym(key *[32]byte, idx BlindIndex) Pseudonym {
 
 // PseudonymsFor gives idx's pseudonym for every retained day, keyed by UTC
 // day ("2006-01-02"): what a subject export searches the connection log for.
-func (k *Keystore) PseudonymsFor(idx BlindIndex) map[string]Pseudonym {
+// With shared day keys it re-reads them first, so that it holds the days
+// other gateways made and none that another destroyed.
+func (k *Keystore) PseudonymsFor(ctx context.Context, idx BlindIndex) (map[string]Pseudonym, error) {
+	if err := k.SyncDayKeys(ctx); err != nil {
+		return nil, err
+	}
 	k.mu.RLock()
 	defer k.mu.RUnlock()
 	out := make(map[string]Pseudonym, len(k.dayKeys))
 	for d, key := range k.dayKeys {
 		out[d] = pseudonym(key, idx)
 	}
-	return out
+	return out, nil
 }
 
 // Days lists the UTC days ("2006-01-02") whose pseudonym keys are retained,
@@ -364,12 +375,20 @@ func (k *Keystore) dayKey(day string) (*[32]byte, error) {
 	k.mu.RLock()
 	key, ok := k.dayKeys[day]
 	destroyed := k.horizon != "" && day < k.horizon
+	shared := k.shared
+	stale := shared != nil && time.Since(k.synced) >= k.refresh
 	k.mu.RUnlock()
+	if stale {
+		return k.sharedDayKey(shared, day)
+	}
 	if destroyed {
 		return nil, fmt.Errorf("privacy: day %s: %w", day, ErrKeyDestroyed)
 	}
 	if ok {
 		return key, nil
+	}
+	if shared != nil {
+		return k.sharedDayKey(shared, day)
 	}
 
 	k.mu.Lock()
@@ -396,18 +415,30 @@ func (k *Keystore) dayKey(day string) (*[32]byte, error) {
 
 // DestroyKeysBefore destroys the pseudonym keys of the UTC days before day:
 // it first records the new horizon (so a destroyed day is never made again),
-// then overwrites each key file with zeros, syncs it and removes it. It
+// then overwrites each key file with zeros, syncs it and removes it; with
+// shared day keys (ShareDayKeys) it then raises the database's horizon and
+// deletes the database's keys before it, for every gateway of the fleet. It
 // returns how many keys it destroyed. Pseudonyms of those days become
-// unlinkable to their subjects, in backups of the database too.
+// unlinkable to their subjects, in backups of the database too (for shared
+// day keys, see ShareDayKeys for what an old database backup still holds).
 func (k *Keystore) DestroyKeysBefore(day time.Time) (int, error) {
 	cut := day.UTC().Format(dayLayout)
+	n, err := k.destroyFilesBefore(cut)
+	if db := k.sharedDB(); db != nil {
+		m, serr := k.destroySharedBefore(db, cut)
+		n += m
+		err = errors.Join(err, serr)
+	}
+	return n, err
+}
+
+// destroyFilesBefore records cut as the horizon and shreds the key files of
+// the days before it.
+func (k *Keystore) destroyFilesBefore(cut string) (int, error) {
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	if cut > k.horizon {
-		if err := writeAtomic(k.dir, horizonFile, []byte(cut+"\n"), false); err != nil {
-			return 0, err
-		}
-		k.horizon = cut
+	if err := k.raiseHorizonLocked(cut); err != nil {
+		return 0, err
 	}
 	ents, err := os.ReadDir(filepath.Join(k.dir, daysDir))
 	if err != nil {

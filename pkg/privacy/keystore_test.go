@@ -2,6 +2,7 @@ package privacy
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"io/fs"
 	"os"
@@ -278,8 +279,8 @@ func TestPseudonymPerDay(t *testing.T) {
 	if got := k.Days(); strings.Join(got, ",") != "2025-03-01,2025-03-02" {
 		t.Fatalf("Days = %v", got)
 	}
-	all := k.PseudonymsFor(a)
-	if len(all) != 2 || all["2025-03-01"] != pa1 || all["2025-03-02"] != pa2 {
+	all, err := k.PseudonymsFor(context.Background(), a)
+	if err != nil || len(all) != 2 || all["2025-03-01"] != pa1 || all["2025-03-02"] != pa2 {
 		t.Fatalf("PseudonymsFor = %v", all)
 	}
 }
@@ -334,7 +335,9 @@ func TestDestroyKeysBefore(t *testing.T) {
 	if got := k.Days(); strings.Join(got, ",") != "2025-03-03" {
 		t.Fatalf("Days after destruction = %v", got)
 	}
-	if _, ok := k.PseudonymsFor(idx)["2025-03-01"]; ok {
+	if all, err := k.PseudonymsFor(context.Background(), idx); err != nil {
+		t.Fatal(err)
+	} else if _, ok := all["2025-03-01"]; ok {
 		t.Fatal("PseudonymsFor still gives a destroyed day")
 	}
 

@@ -347,5 +347,8 @@ type Store interface {
 	ClaimMeta(ctx context.Context, key, value string) (string, error)
 	Ping(ctx context.Context) error
 
+	// The fleet's pseudonym day keys, wrapped (daykeys.go).
+	DayKeys
+
 	Close() error
 }

@@ -82,6 +82,8 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"Prune/Bounds", testPruneBounds},
 		{"Prune/OpenSessionsStay", testPruneOpenSessions},
 		{"Prune/UnknownTable", testPruneUnknown},
+		{"DayKeys", testDayKeys},
+		{"DayKeys/Concurrent", testDayKeysConcurrent},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)

@@ -1,0 +1,248 @@
+package privacy
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// SharedDayKeys is where the gateways of a fleet keep their pseudonym day
+// keys: the registry, holding each key wrapped under K_kek (the keystores'
+// day-key key-encryption key), and the horizon before which every day key
+// is destroyed. pkg/store's DayKeys implements it; see there for the
+// contract.
+type SharedDayKeys interface {
+	EnsureDayKey(ctx context.Context, day string, wrapped []byte) (inForce []byte, horizon string, err error)
+	DayKeys(ctx context.Context) (horizon string, keys map[string][]byte, err error)
+	DestroyDayKeysBefore(ctx context.Context, day string) (deleted int, horizon string, err error)
+}
+
+// ErrDayKeyUnwrap is returned (wrapped) for a day key in the database that
+// does not open with this keystore's K_kek: the keystore is not the
+// fleet's (or the row was altered).
+var ErrDayKeyUnwrap = errors.New("day key in the database does not open with this keystore's day-key KEK")
+
+// dayKeyTimeout bounds each database call made for a day key by a method
+// that has no context of its own (Pseudonym, DestroyKeysBefore).
+const dayKeyTimeout = 10 * time.Second
+
+// domainDayKey is the associated data of a wrapped day key, with its day:
+// a key moved to another day's row does not open.
+const domainDayKey = "dasset/daykey/v1\x00"
+
+// ShareDayKeys makes db the home of the keystore's day keys from now on (a
+// fleet on one PostgreSQL registry): a day's key is made by the first
+// gateway that needs it and read by the others, each wrapped under K_kek,
+// which only the keystores hold (the fleet keys file carries it).
+// Destruction raises the database's horizon and deletes the keys before
+// it; every gateway re-reads the database at least every refresh (and
+// before every PseudonymsFor), so a key destroyed by one gateway is
+// dropped by all of them without a restart.
+//
+// It synchronises at once: the horizon in force is the later of the
+// keystore's and the database's, and database keys before it (an older
+// database backup restored) are deleted, so destruction is never undone;
+// a database key that does not open with K_kek is an error. The key files
+// of days/ are no longer used (a single gateway's keys, for its own
+// database).
+func (k *Keystore) ShareDayKeys(ctx context.Context, db SharedDayKeys, refresh time.Duration) error {
+	if refresh <= 0 {
+		return &FieldError{Field: "refresh", Reason: "must be positive"}
+	}
+	k.syncMu.Lock()
+	defer k.syncMu.Unlock()
+	if err := k.syncLocked(ctx, db); err != nil {
+		return err
+	}
+	k.mu.Lock()
+	k.shared, k.refresh = db, refresh
+	k.mu.Unlock()
+	return nil
+}
+
+// SyncDayKeys re-reads the shared day keys now (see ShareDayKeys); without
+// shared day keys it does nothing.
+func (k *Keystore) SyncDayKeys(ctx context.Context) error {
+	k.syncMu.Lock()
+	defer k.syncMu.Unlock()
+	db := k.sharedDB()
+	if db == nil {
+		return nil
+	}
+	return k.syncLocked(ctx, db)
+}
+
+func (k *Keystore) sharedDB() SharedDayKeys {
+	k.mu.RLock()
+	defer k.mu.RUnlock()
+	return k.shared
+}
+
+// syncLocked (caller holds syncMu) reads the database's day keys and makes
+// the cache exactly them.
+func (k *Keystore) syncLocked(ctx context.Context, db SharedDayKeys) error {
+	local := k.Horizon()
+	horizon, wrapped, err := db.DayKeys(ctx)
+	if err != nil {
+		return fmt.Errorf("privacy: shared day keys: %w", err)
+	}
+	stale := local > horizon
+	for d := range wrapped {
+		stale = stale || d < local
+	}
+	if stale {
+		// The database is behind this keystore's horizon (a backup of it
+		// restored, or a destruction that failed half-way): destroy there
+		// what was destroyed here.
+		if _, horizon, err = db.DestroyDayKeysBefore(ctx, local); err != nil {
+			return fmt.Errorf("privacy: shared day keys: destroying the days before %s again: %w", local, err)
+		}
+		for d := range wrapped {
+			if d < horizon {
+				delete(wrapped, d)
+			}
+		}
+	}
+	keys := make(map[string]*[32]byte, len(wrapped))
+	for d, w := range wrapped {
+		key, err := k.unwrapDayKey(d, w)
+		if err != nil {
+			for _, key := range keys {
+				clear(key[:])
+			}
+			return err
+		}
+		keys[d] = key
+	}
+
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if err := k.raiseHorizonLocked(horizon); err != nil {
+		return err
+	}
+	for d, key := range k.dayKeys {
+		clear(key[:])
+		delete(k.dayKeys, d)
+	}
+	for d, key := range keys {
+		if k.horizon == "" || d >= k.horizon {
+			k.dayKeys[d] = key
+		}
+	}
+	k.synced = time.Now()
+	return nil
+}
+
+// raiseHorizonLocked records day as the horizon when it is later (caller
+// holds mu).
+func (k *Keystore) raiseHorizonLocked(day string) error {
+	if day <= k.horizon {
+		return nil
+	}
+	if err := writeAtomic(k.dir, horizonFile, []byte(day+"\n"), false); err != nil {
+		return err
+	}
+	k.horizon = day
+	for d, key := range k.dayKeys {
+		if d < day {
+			clear(key[:])
+			delete(k.dayKeys, d)
+		}
+	}
+	return nil
+}
+
+// sharedDayKey returns day's key from the database, recording a new one
+// when the day has none (the first gateway to need it wins).
+func (k *Keystore) sharedDayKey(db SharedDayKeys, day string) (*[32]byte, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), dayKeyTimeout)
+	defer cancel()
+	if k.needsSync() {
+		if err := k.SyncDayKeys(ctx); err != nil {
+			return nil, err
+		}
+		k.mu.RLock()
+		key, ok := k.dayKeys[day]
+		destroyed := k.horizon != "" && day < k.horizon
+		k.mu.RUnlock()
+		if destroyed {
+			return nil, fmt.Errorf("privacy: day %s: %w", day, ErrKeyDestroyed)
+		}
+		if ok {
+			return key, nil
+		}
+	}
+	fresh, err := newKey(false)
+	if err != nil {
+		return nil, fmt.Errorf("privacy: day key: %w", err)
+	}
+	w := k.wrapDayKey(day, fresh)
+	clear(fresh)
+	inForce, horizon, err := db.EnsureDayKey(ctx, day, w)
+	if err != nil {
+		return nil, fmt.Errorf("privacy: shared day key of %s: %w", day, err)
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if err := k.raiseHorizonLocked(horizon); err != nil {
+		return nil, err
+	}
+	if inForce == nil || (k.horizon != "" && day < k.horizon) {
+		return nil, fmt.Errorf("privacy: day %s: %w", day, ErrKeyDestroyed)
+	}
+	if key, ok := k.dayKeys[day]; ok {
+		return key, nil
+	}
+	key, err := k.unwrapDayKey(day, inForce)
+	if err != nil {
+		return nil, err
+	}
+	k.dayKeys[day] = key
+	return key, nil
+}
+
+// needsSync says whether the last sync is older than the refresh interval.
+func (k *Keystore) needsSync() bool {
+	k.mu.RLock()
+	defer k.mu.RUnlock()
+	return k.shared != nil && time.Since(k.synced) >= k.refresh
+}
+
+func (k *Keystore) wrapDayKey(day string, key []byte) []byte {
+	ns := k.kek.NonceSize()
+	out := make([]byte, ns, ns+len(key)+k.kek.Overhead())
+	if _, err := rand.Read(out); err != nil {
+		panic("privacy: crypto/rand failed: " + err.Error())
+	}
+	return k.kek.Seal(out, out[:ns], key, []byte(domainDayKey+day))
+}
+
+func (k *Keystore) unwrapDayKey(day string, wrapped []byte) (*[32]byte, error) {
+	ns := k.kek.NonceSize()
+	if len(wrapped) != ns+keyLen+k.kek.Overhead() {
+		return nil, fmt.Errorf("privacy: day %s: %w (%d bytes)", day, ErrDayKeyUnwrap, len(wrapped))
+	}
+	b, err := k.kek.Open(nil, wrapped[:ns], wrapped[ns:], []byte(domainDayKey+day))
+	if err != nil {
+		return nil, fmt.Errorf("privacy: day %s: %w: is keystore_dir this fleet's keystore (restored from a fleet keys file)?", day, ErrDayKeyUnwrap)
+	}
+	key := new([32]byte)
+	copy(key[:], b)
+	clear(b)
+	return key, nil
+}
+
+// destroySharedBefore destroys the database's day keys before cut.
+func (k *Keystore) destroySharedBefore(db SharedDayKeys, cut string) (int, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), dayKeyTimeout)
+	defer cancel()
+	n, horizon, err := db.DestroyDayKeysBefore(ctx, cut)
+	if err != nil {
+		return 0, fmt.Errorf("privacy: destroying the shared day keys before %s: %w", cut, err)
+	}
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	return n, k.raiseHorizonLocked(horizon)
+}

@@ -1,0 +1,183 @@
+package privacy_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/planetxlabs/dasset-gateway/internal/poll"
+	"github.com/planetxlabs/dasset-gateway/pkg/privacy"
+	"github.com/planetxlabs/dasset-gateway/pkg/store"
+)
+
+// fleetKeystores opens a keystore and n more restored from its fleet keys
+// file (as joining gateways do).
+func fleetKeystores(t *testing.T, n int) []*privacy.Keystore {
+	t.Helper()
+	first, err := privacy.OpenKeystore(filepath.Join(t.TempDir(), "keys"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var file bytes.Buffer
+	if err := first.BackupFleet(&file, []byte("p")); err != nil {
+		t.Fatal(err)
+	}
+	out := []*privacy.Keystore{first}
+	for range n {
+		dir := filepath.Join(t.TempDir(), "keys")
+		if _, err := privacy.RestoreKeystore(bytes.NewReader(file.Bytes()), []byte("p"), dir); err != nil {
+			t.Fatal(err)
+		}
+		k, err := privacy.OpenKeystore(dir)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out = append(out, k)
+	}
+	return out
+}
+
+func openRegistry(t *testing.T) *store.SQLite {
+	t.Helper()
+	st, err := store.OpenSQLite(context.Background(), filepath.Join(t.TempDir(), "registry.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { st.Close() })
+	return st
+}
+
+func mustPseudonym(t *testing.T, k *privacy.Keystore, day time.Time, idx privacy.BlindIndex) privacy.Pseudonym {
+	t.Helper()
+	p, err := k.Pseudonym(day, idx)
+	if err != nil {
+		t.Fatalf("Pseudonym(%s): %v", day.Format(time.DateOnly), err)
+	}
+	return p
+}
+
+// TestSharedDayKeys: gateways of one fleet sharing their day keys through
+// one registry give a subject the same pseudonym on a day, whichever made
+// the day's key; a subject's pseudonyms on one gateway include days another
+// made; a destruction by one is refused by the others without a restart
+// (at once for PseudonymsFor, within the refresh for Pseudonym) and
+// survives their restart; a registry restored from before the destruction
+// has the destroyed keys deleted when a gateway starts on it.
+func TestSharedDayKeys(t *testing.T) {
+	ctx := context.Background()
+	ks := fleetKeystores(t, 2)
+	a, b, c := ks[0], ks[1], ks[2]
+	st := openRegistry(t)
+	for i, k := range []*privacy.Keystore{a, b} {
+		if err := k.ShareDayKeys(ctx, st, 10*time.Millisecond); err != nil {
+			t.Fatalf("keystore %d: %v", i, err)
+		}
+	}
+	// c re-reads only when asked (PseudonymsFor).
+	if err := c.ShareDayKeys(ctx, st, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	sn, err := privacy.ParseSerialNumber("SN-SHARED")
+	if err != nil {
+		t.Fatal(err)
+	}
+	idx := a.BlindIndex(sn)
+	d1 := time.Date(2030, 5, 1, 8, 0, 0, 0, time.UTC)
+	d2, d3 := d1.AddDate(0, 0, 1), d1.AddDate(0, 0, 2)
+
+	p1 := mustPseudonym(t, a, d1, idx) // a makes d1
+	if got := mustPseudonym(t, b, d1.Add(9*time.Hour), idx); got != p1 {
+		t.Fatal("two gateways of the fleet give one subject different pseudonyms on one day")
+	}
+	p2 := mustPseudonym(t, b, d2, idx) // b makes d2
+	if got := mustPseudonym(t, a, d2, idx); got != p2 {
+		t.Fatal("the gateway that did not make the day's key gives another pseudonym")
+	}
+	p3 := mustPseudonym(t, b, d3, idx)
+	if p1 == p2 || p2 == p3 {
+		t.Fatal("one pseudonym on two days")
+	}
+	all, err := c.PseudonymsFor(ctx, idx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(all) != 3 || all["2030-05-01"] != p1 || all["2030-05-02"] != p2 || all["2030-05-03"] != p3 {
+		t.Fatalf("PseudonymsFor on a third gateway: %v; want the three days the others made", all)
+	}
+	// The registry holds the keys wrapped only: what it holds does not
+	// open without the fleet's KEK (another keystore cannot start on it).
+	_, wrapped, err := st.DayKeys(ctx)
+	if err != nil || len(wrapped) != 3 {
+		t.Fatalf("registry day keys: %d, %v", len(wrapped), err)
+	}
+	stranger, err := privacy.OpenKeystore(filepath.Join(t.TempDir(), "stranger"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stranger.ShareDayKeys(ctx, st, time.Hour); !errors.Is(err, privacy.ErrDayKeyUnwrap) {
+		t.Fatalf("a keystore of another fleet shared the registry's day keys: %v", err)
+	}
+
+	// An old copy of the registry, from before the destruction.
+	old := openRegistry(t)
+	for d, w := range wrapped {
+		if _, _, err := old.EnsureDayKey(ctx, d, w); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	// a destroys d1 and d2 (the pruner's cut at d3).
+	n, err := a.DestroyKeysBefore(d3)
+	if err != nil || n != 2 {
+		t.Fatalf("DestroyKeysBefore: %d, %v; want the 2 registry keys", n, err)
+	}
+	if _, err := a.Pseudonym(d1, idx); !errors.Is(err, privacy.ErrKeyDestroyed) {
+		t.Fatalf("a still derives a destroyed day: %v", err)
+	}
+	all, err = c.PseudonymsFor(ctx, idx)
+	if err != nil || len(all) != 1 || all["2030-05-03"] != p3 {
+		t.Fatalf("PseudonymsFor on another gateway after the destruction: %v, %v; want d3 only", all, err)
+	}
+	if _, err := c.Pseudonym(d2, idx); !errors.Is(err, privacy.ErrKeyDestroyed) {
+		t.Fatalf("c derives d2 after PseudonymsFor learnt its destruction: %v", err)
+	}
+	poll.Must(t, 5*time.Second, "b refuses the destroyed day", func() error {
+		if _, err := b.Pseudonym(d2, idx); !errors.Is(err, privacy.ErrKeyDestroyed) {
+			return fmt.Errorf("Pseudonym(d2) on b: %v", err)
+		}
+		return nil
+	})
+	if got := mustPseudonym(t, b, d3, idx); got != p3 {
+		t.Fatal("a retained day's pseudonym changed")
+	}
+	if h := b.Horizon(); h != "2030-05-03" {
+		t.Fatalf("b's horizon %q, want 2030-05-03", h)
+	}
+	b2, err := privacy.OpenKeystore(b.Dir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h := b2.Horizon(); h != "2030-05-03" {
+		t.Fatalf("b's horizon after a restart %q: the destruction it learnt was not kept", h)
+	}
+
+	// b restarts on the old registry copy: the keys its horizon destroyed
+	// are deleted from it, and the days stay refused.
+	if err := b2.ShareDayKeys(ctx, old, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	h, left, err := old.DayKeys(ctx)
+	if err != nil || h != "2030-05-03" || len(left) != 1 {
+		t.Fatalf("old registry after a gateway started on it: horizon %q, %d keys, %v; want 2030-05-03 and 1", h, len(left), err)
+	}
+	if _, err := b2.Pseudonym(d1, idx); !errors.Is(err, privacy.ErrKeyDestroyed) {
+		t.Fatalf("a destroyed day came back with an old registry: %v", err)
+	}
+	if got := mustPseudonym(t, b2, d3, idx); got != p3 {
+		t.Fatal("the retained day's key from the old registry differs")
+	}
+}
