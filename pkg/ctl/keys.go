@@ -36,7 +36,19 @@ pseudonym day keys, and the keystore id the database records; each gateway keeps
 key of its own. "keys backup --fleet" on a member writes only the shared keys (with the
 destruction horizon and the erasure ledger), never the member's WireGuard key, audit log or
 day-key retention; "keys restore" of that file into the new gateway's empty keystore_dir,
-before its first start, makes the new gateway's own WireGuard key and prints its public key.`,
+before its first start, makes the new gateway's own WireGuard key and prints its public key.
+
+A fleet keeps its pseudonym day keys in the database, each wrapped under the day-key KEK
+(daykeys.kek) that only the keystores and the fleet keys file hold, so that every gateway
+pseudonymises a day alike and a key destroyed by one gateway (at the connection-log retention)
+is gone for all of them within 30 seconds. The trade-off: a database backup holds the wrapped
+keys of the days retained when it was taken, and that backup plus the KEK (any fleet keystore,
+keys backup or fleet keys file) re-links the backup's connection-log rows to its devices and
+accounts even after those days were destroyed. The destruction horizon, kept in every keystore,
+protects the live fleet: destroyed days are never used again, and a database restored from an
+older backup has their keys deleted at the next start. Keep database backups no longer than the
+connection-log retention and apart from keystores and fleet keys files. (Rotating the KEK, which
+would retire old backups early, is not built yet.)`,
 		Example: `  dassetctl keys backup --keystore /var/lib/dasset-gateway-keys --out keystore.backup
   dassetctl keys restore --keystore /var/lib/dasset-gateway-keys --in keystore.backup
 
