@@ -19,6 +19,10 @@ const fleetDevices = 300
 // through another one.
 const failoverBound = 30 * time.Second
 
+// outageSpan is how long, at least, the test keeps PostgreSQL away while
+// the devices ping.
+const outageSpan = 3 * time.Second
+
 // session is one open session of the test's accounts.
 type session struct {
 	account, serial, id string
@@ -239,7 +243,17 @@ func TestFleet(t *testing.T) {
 			t.Fatalf("client login on %s during the PostgreSQL outage: %s %s; want Unavailable", m.name, res.Code, res.Error)
 		}
 	}
-	f.ping("every device during the PostgreSQL outage", nil, 10*time.Second)
+	// The outage lasts a while: every device pings, a round every 250 ms,
+	// for at least outageSpan.
+	tick := time.NewTicker(250 * time.Millisecond)
+	defer tick.Stop()
+	for round := 1; ; round++ {
+		f.ping(fmt.Sprintf("every device during the PostgreSQL outage (round %d)", round), nil, 10*time.Second)
+		if time.Since(stopped) >= outageSpan {
+			break
+		}
+		<-tick.C
+	}
 	for _, s := range sessions {
 		if s.host != c {
 			f.client("/session/ping", clientRequest{ID: s.id, WithinMS: 10000})
