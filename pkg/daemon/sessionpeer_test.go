@@ -64,6 +64,9 @@ func startSessionFleet(t *testing.T) *sessionFleet {
 		// Every gateway of a fleet names its own WireGuard endpoint: a
 		// client of another gateway cannot guess it.
 		cfg.Tunnel.Endpoint = "127.0.0.1:" + strconv.Itoa(cfg.Tunnel.ListenPort)
+		// The old home drops a moved device's peers at its next full
+		// reconcile at the latest.
+		cfg.Tunnel.ReconcileInterval = time.Second
 		if err := cfg.Validate(); err != nil {
 			t.Fatal(err)
 		}
@@ -240,4 +243,41 @@ func TestGetSessionNamesHomeGateway(t *testing.T) {
 	if got := loads(); got[f.b.d.InstanceID()] != "1 devices, 0 sessions" {
 		t.Fatalf("ListGateways after the session closed: %v; want B with the device only", got)
 	}
+}
+
+// TestSessionFollowsDevice: the device of an open session moves from A to
+// B (its agent stops on A and logs in on B with its pinned key). The
+// client, polling A, learns from GetSession that B serves the session now,
+// replaces its WireGuard peer (same key, same addresses) within a poll, and
+// its pings reach the device again, through B, which added the client peer
+// when the device came home to it; A drops the device and client peers.
+func TestSessionFollowsDevice(t *testing.T) {
+	f := startSessionFleet(t)
+	devKey, dev4 := f.dev.PublicKey(), addrOf(t, f.dev.Addresses(), true)
+	client4, clientAddrs := addrOf(t, f.s.ClientAddresses(), true), fmt.Sprint(f.s.ClientAddresses())
+
+	f.stopDev()
+	devB, _ := f.startDevice(t, f.b)
+	if devB.GatewayInstance() != f.b.d.InstanceID() || devB.PublicKey() != devKey {
+		t.Fatalf("device on instance %q (key kept: %v), want B %q with its pinned key", devB.GatewayInstance(), devB.PublicKey() == devKey, f.b.d.InstanceID())
+	}
+	moved := time.Now()
+	poll.Must(t, 10*time.Second, "the session following the device to B", func() error {
+		if _, ep, n := f.s.GatewayPeer(); ep != f.b.cfg.Tunnel.Endpoint || n != 1 {
+			return fmt.Errorf("gateway peer %s after %d changes, want B's %s after 1", ep, n, f.b.cfg.Tunnel.Endpoint)
+		}
+		return nil
+	})
+	if err := pingUntil(f.s.Net(), f.s.ClientAddresses(), dev4, 15*time.Second); err != nil {
+		t.Fatalf("client → device through B: %v", err)
+	}
+	t.Logf("the session's pings reached the device through B %v after it logged in there", time.Since(moved).Round(time.Millisecond))
+	if got := fmt.Sprint(f.s.ClientAddresses()); got != clientAddrs || addrOf(t, devB.Addresses(), true) != dev4 {
+		t.Fatalf("addresses changed in the move: client %s → %s, device %s → %s", clientAddrs, got, dev4, addrOf(t, devB.Addresses(), true))
+	}
+	if !peerPresent(t, f.b, client4) {
+		t.Fatal("gateway B has no peer for the client's address")
+	}
+	waitPeerGone(t, f.a, dev4)
+	waitPeerGone(t, f.a, client4)
 }

@@ -10,26 +10,21 @@ import (
 // there: this gateway when home is this gateway or "" (a device that has
 // not logged in to a gateway of the fleet yet), with its endpoint as the
 // device login answers it (local is the address the caller's gRPC
-// connection reached); another gateway as its last heartbeat recorded it in
-// the gateways table. A home missing from the table, or one that records no
-// endpoint (its tunnel.endpoint is empty, and only its own callers know the
-// address they reached), is ErrUnavailable: the caller asks again later.
+// connection reached); another gateway as its last heartbeat recorded it
+// in the gateways table (cached for a moment). A home missing from the
+// table, or one that records no endpoint (its tunnel.endpoint is empty, and
+// only its own callers know the address they reached), is ErrUnavailable:
+// the caller asks again later.
 func (g *Gateway) homePeer(ctx context.Context, home string, local netip.AddrPort) ([32]byte, string, error) {
 	if home == "" || home == g.cfg.InstanceID {
 		return g.tun.PublicKey(), g.endpoint(local), nil
 	}
-	gws, err := g.sess.reg.Gateways(ctx)
-	if err != nil {
-		return [32]byte{}, "", newErr(ErrUnavailable, err, "reading the gateways failed")
+	gw, ok := g.fleet.gateway(ctx, home)
+	switch {
+	case !ok:
+		return [32]byte{}, "", newErr(ErrUnavailable, nil, "the device's gateway %s is not in the registry's gateways table", home)
+	case gw.Endpoint == "":
+		return [32]byte{}, "", newErr(ErrUnavailable, nil, "the device's gateway %s has no tunnel.endpoint configured; every gateway of a fleet needs one", home)
 	}
-	for _, gw := range gws {
-		if gw.InstanceID != home {
-			continue
-		}
-		if gw.Endpoint == "" {
-			return [32]byte{}, "", newErr(ErrUnavailable, nil, "the device's gateway %s records no WireGuard endpoint (tunnel.endpoint)", home)
-		}
-		return [32]byte(gw.PublicKey), gw.Endpoint, nil
-	}
-	return [32]byte{}, "", newErr(ErrUnavailable, nil, "the device's gateway %s is not in the gateways table", home)
+	return [32]byte(gw.PublicKey), gw.Endpoint, nil
 }

@@ -34,7 +34,6 @@ type SessionRegistry interface {
 	CloseSession(ctx context.Context, id string, at time.Time) (store.Session, error)
 	SessionByID(ctx context.Context, id string) (store.Session, error)
 	OpenSessions(ctx context.Context) ([]store.Session, error)
-	Gateways(ctx context.Context) ([]store.Gateway, error)
 	Checkpoint(ctx context.Context) error
 }
 
