@@ -83,7 +83,7 @@ fuzz:
 	done
 
 bench: build
-	$(GO) test -run '^$$' -bench . -benchmem -benchtime 1s ./tunnel/... ./pkg/store/ ./pkg/identity/
+	$(GO) test -run '^$$' -bench . -benchmem -benchtime 1s ./tunnel/... ./pkg/store/ ./pkg/store/postgres/ ./pkg/identity/
 	$(GO) test -run '^$$' -bench . -benchmem -benchtime 40x ./pkg/retention/
 	BIN=$(BIN) BENCH_DEVICES=$(BENCH_DEVICES) BENCH_CONCURRENCY=$(BENCH_CONCURRENCY) bash scripts/bench.sh
 	@# The same storm against three gateways on one PostgreSQL, beside one on SQLite.

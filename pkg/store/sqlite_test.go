@@ -690,3 +690,11 @@ func TestFreshDatabaseHasCurrentVerifiers(t *testing.T) {
 		t.Fatalf("verifier_version = %q in a fresh database, want unset", v)
 	}
 }
+
+// BenchmarkHomePeers: HomePeers of one gateway of three at 10,000 devices,
+// beside AdmittedDevices (see storetest.BenchHomePeers).
+func BenchmarkHomePeers(b *testing.B) {
+	s := openTemp(b)
+	defer s.Close()
+	storetest.BenchHomePeers(b, s, 10000)
+}

@@ -337,3 +337,11 @@ func TestGatewaysAdmitAtOnce(t *testing.T) {
 		t.Fatalf("%d open sessions with %d distinct client offsets; want 30 of each", sessions, distinctOffsets)
 	}
 }
+
+// BenchmarkHomePeers: HomePeers of one gateway of three at 10,000 devices,
+// beside AdmittedDevices (see storetest.BenchHomePeers).
+func BenchmarkHomePeers(b *testing.B) {
+	s := open(b, cluster.NewSchema(b, conformanceDB))
+	defer s.Close()
+	storetest.BenchHomePeers(b, s, 10000)
+}
