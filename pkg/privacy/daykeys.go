@@ -24,9 +24,16 @@ type SharedDayKeys interface {
 // fleet's (or the row was altered).
 var ErrDayKeyUnwrap = errors.New("day key in the database does not open with this keystore's day-key KEK")
 
-// dayKeyTimeout bounds each database call made for a day key by a method
-// that has no context of its own (Pseudonym, DestroyKeysBefore).
-const dayKeyTimeout = 10 * time.Second
+// Bounds of the database calls made for day keys by methods that have no
+// context of their own: a background refresh or a destruction
+// (dayKeyTimeout), and recording a day's first key (dayKeyEnsureTimeout, on
+// the login path); after a failure, the calls that would repeat it fail at
+// once for dayKeyRetry.
+const (
+	dayKeyTimeout       = 10 * time.Second
+	dayKeyEnsureTimeout = 3 * time.Second
+	dayKeyRetry         = time.Second
+)
 
 // domainDayKey is the associated data of a wrapped day key, with its day:
 // a key moved to another day's row does not open.
@@ -155,47 +162,51 @@ func (k *Keystore) raiseHorizonLocked(day string) error {
 }
 
 // sharedDayKey returns day's key from the database, recording a new one
-// when the day has none (the first gateway to need it wins).
+// when the day has none (the first gateway to need it wins). It runs on the
+// login path (the connection log pseudonymises as it records), once per day
+// and gateway: one call at a time, each bounded by dayKeyEnsureTimeout, and
+// for dayKeyRetry after a failure the others fail at once instead of
+// waiting for the database again.
 func (k *Keystore) sharedDayKey(db SharedDayKeys, day string) (*[32]byte, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), dayKeyTimeout)
-	defer cancel()
-	if k.needsSync() {
-		if err := k.SyncDayKeys(ctx); err != nil {
-			return nil, err
-		}
-		k.mu.RLock()
-		key, ok := k.dayKeys[day]
-		destroyed := k.horizon != "" && day < k.horizon
-		k.mu.RUnlock()
-		if destroyed {
-			return nil, fmt.Errorf("privacy: day %s: %w", day, ErrKeyDestroyed)
-		}
-		if ok {
-			return key, nil
-		}
+	k.ensureMu.Lock()
+	defer k.ensureMu.Unlock()
+	k.mu.RLock()
+	key, ok := k.dayKeys[day]
+	destroyed := k.horizon != "" && day < k.horizon
+	failed, failedAt := k.ensureErr, k.ensureFailed
+	k.mu.RUnlock()
+	switch {
+	case destroyed:
+		return nil, fmt.Errorf("privacy: day %s: %w", day, ErrKeyDestroyed)
+	case ok:
+		return key, nil
+	case failed != nil && time.Since(failedAt) < dayKeyRetry:
+		return nil, failed
 	}
+
 	fresh, err := newKey(false)
 	if err != nil {
 		return nil, fmt.Errorf("privacy: day key: %w", err)
 	}
 	w := k.wrapDayKey(day, fresh)
 	clear(fresh)
+	ctx, cancel := context.WithTimeout(context.Background(), dayKeyEnsureTimeout)
+	defer cancel()
 	inForce, horizon, err := db.EnsureDayKey(ctx, day, w)
-	if err != nil {
-		return nil, fmt.Errorf("privacy: shared day key of %s: %w", day, err)
-	}
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	if err != nil {
+		k.ensureErr, k.ensureFailed = fmt.Errorf("privacy: shared day key of %s: %w", day, err), time.Now()
+		return nil, k.ensureErr
+	}
+	k.ensureErr = nil
 	if err := k.raiseHorizonLocked(horizon); err != nil {
 		return nil, err
 	}
 	if inForce == nil || (k.horizon != "" && day < k.horizon) {
 		return nil, fmt.Errorf("privacy: day %s: %w", day, ErrKeyDestroyed)
 	}
-	if key, ok := k.dayKeys[day]; ok {
-		return key, nil
-	}
-	key, err := k.unwrapDayKey(day, inForce)
+	key, err = k.unwrapDayKey(day, inForce)
 	if err != nil {
 		return nil, err
 	}
@@ -203,11 +214,24 @@ func (k *Keystore) sharedDayKey(db SharedDayKeys, day string) (*[32]byte, error)
 	return key, nil
 }
 
-// needsSync says whether the last sync is older than the refresh interval.
-func (k *Keystore) needsSync() bool {
-	k.mu.RLock()
-	defer k.mu.RUnlock()
-	return k.shared != nil && time.Since(k.synced) >= k.refresh
+// refreshInBackground re-reads the shared day keys in a goroutine of its
+// own (one at a time, bounded by dayKeyTimeout): the day keys in use stay
+// in use meanwhile, so no login waits for it. After a failure the next
+// attempt comes dayKeyRetry later at the earliest.
+func (k *Keystore) refreshInBackground() {
+	if !k.refreshing.CompareAndSwap(false, true) {
+		return
+	}
+	go func() {
+		defer k.refreshing.Store(false)
+		ctx, cancel := context.WithTimeout(context.Background(), dayKeyTimeout)
+		defer cancel()
+		if err := k.SyncDayKeys(ctx); err != nil {
+			k.mu.Lock()
+			k.synced = time.Now().Add(dayKeyRetry - k.refresh)
+			k.mu.Unlock()
+		}
+	}()
 }
 
 func (k *Keystore) wrapDayKey(day string, key []byte) []byte {

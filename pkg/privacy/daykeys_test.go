@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -179,5 +180,87 @@ func TestSharedDayKeys(t *testing.T) {
 	}
 	if got := mustPseudonym(t, b2, d3, idx); got != p3 {
 		t.Fatal("the retained day's key from the old registry differs")
+	}
+}
+
+// unreachable wraps a registry's day keys: while down, every call fails
+// (DayKeys first waits until released, like a database that does not
+// answer); calls counts the calls that reached it.
+type unreachable struct {
+	privacy.SharedDayKeys
+	down    atomic.Bool
+	release chan struct{}
+	calls   atomic.Int32
+}
+
+var errDown = errors.New("registry unreachable")
+
+func (u *unreachable) EnsureDayKey(ctx context.Context, day string, wrapped []byte) ([]byte, string, error) {
+	u.calls.Add(1)
+	if u.down.Load() {
+		return nil, "", errDown
+	}
+	return u.SharedDayKeys.EnsureDayKey(ctx, day, wrapped)
+}
+
+func (u *unreachable) DayKeys(ctx context.Context) (string, map[string][]byte, error) {
+	u.calls.Add(1)
+	if u.down.Load() {
+		select {
+		case <-u.release:
+		case <-ctx.Done():
+		}
+		return "", nil, errDown
+	}
+	return u.SharedDayKeys.DayKeys(ctx)
+}
+
+// TestSharedDayKeysRegistryDown: pseudonymising runs on the login path.
+// While the registry does not answer, a day whose key is in use keeps it
+// (the re-read runs in the background and the call returns while it
+// hangs), and a day without a key fails — once against the registry, then
+// at once without asking it again for a second.
+func TestSharedDayKeysRegistryDown(t *testing.T) {
+	ctx := context.Background()
+	k := fleetKeystores(t, 0)[0]
+	reg := &unreachable{SharedDayKeys: openRegistry(t), release: make(chan struct{})}
+	if err := k.ShareDayKeys(ctx, reg, time.Millisecond); err != nil {
+		t.Fatal(err)
+	}
+	sn, err := privacy.ParseSerialNumber("SN-DOWN")
+	if err != nil {
+		t.Fatal(err)
+	}
+	idx := k.BlindIndex(sn)
+	d1 := time.Date(2030, 6, 1, 0, 0, 0, 0, time.UTC)
+	p1 := mustPseudonym(t, k, d1, idx)
+
+	reg.down.Store(true)
+	defer close(reg.release)
+	before := reg.calls.Load()
+	poll.Must(t, 5*time.Second, "a background re-read hangs on the registry", func() error {
+		if got := mustPseudonym(t, k, d1, idx); got != p1 {
+			t.Fatal("the day's pseudonym changed while the registry is away")
+		}
+		if reg.calls.Load() == before {
+			return errors.New("no re-read started yet")
+		}
+		return nil
+	})
+	// The re-read still hangs (release is open): the day in use answers.
+	if got := mustPseudonym(t, k, d1, idx); got != p1 {
+		t.Fatal("the day's pseudonym changed while the registry is away")
+	}
+
+	d2 := d1.AddDate(0, 0, 1)
+	if _, err := k.Pseudonym(d2, idx); !errors.Is(err, errDown) {
+		t.Fatalf("a new day with the registry away: %v, want its error", err)
+	}
+	n := reg.calls.Load()
+	if _, err := k.Pseudonym(d2, idx); !errors.Is(err, errDown) {
+		t.Fatalf("a new day again: %v, want the error again", err)
+	}
+	if got := reg.calls.Load(); got != n {
+		t.Fatalf("the second attempt within a second asked the registry again (%d calls, then %d)", n, got)
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/crypto/chacha20poly1305"
@@ -74,6 +75,12 @@ type Keystore struct {
 	refresh time.Duration // re-read the shared day keys at least this often
 	synced  time.Time     // when they were last read
 	syncMu  sync.Mutex    // one sync at a time; taken before mu, never inside it
+	// One first-of-the-day key recorded at a time (taken before mu), and
+	// the last failure to record one.
+	ensureMu     sync.Mutex
+	ensureErr    error
+	ensureFailed time.Time
+	refreshing   atomic.Bool // a background refresh runs
 }
 
 // KeystoreID returns the id of the keystore in dir without creating or
@@ -379,7 +386,7 @@ func (k *Keystore) dayKey(day string) (*[32]byte, error) {
 	stale := shared != nil && time.Since(k.synced) >= k.refresh
 	k.mu.RUnlock()
 	if stale {
-		return k.sharedDayKey(shared, day)
+		k.refreshInBackground()
 	}
 	if destroyed {
 		return nil, fmt.Errorf("privacy: day %s: %w", day, ErrKeyDestroyed)
