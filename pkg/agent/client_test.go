@@ -432,3 +432,49 @@ func TestSessionFailsOverToAnotherGateway(t *testing.T) {
 		t.Fatalf("ListDevices on a stopped gateway: %v, want ErrUnavailable", err)
 	}
 }
+
+// Polls wait the interval ±25%, at random.
+func TestPollWaitJitter(t *testing.T) {
+	const interval = 2 * time.Second
+	lo, hi := interval, time.Duration(0)
+	for range 2000 {
+		d := pollWait(interval)
+		lo, hi = min(lo, d), max(hi, d)
+	}
+	if lo < interval*3/4 || hi > interval*5/4 || hi-lo < interval/4 {
+		t.Fatalf("poll waits from %v to %v; want spread over [%v, %v]", lo, hi, interval*3/4, interval*5/4)
+	}
+}
+
+// The watcher's stale-handshake trigger: counted from the later of the last
+// handshake and the last peer change, off without a keepalive or a tunnel.
+func TestSessionStaleIn(t *testing.T) {
+	lc := loginConfig{
+		addrs: []netip.Prefix{netip.MustParsePrefix("100.95.0.1/32")}, mtu: 1420,
+		peer: peerConfig{publicKey: [32]byte{9}, endpoint: netip.MustParseAddrPort("127.0.0.1:9"), allowedIPs: []netip.Prefix{netip.MustParsePrefix(virtualNetwork)}, keepalive: 25},
+	}
+	var priv [32]byte
+	priv[0] = 1
+	clamp(&priv)
+	tun, err := newTunnel(lc, priv, true, "", slog.New(slog.DiscardHandler), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tun.close()
+	now := time.Now()
+	s := &Session{tun: tun, peerSince: now.Add(-10 * time.Second)}
+	if d, ok := s.staleIn(now); !ok || d != handshakeStaleFollow-10*time.Second {
+		t.Fatalf("peer set 10s ago, no handshake: stale in %v (%v), want %v", d, ok, handshakeStaleFollow-10*time.Second)
+	}
+	s.peerSince = now.Add(-handshakeStaleFollow - time.Second)
+	if d, ok := s.staleIn(now); !ok || d > 0 {
+		t.Fatalf("peer set long ago, no handshake: stale in %v (%v), want now", d, ok)
+	}
+	tun.peer.keepalive = 0
+	if _, ok := s.staleIn(now); ok {
+		t.Fatal("without a keepalive the handshakes say nothing, but staleIn counted")
+	}
+	if _, ok := (&Session{}).staleIn(now); ok {
+		t.Fatal("a session without a tunnel counted a stale handshake")
+	}
+}

@@ -145,6 +145,13 @@ func (f *sessionFleet) startDevice(t *testing.T, g *testGateway) (*agent.Agent, 
 // getSession asks gateway g for session id with alice's stored token.
 func (f *sessionFleet) getSession(t *testing.T, g *testGateway, id string) (*gatewayv1.SessionInfo, error) {
 	t.Helper()
+	return f.getSessionAs(t, g, f.client.StateDir, id)
+}
+
+// getSessionAs asks gateway g for session id with the token stored in the
+// client state directory dir.
+func (f *sessionFleet) getSessionAs(t *testing.T, g *testGateway, dir, id string) (*gatewayv1.SessionInfo, error) {
+	t.Helper()
 	tlsCfg, err := tlsutil.ClientConfig(f.certFile, "", "127.0.0.1")
 	if err != nil {
 		t.Fatal(err)
@@ -154,7 +161,7 @@ func (f *sessionFleet) getSession(t *testing.T, g *testGateway, id string) (*gat
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	tok, err := os.ReadFile(filepath.Join(f.client.StateDir, "access-token"))
+	tok, err := os.ReadFile(filepath.Join(dir, "access-token"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -230,7 +237,19 @@ func TestGetSessionNamesHomeGateway(t *testing.T) {
 		return nil
 	})
 
-	// Closed sessions and unknown ids are NotFound on any gateway.
+	// Another account's session, unknown ids and closed sessions are
+	// NotFound on any gateway.
+	if _, err := f.a.admin.CreateAccount(ctx, &gatewayv1.CreateAccountRequest{Name: "bob", Password: "bob-password-22"}); err != nil {
+		t.Fatal(err)
+	}
+	bob := f.client
+	bob.Account, bob.Password, bob.StateDir = "bob", "bob-password-22", filepath.Join(t.TempDir(), "bob")
+	if _, _, err := agent.ClientLogin(ctx, bob); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.getSessionAs(t, f.b, bob.StateDir, f.s.ID()); status.Code(err) != codes.NotFound {
+		t.Fatalf("GetSession of alice's session by bob: %v, want NotFound", err)
+	}
 	if _, err := f.getSession(t, f.b, "0123456789abcdef0123456789abcdef"); status.Code(err) != codes.NotFound {
 		t.Fatalf("GetSession of an unknown id: %v, want NotFound", err)
 	}
