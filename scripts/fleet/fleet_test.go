@@ -26,18 +26,22 @@ const outageSpan = 3 * time.Second
 // session is one open session of the test's accounts.
 type session struct {
 	account, serial, id string
-	host                *member // the gateway the client opened it on
+	host                *member // its device's home when it was opened
 }
 
 // TestFleet: three gateways on one PostgreSQL registry, 300 devices spread
-// over them (each agent is given all three), two accounts with sessions.
-// One gateway is killed with SIGKILL: every one of its devices pings through
-// another gateway within 30 s with the same key and addresses, and no
-// address is held twice (in the database, against what the devices use, in
-// the live gateways' peer lists). The killed gateway starts again. Then
-// PostgreSQL is restarted: the tunnels keep carrying pings, client logins
-// answer Unavailable and /readyz is not ready during the outage, and both
-// come back by themselves after it.
+// over them (each agent is given all three), two accounts with sessions
+// whose gateway peer is the device's home. One gateway is killed with
+// SIGKILL: every one of its devices pings through another gateway within
+// 30 s with the same key and addresses, its home moves in the registry, the
+// sessions to its devices carry traffic again through their new homes, and
+// no address is held twice (in the database, against what the devices use,
+// in the live gateways' peer lists). The killed gateway starts again and
+// nothing flaps back over three of its full reconcile passes. Then
+// PostgreSQL stops for a while: the tunnels keep carrying pings, client
+// logins answer Unavailable and /readyz is not ready, and both come back by
+// themselves after it. Last, a device revoked on one gateway loses its peer
+// on the gateway it lives on within a second.
 func TestFleet(t *testing.T) {
 	f := newFleet(t)
 	a, b, c := f.gws[0], f.gws[1], f.gws[2]
@@ -122,10 +126,13 @@ func TestFleet(t *testing.T) {
 	}
 	t.Logf("devices per gateway: a=%d b=%d c=%d", len(on[a]), len(on[b]), len(on[c]))
 	f.checkAddresses(before, f.gws)
+	f.checkHomes(before)
 
 	// Two accounts, each with sessions to two devices on c (the gateway
-	// that will be killed) and one elsewhere; logins on a, binding on a,
-	// each session opened on its device's gateway.
+	// that will be killed) and one elsewhere; logins and binding through
+	// a. Each session's client is given every gateway, its device's home
+	// first (a client near the device): the grant's gateway peer (the
+	// client's WireGuard peer) is the device's home.
 	for name, pw := range passwords {
 		f.client("/client/login", clientRequest{Gateway: a.addr, Account: name, Password: pw})
 	}
@@ -136,7 +143,10 @@ func TestFleet(t *testing.T) {
 			code := f.client("/bindcode", clientRequest{Serial: d.Serial}).Binding
 			f.client("/client/bind", clientRequest{Gateway: a.addr, Account: name, Code: code})
 			host := f.byInstance(d.Instance)
-			res := f.client("/session/open", clientRequest{Gateway: host.addr, Account: name, Serial: d.Serial})
+			res := f.client("/session/open", clientRequest{Gateway: f.gatewaysFrom(host), Account: name, Serial: d.Serial})
+			if res.PeerKey != host.publicKey() {
+				t.Fatalf("session %s to %s (homed on %s): gateway peer %s, want %s's key %s", res.ID, d.Serial, host.name, res.PeerKey, host.name, host.publicKey())
+			}
 			if got := strings.Join(res.Device, ","); got != strings.Join(d.Addrs, ",") {
 				t.Fatalf("session %s to %s: device addresses %s, the device has %s", res.ID, d.Serial, got, strings.Join(d.Addrs, ","))
 			}
@@ -209,16 +219,65 @@ func TestFleet(t *testing.T) {
 		}
 	}
 	f.ping("every device after the failover", nil, 10*time.Second)
+	f.checkAddresses(after, []*member{a, b})
+	f.checkHomes(after)
+	// The sessions follow their devices: those of c's devices carry pings
+	// again through the devices' new homes (their clients, whose first
+	// gateway died, asked the next one for the session's gateway peer),
+	// the others never stopped.
 	for _, s := range sessions {
-		if s.host != c {
-			f.client("/session/ping", clientRequest{ID: s.id, WithinMS: 10000})
+		res := f.client("/session/ping", clientRequest{ID: s.id, WithinMS: int(failoverBound / time.Millisecond)})
+		newHome := f.byInstance(after[s.serial].Instance)
+		if res.PeerKey != newHome.publicKey() {
+			t.Fatalf("session %s to %s: gateway peer %s, want its device's home %s (%s)", s.id, s.serial, res.PeerKey, newHome.name, newHome.publicKey())
+		}
+		if moved := s.host == c; moved != (res.Moves > 0) {
+			t.Fatalf("session %s to %s: %d gateway peer changes; device moved: %v", s.id, s.serial, res.Moves, moved)
 		}
 	}
-	f.checkAddresses(after, []*member{a, b})
+	t.Logf("every session carries pings through its device's home %v after SIGKILL", time.Since(killed).Round(time.Millisecond))
 
-	// c starts again (same data directory, instance id and keystore).
+	// c starts again (same data directory, instance id and keystore):
+	// nothing flaps back. Over three full reconcile passes of c (one a
+	// second), c takes none of the moved devices as peers, no device
+	// changes gateway and the registry's homes stay.
 	c.startReady()
 	t.Logf("c restarted as instance %s", c.instance)
+	movedKeys := map[string]string{}
+	for _, d := range victims {
+		movedKeys[d.Key] = d.Serial
+	}
+	noneBack := func() error {
+		for _, p := range c.peers() {
+			if sn, ok := movedKeys[p.PublicKey]; ok {
+				t.Fatalf("device %s is a peer of c again after c restarted (it lives on another gateway)", sn)
+			}
+		}
+		return nil
+	}
+	passes := func() float64 {
+		return c.counter("dasset_gateway_reconciles_total", map[string]string{"pass": "full", "result": "ok"})
+	}
+	base := passes()
+	f.until(20*time.Second, 250*time.Millisecond, "c runs three full reconcile passes", func() error {
+		_ = noneBack()
+		if n := passes(); n < base+3 {
+			return fmt.Errorf("%v full passes since c was ready, want 3", n-base)
+		}
+		return nil
+	})
+	_ = noneBack()
+	still := f.devices()
+	for sn, d := range still {
+		if d.Instance != after[sn].Instance || strings.Join(d.Addrs, ",") != strings.Join(after[sn].Addrs, ",") {
+			t.Fatalf("device %s: on %s with %v after c restarted, on %s with %v before", sn, d.Instance, d.Addrs, after[sn].Instance, after[sn].Addrs)
+		}
+	}
+	f.checkHomes(still)
+	for m, ds := range movedTo {
+		m.holdsDevices(ds)
+	}
+	t.Logf("c restarted: over %v full reconcile passes nothing moved back", passes()-base)
 
 	// PostgreSQL restarts: tunnels keep carrying pings; client logins answer
 	// Unavailable and /readyz is not ready during the outage; both recover
@@ -244,20 +303,36 @@ func TestFleet(t *testing.T) {
 		}
 	}
 	// The outage lasts a while: every device pings, a round every 250 ms,
-	// for at least outageSpan.
+	// for at least outageSpan and until every gateway has failed two full
+	// reconcile passes (a pass that cannot read the registry must leave
+	// the peers alone).
+	failedPasses := func(m *member) float64 {
+		return m.counter("dasset_gateway_reconciles_total", map[string]string{"pass": "full", "result": "error"})
+	}
+	failedBefore := map[*member]float64{}
+	for _, m := range f.gws {
+		failedBefore[m] = failedPasses(m)
+	}
 	tick := time.NewTicker(250 * time.Millisecond)
 	defer tick.Stop()
 	for round := 1; ; round++ {
 		f.ping(fmt.Sprintf("every device during the PostgreSQL outage (round %d)", round), nil, 10*time.Second)
-		if time.Since(stopped) >= outageSpan {
+		done := time.Since(stopped) >= outageSpan
+		for _, m := range f.gws {
+			if failedPasses(m) < failedBefore[m]+2 {
+				done = false
+			}
+		}
+		if done {
 			break
+		}
+		if time.Since(stopped) > 30*time.Second {
+			t.Fatalf("30 s into the PostgreSQL outage, not every gateway has failed two full reconcile passes")
 		}
 		<-tick.C
 	}
 	for _, s := range sessions {
-		if s.host != c {
-			f.client("/session/ping", clientRequest{ID: s.id, WithinMS: 10000})
-		}
+		f.client("/session/ping", clientRequest{ID: s.id, WithinMS: 10000})
 	}
 	t.Logf("PostgreSQL down for %v: every device pinged, logins answered Unavailable", time.Since(stopped).Round(time.Millisecond))
 	if err := f.pg.Start(ctx); err != nil {
@@ -279,5 +354,47 @@ func TestFleet(t *testing.T) {
 	}
 	t.Logf("logins and readiness back %v after PostgreSQL restarted", time.Since(restarted).Round(time.Millisecond))
 	f.ping("every device after the PostgreSQL restart", nil, 10*time.Second)
-	f.checkAddresses(f.devices(), []*member{a, b})
+	final := f.devices()
+	f.checkAddresses(final, []*member{a, b})
+
+	// Revoking a device on a cuts its tunnel on b within a second.
+	inSession := map[string]bool{}
+	for _, s := range sessions {
+		inSession[s.serial] = true
+	}
+	var victim deviceState
+	for _, d := range final {
+		if d.Instance == b.instance && !inSession[d.Serial] {
+			victim = d
+			break
+		}
+	}
+	b.holdsDevices([]deviceState{victim})
+	if has, err := b.hasWGPeer(victim.Key); err != nil || !has {
+		t.Fatalf("b's WireGuard device, asked over UAPI, has the device as a peer: %v, %v; want true", has, err)
+	}
+	revoke := time.Now()
+	a.MustCtl("devices", "revoke", victim.Serial)
+	answered := time.Since(revoke)
+	err = poll.Until(f.Context(), time.Second-time.Since(revoke), 10*time.Millisecond, func() error {
+		has, err := b.hasWGPeer(victim.Key)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if has {
+			return fmt.Errorf("device %s still a peer of b", victim.Serial)
+		}
+		return nil
+	})
+	if cut := time.Since(revoke); err != nil || cut > time.Second {
+		t.Fatalf("revoked on a: %v after %v; want its peer gone from b within 1s", err, cut)
+	}
+	t.Logf("revoked on a (dassetctl answered after %v): the device's peer was gone from b after %v",
+		answered.Round(time.Millisecond), time.Since(revoke).Round(time.Millisecond))
+	f.until(10*time.Second, 100*time.Millisecond, "the revoked device's agent stops", func() error {
+		if d := f.devices()[victim.Serial]; !strings.Contains(d.Ended, "revoked") {
+			return fmt.Errorf("agent: %q", d.Ended)
+		}
+		return nil
+	})
 }

@@ -1,9 +1,15 @@
 package fleet
 
 import (
+	"bufio"
+	"bytes"
 	"context"
+	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
+	"io"
+	"net"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -15,6 +21,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 
 	"github.com/planetxlabs/dasset-gateway/internal/poll"
 	"github.com/planetxlabs/dasset-gateway/pkg/config"
@@ -139,7 +147,61 @@ func (m *member) start() {
 		"serve", "--config", m.Config,
 		"--store.driver=postgres", "--store.dsn_file="+f.dsnFile,
 		"--grpc.cert_file="+f.certFile, "--grpc.key_file="+f.keyFile, "--tunnel.endpoint="+m.endpoint,
-		"--throttle.source_rate=100000", "--throttle.source_burst=100000")
+		"--throttle.source_rate=100000", "--throttle.source_burst=100000",
+		// A full reconcile pass every second: the no-flap window counts them.
+		"--tunnel.reconcile_interval=1s")
+}
+
+// publicKey is the gateway's WireGuard public key (base64) as the registry
+// lists it.
+func (m *member) publicKey() string {
+	m.f.T.Helper()
+	var fl struct {
+		Gateways []struct {
+			InstanceID string `json:"instance_id"`
+			PublicKey  string `json:"public_key"`
+		} `json:"gateways"`
+	}
+	m.f.gws[0].CtlJSON(&fl, "fleet")
+	for _, g := range fl.Gateways {
+		if g.InstanceID == m.instance {
+			return g.PublicKey
+		}
+	}
+	m.f.T.Fatalf("gateway %s (%s) is not in dassetctl fleet: %+v", m.name, m.instance, fl)
+	return ""
+}
+
+// counter sums the samples of a counter of m's metrics whose labels
+// include want.
+func (m *member) counter(name string, want map[string]string) float64 {
+	m.f.T.Helper()
+	body, err := m.Get(netnstest.MetricsURL + "/metrics")
+	if err != nil {
+		m.f.T.Fatal(err)
+	}
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	fams, err := parser.TextToMetricFamilies(bytes.NewReader(body))
+	if err != nil {
+		m.f.T.Fatalf("gateway %s metrics: %v", m.name, err)
+	}
+	fam, ok := fams[name]
+	if !ok {
+		m.f.T.Fatalf("gateway %s: no metric %s", m.name, name)
+	}
+	var sum float64
+	for _, s := range fam.GetMetric() {
+		match := 0
+		for _, l := range s.GetLabel() {
+			if v, ok := want[l.GetName()]; ok && v == l.GetValue() {
+				match++
+			}
+		}
+		if match == len(want) && s.GetCounter() != nil {
+			sum += s.GetCounter().GetValue()
+		}
+	}
+	return sum
 }
 
 // startReady starts the gateway, waits until it is ready and reads its
@@ -183,6 +245,18 @@ func (f *fleet) joinKeystore(from, m *member) {
 	if _, err := f.RunStdin(pass, f.Path("dassetctl"), "keys", "restore", "--keystore", m.keystore, "--in", backup, "--passphrase-stdin"); err != nil {
 		f.T.Fatal(err)
 	}
+}
+
+// gatewaysFrom lists every gateway's gRPC address, m's first (a client's
+// --gateway).
+func (f *fleet) gatewaysFrom(m *member) string {
+	list := []string{m.addr}
+	for _, o := range f.gws {
+		if o != m {
+			list = append(list, o.addr)
+		}
+	}
+	return strings.Join(list, ",")
 }
 
 // byInstance is the member with instance id id, or nil.
@@ -288,6 +362,38 @@ func (m *member) peers() []peer {
 	return l.Peers
 }
 
+// hasWGPeer asks m's WireGuard device itself, over its UAPI socket (a unix
+// socket on the shared file system; a read costs no process start), whether
+// key (base64) is one of its peers.
+func (m *member) hasWGPeer(key string) (bool, error) {
+	raw, err := base64.StdEncoding.DecodeString(key)
+	if err != nil {
+		return false, err
+	}
+	c, err := net.DialTimeout("unix", "/var/run/wireguard/"+m.Interface+".sock", time.Second)
+	if err != nil {
+		return false, err
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(c, "get=1\n\n"); err != nil {
+		return false, err
+	}
+	want := "public_key=" + hex.EncodeToString(raw)
+	sc := bufio.NewScanner(c)
+	for sc.Scan() {
+		switch line := sc.Text(); {
+		case line == want:
+			return true, nil
+		case line == "":
+			return false, nil
+		case strings.HasPrefix(line, "errno=") && line != "errno=0":
+			return false, fmt.Errorf("UAPI get: %s", line)
+		}
+	}
+	return false, fmt.Errorf("UAPI get: no end of answer: %v", sc.Err())
+}
+
 // registryAddresses reads every admitted device's pinned key (base64) and
 // address offset from the database.
 func (f *fleet) registryAddresses() map[string]uint32 {
@@ -319,6 +425,47 @@ func (f *fleet) registryAddresses() map[string]uint32 {
 		f.T.Fatal(err)
 	}
 	return out
+}
+
+// registryHomes reads every admitted device's home gateway by pinned key
+// (base64) from the database.
+func (f *fleet) registryHomes() map[string]string {
+	f.T.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	conn, err := pgx.Connect(ctx, f.dsn)
+	if err != nil {
+		f.T.Fatal(err)
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	rows, err := conn.Query(ctx, `SELECT encode(pinned_key, 'base64'), coalesce(home_gateway, '') FROM devices WHERE pinned_key IS NOT NULL`)
+	if err != nil {
+		f.T.Fatal(err)
+	}
+	out := map[string]string{}
+	for rows.Next() {
+		var key, home string
+		if err := rows.Scan(&key, &home); err != nil {
+			f.T.Fatal(err)
+		}
+		out[key] = home
+	}
+	if err := rows.Err(); err != nil {
+		f.T.Fatal(err)
+	}
+	return out
+}
+
+// checkHomes checks that the registry records each device's home as the
+// gateway the device last logged in to.
+func (f *fleet) checkHomes(devs map[string]deviceState) {
+	f.T.Helper()
+	homes := f.registryHomes()
+	for sn, d := range devs {
+		if got := homes[d.Key]; got != d.Instance {
+			f.T.Fatalf("device %s: home %q in the registry, logged in to %q", sn, got, d.Instance)
+		}
+	}
 }
 
 // openSessionOffsetsTwice counts client offsets held by more than one open
