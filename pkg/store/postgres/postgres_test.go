@@ -6,6 +6,7 @@ import (
 	"maps"
 	"os"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -344,4 +345,47 @@ func BenchmarkHomePeers(b *testing.B) {
 	s := open(b, cluster.NewSchema(b, conformanceDB))
 	defer s.Close()
 	storetest.BenchHomePeers(b, s, 10000)
+}
+
+// BenchmarkAdmitParallel is a boot storm against the store alone: first
+// admissions of distinct devices from 64 goroutines at once, each sending
+// its change notification in its transaction, with one store listening.
+func BenchmarkAdmitParallel(b *testing.B) {
+	ctx := context.Background()
+	s := open(b, cluster.NewSchema(b, conformanceDB))
+	defer s.Close()
+	ch, err := s.Changes(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	go func() {
+		for range ch {
+		}
+	}()
+	batch := make([]store.Enrollment, b.N)
+	for i := range batch {
+		batch[i] = store.Enrollment{Index: privacy.BlindIndex{byte(i), byte(i >> 8), byte(i >> 16), 1}, SealedSerial: []byte("s"), Verifier: privacy.Verifier{1}}
+	}
+	if _, err := s.EnrollDevices(ctx, batch); err != nil {
+		b.Fatal(err)
+	}
+	devs, err := s.ListDevices(ctx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	exp := time.Now().Add(time.Hour)
+	var next atomic.Int64
+	b.SetParallelism(32)
+	b.ReportAllocs()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			i := next.Add(1) - 1
+			if _, err := s.Admit(ctx, store.Admission{DeviceID: devs[i].ID, Key: store.Key{byte(i), byte(i >> 8), byte(i >> 16), 2}, First: 1, Last: 1 << 20,
+				Day: "2030-01-02", TokenHash: [32]byte{byte(i), byte(i >> 8), byte(i >> 16), 3}, TokenExpires: exp, Gateway: "gw-0"}); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
 }
