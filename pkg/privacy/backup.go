@@ -182,7 +182,13 @@ func (k *Keystore) readAllFiles(horizon string) (map[string][]byte, error) {
 	if horizon != "" {
 		files[horizonFile] = []byte(horizon + "\n")
 	}
-	for d := range k.dayKeys {
+	// The key files on disk: with shared day keys (ShareDayKeys) the keys
+	// in use live in the database, not here.
+	days, err := k.listDays()
+	if err != nil {
+		return nil, err
+	}
+	for _, d := range days {
 		if d < horizon {
 			continue
 		}

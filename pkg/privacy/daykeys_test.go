@@ -181,6 +181,17 @@ func TestSharedDayKeys(t *testing.T) {
 	if got := mustPseudonym(t, b2, d3, idx); got != p3 {
 		t.Fatal("the retained day's key from the old registry differs")
 	}
+
+	// A keys backup of a gateway sharing its day keys works (the keys it
+	// uses are in the registry, not in its days/ directory) and restores.
+	var backup bytes.Buffer
+	if err := b2.Backup(&backup, []byte("p")); err != nil {
+		t.Fatalf("keys backup of a keystore with shared day keys: %v", err)
+	}
+	info, err := privacy.RestoreKeystore(&backup, []byte("p"), filepath.Join(t.TempDir(), "restored"))
+	if err != nil || info.DayKeys != 0 || info.Horizon != "2030-05-03" {
+		t.Fatalf("restore: %+v, %v; want no day key files and the horizon", info, err)
+	}
 }
 
 // unreachable wraps a registry's day keys: while down, every call fails
