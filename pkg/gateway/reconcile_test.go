@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/planetxlabs/dasset-gateway/internal/poll"
 	"github.com/planetxlabs/dasset-gateway/pkg/ipam"
 	"github.com/planetxlabs/dasset-gateway/pkg/privacy"
 	"github.com/planetxlabs/dasset-gateway/pkg/store"
@@ -522,5 +523,78 @@ func TestPeerDiff(t *testing.T) {
 	}
 	if n := peerDiff([]PeerSpec{{Key: key(1), Allowed: a}, {Key: key(2), Allowed: a[:1]}}, []PeerSpec{{Key: key(1), Allowed: a[:1]}, {Key: key(3)}}); n != 3 {
 		t.Fatalf("%d differences, want 3", n)
+	}
+}
+
+type fakeFeed struct {
+	mu   sync.Mutex
+	subs []chan Change
+}
+
+func (f *fakeFeed) Changes(ctx context.Context) (<-chan Change, error) {
+	ch := make(chan Change, 16)
+	f.mu.Lock()
+	f.subs = append(f.subs, ch)
+	f.mu.Unlock()
+	return ch, nil
+}
+
+func (f *fakeFeed) last() (chan Change, int) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if len(f.subs) == 0 {
+		return nil, 0
+	}
+	return f.subs[len(f.subs)-1], len(f.subs)
+}
+
+func (o *recObs) passes() (full, incr int) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.full, o.incr
+}
+
+// eventually polls cond for up to 5s.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	poll.Must(t, 5*time.Second, what, func() error {
+		if !cond() {
+			return errors.New("not yet")
+		}
+		return nil
+	})
+}
+
+// TestRunReconciler: the loop runs a full pass on subscribing, applies the
+// feed's changes, subscribes again (with a full pass) when the feed's
+// channel closes, and stops with its context.
+func TestRunReconciler(t *testing.T) {
+	r := newReconcileRig(t)
+	r.reg.put(device(1, selfID))
+	feed := &fakeFeed{}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- r.g.RunReconciler(ctx, feed, time.Hour) }()
+	eventually(t, "the first full pass added device 1", func() bool { return r.tun.has(key(1)) })
+
+	ch, _ := feed.last()
+	r.reg.put(device(2, selfID))
+	ch <- Change{Kind: ChangeDevice, DeviceID: 2, Gateway: selfID}
+	eventually(t, "device 2 added from its change", func() bool { return r.tun.has(key(2)) })
+	if _, incr := r.obs.passes(); incr != 1 {
+		t.Fatalf("%d incremental passes, want 1", incr)
+	}
+
+	close(ch)
+	eventually(t, "subscribed again", func() bool { _, n := feed.last(); return n == 2 })
+	eventually(t, "a full pass after subscribing again", func() bool { full, _ := r.obs.passes(); return full == 2 })
+	cancel()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("RunReconciler did not stop with its context")
 	}
 }
