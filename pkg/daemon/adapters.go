@@ -85,6 +85,40 @@ func (t tunnelAdapter) LastHandshake(ctx context.Context, key [32]byte) (time.Ti
 
 func (t tunnelAdapter) PublicKey() [32]byte { return t.d.PublicKey() }
 
+// changeFeed turns the registry's change notifications into the
+// domain's. It passes back-pressure on: while the reconciler is busy the
+// store's queue fills, and past its bound the store sends one resync.
+type changeFeed struct{ st store.Store }
+
+var changeKinds = map[store.ChangeKind]gateway.ChangeKind{
+	store.ChangeDevice:  gateway.ChangeDevice,
+	store.ChangeSession: gateway.ChangeSession,
+	store.ChangeResync:  gateway.ChangeResync,
+}
+
+func (f changeFeed) Changes(ctx context.Context) (<-chan gateway.Change, error) {
+	in, err := f.st.Changes(ctx)
+	if err != nil {
+		return nil, err
+	}
+	out := make(chan gateway.Change)
+	go func() {
+		defer close(out)
+		for c := range in {
+			kind, ok := changeKinds[c.Kind]
+			if !ok {
+				kind = gateway.ChangeResync // unknown to this version: re-read everything
+			}
+			select {
+			case out <- gateway.Change{Kind: kind, DeviceID: c.DeviceID, SessionID: c.SessionID, Gateway: c.Gateway}:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return out, nil
+}
+
 // aclAdapter feeds the domain's session pairs to the hub's filter.
 type aclAdapter struct{ r *router.Router }
 

@@ -743,7 +743,7 @@ func (d *Daemon) Run(ctx context.Context) error {
 		}
 	})
 	g.Go(func() error { return d.heartbeats(gctx) })
-	g.Go(func() error { return d.gw.RunReconciler(gctx, nil, d.cfg.Tunnel.ReconcileInterval) })
+	g.Go(func() error { return d.gw.RunReconciler(gctx, changeFeed{d.st}, d.cfg.Tunnel.ReconcileInterval) })
 	g.Go(func() error {
 		t := time.NewTicker(writeCheckInterval)
 		defer t.Stop()

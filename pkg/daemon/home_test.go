@@ -35,9 +35,6 @@ func startHomeFleet(t *testing.T, cluster *pgtest.Cluster, tweak func(*config.Co
 		}
 		cfg.Store = config.Store{Driver: config.DriverPostgres, DSN: dsn}
 		cfg.Tunnel.Endpoint = fmt.Sprintf("127.0.0.1:%d", cfg.Tunnel.ListenPort)
-		// No change feed yet: the full pass, every second here, carries
-		// every change between the gateways.
-		cfg.Tunnel.ReconcileInterval = time.Second
 		if tweak != nil {
 			tweak(&cfg)
 		}
@@ -185,6 +182,55 @@ func TestFleetDataPlane(t *testing.T) {
 		}
 	})
 
+	// A boot storm on A costs B no reads: B skips the changes of devices
+	// homed elsewhere (their notification names the home). The storm's
+	// changes reach B before a later change it must act on (the feed keeps
+	// commit order), so B dropping a revoked device of its own shows it
+	// went through them.
+	t.Run("storm", func(t *testing.T) {
+		f := startHomeFleet(t, cluster, nil)
+		const n = 60
+		reads := func(g *testGateway, op string) uint64 {
+			for _, m := range scrape(t, g.d.HTTPAddr().String())["dasset_gateway_store_transaction_duration_seconds"].GetMetric() {
+				for _, l := range m.GetLabel() {
+					if l.GetName() == "op" && l.GetValue() == op {
+						return m.GetHistogram().GetSampleCount()
+					}
+				}
+			}
+			return 0
+		}
+		const sn = "DS-HOME-BARRIER"
+		f.b.enroll(t, [2]string{sn, "HW-" + sn})
+		key := newKey(t)
+		deviceLogin(t, f.b, sn, key)
+		// B's reconciler has subscribed (its first full pass is done).
+		poll.Must(t, 10*time.Second, "B's first full reconcile pass", func() error {
+			if counter(t, f.b.d.HTTPAddr().String(), "dasset_gateway_reconciles_total", map[string]string{"pass": "full"}) < 1 {
+				return fmt.Errorf("no full pass yet")
+			}
+			return nil
+		})
+		aBefore := reads(f.a, "DeviceByID")
+		bBefore, bHomeBefore := reads(f.b, "DeviceByID"), reads(f.b, "HomePeers")
+		admitMany(t, f.a.d, f.a.admin, "STORM", 0, n, 8)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if _, err := f.a.admin.RevokeDevice(ctx, &gatewayv1.RevokeDeviceRequest{SerialNumber: sn}); err != nil {
+			t.Fatal(err)
+		}
+		waitDevicePeer(t, f.b, key, false, "B dropped its device revoked on A")
+		aReads := reads(f.a, "DeviceByID") - aBefore
+		bReads, bHome := reads(f.b, "DeviceByID")-bBefore, reads(f.b, "HomePeers")-bHomeBefore
+		t.Logf("%d logins on A: A read %d devices, B read %d devices and made %d full reads", n, aReads, bReads, bHome)
+		if aReads < n {
+			t.Fatalf("A read %d devices for %d logins of its own: its notifications did not reach it", aReads, n)
+		}
+		if bReads > 3 || bHome > 0 {
+			t.Fatalf("B made %d device reads and %d full reads for a storm on A (want at most the barrier's few, no full read)", bReads, bHome)
+		}
+	})
+
 	// A session opened on A to a device homed on B is served by B: the
 	// grant names B's key and endpoint, B adds the client peer and tells
 	// the device, and traffic flows client → B → device.
@@ -242,5 +288,26 @@ func TestFleetDataPlane(t *testing.T) {
 		}
 		events.waitFor(t, "SessionClosed on its stream on B", 10*time.Second, closed(s.ID()))
 		waitPeerGone(t, f.b, clientAddr)
+
+		// A session follows its device: when the device logs in on A
+		// (with its pinned key), A hosts the session and B drops it.
+		s2, err := agent.OpenSession(ctx, stored, sn)
+		if err != nil {
+			t.Fatalf("second session: %v", err)
+		}
+		defer s2.Close(context.Background())
+		client2 := addrOf(t, s2.ClientAddresses(), true)
+		poll.Must(t, 10*time.Second, "B hosts the second session", func() error {
+			if !peerPresent(t, f.b, client2) {
+				return fmt.Errorf("no client peer on B")
+			}
+			return nil
+		})
+		key := dev.PublicKey()
+		deviceLogin(t, f.a, sn, key[:])
+		if !peerPresent(t, f.a, client2) {
+			t.Fatal("A does not host the session of the device that moved to it")
+		}
+		waitPeerGone(t, f.b, client2)
 	})
 }
