@@ -18,6 +18,7 @@ import (
 	"github.com/planetxlabs/dasset-gateway/pkg/privacy"
 	"github.com/planetxlabs/dasset-gateway/pkg/store"
 	"github.com/planetxlabs/dasset-gateway/pkg/store/postgres"
+	"github.com/planetxlabs/dasset-gateway/pkg/store/postgres/pgtest"
 )
 
 const changeWait = 15 * time.Second
@@ -337,5 +338,59 @@ func TestChangePayloadsCarryIDsOnly(t *testing.T) {
 	}
 	if kinds["device"] != 5 || kinds["session"] != 4 {
 		t.Fatalf("payload kinds %v (from %q), want 5 device and 4 session changes", kinds, payloads[1:])
+	}
+}
+
+// TestChangesAcrossServerRestart: while the server is down the listener
+// retries with backoff; a Changes first called during the outage returns
+// all the same; once the server is back every subscriber gets one
+// ChangeResync, then changes again. It runs its own cluster (a few seconds).
+func TestChangesAcrossServerRestart(t *testing.T) {
+	ctx := context.Background()
+	c := pgtest.Start(t)
+	dsn, err := c.CreateDatabase(ctx, "restart")
+	if err != nil {
+		t.Fatal(err)
+	}
+	listening, late := open(t, dsn), open(t, dsn)
+	defer listening.Close()
+	defer late.Close()
+	ch, err := listening.Changes(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Stop(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// The first Changes of this store: its first connection attempt fails.
+	lateCh, err := late.Changes(ctx)
+	if err != nil {
+		t.Fatalf("Changes during the outage: %v", err)
+	}
+	if err := c.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for name, ch := range map[string]<-chan store.Change{"listening before": ch, "subscribed during the outage": lateCh} {
+		if got := nextChange(t, ch); got.Kind != store.ChangeResync {
+			t.Fatalf("%s: %+v after the server came back, want a resync", name, got)
+		}
+	}
+	var d store.Device
+	poll.Must(t, changeWait, "a write once the pool reconnects", func() error {
+		var err error
+		idx := privacy.BlindIndex{}
+		copy(idx[:], "restart-device-0123456789abcdefg")
+		if _, err = late.EnrollDevices(ctx, []store.Enrollment{{Index: idx, SealedSerial: []byte("s"), Verifier: privacy.Verifier{1}}}); err != nil {
+			return err
+		}
+		d, err = late.DeviceByIndex(ctx, idx)
+		return err
+	})
+	admit(t, late, d.ID, "gw-back")
+	want := store.Change{Kind: store.ChangeDevice, DeviceID: d.ID, Gateway: "gw-back"}
+	for name, ch := range map[string]<-chan store.Change{"listening before": ch, "subscribed during the outage": lateCh} {
+		if got := nextChange(t, ch); got != want {
+			t.Fatalf("%s: %+v after the restart, want %+v", name, got, want)
+		}
 	}
 }

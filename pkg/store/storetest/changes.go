@@ -291,6 +291,26 @@ func testChangesSlowConsumer(t *h) {
 	}
 }
 
+// testChangesBigWrite: a write that closes more sessions than
+// ChangeBuffer emits one ChangeResync instead of a change per session.
+func testChangesBigWrite(t *h) {
+	d := t.admitAt(t.enroll(1)[0].ID, gwA)
+	acct := t.account()
+	for range store.ChangeBuffer + 1 {
+		_, err := t.openSession(acct.ID, d.ID, 1, 2*store.ChangeBuffer)
+		t.must(err, "OpenSession")
+	}
+	ch := t.changes()
+	m := t.newMarker()
+	receipt, err := t.s.DeleteAccount(t.ctx, acct.ID)
+	t.must(err, "DeleteAccount")
+	if receipt[store.TableSessions] != store.ChangeBuffer+1 {
+		t.Fatalf("DeleteAccount closed %d sessions, want %d", receipt[store.TableSessions], store.ChangeBuffer+1)
+	}
+	t.expect(ch, "DeleteAccount closing more sessions than ChangeBuffer", store.Change{Kind: store.ChangeResync})
+	t.expectNothingBefore(ch, m, "after the resync")
+}
+
 // testChangesEnd: a subscription's channel is closed when its context
 // ends; another subscription goes on.
 func testChangesEnd(t *h) {

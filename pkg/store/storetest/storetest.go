@@ -73,6 +73,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"Changes/Writes", testChangesOfWrites},
 		{"Changes/FailedWrites", testChangesFailedWrites},
 		{"Changes/SlowConsumer", testChangesSlowConsumer},
+		{"Changes/BigWrite", testChangesBigWrite},
 		{"Changes/End", testChangesEnd},
 		{"Meta/ClaimConcurrent", testClaimMeta},
 		{"Checkpoint", testCheckpoint},
