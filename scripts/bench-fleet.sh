@@ -157,11 +157,26 @@ echo "== single gateway on SQLite (pid $pid_single); load average $(load)"
 	--pid "$pid_single" --label sqlite \
 	--devices "$N" --concurrency "$C" | tee "$OUT/single.json"
 echo "== fleet: three gateways on PostgreSQL (pids $pid_a,$pid_b,$pid_c); load average $(load)"
+# Reconcile passes (incremental ones on the others' changes, batched) each
+# fleet gateway has run so far.
+passes() {
+	local m out=""
+	for m in a b c; do
+		local port_var=metrics_$m
+		out+="$m: $(curl -sf "http://127.0.0.1:${!port_var}/metrics" |
+			awk '/^dasset_gateway_reconciles_total\{/ { split($1, l, "\""); n[l[2] "/" l[4]] += $2 } END { for (k in n) printf "%s=%d ", k, n[k] }')"
+		out+=" "
+	done
+	echo "$out"
+}
+passes_before=$(passes)
 pg_before=$(pgcpu)
 "$BIN/dasset-bench" bootstorm --gateway "127.0.0.1:$port_a,127.0.0.1:$port_b,127.0.0.1:$port_c" --cert "$cert" \
 	--pid "$pid_a,$pid_b,$pid_c" --label fleet \
 	--devices "$N" --concurrency "$C" | tee "$OUT/fleet.json"
 pg_after=$(pgcpu)
+echo "== reconcile passes (pass/result=count) before the fleet storm: $passes_before"
+echo "== reconcile passes after it:                                   $(passes)"
 awk -v b="$pg_before" -v a="$pg_after" -v n="$N" 'BEGIN { printf "== PostgreSQL server CPU during the fleet storm: %.2f s, %.2f ms per device\n", a - b, (a - b) * 1000 / n }'
 echo "== load average after: $(load)"
 echo "== side by side (fleet / single)"
