@@ -440,7 +440,8 @@ type Session struct {
 	peerMu    sync.Mutex
 	wgQuick   WGQuick
 	peerSince time.Time              // when the gateway peer was last set
-	peerMsg   *gatewayv1.GatewayPeer // the peer as last applied (or refused), to notice a change
+	peerMsg   *gatewayv1.GatewayPeer // the peer as last applied, to notice a change
+	peerBad   *gatewayv1.GatewayPeer // the last peer refused (warned about once)
 	moves     int                    // gateway peer changes applied
 
 	ended     chan struct{} // closed when the watcher saw the session end
@@ -726,23 +727,26 @@ func (s *Session) staleIn(now time.Time) (time.Duration, bool) {
 	return last.Add(handshakeStaleFollow).Sub(now), true
 }
 
-// nextGateway moves the session's calls to the next gateway of cfg.Gateway.
-func (s *Session) nextGateway() {
+// nextGateway moves the session's calls to the next gateway of
+// cfg.Gateway; it reports whether it did.
+func (s *Session) nextGateway() bool {
 	i := (s.gwIdx + 1) % len(s.gateways)
 	conn, err := dialWith(s.gateways[i], s.cfg.TLS, s.scrub)
 	if err != nil {
 		s.log.Warn("session: dialling the next gateway failed", "session", s.id, "gateway", i+1, "error", s.scrub.message(err))
-		return
+		return false
 	}
 	s.conn.Close()
 	s.conn, s.gwIdx = conn, i
 	s.log.Info("session: its gateway does not answer; asking the next one", "session", s.id, "gateway", i+1, "of", len(s.gateways))
+	return true
 }
 
 // follow replaces the session's gateway peer when GetSession names another
 // one than the session uses (the device moved to another gateway): same
 // key, same addresses, the new gateway's key and endpoint. A peer the
-// session cannot use is logged once and the old one kept.
+// session cannot use (or whose endpoint does not resolve now) is logged
+// once and tried again at the next poll; the old one stays meanwhile.
 func (s *Session) follow(ctx context.Context, gw *gatewayv1.GatewayPeer) {
 	if gw == nil {
 		return // a gateway that does not say: keep the peer
@@ -755,10 +759,10 @@ func (s *Session) follow(ctx context.Context, gw *gatewayv1.GatewayPeer) {
 	}
 	pc, name, err := parseGatewayPeer(ctx, s.gateways[s.gwIdx], gw)
 	if err != nil {
-		s.peerMu.Lock()
-		s.peerMsg = gw
-		s.peerMu.Unlock()
-		s.log.Warn("the gateway named an unusable gateway peer for the session; keeping the old one", "session", s.id, "error", s.scrub.text(err.Error()))
+		if !proto.Equal(gw, s.peerBad) { // only the watcher reads and writes peerBad
+			s.peerBad = gw
+			s.log.Warn("the gateway named an unusable gateway peer for the session; keeping the old one", "session", s.id, "error", s.scrub.text(err.Error()))
+		}
 		return
 	}
 	s.scrub.add(pc.endpoint.Addr()) // a gateway's address, as the dialled one
@@ -800,10 +804,11 @@ func (s *Session) check(ctx context.Context, client gatewayv1.ClientServiceClien
 	if gerr == nil {
 		s.follow(ctx, info.GetGateway())
 	}
+	switched := false
 	if (status.Code(gerr) == codes.Unavailable || status.Code(gerr) == codes.DeadlineExceeded) && ctx.Err() == nil && len(s.gateways) > 1 {
 		// This gateway does not answer: the next poll asks the next one
 		// (any gateway of the fleet answers for any session).
-		s.nextGateway()
+		switched = s.nextGateway()
 	}
 	if status.Code(gerr) == codes.NotFound && ctx.Err() == nil {
 		// Closed elsewhere, expired, idle or unbound: say which when we can.
@@ -815,12 +820,20 @@ func (s *Session) check(ctx context.Context, client gatewayv1.ClientServiceClien
 		}
 		return "the gateway closed the session"
 	}
-	cctx, cancel = context.WithTimeout(ctx, min(clientCallTimeout, max(s.cfg.PollInterval, time.Second)))
-	devs, err := listDevices(s.authCtx(cctx), client)
-	cancel()
+	var (
+		devs []BoundDevice
+		err  error
+	)
+	if !switched {
+		cctx, cancel = context.WithTimeout(ctx, min(clientCallTimeout, max(s.cfg.PollInterval, time.Second)))
+		devs, err = listDevices(s.authCtx(cctx), client)
+		cancel()
+	}
 	switch {
 	case ctx.Err() != nil:
 		return ""
+	case switched:
+		// The next gateway is asked at the next poll.
 	case errors.Is(err, ErrNotLoggedIn):
 		return "the gateway no longer accepts the access token"
 	case err != nil:

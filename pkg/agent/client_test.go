@@ -358,6 +358,17 @@ func TestSessionFollowsGatewayPeer(t *testing.T) {
 	if _, _, changes := s.GatewayPeer(); changes != 1 {
 		t.Fatalf("%d peer changes after an unusable peer, want still 1", changes)
 	}
+	if n := strings.Count(logs.String(), "unusable gateway peer"); n != 1 {
+		t.Fatalf("the unusable peer was logged %d times, want once", n)
+	}
+	// A usable peer after it is followed again: back to the first gateway.
+	setClientPeer(t, gw1, clientKey, clientAddr, false)
+	setClientPeer(t, gw2, clientKey, clientAddr, true)
+	f.peer.Store(wgGatewayPeer(gw1))
+	pingThrough("through the first gateway again")
+	if key, _, changes := s.GatewayPeer(); key != gw1.wgPub || changes != 2 {
+		t.Fatalf("gateway peer %x after %d changes, want the first gateway's %x after 2", key, changes, gw1.wgPub)
+	}
 	select {
 	case <-s.ended:
 		t.Fatalf("the session ended: %v", s.endErr)
