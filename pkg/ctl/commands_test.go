@@ -167,6 +167,59 @@ func TestKeysFleetBackupRestore(t *testing.T) {
 	}
 }
 
+// TestKeysKEKRotation: rotate-kek on a member, backup --fleet there, update
+// on another member and retire-kek on both leave both keystores with one,
+// the same, new day-key KEK.
+func TestKeysKEKRotation(t *testing.T) {
+	dir := t.TempDir()
+	member, joined := filepath.Join(dir, "member"), filepath.Join(dir, "joined")
+	if _, err := privacy.OpenKeystore(member); err != nil {
+		t.Fatal(err)
+	}
+	var out, errb bytes.Buffer
+	run := func(stdin string, args ...string) int {
+		env := Env{Stdin: strings.NewReader(stdin), Stdout: &out, Stderr: &errb, Getenv: func(string) string { return "" }}
+		return Run(context.Background(), args, env)
+	}
+	file := filepath.Join(dir, "fleet.keys")
+	if code := run("pass phrase one\n", "keys", "backup", "--fleet", "--keystore", member, "--out", file, "--passphrase-stdin"); code != 0 {
+		t.Fatalf("backup --fleet: exit %d: %s", code, errb.String())
+	}
+	if code := run("pass phrase one\n", "keys", "restore", "--in", file, "--keystore", joined, "--passphrase-stdin"); code != 0 {
+		t.Fatalf("restore: exit %d: %s", code, errb.String())
+	}
+	kek := func(ks, name string) []byte {
+		b, _ := os.ReadFile(filepath.Join(ks, name))
+		return b
+	}
+	old := kek(member, "daykeys.kek")
+	if code := run("", "keys", "rotate-kek", "--keystore", member); code != 0 {
+		t.Fatalf("rotate-kek: exit %d: %s", code, errb.String())
+	}
+	rotated := filepath.Join(dir, "rotated.keys")
+	if code := run("pass phrase two\n", "keys", "backup", "--fleet", "--keystore", member, "--out", rotated, "--passphrase-stdin"); code != 0 {
+		t.Fatalf("backup --fleet after the rotation: exit %d: %s", code, errb.String())
+	}
+	if code := run("pass phrase two\n", "keys", "update", "--in", rotated, "--keystore", joined, "--passphrase-stdin"); code != 0 {
+		t.Fatalf("update: exit %d: %s", code, errb.String())
+	}
+	if !bytes.Equal(kek(joined, "daykeys.kek.prev"), old) || !bytes.Equal(kek(joined, "daykeys.kek"), kek(member, "daykeys.kek")) || bytes.Equal(kek(member, "daykeys.kek"), old) {
+		t.Fatal("after rotate-kek and update the members do not hold the same new KEK and the old one as previous")
+	}
+	for _, ks := range []string{member, joined} {
+		if code := run("", "keys", "retire-kek", "--keystore", ks); code != 0 {
+			t.Fatalf("retire-kek: exit %d: %s", code, errb.String())
+		}
+		if _, err := os.Stat(filepath.Join(ks, "daykeys.kek.prev")); !os.IsNotExist(err) {
+			t.Fatalf("retire-kek left the previous KEK in %s (%v)", ks, err)
+		}
+	}
+	errb.Reset()
+	if code := run("", "keys", "retire-kek", "--keystore", member); code == 0 || !strings.Contains(errb.String(), "no previous day-key KEK") {
+		t.Fatalf("retire-kek with nothing to retire: exit %d: %s", code, errb.String())
+	}
+}
+
 func TestBackupWritesTheDatabaseWithoutKeys(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()

@@ -47,8 +47,11 @@ keys backup or fleet keys file) re-links the backup's connection-log rows to its
 accounts even after those days were destroyed. The destruction horizon, kept in every keystore,
 protects the live fleet: destroyed days are never used again, and a database restored from an
 older backup has their keys deleted at the next start. Keep database backups no longer than the
-connection-log retention and apart from keystores and fleet keys files. (Rotating the KEK, which
-would retire old backups early, is not built yet.)`,
+connection-log retention and apart from keystores and fleet keys files, or retire them early by
+rotating the KEK: "keys rotate-kek" on one member, "keys backup --fleet" there, "keys update"
+with that file on every other member, restart every gateway (each rewraps the database's day
+keys under the new KEK), then "keys retire-kek" on every member and destroy the older keys
+backups and fleet keys files; database backups from before the rotation then open with nothing.`,
 		Example: `  dassetctl keys backup --keystore /var/lib/dasset-gateway-keys --out keystore.backup
   dassetctl keys restore --keystore /var/lib/dasset-gateway-keys --in keystore.backup
 
@@ -134,13 +137,77 @@ would retire old backups early, is not built yet.)`,
 			return nil
 		}),
 	}
-	for _, c := range []*cobra.Command{backup, restore} {
+	update := &cobra.Command{
+		Use:   "update",
+		Short: "Take the day-key KEKs of a fleet keys file into this member's existing keystore (a KEK rotation)",
+		Long: `Gives an existing member's keystore the day-key KEKs (current and previous) of a fleet keys file
+of the same fleet, written by "keys backup --fleet" on the member that ran "keys rotate-kek", and
+its destruction horizon when later. The keystore keeps its own WireGuard key, audit log and
+ledger. Restart the gateway afterwards.`,
+		Example: `  dassetctl keys update --in fleet.keys --keystore /var/lib/dasset-gateway-keys`,
+		Args:    exactArgs(),
+		RunE: run(func(cmd *cobra.Command, _ []string) error {
+			if in == "" {
+				return usagef("--in is required")
+			}
+			f, err := os.Open(in)
+			if err != nil {
+				return fmt.Errorf("read fleet keys file: %w", err)
+			}
+			defer f.Close()
+			pw, err := passphrase(cmd)
+			if err != nil {
+				return err
+			}
+			if err := privacy.UpdateFleetKeys(f, []byte(pw), dir); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "day-key KEKs of %s taken into %s; restart the gateway\n", in, dir)
+			return nil
+		}),
+	}
+	rotate := &cobra.Command{
+		Use:   "rotate-kek",
+		Short: "Make a new day-key KEK, keeping the current one as the previous until retire-kek",
+		Long: `Starts a rotation of the fleet's day-key KEK (the key that wraps the pseudonym day keys kept in
+the database). Then: "keys backup --fleet" here, "keys update" with that file on every other
+member, restart every gateway (each rewraps the database's day keys under the new KEK), and
+"keys retire-kek" on every member. Destroy older keys backups and fleet keys files too: they
+hold the old KEK, which opens the day keys in database backups made before the rotation.`,
+		Example: `  dassetctl keys rotate-kek --keystore /var/lib/dasset-gateway-keys`,
+		Args:    exactArgs(),
+		RunE: run(func(cmd *cobra.Command, _ []string) error {
+			if err := privacy.RotateDayKEK(dir); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "new day-key KEK in %s (the previous one kept until retire-kek); "+
+				"next: keys backup --fleet here, keys update on every other member, restart every gateway\n", dir)
+			return nil
+		}),
+	}
+	retire := &cobra.Command{
+		Use:     "retire-kek",
+		Short:   "Shred the previous day-key KEK, once every gateway restarted with the new one",
+		Example: `  dassetctl keys retire-kek --keystore /var/lib/dasset-gateway-keys`,
+		Args:    exactArgs(),
+		RunE: run(func(cmd *cobra.Command, _ []string) error {
+			if err := privacy.RetireDayKEK(dir); err != nil {
+				return err
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "previous day-key KEK of %s shredded\n", dir)
+			return nil
+		}),
+	}
+	for _, c := range []*cobra.Command{backup, restore, update, rotate, retire} {
 		c.Flags().StringVar(&dir, "keystore", "/var/lib/dasset-gateway-keys", "keystore directory (the gateway's keystore_dir)")
+	}
+	for _, c := range []*cobra.Command{backup, restore, update} {
 		c.Flags().BoolVar(&stdinPass, "passphrase-stdin", false, "read the passphrase from standard input")
 	}
 	backup.Flags().StringVar(&out, "out", "", "backup file to write (0600)")
 	backup.Flags().BoolVar(&fleet, "fleet", false, "write only the keys a fleet shares, for a new gateway to join (never this gateway's WireGuard key)")
 	restore.Flags().StringVar(&in, "in", "", "backup file to read")
-	cmd.AddCommand(backup, restore)
+	update.Flags().StringVar(&in, "in", "", "fleet keys file to read")
+	cmd.AddCommand(backup, restore, update, rotate, retire)
 	return cmd
 }

@@ -162,9 +162,9 @@ const (
 // horizon, and records horizon as the horizon (caller holds mu).
 func (k *Keystore) readAllFiles(horizon string) (map[string][]byte, error) {
 	files := make(map[string][]byte)
-	for _, name := range []string{indexKeyFile, sealKeyFile, dayKEKFile, wireguardKeyFile, idFile, horizonFile, LedgerFile, retentionFile} {
+	for _, name := range []string{indexKeyFile, sealKeyFile, dayKEKFile, dayKEKPrevFile, wireguardKeyFile, idFile, horizonFile, LedgerFile, retentionFile} {
 		b, err := readPrivateFile(filepath.Join(k.dir, name))
-		if errors.Is(err, fs.ErrNotExist) && (name == horizonFile || name == LedgerFile || name == retentionFile) {
+		if errors.Is(err, fs.ErrNotExist) && (name == dayKEKPrevFile || name == horizonFile || name == LedgerFile || name == retentionFile) {
 			continue
 		}
 		if err != nil {
@@ -261,62 +261,74 @@ type RestoreInfo struct {
 	WireGuardPublicKey [32]byte // the restored keystore's
 }
 
-func restoreAt(r io.Reader, passphrase []byte, dir string, now time.Time) (RestoreInfo, error) {
-	var info RestoreInfo
+// openBackup reads and decrypts a keystore backup or fleet keys file; check
+// runs on the envelope before the (costly) key derivation. The caller
+// clears the files.
+func openBackup(r io.Reader, passphrase []byte, check func(*backupFile) error) (backupFile, map[string][]byte, error) {
+	var bf backupFile
 	raw, err := io.ReadAll(io.LimitReader(r, maxBackupSize+1))
 	if err != nil {
-		return info, fmt.Errorf("privacy: restore: read: %w", err)
+		return bf, nil, fmt.Errorf("privacy: restore: read: %w", err)
 	}
 	if len(raw) > maxBackupSize {
-		return info, fmt.Errorf("privacy: restore: backup is larger than %d bytes", maxBackupSize)
+		return bf, nil, fmt.Errorf("privacy: restore: backup is larger than %d bytes", maxBackupSize)
 	}
-	var bf backupFile
 	dec := json.NewDecoder(strings.NewReader(string(raw)))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&bf); err != nil {
-		return info, fmt.Errorf("privacy: restore: not a keystore backup: %w", err)
+		return bf, nil, fmt.Errorf("privacy: restore: not a keystore backup: %w", err)
 	}
 	switch {
 	case bf.Format != backupFormat && bf.Format != fleetFormat:
-		return info, fmt.Errorf("privacy: restore: format %q is neither %q nor %q", bf.Format, backupFormat, fleetFormat)
+		return bf, nil, fmt.Errorf("privacy: restore: format %q is neither %q nor %q", bf.Format, backupFormat, fleetFormat)
 	case bf.Format == fleetFormat && bf.DayKeys != nil:
-		return info, fmt.Errorf("privacy: restore: a fleet keys file has no day_keys header")
+		return bf, nil, fmt.Errorf("privacy: restore: a fleet keys file has no day_keys header")
 	case bf.Version != backupVersion:
-		return info, fmt.Errorf("privacy: restore: backup version %d is not supported (want %d)", bf.Version, backupVersion)
+		return bf, nil, fmt.Errorf("privacy: restore: backup version %d is not supported (want %d)", bf.Version, backupVersion)
 	case bf.KDF.Name != "argon2id":
-		return info, fmt.Errorf("privacy: restore: kdf.name %q is not supported", bf.KDF.Name)
+		return bf, nil, fmt.Errorf("privacy: restore: kdf.name %q is not supported", bf.KDF.Name)
 	case bf.KDF.Time < 1 || bf.KDF.Time > 16:
-		return info, fmt.Errorf("privacy: restore: kdf.time %d is out of range 1..16", bf.KDF.Time)
+		return bf, nil, fmt.Errorf("privacy: restore: kdf.time %d is out of range 1..16", bf.KDF.Time)
 	case bf.KDF.MemoryKiB < 8*1024 || bf.KDF.MemoryKiB > 1<<20:
-		return info, fmt.Errorf("privacy: restore: kdf.memory_kib %d is out of range 8192..1048576", bf.KDF.MemoryKiB)
+		return bf, nil, fmt.Errorf("privacy: restore: kdf.memory_kib %d is out of range 8192..1048576", bf.KDF.MemoryKiB)
 	case bf.KDF.Threads < 1 || bf.KDF.Threads > 16:
-		return info, fmt.Errorf("privacy: restore: kdf.threads %d is out of range 1..16", bf.KDF.Threads)
+		return bf, nil, fmt.Errorf("privacy: restore: kdf.threads %d is out of range 1..16", bf.KDF.Threads)
 	case len(bf.KDF.Salt) < 16:
-		return info, fmt.Errorf("privacy: restore: kdf.salt is %d bytes, want at least 16", len(bf.KDF.Salt))
+		return bf, nil, fmt.Errorf("privacy: restore: kdf.salt is %d bytes, want at least 16", len(bf.KDF.Salt))
 	}
-	if err := checkRestoreTarget(dir); err != nil {
-		return info, err
+	if err := check(&bf); err != nil {
+		return bf, nil, err
 	}
 
 	key := argon2.IDKey(passphrase, bf.KDF.Salt, bf.KDF.Time, bf.KDF.MemoryKiB, bf.KDF.Threads, chacha20poly1305.KeySize)
 	defer clear(key)
 	aead, err := chacha20poly1305.NewX(key)
 	if err != nil {
-		return info, fmt.Errorf("privacy: restore: %w", err)
+		return bf, nil, fmt.Errorf("privacy: restore: %w", err)
 	}
 	if len(bf.Ciphertext) < aead.NonceSize()+aead.Overhead() {
-		return info, fmt.Errorf("privacy: restore: ciphertext is too short")
+		return bf, nil, fmt.Errorf("privacy: restore: ciphertext is too short")
 	}
 	ns := aead.NonceSize()
 	plain, err := aead.Open(nil, bf.Ciphertext[:ns], bf.Ciphertext[ns:], bf.aad())
 	if err != nil {
-		return info, fmt.Errorf("privacy: restore: %w", ErrWrongPassphrase)
+		return bf, nil, fmt.Errorf("privacy: restore: %w", ErrWrongPassphrase)
 	}
 	defer clear(plain)
 	var p backupPayload
 	if err := json.Unmarshal(plain, &p); err != nil {
-		return info, fmt.Errorf("privacy: restore: payload: %w", err)
+		return bf, nil, fmt.Errorf("privacy: restore: payload: %w", err)
 	}
+	return bf, p.Files, nil
+}
+
+func restoreAt(r io.Reader, passphrase []byte, dir string, now time.Time) (RestoreInfo, error) {
+	var info RestoreInfo
+	bf, files, err := openBackup(r, passphrase, func(*backupFile) error { return checkRestoreTarget(dir) })
+	if err != nil {
+		return info, err
+	}
+	p := backupPayload{Files: files}
 	defer func() {
 		for _, b := range p.Files {
 			clear(b)
@@ -438,7 +450,7 @@ func checkPayload(files map[string][]byte) error {
 	}
 	for name, b := range files {
 		switch name {
-		case indexKeyFile, sealKeyFile, dayKEKFile, wireguardKeyFile:
+		case indexKeyFile, sealKeyFile, dayKEKFile, dayKEKPrevFile, wireguardKeyFile:
 		case idFile, horizonFile, AuditLogFile, AuditHeadFile, retentionFile:
 			continue
 		case LedgerFile:

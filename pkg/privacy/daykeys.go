@@ -17,6 +17,7 @@ type SharedDayKeys interface {
 	EnsureDayKey(ctx context.Context, day string, wrapped []byte) (inForce []byte, horizon string, err error)
 	DayKeys(ctx context.Context) (horizon string, keys map[string][]byte, err error)
 	DestroyDayKeysBefore(ctx context.Context, day string) (deleted int, horizon string, err error)
+	RewrapDayKey(ctx context.Context, day string, old, rewrapped []byte) (bool, error)
 }
 
 // ErrDayKeyUnwrap is returned (wrapped) for a day key in the database that
@@ -113,15 +114,26 @@ func (k *Keystore) syncLocked(ctx context.Context, db SharedDayKeys) error {
 		}
 	}
 	keys := make(map[string]*[32]byte, len(wrapped))
+	clearKeys := func() {
+		for _, key := range keys {
+			clear(key[:])
+		}
+	}
 	for d, w := range wrapped {
-		key, err := k.unwrapDayKey(d, w)
+		key, prev, err := k.unwrapDayKeyAny(d, w)
 		if err != nil {
-			for _, key := range keys {
-				clear(key[:])
-			}
+			clearKeys()
 			return err
 		}
 		keys[d] = key
+		if prev {
+			// A rotation: the key wrapped under the previous K_kek is
+			// wrapped under the new one (if no other gateway did so first).
+			if _, err := db.RewrapDayKey(ctx, d, w, k.wrapDayKey(d, key[:])); err != nil {
+				clearKeys()
+				return fmt.Errorf("privacy: shared day keys: rewrapping the key of %s under the new KEK: %w", d, err)
+			}
+		}
 	}
 
 	k.mu.Lock()
@@ -244,18 +256,30 @@ func (k *Keystore) wrapDayKey(day string, key []byte) []byte {
 }
 
 func (k *Keystore) unwrapDayKey(day string, wrapped []byte) (*[32]byte, error) {
+	key, _, err := k.unwrapDayKeyAny(day, wrapped)
+	return key, err
+}
+
+// unwrapDayKeyAny opens a wrapped day key with K_kek or, during a rotation,
+// the previous K_kek (then prev is true: the key is to be rewrapped).
+func (k *Keystore) unwrapDayKeyAny(day string, wrapped []byte) (key *[32]byte, prev bool, err error) {
 	ns := k.kek.NonceSize()
 	if len(wrapped) != ns+keyLen+k.kek.Overhead() {
-		return nil, fmt.Errorf("privacy: day %s: %w (%d bytes)", day, ErrDayKeyUnwrap, len(wrapped))
+		return nil, false, fmt.Errorf("privacy: day %s: %w (%d bytes)", day, ErrDayKeyUnwrap, len(wrapped))
 	}
-	b, err := k.kek.Open(nil, wrapped[:ns], wrapped[ns:], []byte(domainDayKey+day))
+	aad := []byte(domainDayKey + day)
+	b, err := k.kek.Open(nil, wrapped[:ns], wrapped[ns:], aad)
+	if err != nil && k.kekPrev != nil {
+		b, err = k.kekPrev.Open(nil, wrapped[:ns], wrapped[ns:], aad)
+		prev = err == nil
+	}
 	if err != nil {
-		return nil, fmt.Errorf("privacy: day %s: %w: is keystore_dir this fleet's keystore (restored from a fleet keys file)?", day, ErrDayKeyUnwrap)
+		return nil, false, fmt.Errorf("privacy: day %s: %w: is keystore_dir this fleet's keystore (restored from or updated with its current fleet keys file)?", day, ErrDayKeyUnwrap)
 	}
-	key := new([32]byte)
+	key = new([32]byte)
 	copy(key[:], b)
 	clear(b)
-	return key, nil
+	return key, prev, nil
 }
 
 // destroySharedBefore destroys the database's day keys before cut.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -273,5 +274,118 @@ func TestSharedDayKeysRegistryDown(t *testing.T) {
 	}
 	if got := reg.calls.Load(); got != n {
 		t.Fatalf("the second attempt within a second asked the registry again (%d calls, then %d)", n, got)
+	}
+}
+
+// TestDayKEKRotation: after a rotation of the day-key KEK (rotate on one
+// member, update the others from its fleet keys file, restart, retire the
+// previous KEK everywhere) the fleet pseudonymises as before, the registry's
+// keys are rewrapped under the new KEK, and the wrapped keys of a registry
+// backup from before the rotation, which the old KEK still opens, open with
+// no keystore of the fleet.
+func TestDayKEKRotation(t *testing.T) {
+	ctx := context.Background()
+	ks := fleetKeystores(t, 1)
+	a, b := ks[0], ks[1]
+	st := openRegistry(t)
+	for _, k := range ks {
+		if err := k.ShareDayKeys(ctx, st, time.Hour); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sn, err := privacy.ParseSerialNumber("SN-ROTATE")
+	if err != nil {
+		t.Fatal(err)
+	}
+	idx := a.BlindIndex(sn)
+	d1 := time.Date(2030, 7, 1, 0, 0, 0, 0, time.UTC)
+	d2 := d1.AddDate(0, 0, 1)
+	p1, p2 := mustPseudonym(t, a, d1, idx), mustPseudonym(t, b, d2, idx)
+	_, before, err := st.DayKeys(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	backup := openRegistry(t) // a database backup from before the rotation
+	for d, w := range before {
+		if _, _, err := backup.EnsureDayKey(ctx, d, w); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	if err := privacy.RotateDayKEK(a.Dir()); err != nil {
+		t.Fatal(err)
+	}
+	if err := privacy.RotateDayKEK(a.Dir()); !errors.Is(err, privacy.ErrRotationUnderWay) {
+		t.Fatalf("a second rotation before the retirement: %v", err)
+	}
+	a2, err := privacy.OpenKeystore(a.Dir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var file bytes.Buffer
+	if err := a2.BackupFleet(&file, []byte("p")); err != nil {
+		t.Fatal(err)
+	}
+	// A keystore of another fleet is not updated from it.
+	other := fleetKeystores(t, 0)[0]
+	if err := privacy.UpdateFleetKeys(bytes.NewReader(file.Bytes()), []byte("p"), other.Dir()); err == nil || !strings.Contains(err.Error(), "is of keystore") {
+		t.Fatalf("update of another fleet's keystore: %v", err)
+	}
+	if err := privacy.UpdateFleetKeys(bytes.NewReader(file.Bytes()), []byte("p"), b.Dir()); err != nil {
+		t.Fatal(err)
+	}
+	b2, err := privacy.OpenKeystore(b.Dir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b2.GatewayPublicKey() != b.GatewayPublicKey() {
+		t.Fatal("the update replaced the member's own WireGuard key")
+	}
+	// The restarted gateways rewrap the registry's keys.
+	for _, k := range []*privacy.Keystore{a2, b2} {
+		if err := k.ShareDayKeys(ctx, st, time.Hour); err != nil {
+			t.Fatal(err)
+		}
+	}
+	_, after, err := st.DayKeys(ctx)
+	if err != nil || len(after) != 2 {
+		t.Fatalf("registry after the restart: %d keys, %v", len(after), err)
+	}
+	for d, w := range after {
+		if bytes.Equal(w, before[d]) {
+			t.Fatalf("the key of %s was not rewrapped", d)
+		}
+	}
+
+	for _, k := range []*privacy.Keystore{a2, b2} {
+		if err := privacy.RetireDayKEK(k.Dir()); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := privacy.RetireDayKEK(a2.Dir()); err == nil {
+		t.Fatal("retired a previous KEK twice")
+	}
+	for _, k := range []*privacy.Keystore{a2, b2} {
+		r, err := privacy.OpenKeystore(k.Dir())
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := r.ShareDayKeys(ctx, st, time.Hour); err != nil {
+			t.Fatal(err)
+		}
+		if mustPseudonym(t, r, d1, idx) != p1 || mustPseudonym(t, r, d2, idx) != p2 {
+			t.Fatal("a pseudonym changed across the rotation")
+		}
+		if err := r.ShareDayKeys(ctx, backup, time.Hour); !errors.Is(err, privacy.ErrDayKeyUnwrap) {
+			t.Fatalf("after the retirement a fleet keystore opens a pre-rotation backup's day keys: %v", err)
+		}
+	}
+	// The control: the old KEK (a's keystore as loaded before the
+	// rotation) still opens that backup — what retiring it everywhere ends.
+	if err := a.ShareDayKeys(ctx, backup, time.Hour); err != nil {
+		t.Fatalf("the old KEK does not open the pre-rotation backup: %v", err)
+	}
+	if mustPseudonym(t, a, d1, idx) != p1 {
+		t.Fatal("the old KEK opens the backup's day key but it differs")
 	}
 }

@@ -23,7 +23,7 @@ const fleetFormat = "dasset-fleet-keys"
 // first; the rest are copied when present.
 var (
 	fleetRequired = []string{indexKeyFile, sealKeyFile, dayKEKFile, idFile}
-	fleetOptional = []string{horizonFile, LedgerFile}
+	fleetOptional = []string{dayKEKPrevFile, horizonFile, LedgerFile}
 )
 
 // BackupFleet writes the keys a new gateway needs to join this gateway's

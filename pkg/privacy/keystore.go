@@ -26,13 +26,14 @@ import (
 
 // Files in a keystore directory.
 const (
-	indexKeyFile     = "index.key"     // K_index: blind indexes and verifiers
-	sealKeyFile      = "seal.key"      // K_seal: sealed values
-	wireguardKeyFile = "wireguard.key" // the gateway's WireGuard private key
-	dayKEKFile       = "daykeys.kek"   // K_kek: wraps day keys kept in a shared database
-	idFile           = "keystore.id"   // random id, recorded by the database
-	horizonFile      = "horizon"       // UTC day before which day keys are destroyed
-	daysDir          = "days"          // daily pseudonym keys, days/YYYY-MM-DD.key
+	indexKeyFile     = "index.key"        // K_index: blind indexes and verifiers
+	sealKeyFile      = "seal.key"         // K_seal: sealed values
+	wireguardKeyFile = "wireguard.key"    // the gateway's WireGuard private key
+	dayKEKFile       = "daykeys.kek"      // K_kek: wraps day keys kept in a shared database
+	dayKEKPrevFile   = "daykeys.kek.prev" // the K_kek a rotation replaced, until retired
+	idFile           = "keystore.id"      // random id, recorded by the database
+	horizonFile      = "horizon"          // UTC day before which day keys are destroyed
+	daysDir          = "days"             // daily pseudonym keys, days/YYYY-MM-DD.key
 	tmpPrefix        = ".tmp-"
 	dayLayout        = "2006-01-02"
 	keyLen           = 32
@@ -63,6 +64,7 @@ type Keystore struct {
 	index    []byte
 	seal     cipher.AEAD
 	kek      cipher.AEAD // wraps day keys shared through the database
+	kekPrev  cipher.AEAD // nil, or the K_kek being rotated out (unwraps only)
 	wgPriv   [32]byte
 	dummyVer Verifier
 	verSalt  []byte // the verifier KDF's salt, derived from index once
@@ -174,6 +176,12 @@ func OpenKeystore(dir string) (*Keystore, error) {
 		return nil, fmt.Errorf("privacy: keystore: day-key KEK: %w", err)
 	}
 	clear(kek)
+	if prev, err := readKey(filepath.Join(dir, dayKEKPrevFile)); err == nil {
+		k.kekPrev, _ = chacha20poly1305.NewX(prev) // 32 bytes: cannot fail
+		clear(prev)
+	} else if !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
 	wg, err := readKey(filepath.Join(dir, wireguardKeyFile))
 	if err != nil {
 		return nil, err

@@ -28,6 +28,10 @@ type DayKeys interface {
 	// in one transaction. It returns how many keys it deleted and the
 	// horizon in force.
 	DestroyDayKeysBefore(ctx context.Context, day string) (deleted int, horizon string, err error)
+	// RewrapDayKey replaces day's wrapped key by rewrapped if it is still
+	// old (the same key wrapped under a new key-encryption key, when the
+	// fleet rotates it); false when the row is gone or holds another value.
+	RewrapDayKey(ctx context.Context, day string, old, rewrapped []byte) (bool, error)
 }
 
 // MaxWrappedDayKey bounds a wrapped day key (nonce, key and tag are 72
@@ -126,4 +130,21 @@ func (s *SQLite) DestroyDayKeysBefore(ctx context.Context, day string) (deleted 
 		return 0, "", err
 	}
 	return deleted, horizon, nil
+}
+
+// RewrapDayKey swaps day's wrapped key from old to rewrapped (DayKeys).
+func (s *SQLite) RewrapDayKey(ctx context.Context, day string, old, rewrapped []byte) (done bool, err error) {
+	if err := CheckDayKey(day, rewrapped); err != nil {
+		return false, err
+	}
+	err = s.write(ctx, "RewrapDayKey", func(tx *wtx) error {
+		res, err := tx.ExecContext(ctx, `UPDATE day_keys SET wrapped = ? WHERE day = ? AND wrapped = ?`, rewrapped, day, old)
+		if err != nil {
+			return err
+		}
+		n, err := res.RowsAffected()
+		done = n == 1
+		return err
+	})
+	return done, err
 }

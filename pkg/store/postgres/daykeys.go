@@ -82,3 +82,16 @@ func (s *Store) DestroyDayKeysBefore(ctx context.Context, day string) (deleted i
 	}
 	return deleted, horizon, nil
 }
+
+// RewrapDayKey swaps day's wrapped key from old to rewrapped (store.DayKeys).
+func (s *Store) RewrapDayKey(ctx context.Context, day string, old, rewrapped []byte) (done bool, err error) {
+	if err := store.CheckDayKey(day, rewrapped); err != nil {
+		return false, err
+	}
+	err = s.write(ctx, "RewrapDayKey", func(tx pgx.Tx) error {
+		tag, err := tx.Exec(ctx, `UPDATE day_keys SET wrapped = $1 WHERE day = $2 AND wrapped = $3`, rewrapped, day, old)
+		done = tag.RowsAffected() == 1
+		return err
+	})
+	return done, err
+}

@@ -80,6 +80,28 @@ func testDayKeys(t *h) {
 		}
 	}
 	t.wantDayKeys("after bad input", d3, map[string][]byte{d3: wrappedKey(4)})
+
+	// Rewrapping swaps only the value it was read as.
+	for _, c := range []struct {
+		day      string
+		old, new []byte
+		want     bool
+	}{
+		{d3, wrappedKey(9), wrappedKey(7), false}, // not the value in force
+		{d1, wrappedKey(1), wrappedKey(7), false}, // destroyed: no row
+		{d3, wrappedKey(4), wrappedKey(7), true},
+		{d3, wrappedKey(4), wrappedKey(8), false}, // swapped already
+	} {
+		done, err := t.s.RewrapDayKey(t.ctx, c.day, c.old, c.new)
+		t.must(err, "RewrapDayKey")
+		if done != c.want {
+			t.Fatalf("RewrapDayKey(%s, %x → %x): %v, want %v", c.day, c.old[0], c.new[0], done, c.want)
+		}
+	}
+	if _, err := t.s.RewrapDayKey(t.ctx, "2030-01-4", wrappedKey(7), wrappedKey(8)); !errors.Is(err, privacy.ErrInvalid) {
+		t.Fatalf("RewrapDayKey with a bad day: %v, want ErrInvalid", err)
+	}
+	t.wantDayKeys("after rewrapping", d3, map[string][]byte{d3: wrappedKey(7)})
 }
 
 // testDayKeysConcurrent: gateways needing one day's key at once all get the
