@@ -3,6 +3,8 @@ package fleet
 import (
 	"bytes"
 	"context"
+	"crypto/ecdh"
+	"crypto/rand"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -174,6 +176,7 @@ func driverMain(path string, log *slog.Logger) error {
 	mux.HandleFunc("POST /ping", d.ping)
 	mux.HandleFunc("POST /bindcode", d.bindCode)
 	mux.HandleFunc("POST /client/login", d.clientLogin)
+	mux.HandleFunc("POST /device/login", d.deviceLogin)
 	mux.HandleFunc("POST /client/bind", d.bind)
 	mux.HandleFunc("POST /session/open", d.openSession)
 	mux.HandleFunc("POST /session/ping", d.pingSession)
@@ -321,6 +324,37 @@ func (d *driver) clientLogin(w http.ResponseWriter, r *http.Request) {
 	d.mu.Lock()
 	d.tokens[req.Account] = resp.GetAccessToken()
 	d.mu.Unlock()
+	reply(w, clientResult{Code: "OK"})
+}
+
+// deviceLogin sends one DeviceService.Login of a device the driver does not
+// run (its serial number and hardware id in the request) with a fresh key,
+// so that the answer's code is exactly the gateway's.
+func (d *driver) deviceLogin(w http.ResponseWriter, r *http.Request) {
+	var req clientRequest
+	if !decode(w, r, &req) {
+		return
+	}
+	key, err := ecdh.X25519().GenerateKey(rand.Reader)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusInternalServerError)
+		return
+	}
+	conn, err := agent.Dial(req.Gateway, d.tls())
+	if err != nil {
+		reply(w, clientResult{Error: err.Error()})
+		return
+	}
+	defer conn.Close()
+	ctx, cancel := context.WithTimeout(r.Context(), 20*time.Second)
+	defer cancel()
+	_, err = gatewayv1.NewDeviceServiceClient(conn).Login(ctx, &gatewayv1.DeviceLoginRequest{
+		SerialNumber: req.Serial, HardwareId: req.Password, PublicKey: key.PublicKey().Bytes(), AgentVersion: "fleet-e2e"})
+	if err != nil {
+		st := status.Convert(err)
+		reply(w, clientResult{Code: st.Code().String(), Error: st.Message()})
+		return
+	}
 	reply(w, clientResult{Code: "OK"})
 }
 

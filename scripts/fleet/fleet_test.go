@@ -39,9 +39,10 @@ type session struct {
 // in the live gateways' peer lists). The killed gateway starts again and
 // nothing flaps back over three of its full reconcile passes. Then
 // PostgreSQL stops for a while: the tunnels keep carrying pings, client
-// logins answer Unavailable and /readyz is not ready, and both come back by
-// themselves after it. Last, a device revoked on one gateway loses its peer
-// on the gateway it lives on within a second.
+// logins and a new device's first login answer Unavailable and /readyz is
+// not ready, and all come back by themselves after it. Last, a device
+// revoked on one gateway loses its peer on the gateway it lives on within a
+// second.
 func TestFleet(t *testing.T) {
 	f := newFleet(t)
 	a, b, c := f.gws[0], f.gws[1], f.gws[2]
@@ -74,6 +75,10 @@ func TestFleet(t *testing.T) {
 		devs[i] = identity{Serial: fmt.Sprintf("DS-FLEET-%04d", i), HWID: fmt.Sprintf("HW-FLEET-%04d", i)}
 		fmt.Fprintf(&csv, "%s,%s\n", devs[i].Serial, devs[i].HWID)
 	}
+	// One more device is enrolled but not run: it logs in for the first
+	// time during the registry outage (refused) and after it.
+	fresh := identity{Serial: "DS-FLEET-FRESH", HWID: "HW-FLEET-FRESH"}
+	fmt.Fprintf(&csv, "%s,%s\n", fresh.Serial, fresh.HWID)
 	csvPath := filepath.Join(f.Dir, "devices.csv")
 	if err := os.WriteFile(csvPath, []byte(csv.String()), 0o600); err != nil {
 		t.Fatal(err)
@@ -236,6 +241,22 @@ func TestFleet(t *testing.T) {
 		}
 	}
 	t.Logf("every session carries pings through its device's home %v after SIGKILL", time.Since(killed).Round(time.Millisecond))
+	// dassetctl fleet (on b) counts the same devices and sessions per
+	// gateway.
+	want := map[string]load{}
+	for _, d := range after {
+		l := want[d.Instance]
+		l.devices++
+		want[d.Instance] = l
+	}
+	for _, s := range sessions {
+		l := want[after[s.serial].Instance]
+		l.sessions++
+		want[after[s.serial].Instance] = l
+	}
+	if got := b.loads(); got[a.instance] != want[a.instance] || got[b.instance] != want[b.instance] || got[c.instance] != (load{}) {
+		t.Fatalf("dassetctl fleet after the failover: %+v; want a %+v, b %+v, c none", got, want[a.instance], want[b.instance])
+	}
 
 	// c starts again (same data directory, instance id and keystore):
 	// nothing flaps back. Over three full reconcile passes of c (one a
@@ -301,6 +322,10 @@ func TestFleet(t *testing.T) {
 		if res.Code != "Unavailable" {
 			t.Fatalf("client login on %s during the PostgreSQL outage: %s %s; want Unavailable", m.name, res.Code, res.Error)
 		}
+		res = f.tryClient("/device/login", clientRequest{Gateway: m.addr, Serial: fresh.Serial, Password: fresh.HWID})
+		if res.Code != "Unavailable" {
+			t.Fatalf("first login of an enrolled device on %s during the PostgreSQL outage: %s %s; want Unavailable", m.name, res.Code, res.Error)
+		}
 	}
 	// The outage lasts a while: every device pings, a round every 250 ms,
 	// for at least outageSpan and until a and c (full passes every second)
@@ -354,6 +379,13 @@ func TestFleet(t *testing.T) {
 			return err
 		})
 	}
+	f.until(30*time.Second, 200*time.Millisecond, "the fresh device's first login after PostgreSQL is back", func() error {
+		if res := f.tryClient("/device/login", clientRequest{Gateway: a.addr, Serial: fresh.Serial, Password: fresh.HWID}); res.Code != "OK" {
+			return fmt.Errorf("%s %s", res.Code, res.Error)
+		}
+		return nil
+	})
+	f.unrun++
 	t.Logf("logins and readiness back %v after PostgreSQL restarted", time.Since(restarted).Round(time.Millisecond))
 	f.ping("every device after the PostgreSQL restart", nil, 10*time.Second)
 	final := f.devices()
