@@ -156,6 +156,27 @@ func TestFleetDataPlane(t *testing.T) {
 		waitDevicePeer(t, f.b, key[:], false, "B dropped the revoked device's peer")
 		t.Logf("revoked on A: Revoked on B's stream after %v, B's peer gone by %v",
 			at.Sub(revoked).Round(time.Millisecond), time.Since(revoked).Round(time.Millisecond))
+
+		// Erasure and a key reset on A reach B the same way.
+		const snE, snR = "DS-HOME-ERASE", "DS-HOME-RESET"
+		f.a.enroll(t, [2]string{snE, "HW-" + snE}, [2]string{snR, "HW-" + snR})
+		e, eEvents := startEventAgent(t, f.b, snE, "HW-"+snE, filepath.Join(t.TempDir(), "erased"))
+		eKey := e.PublicKey()
+		rKey := newKey(t)
+		deviceLogin(t, f.b, snR, rKey)
+		if !devicePeer(t, f.b, eKey[:]) || !devicePeer(t, f.b, rKey) {
+			t.Fatal("the devices to erase and reset are not peers on B")
+		}
+		eEvents.waitFor(t, "a keepalive from B", 10*time.Second, func(ev *gatewayv1.SyncEvent) bool { return ev.GetKeepalive() != nil })
+		if _, err := f.a.admin.EraseSubject(ctx, &gatewayv1.EraseSubjectRequest{Subject: &gatewayv1.EraseSubjectRequest_SerialNumber{SerialNumber: snE}, Reason: "fleet test"}); err != nil {
+			t.Fatalf("erase on A: %v", err)
+		}
+		if _, err := f.a.admin.ResetDeviceKey(ctx, &gatewayv1.ResetDeviceKeyRequest{SerialNumber: snR}); err != nil {
+			t.Fatalf("reset key on A: %v", err)
+		}
+		eEvents.waitFor(t, "Revoked (erased) on its stream on B", 10*time.Second, func(ev *gatewayv1.SyncEvent) bool { return ev.GetRevoked().GetReason() == "erased" })
+		waitDevicePeer(t, f.b, eKey[:], false, "B dropped the erased device's peer")
+		waitDevicePeer(t, f.b, rKey, false, "B dropped the peer of the device whose key was reset")
 	})
 
 	// A peer removed behind the gateway's back (straight on its WireGuard

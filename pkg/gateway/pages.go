@@ -14,6 +14,7 @@ func (g *Gateway) DevicesPage(ctx context.Context, afterID int64, limit int) ([]
 		return nil, newErr(ErrUnavailable, err, "listing devices failed")
 	}
 	online := g.onlineSet(ctx) // one map for the page, not a look-up per device
+	g.fleet.refresh(ctx)       // devices homed on other gateways: their heartbeats
 	out := make([]DeviceView, 0, len(devs))
 	for _, d := range devs {
 		v, err := g.view(d, func(k [32]byte) bool { return online[k] })
