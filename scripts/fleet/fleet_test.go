@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -127,7 +128,7 @@ func TestFleet(t *testing.T) {
 		if len(on[m]) < 30 {
 			t.Fatalf("gateway %s has %d of %d devices; want them spread over the three", m.name, len(on[m]), fleetDevices)
 		}
-		m.holdsDevices(on[m])
+		m.holdsOnly(on[m])
 	}
 	t.Logf("devices per gateway: a=%d b=%d c=%d", len(on[a]), len(on[b]), len(on[c]))
 	f.checkAddresses(before, f.gws)
@@ -295,9 +296,10 @@ func TestFleet(t *testing.T) {
 		}
 	}
 	f.checkHomes(still)
-	for m, ds := range movedTo {
-		m.holdsDevices(ds)
+	for _, m := range []*member{a, b} {
+		m.holdsOnly(append(slices.Clone(on[m]), movedTo[m]...))
 	}
+	c.holdsOnly(nil)
 	t.Logf("c restarted: over %v full reconcile passes nothing moved back", passes()-base)
 
 	// PostgreSQL restarts: tunnels keep carrying pings; client logins answer

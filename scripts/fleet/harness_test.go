@@ -581,9 +581,20 @@ func prefixList(ps []netip.Prefix) string {
 	return strings.Join(s, ",")
 }
 
+// holdsOnly fails the test unless m's device peers are exactly the listed
+// devices, each with its own addresses (a device is a peer only on its
+// home).
+func (m *member) holdsOnly(devs []deviceState) {
+	m.f.T.Helper()
+	n := m.holdsDevices(devs)
+	if n != len(devs) {
+		m.f.T.Fatalf("gateway %s has %d device peers; want exactly its %d devices", m.name, n, len(devs))
+	}
+}
+
 // holdsDevices fails the test unless every listed device is a device peer
-// of m with its own addresses.
-func (m *member) holdsDevices(devs []deviceState) {
+// of m with its own addresses; it returns how many device peers m has.
+func (m *member) holdsDevices(devs []deviceState) int {
 	m.f.T.Helper()
 	have := map[string]string{}
 	for _, p := range m.peers() {
@@ -600,6 +611,7 @@ func (m *member) holdsDevices(devs []deviceState) {
 			m.f.T.Fatalf("gateway %s: device %s: peer allowed IPs %q (present %v), want %q", m.name, d.Serial, got, ok, strings.Join(want, ","))
 		}
 	}
+	return len(have)
 }
 
 // until polls fn every interval until it succeeds and fails the test,
