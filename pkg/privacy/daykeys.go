@@ -53,20 +53,50 @@ const domainDayKey = "dasset/daykey/v1\x00"
 // keystore's and the database's, and database keys before it (an older
 // database backup restored) are deleted, so destruction is never undone;
 // a database key that does not open with K_kek is an error. The key files
-// of days/ are no longer used (a single gateway's keys, for its own
-// database).
+// of days/ are offered to the database first (importDayFiles) and are not
+// used afterwards; they are shredded at their retention as before.
 func (k *Keystore) ShareDayKeys(ctx context.Context, db SharedDayKeys, refresh time.Duration) error {
 	if refresh <= 0 {
 		return &FieldError{Field: "refresh", Reason: "must be positive"}
 	}
 	k.syncMu.Lock()
 	defer k.syncMu.Unlock()
-	if err := k.syncLocked(ctx, db); err != nil {
-		return err
+	// Read first (a database whose keys do not open with K_kek is refused
+	// before this keystore writes to it), offer the key files, read again.
+	for _, step := range []func(context.Context, SharedDayKeys) error{k.syncLocked, k.importDayFiles, k.syncLocked} {
+		if err := step(ctx, db); err != nil {
+			return err
+		}
 	}
 	k.mu.Lock()
 	k.shared, k.refresh = db, refresh
 	k.mu.Unlock()
+	return nil
+}
+
+// importDayFiles offers the day keys of days/ (those a gateway made before
+// its day keys were shared: an upgrade, or a single gateway moving to
+// PostgreSQL) to db, so that the connection-log rows written under them
+// stay linkable for exports and erasures. A day the database has a key for
+// already keeps that one.
+func (k *Keystore) importDayFiles(ctx context.Context, db SharedDayKeys) error {
+	k.mu.RLock()
+	days, err := k.listDays()
+	k.mu.RUnlock()
+	if err != nil {
+		return err
+	}
+	for _, d := range days {
+		b, err := readKey(k.dayPath(d))
+		if err != nil {
+			return err
+		}
+		w := k.wrapDayKey(d, b)
+		clear(b)
+		if _, _, err := db.EnsureDayKey(ctx, d, w); err != nil {
+			return fmt.Errorf("privacy: shared day keys: offering the key of %s: %w", d, err)
+		}
+	}
 	return nil
 }
 

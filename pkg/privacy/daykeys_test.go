@@ -389,3 +389,37 @@ func TestDayKEKRotation(t *testing.T) {
 		t.Fatal("the old KEK opens the backup's day key but it differs")
 	}
 }
+
+// TestSharedDayKeysImportFiles: a gateway that made day keys as files
+// before sharing them (an upgrade) offers them to the registry, so its
+// pseudonyms of those days stay the same and another gateway of the fleet
+// (whose fleet keys file holds no day key) derives them too.
+func TestSharedDayKeysImportFiles(t *testing.T) {
+	ctx := context.Background()
+	ks := fleetKeystores(t, 1)
+	a, b := ks[0], ks[1]
+	sn, err := privacy.ParseSerialNumber("SN-IMPORT")
+	if err != nil {
+		t.Fatal(err)
+	}
+	idx := a.BlindIndex(sn)
+	d1 := time.Date(2030, 8, 1, 0, 0, 0, 0, time.UTC)
+	before := mustPseudonym(t, a, d1, idx) // a key file, before sharing
+	if got := mustPseudonym(t, b, d1, idx); got == before {
+		t.Fatal("the control failed: unshared keystores gave one pseudonym")
+	}
+	st := openRegistry(t)
+	if err := a.ShareDayKeys(ctx, st, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if got := mustPseudonym(t, a, d1, idx); got != before {
+		t.Fatal("sharing changed the pseudonym of a day whose key was a file")
+	}
+	// b made its own file for d1 before sharing: the registry's (a's) wins.
+	if err := b.ShareDayKeys(ctx, st, time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if got := mustPseudonym(t, b, d1, idx); got != before {
+		t.Fatal("another gateway of the fleet derives another pseudonym for the imported day")
+	}
+}
