@@ -314,6 +314,13 @@ func (g *Gateway) Start(ctx context.Context) (int, error) {
 		}
 		adopted++
 	}
+	g.plane.mu.Lock()
+	for _, d := range devs {
+		if d.KeyPinned && !d.Revoked && d.Home != "" && d.Home != g.cfg.InstanceID && !g.cfg.Sole {
+			g.plane.setElsewhereLocked(d.ID, d.Key)
+		}
+	}
+	g.plane.mu.Unlock()
 	if adopted > 0 {
 		g.log.Info("admitted devices without a home gateway (or, on a sole gateway, with another) now homed here", "devices", adopted)
 	}
@@ -565,12 +572,14 @@ func (g *Gateway) dropHomePeer(ctx context.Context, d store.Device, loggedOut bo
 	return nil
 }
 
-// pinnedKey reports whether key is the pinned key of a device homed here.
+// pinnedKey reports whether key is the pinned key of a device homed here,
+// or of one homed on another gateway as last seen (a device failing over).
 func (g *Gateway) pinnedKey(key [32]byte) bool {
 	g.plane.mu.Lock()
 	defer g.plane.mu.Unlock()
-	_, ok := g.plane.byKey[key]
-	return ok
+	_, here := g.plane.byKey[key]
+	_, elsewhere := g.plane.elsewhere[key]
+	return here || elsewhere
 }
 
 func (g *Gateway) endpoint(local netip.AddrPort) string {

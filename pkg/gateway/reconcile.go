@@ -107,6 +107,13 @@ type plane struct {
 	mu      sync.Mutex
 	byID    map[int64]homeDevice
 	byKey   map[[32]byte]int64 // pinned key → device id (admission lanes, online counts)
+	// elsewhere are the pinned keys of admitted devices homed on other
+	// gateways, as last seen (at start, and when one moves away): a device
+	// failing over to this gateway keeps its pinned-key admission lanes.
+	// Only a priority in the admission queue: the login is verified all
+	// the same.
+	elsewhere   map[[32]byte]int64
+	elsewhereOf map[int64][32]byte
 	seq     uint64             // counts local changes
 	devSeq  map[int64]uint64   // device id → seq of its last local change
 	sessSeq map[string]uint64  // session id → seq of its last local change
@@ -125,6 +132,7 @@ type plane struct {
 func newPlane() *plane {
 	return &plane{
 		byID: make(map[int64]homeDevice), byKey: make(map[[32]byte]int64),
+		elsewhere: make(map[[32]byte]int64), elsewhereOf: make(map[int64][32]byte),
 		devSeq: make(map[int64]uint64), sessSeq: make(map[string]uint64),
 		pending: make(map[int64]bool), loggedOut: make(map[int64]bool),
 	}
@@ -154,7 +162,23 @@ func (p *plane) dropDevice(id int64, loggedOut bool) {
 	p.removeLocked(id)
 }
 
+// setElsewhereLocked records the pinned key of a device homed on another
+// gateway (a zero key: none).
+func (p *plane) setElsewhereLocked(id int64, key [32]byte) {
+	if old, ok := p.elsewhereOf[id]; ok {
+		delete(p.elsewhereOf, id)
+		if p.elsewhere[old] == id {
+			delete(p.elsewhere, old)
+		}
+	}
+	if key != ([32]byte{}) {
+		p.elsewhere[key] = id
+		p.elsewhereOf[id] = key
+	}
+}
+
 func (p *plane) putLocked(id int64, d homeDevice) {
+	p.setElsewhereLocked(id, [32]byte{})
 	if old, ok := p.byID[id]; ok && p.byKey[old.key] == id {
 		delete(p.byKey, old.key)
 	}
@@ -424,6 +448,13 @@ func (g *Gateway) resolveRemovals(ctx context.Context, ids []int64, d *delta) {
 			d.events = append(d.events, deviceEvent{id, Event{Kind: EventRevoked, Reason: r.reason}})
 		default:
 			d.gone = append(d.gone, id)
+			if err == nil && dev.KeyPinned && !dev.Revoked {
+				g.plane.mu.Lock()
+				if _, back := g.plane.byID[id]; !back {
+					g.plane.setElsewhereLocked(id, dev.Key)
+				}
+				g.plane.mu.Unlock()
+			}
 		}
 	}
 }
@@ -573,6 +604,11 @@ func (g *Gateway) ReconcileChanges(ctx context.Context, changes []Change) (err e
 			} else {
 				d.gone = append(d.gone, id)
 			}
+			if r.err == nil && dev.KeyPinned && !dev.Revoked {
+				p.setElsewhereLocked(id, dev.Key)
+			}
+		case r.err != nil || dev.Revoked || !dev.KeyPinned:
+			p.setElsewhereLocked(id, [32]byte{})
 		}
 	}
 	held := func(id int64) (homeDevice, bool) { h, ok := p.byID[id]; return h, ok }

@@ -22,6 +22,7 @@ import (
 const selfID, otherID = "gw-self", "gw-other"
 
 type fakeTunnel struct {
+	pub    [32]byte
 	Tunnel // only the methods below are used
 	mu     sync.Mutex
 	peers  map[[32]byte][]netip.Prefix
@@ -84,6 +85,8 @@ func (t *fakeTunnel) SetPeers(_ context.Context, ps []PeerSpec) error {
 func (t *fakeTunnel) LastHandshake(context.Context, [32]byte) (time.Time, error) {
 	return time.Time{}, nil
 }
+
+func (t *fakeTunnel) PublicKey() [32]byte { return t.pub }
 
 func (t *fakeTunnel) has(k [32]byte) bool {
 	t.mu.Lock()
@@ -171,6 +174,20 @@ func (r *fakeRegistry) SessionsOf(context.Context, int64, int64) ([]store.Sessio
 }
 
 func (r *fakeRegistry) Gateways(context.Context) ([]store.Gateway, error) { return nil, nil }
+
+func (r *fakeRegistry) ReserveKey(context.Context, store.Key, store.KeyOwner) error { return nil }
+
+func (r *fakeRegistry) AdmittedDevices(context.Context) ([]store.Device, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	var out []store.Device
+	for _, d := range r.devices {
+		if d.KeyPinned && d.Offset != 0 && !d.Revoked {
+			out = append(out, d)
+		}
+	}
+	return out, nil
+}
 
 func (r *fakeRegistry) put(d store.Device) {
 	r.mu.Lock()
@@ -343,6 +360,11 @@ func TestReconcileChanges(t *testing.T) {
 	}
 	if r.tun.has(key(1)) || r.tun.has(key(2)) || !r.tun.has(key(3)) {
 		t.Fatalf("tunnel after the changes: %v", r.tun.peers)
+	}
+	// The moved device keeps a pinned-key lane here (it may fail over
+	// back); the revoked one does not.
+	if !r.g.pinnedKey(key(1)) || r.g.pinnedKey(key(2)) || r.g.AdmittedCount() != 1 {
+		t.Fatalf("pinned lanes: moved %v, revoked %v; %d devices here", r.g.pinnedKey(key(1)), r.g.pinnedKey(key(2)), r.g.AdmittedCount())
 	}
 	select {
 	case <-repl1:
@@ -596,5 +618,39 @@ func TestRunReconciler(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("RunReconciler did not stop with its context")
+	}
+}
+
+// TestStartHomes: Start adds the peers of the devices homed here, adopts
+// the homeless ones, leaves those homed elsewhere to their gateway but
+// keeps their keys for the pinned-key admission lanes; on a sole gateway
+// it adopts every admitted device.
+func TestStartHomes(t *testing.T) {
+	for _, sole := range []bool{false, true} {
+		r := newReconcileRig(t)
+		r.g.cfg.Sole = sole
+		r.reg.put(device(1, selfID))
+		r.reg.put(device(2, otherID))
+		r.reg.put(device(3, ""))
+		n, err := r.g.Start(context.Background())
+		if err != nil {
+			t.Fatal(err)
+		}
+		wantN := 2
+		if sole {
+			wantN = 3
+		}
+		if n != wantN || !r.tun.has(key(1)) || !r.tun.has(key(3)) || r.tun.has(key(2)) != sole {
+			t.Fatalf("sole=%v: Start homed %d devices, peers %v", sole, n, r.tun.peers)
+		}
+		if d, _ := r.reg.DeviceByID(context.Background(), 3); d.Home != selfID {
+			t.Fatalf("sole=%v: the homeless device's home is %q after Start", sole, d.Home)
+		}
+		if !r.g.pinnedKey(key(1)) || !r.g.pinnedKey(key(2)) || r.g.pinnedKey(key(99)) {
+			t.Fatalf("sole=%v: pinned lanes: here %v, elsewhere %v, stranger %v", sole, r.g.pinnedKey(key(1)), r.g.pinnedKey(key(2)), r.g.pinnedKey(key(99)))
+		}
+		if sole != (r.g.AdmittedCount() == 3) {
+			t.Fatalf("sole=%v: %d devices counted here", sole, r.g.AdmittedCount())
+		}
 	}
 }
