@@ -423,3 +423,42 @@ func TestSharedDayKeysImportFiles(t *testing.T) {
 		t.Fatal("another gateway of the fleet derives another pseudonym for the imported day")
 	}
 }
+
+// BenchmarkPseudonym: the connection log pseudonymises on the login path.
+// "files" is a single gateway's day key (the reference), "shared" a fleet
+// gateway's, kept in the registry and cached: the same work once cached.
+func BenchmarkPseudonym(b *testing.B) {
+	ctx := context.Background()
+	sn, err := privacy.ParseSerialNumber("SN-BENCH")
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, shared := range []bool{false, true} {
+		name := map[bool]string{false: "files", true: "shared"}[shared]
+		b.Run(name, func(b *testing.B) {
+			k, err := privacy.OpenKeystore(filepath.Join(b.TempDir(), "keys"))
+			if err != nil {
+				b.Fatal(err)
+			}
+			if shared {
+				st, err := store.OpenSQLite(ctx, filepath.Join(b.TempDir(), "registry.db"))
+				if err != nil {
+					b.Fatal(err)
+				}
+				defer st.Close()
+				if err := k.ShareDayKeys(ctx, st, 30*time.Second); err != nil {
+					b.Fatal(err)
+				}
+			}
+			idx, now := k.BlindIndex(sn), time.Now()
+			if _, err := k.Pseudonym(now, idx); err != nil {
+				b.Fatal(err)
+			}
+			for b.Loop() {
+				if _, err := k.Pseudonym(now, idx); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
