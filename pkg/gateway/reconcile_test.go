@@ -169,6 +169,18 @@ func (r *fakeRegistry) SessionByID(_ context.Context, id string) (store.Session,
 	return s, nil
 }
 
+func (r *fakeRegistry) CloseSession(_ context.Context, id string, at time.Time) (store.Session, error) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	ss, ok := r.sessions[id]
+	if !ok || !ss.ClosedAt.IsZero() {
+		return store.Session{}, store.ErrNotFound
+	}
+	ss.ClosedAt = at
+	r.sessions[id] = ss
+	return ss, nil
+}
+
 func (r *fakeRegistry) SessionsOf(context.Context, int64, int64) ([]store.Session, error) {
 	return nil, errors.New("not used")
 }
@@ -652,5 +664,33 @@ func TestStartHomes(t *testing.T) {
 		if sole != (r.g.AdmittedCount() == 3) {
 			t.Fatalf("sole=%v: %d devices counted here", sole, r.g.AdmittedCount())
 		}
+	}
+}
+
+// TestReconcileKeepsLocalClose: a session closed here while a full pass was
+// reading the registry (its read saw the session open) stays closed.
+func TestReconcileKeepsLocalClose(t *testing.T) {
+	r := newReconcileRig(t)
+	ctx := context.Background()
+	r.reg.put(device(1, selfID))
+	client := key(200)
+	r.reg.sessions["s1"] = store.Session{ID: "s1", AccountID: 7, DeviceID: 1, ClientKey: store.Key(client), ClientOffset: 3, ExpiresAt: time.Now().Add(time.Hour)}
+	if _, err := r.g.ReconcileFull(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if !r.tun.has(client) || r.g.OpenSessionCount() != 1 {
+		t.Fatal("the session is not hosted")
+	}
+	r.reg.onHome = func() {
+		r.reg.onHome = nil
+		if err := r.g.CloseSession(ctx, nil, "s1"); err != nil {
+			t.Error(err)
+		}
+	}
+	if _, err := r.g.ReconcileFull(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if r.tun.has(client) || r.g.OpenSessionCount() != 0 || len(r.acl.get()) != 0 {
+		t.Fatalf("a pass that read the session open brought it back: peer %v, %d open, ACL %v", r.tun.has(client), r.g.OpenSessionCount(), r.acl.get())
 	}
 }

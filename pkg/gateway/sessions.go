@@ -229,7 +229,6 @@ func (s *sessions) closeWhere(ctx context.Context, reason string, deviceID, acco
 // host learns it from the change feed.
 func (s *sessions) close(ctx context.Context, id, reason string) error {
 	s.g.plane.order.RLock()
-	defer s.g.plane.order.RUnlock()
 	s.mu.Lock()
 	os, ok := s.open[id]
 	if ok {
@@ -238,6 +237,13 @@ func (s *sessions) close(ctx context.Context, id, reason string) error {
 		s.publishACLLocked()
 	}
 	s.mu.Unlock()
+	if ok {
+		// Held until the client peer is gone, so a reconcile pass cannot
+		// apply a read made before the store write below in between.
+		defer s.g.plane.order.RUnlock()
+	} else {
+		s.g.plane.order.RUnlock()
+	}
 	now := s.g.cfg.Now()
 	if !ok {
 		ss, err := s.reg.CloseSession(ctx, id, now)
@@ -252,7 +258,11 @@ func (s *sessions) close(ctx context.Context, id, reason string) error {
 		s.g.log.Info("session closed", "session", id, "reason", reason, "host", d.Home)
 		return nil
 	}
-	if _, err := s.reg.CloseSession(ctx, id, now); err != nil && !errors.Is(err, store.ErrNotFound) {
+	_, err := s.reg.CloseSession(ctx, id, now)
+	// Again after the store write: a pass whose read began before it
+	// leaves the session closed here.
+	s.g.plane.touchSession(id)
+	if err != nil && !errors.Is(err, store.ErrNotFound) {
 		return newErr(ErrUnavailable, err, "closing session failed")
 	}
 	if err := s.g.tun.RemovePeer(ctx, os.ClientKey); err != nil {
