@@ -104,9 +104,9 @@ type plane struct {
 	// its changes to applying them.
 	order sync.RWMutex
 
-	mu      sync.Mutex
-	byID    map[int64]homeDevice
-	byKey   map[[32]byte]int64 // pinned key → device id (admission lanes, online counts)
+	mu    sync.Mutex
+	byID  map[int64]homeDevice
+	byKey map[[32]byte]int64 // pinned key → device id (admission lanes, online counts)
 	// elsewhere are the pinned keys of admitted devices homed on other
 	// gateways, as last seen (at start, and when one moves away): a device
 	// failing over to this gateway keeps its pinned-key admission lanes.
@@ -114,9 +114,9 @@ type plane struct {
 	// the same.
 	elsewhere   map[[32]byte]int64
 	elsewhereOf map[int64][32]byte
-	seq     uint64             // counts local changes
-	devSeq  map[int64]uint64   // device id → seq of its last local change
-	sessSeq map[string]uint64  // session id → seq of its last local change
+	seq         uint64            // counts local changes
+	devSeq      map[int64]uint64  // device id → seq of its last local change
+	sessSeq     map[string]uint64 // session id → seq of its last local change
 	// pending are devices admitted here while their home could not be
 	// recorded (the registry was unavailable): kept here, whatever the
 	// registry says of their home, until SetHome succeeds.
