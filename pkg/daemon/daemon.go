@@ -5,6 +5,7 @@
 package daemon
 
 import (
+	"cmp"
 	"context"
 	"crypto/rand"
 	"crypto/x509"
@@ -97,6 +98,9 @@ type Daemon struct {
 type Options struct {
 	Logger *slog.Logger
 	Now    func() time.Time
+	// DayKeyRefresh is how often a fleet gateway re-reads the day keys
+	// shared through PostgreSQL at the latest (0: dayKeyRefresh).
+	DayKeyRefresh time.Duration
 }
 
 // dayKeyRefresh bounds how long a gateway of a fleet may go on using a day
@@ -168,7 +172,7 @@ func New(ctx context.Context, cfg config.Config, opt Options) (_ *Daemon, err er
 		// A fleet: every gateway pseudonymises a day with the same key,
 		// kept wrapped in the registry (a single SQLite gateway keeps its
 		// day keys in its keystore).
-		if err := d.keys.ShareDayKeys(ctx, d.st, dayKeyRefresh); err != nil {
+		if err := d.keys.ShareDayKeys(ctx, d.st, cmp.Or(opt.DayKeyRefresh, dayKeyRefresh)); err != nil {
 			return nil, fmt.Errorf("keystore: %w", err)
 		}
 	}

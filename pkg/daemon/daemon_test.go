@@ -73,12 +73,18 @@ func testConfig(t testing.TB, dir string) config.Config {
 	return cfg
 }
 
-func startGateway(t *testing.T, cfg config.Config) *testGateway {
+// startGateway starts a daemon on cfg; opts (at most one) are its test
+// hooks, its Logger set here.
+func startGateway(t *testing.T, cfg config.Config, opts ...daemon.Options) *testGateway {
 	t.Helper()
 	buf := &syncBuffer{}
-	log := privacy.NewLogger(io.MultiWriter(buf, testWriter{t}), slog.LevelDebug, "json")
+	var opt daemon.Options
+	if len(opts) > 0 {
+		opt = opts[0]
+	}
+	opt.Logger = privacy.NewLogger(io.MultiWriter(buf, testWriter{t}), slog.LevelDebug, "json")
 	ctx, cancel := context.WithCancel(context.Background())
-	d, err := daemon.New(ctx, cfg, daemon.Options{Logger: log})
+	d, err := daemon.New(ctx, cfg, opt)
 	if err != nil {
 		cancel()
 		t.Fatalf("daemon.New: %v", err)

@@ -4,9 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -15,6 +17,7 @@ import (
 	"github.com/planetxlabs/dasset-gateway/internal/poll"
 	"github.com/planetxlabs/dasset-gateway/pkg/agent"
 	"github.com/planetxlabs/dasset-gateway/pkg/config"
+	"github.com/planetxlabs/dasset-gateway/pkg/daemon"
 	"github.com/planetxlabs/dasset-gateway/pkg/privacy"
 	"github.com/planetxlabs/dasset-gateway/pkg/store/postgres"
 	"github.com/planetxlabs/dasset-gateway/pkg/store/postgres/pgtest"
@@ -232,5 +235,77 @@ func TestFleetDayKeys(t *testing.T) {
 	var left int
 	if err := conn.QueryRow(ctx, `SELECT count(*) FROM connection_log`).Scan(&left); err != nil || left < 2 {
 		t.Fatalf("connection-log rows in the database: %d, %v; want the 2 rows, now unlinkable", left, err)
+	}
+}
+
+// TestFleetDayKeyDestroyedByPruner: the retention pruner of one gateway of
+// a fleet (C, whose clock runs three days ahead, with a one-day
+// connection-log retention) destroys today's shared day key at its start;
+// gateway B, running since before and not restarted, stops deriving
+// today's pseudonyms within its day-key refresh: its connection log refuses
+// the next logins for want of the key.
+func TestFleetDayKeyDestroyedByPruner(t *testing.T) {
+	cluster := pgtest.Start(t)
+	dsn := cluster.NewDatabase(t)
+	pgConfig := func(keys string) config.Config {
+		cfg := testConfig(t, t.TempDir())
+		if keys != "" {
+			cfg.KeystoreDir = keys
+		}
+		cfg.Store = config.Store{Driver: config.DriverPostgres, DSN: dsn}
+		if err := cfg.Validate(); err != nil {
+			t.Fatal(err)
+		}
+		return cfg
+	}
+	cfgA := pgConfig("")
+	a := startGateway(t, cfgA)
+	b := startGateway(t, pgConfig(joinFleet(t, cfgA)), daemon.Options{DayKeyRefresh: 100 * time.Millisecond})
+	const sn = "DS-DAYKEYS-2"
+	a.enroll(t, [2]string{sn, "HW-" + sn})
+	key := newKey(t)
+	deviceLogin(t, b, sn, key)
+	ctx := context.Background()
+	if err := poll.Until(ctx, 15*time.Second, 200*time.Millisecond, func() error {
+		if n := len(exportConnLog(t, b, sn).ConnectionLog); n < 1 {
+			return fmt.Errorf("the export on B holds %d connection-log rows, want its login", n)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	const refused = "pseudonym key destroyed"
+	if strings.Contains(b.log.String(), refused) {
+		t.Fatal("B refused a pseudonym before any destruction")
+	}
+
+	cfgC := pgConfig(joinFleet(t, cfgA))
+	cfgC.Retention.ConnectionLog = 24 * time.Hour
+	ahead := func() time.Time { return time.Now().Add(72 * time.Hour) }
+	startGateway(t, cfgC, daemon.Options{Now: ahead})
+	today := time.Now().UTC().Format(time.DateOnly)
+	conn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	poll.Must(t, 15*time.Second, "C's pruner destroyed today's day key", func() error {
+		var horizon string
+		if err := conn.QueryRow(ctx, `SELECT horizon FROM day_key_horizon`).Scan(&horizon); err != nil {
+			return err
+		}
+		if horizon <= today {
+			return fmt.Errorf("horizon %q", horizon)
+		}
+		return nil
+	})
+	if err := poll.Until(ctx, 10*time.Second, 200*time.Millisecond, func() error {
+		deviceLogin(t, b, sn, key)
+		if !strings.Contains(b.log.String(), refused) {
+			return errors.New("B's connection log still pseudonymises today")
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
 	}
 }
