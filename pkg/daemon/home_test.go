@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/planetxlabs/dasset-gateway/internal/poll"
 	"github.com/planetxlabs/dasset-gateway/pkg/agent"
 	"github.com/planetxlabs/dasset-gateway/pkg/config"
@@ -23,6 +25,7 @@ import (
 type homeFleet struct {
 	a, b       *testGateway
 	cfgA, cfgB config.Config
+	dsn        string
 }
 
 func startHomeFleet(t *testing.T, cluster *pgtest.Cluster, tweak func(*config.Config)) *homeFleet {
@@ -43,7 +46,7 @@ func startHomeFleet(t *testing.T, cluster *pgtest.Cluster, tweak func(*config.Co
 		}
 		return cfg
 	}
-	f := &homeFleet{cfgA: pgConfig("")}
+	f := &homeFleet{cfgA: pgConfig(""), dsn: dsn}
 	f.a = startGateway(t, f.cfgA)
 	f.cfgB = pgConfig(joinFleet(t, f.cfgA))
 	f.b = startGateway(t, f.cfgB)
@@ -177,6 +180,93 @@ func TestFleetDataPlane(t *testing.T) {
 		eEvents.waitFor(t, "Revoked (erased) on its stream on B", 10*time.Second, func(ev *gatewayv1.SyncEvent) bool { return ev.GetRevoked().GetReason() == "erased" })
 		waitDevicePeer(t, f.b, eKey[:], false, "B dropped the erased device's peer")
 		waitDevicePeer(t, f.b, rKey, false, "B dropped the peer of the device whose key was reset")
+	})
+
+	// A device homed on A that logs in on B while the registry refuses to
+	// record its new home is admitted on B all the same (it proved itself
+	// with its pinned key), and B's full passes keep it; once the registry
+	// takes writes again, B records the home and A drops its peer.
+	t.Run("outage", func(t *testing.T) {
+		f := startHomeFleet(t, cluster, func(c *config.Config) { c.Tunnel.ReconcileInterval = time.Second })
+		const sn = "DS-HOME-OUTAGE"
+		f.a.enroll(t, [2]string{sn, "HW-" + sn})
+		state := filepath.Join(t.TempDir(), "agent")
+		run := func(g *testGateway) (*agent.Agent, func()) {
+			a, err := agent.New(agent.Config{
+				Gateway: g.d.GRPCAddr().String(), Serial: sn, HardwareID: "HW-" + sn,
+				StateDir: state, Pin: g.d.Fingerprint(), Netstack: true,
+				Logger:     slog.New(slog.NewTextHandler(testWriter{t}, nil)),
+				MinBackoff: 50 * time.Millisecond, MaxBackoff: 500 * time.Millisecond,
+			})
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() { done <- a.Run(ctx) }()
+			stop := func() {
+				cancel()
+				select {
+				case <-done:
+				case <-time.After(10 * time.Second):
+				}
+			}
+			t.Cleanup(stop)
+			waitReady(t, a, done)
+			return a, stop
+		}
+		onA, stopA := run(f.a) // its key is pinned and its home is A
+		key := onA.PublicKey()
+		stopA()
+
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		db, err := pgx.Connect(ctx, f.dsn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer db.Close(context.Background())
+		if _, err := db.Exec(ctx, `CREATE FUNCTION test_no_home() RETURNS trigger LANGUAGE plpgsql AS $$
+			BEGIN
+				IF NEW.home_gateway IS DISTINCT FROM OLD.home_gateway THEN
+					RAISE EXCEPTION 'test: the registry refuses home changes';
+				END IF;
+				RETURN NEW;
+			END $$;
+			CREATE TRIGGER test_no_home BEFORE UPDATE ON devices FOR EACH ROW EXECUTE FUNCTION test_no_home();`); err != nil {
+			t.Fatal(err)
+		}
+		onB, _ := run(f.b) // the same key: a pinned re-login on B, today
+		if onB.PublicKey() != key || onB.GatewayInstance() != f.b.d.InstanceID() {
+			t.Fatalf("the agent is on %q with another key (%v)", onB.GatewayInstance(), onB.PublicKey() != key)
+		}
+		full := func() float64 {
+			return counter(t, f.b.d.HTTPAddr().String(), "dasset_gateway_reconciles_total", map[string]string{"pass": "full"})
+		}
+		passes := full()
+		poll.Must(t, 15*time.Second, "three full passes on B", func() error {
+			if n := full(); n < passes+3 {
+				return fmt.Errorf("%v full passes since", n-passes)
+			}
+			return nil
+		})
+		if !devicePeer(t, f.b, key[:]) {
+			t.Fatal("B dropped the device it admitted while its home could not be recorded")
+		}
+		if err := pingUntil(onB.Net(), onB.Addresses(), netip.MustParseAddr("100.80.0.1"), 10*time.Second); err != nil {
+			t.Fatalf("ping through B while the home is not recorded: %v", err)
+		}
+		if !devicePeer(t, f.a, key[:]) {
+			t.Fatal("A dropped the device although the registry still names A its home")
+		}
+
+		if _, err := db.Exec(ctx, `DROP TRIGGER test_no_home ON devices`); err != nil {
+			t.Fatal(err)
+		}
+		waitDevicePeer(t, f.a, key[:], false, "A dropped the device once B recorded its home")
+		if !devicePeer(t, f.b, key[:]) {
+			t.Fatal("B lost the device after recording its home")
+		}
 	})
 
 	// A peer removed behind the gateway's back (straight on its WireGuard
