@@ -129,6 +129,29 @@ func TestKeysBackupRestoreRoundTrip(t *testing.T) {
 	}
 }
 
+// A mistyped --keystore is refused, naming it, and nothing is made there
+// (opening it would have made a fresh keystore and backed that up).
+func TestKeysBackupRefusesMissingKeystore(t *testing.T) {
+	dir := t.TempDir()
+	missing := filepath.Join(dir, "no-such-keystore")
+	for _, args := range [][]string{
+		{"keys", "backup", "--keystore", missing, "--out", filepath.Join(dir, "a.backup"), "--passphrase-stdin"},
+		{"keys", "backup", "--fleet", "--keystore", missing, "--out", filepath.Join(dir, "b.backup"), "--passphrase-stdin"},
+	} {
+		var out, errb bytes.Buffer
+		env := Env{Stdin: strings.NewReader("correct horse battery\n"), Stdout: &out, Stderr: &errb, Getenv: func(string) string { return "" }}
+		if code := Run(context.Background(), args, env); code == 0 || !strings.Contains(errb.String(), missing) || !strings.Contains(errb.String(), "no keystore") {
+			t.Fatalf("%v: exit %d, stderr %q; want a refusal naming %s", args[1:3], code, errb.String(), missing)
+		}
+		if _, err := os.Stat(missing); !os.IsNotExist(err) {
+			t.Fatalf("%v made %s (stat: %v)", args[1:3], missing, err)
+		}
+		if _, err := os.Stat(args[len(args)-2]); !os.IsNotExist(err) {
+			t.Fatalf("%v wrote a backup file (stat: %v)", args[1:3], err)
+		}
+	}
+}
+
 // TestKeysFleetBackupRestore: "keys backup --fleet" writes a file that
 // "keys restore" turns into a keystore with the member's id and shared
 // keys and a WireGuard key of its own, whose public key it prints.

@@ -77,6 +77,13 @@ backups and fleet keys files; database backups from before the rotation then ope
 			if out == "" {
 				return usagef("--out is required")
 			}
+			// Opening a directory without a keystore would make one: a
+			// mistyped --keystore must not back up fresh, useless keys.
+			if _, ok, err := privacy.KeystoreID(dir); err != nil {
+				return err
+			} else if !ok {
+				return usagef("--keystore %s holds no keystore (no keystore.id): nothing to back up; give the gateway's keystore_dir", dir)
+			}
 			ks, err := privacy.OpenKeystore(dir)
 			if err != nil {
 				return err
