@@ -50,6 +50,13 @@ type Payload struct {
 	Gateway string `json:"g,omitempty"`
 }
 
+// payloadSQL is the Payload of one change as a SQL expression, given SQL
+// expressions of its kind, device id, session id and gateway.
+func payloadSQL(kind, device, session, gateway string) string {
+	return `json_strip_nulls(json_build_object('n', current_schema(), 'k', ` + kind + `,
+		'd', nullif(` + device + `, 0), 's', nullif(` + session + `, ''), 'g', nullif(` + gateway + `, '')))::text`
+}
+
 // notify sends cs on Channel in tx; more than store.ChangeBuffer changes
 // are sent as one ChangeResync.
 func notify(ctx context.Context, tx pgx.Tx, cs ...store.Change) error {
@@ -63,8 +70,7 @@ func notify(ctx context.Context, tx pgx.Tx, cs ...store.Change) error {
 	for i, c := range cs {
 		kinds[i], devs[i], sess[i], gws[i] = string(c.Kind), c.DeviceID, c.SessionID, c.Gateway
 	}
-	_, err := tx.Exec(ctx, `SELECT pg_notify('`+Channel+`', json_strip_nulls(json_build_object('n', current_schema(), 'k', c.k,
-		'd', nullif(c.d, 0), 's', nullif(c.s, ''), 'g', nullif(c.g, '')))::text)
+	_, err := tx.Exec(ctx, `SELECT pg_notify('`+Channel+`', `+payloadSQL("c.k", "c.d", "c.s", "c.g")+`)
 		FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[]) WITH ORDINALITY AS c(k, d, s, g, i) ORDER BY c.i`,
 		kinds, devs, sess, gws)
 	if err != nil {
