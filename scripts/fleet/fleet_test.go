@@ -307,6 +307,10 @@ func TestFleet(t *testing.T) {
 	// by themselves.
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
+	fullOK := func(m *member) float64 {
+		return m.counter("dasset_gateway_reconciles_total", map[string]string{"pass": "full", "result": "ok"})
+	}
+	bFull := fullOK(b) // b's timer never fires: a full pass of b is a resync
 	if err := f.pg.Stop(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -389,6 +393,15 @@ func TestFleet(t *testing.T) {
 	})
 	f.unrun++
 	t.Logf("logins and readiness back %v after PostgreSQL restarted", time.Since(restarted).Round(time.Millisecond))
+	// b's change feed is back: its listener reconnected and re-read its
+	// whole share (a full pass, which its hour-long timer cannot explain).
+	f.until(30*time.Second, 100*time.Millisecond, "b resyncs after its change feed reconnected", func() error {
+		if n := fullOK(b); n <= bFull {
+			return fmt.Errorf("no full pass of b since PostgreSQL stopped (%v)", n)
+		}
+		return nil
+	})
+	t.Logf("b resynced its change feed %v after PostgreSQL restarted", time.Since(restarted).Round(time.Millisecond))
 	f.ping("every device after the PostgreSQL restart", nil, 10*time.Second)
 	final := f.devices()
 	f.checkAddresses(final, []*member{a, b})
