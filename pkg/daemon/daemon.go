@@ -140,6 +140,9 @@ func New(ctx context.Context, cfg config.Config, opt Options) (_ *Daemon, err er
 	if err := checkLegacyKeystore(cfg); err != nil {
 		return nil, err
 	}
+	if cfg.Store.Driver == config.DriverPostgres && cfg.Tunnel.Endpoint == "" {
+		d.log.Warn(msgNoFleetEndpoint)
+	}
 	if err := checkDatabaseFile(ctx, cfg); err != nil {
 		return nil, err
 	}
@@ -275,6 +278,11 @@ func New(ctx context.Context, cfg config.Config, opt Options) (_ *Daemon, err er
 	}
 	return d, nil
 }
+
+// msgNoFleetEndpoint warns a gateway of a fleet that the others cannot name
+// it: a session to a device homed here, opened on another gateway, needs
+// this gateway's WireGuard endpoint from the gateways table.
+const msgNoFleetEndpoint = "store.driver is postgres but tunnel.endpoint is empty: other gateways of the fleet cannot name this one to clients, so sessions opened elsewhere to devices homed here fail with Unavailable; set tunnel.endpoint to the host:port devices and clients dial"
 
 // replayErasures merges the erasure ledger kept with the keys and the
 // database's copy both ways, then erases again whatever the database still

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -67,7 +68,18 @@ func TestPostgresStore(t *testing.T) {
 		t.Fatalf("gateway A lists %v, want 3 admitted devices", onA)
 	}
 
-	b := startGateway(t, pgConfig())
+	// A fleet gateway without tunnel.endpoint is warned that the others
+	// cannot name it; B, which sets it, is not.
+	const warning = "tunnel.endpoint is empty"
+	if !strings.Contains(a.log.String(), warning) {
+		t.Fatalf("gateway A (postgres, no tunnel.endpoint) logged no warning %q", warning)
+	}
+	cfgB := pgConfig()
+	cfgB.Tunnel.Endpoint = fmt.Sprintf("127.0.0.1:%d", cfgB.Tunnel.ListenPort)
+	b := startGateway(t, cfgB)
+	if strings.Contains(b.log.String(), warning) {
+		t.Fatalf("gateway B (tunnel.endpoint set) warned %q", warning)
+	}
 	if onB := list(b); !slices.Equal(onB, onA) {
 		t.Fatalf("gateway B lists %v, gateway A %v", onB, onA)
 	}
