@@ -67,6 +67,23 @@ backups and fleet keys files; database backups from before the rotation then ope
 		}
 		return readNewPassword(cmd)
 	}
+	// openIn opens --in (what it holds names it in errors) and asks for
+	// its passphrase.
+	openIn := func(cmd *cobra.Command, what string) (*os.File, string, error) {
+		if in == "" {
+			return nil, "", usagef("--in is required")
+		}
+		f, err := os.Open(in)
+		if err != nil {
+			return nil, "", fmt.Errorf("read %s: %w", what, err)
+		}
+		pw, err := passphrase(cmd)
+		if err != nil {
+			f.Close()
+			return nil, "", err
+		}
+		return f, pw, nil
+	}
 	backup := &cobra.Command{
 		Use:   "backup",
 		Short: "Write the keystore (or with --fleet the keys a fleet shares), encrypted under a passphrase (argon2id + XChaCha20-Poly1305)",
@@ -113,18 +130,11 @@ backups and fleet keys files; database backups from before the rotation then ope
 		Example: `  dassetctl keys restore --keystore /var/lib/dasset-gateway-keys --in keystore.backup`,
 		Args:    exactArgs(),
 		RunE: run(func(cmd *cobra.Command, _ []string) error {
-			if in == "" {
-				return usagef("--in is required")
-			}
-			f, err := os.Open(in)
-			if err != nil {
-				return fmt.Errorf("read backup: %w", err)
-			}
-			defer f.Close()
-			pw, err := passphrase(cmd)
+			f, pw, err := openIn(cmd, "backup")
 			if err != nil {
 				return err
 			}
+			defer f.Close()
 			if err := os.MkdirAll(filepath.Dir(filepath.Clean(dir)), 0o700); err != nil {
 				return err
 			}
@@ -154,18 +164,11 @@ ledger. Restart the gateway afterwards.`,
 		Example: `  dassetctl keys update --in fleet.keys --keystore /var/lib/dasset-gateway-keys`,
 		Args:    exactArgs(),
 		RunE: run(func(cmd *cobra.Command, _ []string) error {
-			if in == "" {
-				return usagef("--in is required")
-			}
-			f, err := os.Open(in)
-			if err != nil {
-				return fmt.Errorf("read fleet keys file: %w", err)
-			}
-			defer f.Close()
-			pw, err := passphrase(cmd)
+			f, pw, err := openIn(cmd, "fleet keys file")
 			if err != nil {
 				return err
 			}
+			defer f.Close()
 			if err := privacy.UpdateFleetKeys(f, []byte(pw), dir); err != nil {
 				return err
 			}

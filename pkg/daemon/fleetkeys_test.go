@@ -65,6 +65,25 @@ func deviceLogin(t *testing.T, g *testGateway, sn string, key []byte) *gatewayv1
 	return resp
 }
 
+// memberConfig is the test configuration of a fleet member on the
+// PostgreSQL database dsn, with its own data directory and the keystore
+// keys ("": its own, made at first start), changed by tweak (may be nil).
+func memberConfig(t *testing.T, dsn, keys string, tweak func(*config.Config)) config.Config {
+	t.Helper()
+	cfg := testConfig(t, t.TempDir())
+	if keys != "" {
+		cfg.KeystoreDir = keys
+	}
+	cfg.Store = config.Store{Driver: config.DriverPostgres, DSN: dsn}
+	if tweak != nil {
+		tweak(&cfg)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	return cfg
+}
+
 // TestFleetKeysJoin: a gateway whose keystore was restored from another
 // member's fleet keys file joins that member's PostgreSQL registry: the
 // database accepts its keystore id, it answers with a WireGuard key of its
@@ -74,17 +93,7 @@ func deviceLogin(t *testing.T, g *testGateway, sn string, key []byte) *gatewayv1
 func TestFleetKeysJoin(t *testing.T) {
 	cluster := pgtest.Start(t)
 	dsn := cluster.NewDatabase(t)
-	pgConfig := func(keys string) config.Config {
-		cfg := testConfig(t, t.TempDir())
-		if keys != "" {
-			cfg.KeystoreDir = keys
-		}
-		cfg.Store = config.Store{Driver: config.DriverPostgres, DSN: dsn}
-		if err := cfg.Validate(); err != nil {
-			t.Fatal(err)
-		}
-		return cfg
-	}
+	pgConfig := func(keys string) config.Config { return memberConfig(t, dsn, keys, nil) }
 	cfgA := pgConfig("")
 	a := startGateway(t, cfgA)
 	cfgB := pgConfig(joinFleet(t, cfgA))
@@ -159,17 +168,7 @@ func exportConnLog(t *testing.T, g *testGateway, sn string) connLogExport {
 func TestFleetDayKeys(t *testing.T) {
 	cluster := pgtest.Start(t)
 	dsn := cluster.NewDatabase(t)
-	pgConfig := func(keys string) config.Config {
-		cfg := testConfig(t, t.TempDir())
-		if keys != "" {
-			cfg.KeystoreDir = keys
-		}
-		cfg.Store = config.Store{Driver: config.DriverPostgres, DSN: dsn}
-		if err := cfg.Validate(); err != nil {
-			t.Fatal(err)
-		}
-		return cfg
-	}
+	pgConfig := func(keys string) config.Config { return memberConfig(t, dsn, keys, nil) }
 	cfgA := pgConfig("")
 	a := startGateway(t, cfgA)
 	b := startGateway(t, pgConfig(joinFleet(t, cfgA)))
@@ -247,17 +246,7 @@ func TestFleetDayKeys(t *testing.T) {
 func TestFleetDayKeyDestroyedByPruner(t *testing.T) {
 	cluster := pgtest.Start(t)
 	dsn := cluster.NewDatabase(t)
-	pgConfig := func(keys string) config.Config {
-		cfg := testConfig(t, t.TempDir())
-		if keys != "" {
-			cfg.KeystoreDir = keys
-		}
-		cfg.Store = config.Store{Driver: config.DriverPostgres, DSN: dsn}
-		if err := cfg.Validate(); err != nil {
-			t.Fatal(err)
-		}
-		return cfg
-	}
+	pgConfig := func(keys string) config.Config { return memberConfig(t, dsn, keys, nil) }
 	cfgA := pgConfig("")
 	a := startGateway(t, cfgA)
 	b := startGateway(t, pgConfig(joinFleet(t, cfgA)), daemon.Options{DayKeyRefresh: 100 * time.Millisecond})

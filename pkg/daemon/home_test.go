@@ -32,19 +32,12 @@ func startHomeFleet(t *testing.T, cluster *pgtest.Cluster, tweak func(*config.Co
 	t.Helper()
 	dsn := cluster.NewDatabase(t)
 	pgConfig := func(keys string) config.Config {
-		cfg := testConfig(t, t.TempDir())
-		if keys != "" {
-			cfg.KeystoreDir = keys
-		}
-		cfg.Store = config.Store{Driver: config.DriverPostgres, DSN: dsn}
-		cfg.Tunnel.Endpoint = fmt.Sprintf("127.0.0.1:%d", cfg.Tunnel.ListenPort)
-		if tweak != nil {
-			tweak(&cfg)
-		}
-		if err := cfg.Validate(); err != nil {
-			t.Fatal(err)
-		}
-		return cfg
+		return memberConfig(t, dsn, keys, func(cfg *config.Config) {
+			cfg.Tunnel.Endpoint = fmt.Sprintf("127.0.0.1:%d", cfg.Tunnel.ListenPort)
+			if tweak != nil {
+				tweak(cfg)
+			}
+		})
 	}
 	f := &homeFleet{cfgA: pgConfig(""), dsn: dsn}
 	f.a = startGateway(t, f.cfgA)
