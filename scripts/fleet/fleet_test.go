@@ -237,8 +237,8 @@ func TestFleet(t *testing.T) {
 		if res.PeerKey != newHome.publicKey() {
 			t.Fatalf("session %s to %s: gateway peer %s, want its device's home %s (%s)", s.id, s.serial, res.PeerKey, newHome.name, newHome.publicKey())
 		}
-		if moved := s.host == c; moved != (res.Moves > 0) {
-			t.Fatalf("session %s to %s: %d gateway peer changes; device moved: %v", s.id, s.serial, res.Moves, moved)
+		if wasOnC := s.host == c; wasOnC != (res.Moves > 0) {
+			t.Fatalf("session %s to %s: %d gateway peer changes; device moved: %v", s.id, s.serial, res.Moves, wasOnC)
 		}
 	}
 	t.Logf("every session carries pings through its device's home %v after SIGKILL", time.Since(killed).Round(time.Millisecond))
@@ -269,26 +269,25 @@ func TestFleet(t *testing.T) {
 	for _, d := range victims {
 		movedKeys[d.Key] = d.Serial
 	}
-	noneBack := func() error {
+	noneBack := func() {
 		for _, p := range c.peers() {
 			if sn, ok := movedKeys[p.PublicKey]; ok {
 				t.Fatalf("device %s is a peer of c again after c restarted (it lives on another gateway)", sn)
 			}
 		}
-		return nil
 	}
 	passes := func() float64 {
 		return c.counter("dasset_gateway_reconciles_total", map[string]string{"pass": "full", "result": "ok"})
 	}
 	base := passes()
 	f.until(20*time.Second, 250*time.Millisecond, "c runs three full reconcile passes", func() error {
-		_ = noneBack()
+		noneBack()
 		if n := passes(); n < base+3 {
 			return fmt.Errorf("%v full passes since c was ready, want 3", n-base)
 		}
 		return nil
 	})
-	_ = noneBack()
+	noneBack()
 	still := f.devices()
 	for sn, d := range still {
 		if d.Instance != after[sn].Instance || strings.Join(d.Addrs, ",") != strings.Join(after[sn].Addrs, ",") {
