@@ -61,11 +61,14 @@ backups and fleet keys files; database backups from before the rotation then ope
 	}
 	var dir, out, in string
 	var stdinPass, fleet bool
+	// passphrase reads the passphrase: from standard input with
+	// --passphrase-stdin, else on the terminal, twice when it makes a new
+	// file (backup), once when it opens one (restore, update).
 	passphrase := func(cmd *cobra.Command) (string, error) {
 		if stdinPass {
 			return readPasswordStdin(cmd)
 		}
-		return readNewPassword(cmd)
+		return readSecret(cmd, "passphrase", "--passphrase-stdin", cmd.Name() == "backup")
 	}
 	// openIn opens --in (what it holds names it in errors) and asks for
 	// its passphrase.

@@ -23,32 +23,44 @@ func terminalFD(r io.Reader) (int, bool) {
 
 // readNewPassword asks twice on the terminal, without echo.
 func readNewPassword(cmd *cobra.Command) (string, error) {
+	return readSecret(cmd, "password", "--password-stdin", true)
+}
+
+// readSecret asks for a password or passphrase (what) on the terminal,
+// without echo: twice when it is new (twice), once to open something made
+// with it. Without a terminal it names the flag (stdinFlag) that reads it
+// from standard input instead.
+func readSecret(cmd *cobra.Command, what, stdinFlag string, twice bool) (string, error) {
 	fd, ok := terminalFD(cmd.InOrStdin())
 	if !ok {
-		return "", usagef("standard input is not a terminal: pass the password with --password-stdin")
+		return "", usagef("standard input is not a terminal: pass the %s with %s", what, stdinFlag)
 	}
 	ask := func(prompt string) (string, error) {
 		fmt.Fprint(cmd.ErrOrStderr(), prompt)
 		b, err := term.ReadPassword(fd)
 		fmt.Fprintln(cmd.ErrOrStderr())
 		if err != nil {
-			return "", fmt.Errorf("read password: %w", err)
+			return "", fmt.Errorf("read %s: %w", what, err)
 		}
 		return string(b), nil
 	}
-	p1, err := ask("Password: ")
+	title := strings.ToUpper(what[:1]) + what[1:]
+	p1, err := ask(title + ": ")
 	if err != nil {
 		return "", err
 	}
 	if p1 == "" {
-		return "", errors.New("password: must not be empty")
+		return "", fmt.Errorf("%s: must not be empty", what)
 	}
-	p2, err := ask("Repeat password: ")
+	if !twice {
+		return p1, nil
+	}
+	p2, err := ask("Repeat " + what + ": ")
 	if err != nil {
 		return "", err
 	}
 	if p1 != p2 {
-		return "", errors.New("password: the two entries differ")
+		return "", fmt.Errorf("%s: the two entries differ", what)
 	}
 	return p1, nil
 }

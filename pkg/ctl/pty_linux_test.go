@@ -5,12 +5,14 @@ import (
 	"context"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/planetxlabs/dasset-gateway/pkg/privacy"
 	gatewayv1 "github.com/planetxlabs/dasset-gateway/proto/dasset/gateway/v1"
 )
 
@@ -106,5 +108,42 @@ func TestSubjectEraseConfirmsOnTTY(t *testing.T) {
 	reqs := received[*gatewayv1.EraseSubjectRequest](f)
 	if len(reqs) != 1 || reqs[0].GetSerialNumber() != "DS-000123" {
 		t.Fatalf("sent %v", reqs)
+	}
+}
+
+// Keys commands ask for the passphrase on the terminal: twice for a new
+// backup, once to restore one; without a terminal they name
+// --passphrase-stdin (not the accounts' --password-stdin).
+func TestKeysPassphrasePrompts(t *testing.T) {
+	dir := t.TempDir()
+	ks := filepath.Join(dir, "keystore")
+	k, err := privacy.OpenKeystore(ks)
+	if err != nil {
+		t.Fatal(err)
+	}
+	backup := filepath.Join(dir, "ks.backup")
+	r := runOnTTY(t, "correct horse\ncorrect horse\n", "keys", "backup", "--keystore", ks, "--out", backup)
+	if r.code != ExitOK {
+		t.Fatalf("backup: exit %d, stderr %q", r.code, r.stderr)
+	}
+	if !strings.Contains(r.stderr, "Passphrase: ") || !strings.Contains(r.stderr, "Repeat passphrase: ") || strings.Contains(r.stderr, "horse") {
+		t.Fatalf("backup prompts %q", r.stderr)
+	}
+	restored := filepath.Join(dir, "restored")
+	r = runOnTTY(t, "correct horse\n", "keys", "restore", "--keystore", restored, "--in", backup)
+	if r.code != ExitOK {
+		t.Fatalf("restore: exit %d, stderr %q", r.code, r.stderr)
+	}
+	if !strings.Contains(r.stderr, "Passphrase: ") || strings.Contains(r.stderr, "Repeat") {
+		t.Fatalf("restore prompts %q, want one", r.stderr)
+	}
+	if id, ok, err := privacy.KeystoreID(restored); err != nil || !ok || id != k.ID() {
+		t.Fatalf("restored keystore id %q (ok %v, err %v), want %q", id, ok, err, k.ID())
+	}
+	var out, errb bytes.Buffer
+	code := Run(context.Background(), []string{"keys", "restore", "--keystore", filepath.Join(dir, "again"), "--in", backup},
+		Env{Stdin: strings.NewReader(""), Stdout: &out, Stderr: &errb, Getenv: func(string) string { return "" }})
+	if code == ExitOK || !strings.Contains(errb.String(), "--passphrase-stdin") {
+		t.Fatalf("restore without a terminal: exit %d, stderr %q; want the --passphrase-stdin hint", code, errb.String())
 	}
 }
