@@ -153,7 +153,7 @@ func (k *Keystore) syncLocked(ctx context.Context, db SharedDayKeys) error {
 		key, prev, err := k.unwrapDayKeyAny(d, w)
 		if err != nil {
 			clearKeys()
-			return err
+			return errors.Join(err, k.keepHorizon(db, horizon))
 		}
 		keys[d] = key
 		if prev {
@@ -182,6 +182,21 @@ func (k *Keystore) syncLocked(ctx context.Context, db SharedDayKeys) error {
 	}
 	k.synced = time.Now()
 	return nil
+}
+
+// keepHorizon records the horizon of db, this keystore's registry already,
+// when its keys cannot be opened (a KEK rotation this keystore has not
+// taken yet): the keys cached for days before it are dropped, so a day
+// another gateway destroyed meanwhile is not pseudonymised here until a
+// restart. A database it does not share its day keys with yet (the first
+// read of ShareDayKeys, perhaps another fleet's) is not trusted with that.
+func (k *Keystore) keepHorizon(db SharedDayKeys, horizon string) error {
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	if k.shared != db {
+		return nil
+	}
+	return k.raiseHorizonLocked(horizon)
 }
 
 // raiseHorizonLocked records day as the horizon when it is later (caller

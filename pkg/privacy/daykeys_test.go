@@ -462,3 +462,66 @@ func BenchmarkPseudonym(b *testing.B) {
 		})
 	}
 }
+
+// TestSharedDayKeysRotationHalfDone: a gateway whose keystore has not yet
+// taken a rotated KEK (step 2 of a rotation not done on it while another
+// member restarted and rewrapped the registry's keys) cannot open the
+// registry's keys any more; a destruction made meanwhile by another member
+// still reaches it at its next re-read: its cached key of the destroyed day
+// is dropped and the horizon recorded, instead of the day staying linkable
+// on it until it restarts.
+func TestSharedDayKeysRotationHalfDone(t *testing.T) {
+	ctx := context.Background()
+	ks := fleetKeystores(t, 1)
+	a, b := ks[0], ks[1]
+	st := openRegistry(t)
+	for _, k := range ks {
+		if err := k.ShareDayKeys(ctx, st, time.Hour); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sn, err := privacy.ParseSerialNumber("SN-HALF-ROTATED")
+	if err != nil {
+		t.Fatal(err)
+	}
+	idx := a.BlindIndex(sn)
+	d1 := time.Date(2030, 8, 1, 0, 0, 0, 0, time.UTC)
+	d2 := d1.AddDate(0, 0, 1)
+	p1 := mustPseudonym(t, a, d1, idx)
+	if mustPseudonym(t, b, d1, idx) != p1 {
+		t.Fatal("the members pseudonymise d1 apart")
+	}
+	mustPseudonym(t, a, d2, idx)
+
+	if err := privacy.RotateDayKEK(a.Dir()); err != nil {
+		t.Fatal(err)
+	}
+	a2, err := privacy.OpenKeystore(a.Dir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := a2.ShareDayKeys(ctx, st, time.Hour); err != nil { // rewraps under the new KEK
+		t.Fatal(err)
+	}
+	// b (old KEK only) cannot re-read the registry, and keeps its cached
+	// key of d1 while d1 is not destroyed (the control).
+	if err := b.SyncDayKeys(ctx); !errors.Is(err, privacy.ErrDayKeyUnwrap) {
+		t.Fatalf("re-read by the member without the new KEK: %v, want ErrDayKeyUnwrap", err)
+	}
+	if p, err := b.Pseudonym(d1, idx); err != nil || p != p1 {
+		t.Fatalf("b's cached key of d1 before the destruction: %v, %v", p, err)
+	}
+
+	if n, err := a2.DestroyKeysBefore(d2); err != nil || n == 0 {
+		t.Fatalf("DestroyKeysBefore: %d, %v", n, err)
+	}
+	if err := b.SyncDayKeys(ctx); !errors.Is(err, privacy.ErrDayKeyUnwrap) {
+		t.Fatalf("re-read by the member without the new KEK: %v, want ErrDayKeyUnwrap", err)
+	}
+	if _, err := b.Pseudonym(d1, idx); !errors.Is(err, privacy.ErrKeyDestroyed) {
+		t.Fatalf("b pseudonymises the destroyed day after re-reading the registry: %v, want ErrKeyDestroyed", err)
+	}
+	if h := b.Horizon(); h != d2.Format(time.DateOnly) {
+		t.Fatalf("b's horizon %q, want %s", h, d2.Format(time.DateOnly))
+	}
+}
