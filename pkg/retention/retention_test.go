@@ -187,6 +187,11 @@ func TestRunOncePrunesExpired(t *testing.T) {
 	devs := enroll(t, s, 4)
 	acct, err := s.CreateAccount(ctx, store.Account{NameIndex: random[privacy.BlindIndex](), SealedName: []byte("sealed"), PasswordHash: "$argon2id$v=19$m=65536,t=3,p=4$c2FsdA$aGFzaA"})
 	must(t, err, "CreateAccount")
+	// Sessions need the device bound to the account (the code is spent).
+	bindCode := random[[32]byte]()
+	must(t, s.CreateBindingCode(ctx, bindCode, devs[0].ID, t0.Add(time.Hour)), "CreateBindingCode")
+	_, err = s.RedeemBindingCode(ctx, bindCode, acct.ID, t0)
+	must(t, err, "RedeemBindingCode")
 
 	// sessions: closed 31 days ago (expired), closed yesterday, and one
 	// opened 60 days ago still open (never pruned while open).

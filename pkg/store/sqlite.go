@@ -1045,6 +1045,14 @@ func (s *SQLite) OpenSession(ctx context.Context, sess Session, first, last uint
 		} else if !errors.Is(err, sql.ErrNoRows) {
 			return err
 		}
+		// The binding and the device's standing are checked here, in the
+		// writing transaction, not only by the caller before: an Unbind or
+		// a revocation committed in between would otherwise leave a
+		// session open that no later close finds.
+		if err := CheckSessionBinding(tx.QueryRowContext(ctx, `SELECT d.revoked FROM bindings b JOIN devices d ON d.id = b.device_id
+			WHERE b.account_id = ? AND b.device_id = ?`, sess.AccountID, sess.DeviceID), sess); err != nil {
+			return err
+		}
 		// One writer: the count and the insert below cannot interleave with
 		// another OpenSession.
 		if sess.MaxPerAccount > 0 {

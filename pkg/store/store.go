@@ -9,6 +9,7 @@ package store
 
 import (
 	"context"
+	"database/sql"
 	"errors"
 	"fmt"
 	"time"
@@ -254,7 +255,9 @@ type Store interface {
 	// Sessions. The client key is reserved in the same transaction (ErrKeyInUse);
 	// the client offset is allocated from [first, last] (ErrExhausted); the
 	// account's open sessions are counted against s.MaxPerAccount in that
-	// transaction too (ErrLimit).
+	// transaction too (ErrLimit), and so is the binding of the device to
+	// the account (ErrNotFound without one) and the device's standing
+	// (ErrRevoked).
 	OpenSession(ctx context.Context, s Session, first, last uint32) (Session, error)
 	CloseSession(ctx context.Context, id string, at time.Time) (Session, error) // releases key and offset
 	SessionByID(ctx context.Context, id string) (Session, error)
@@ -351,4 +354,22 @@ type Store interface {
 	DayKeys
 
 	Close() error
+}
+
+// CheckSessionBinding reads the result of OpenSession's in-transaction
+// query of the device's revoked flag through the account's binding (every
+// backend): no row is ErrNotFound (the device is unknown or not bound to
+// the account), a revoked device ErrRevoked.
+func CheckSessionBinding(row interface{ Scan(...any) error }, sess Session) error {
+	var revoked bool
+	err := row.Scan(&revoked)
+	switch {
+	case errors.Is(err, sql.ErrNoRows): // pgx.ErrNoRows is one too
+		return fmt.Errorf("binding of device %d to account %d: %w", sess.DeviceID, sess.AccountID, ErrNotFound)
+	case err != nil:
+		return err
+	case revoked:
+		return fmt.Errorf("device %d: %w", sess.DeviceID, ErrRevoked)
+	}
+	return nil
 }

@@ -284,6 +284,12 @@ func TestChangePayloadsCarryIDsOnly(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	if err := s.CreateBindingCode(ctx, [32]byte{11}, d.ID, time.Now().Add(time.Hour)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.RedeemBindingCode(ctx, [32]byte{11}, acct.ID, time.Now()); err != nil {
+		t.Fatal(err)
+	}
 	sess, err := s.OpenSession(ctx, store.Session{ID: "session-1", AccountID: acct.ID, DeviceID: d.ID, ClientKey: store.Key{9}, ExpiresAt: time.Now().Add(time.Hour)}, 1, 10)
 	if err != nil {
 		t.Fatal(err)

@@ -292,6 +292,15 @@ func TestGatewaysAdmitAtOnce(t *testing.T) {
 		t.Fatal(err)
 	}
 	now := time.Now()
+	for i := range 30 { // the devices of the sessions below are bound to the account
+		code := [32]byte{byte(i), 7}
+		if err := stores[0].CreateBindingCode(ctx, code, devs[i].ID, now.Add(time.Hour)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := stores[0].RedeemBindingCode(ctx, code, acct.ID, now); err != nil {
+			t.Fatal(err)
+		}
+	}
 	var wg sync.WaitGroup
 	errs := make(chan error, len(devs)+30)
 	for i, d := range devs {

@@ -70,6 +70,15 @@ func (s *Store) OpenSession(ctx context.Context, sess store.Session, first, last
 		} else if !errors.Is(err, pgx.ErrNoRows) {
 			return err
 		}
+		// The binding and the device's standing are checked in this
+		// transaction, their rows locked FOR SHARE: a concurrent Unbind
+		// (which deletes the binding) or RevokeDevice (which updates the
+		// device) on any gateway commits wholly before, and this is
+		// refused, or after, and then finds this session to close.
+		if err := store.CheckSessionBinding(tx.QueryRow(ctx, `SELECT d.revoked FROM bindings b JOIN devices d ON d.id = b.device_id
+			WHERE b.account_id = $1 AND b.device_id = $2 FOR SHARE`, sess.AccountID, sess.DeviceID), sess); err != nil {
+			return err
+		}
 		if sess.MaxPerAccount > 0 {
 			var n int
 			if err := tx.QueryRow(ctx, `SELECT count(*) FROM sessions WHERE account_id = $1 AND closed_at IS NULL`, sess.AccountID).Scan(&n); err != nil {

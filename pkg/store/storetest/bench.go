@@ -81,6 +81,13 @@ func BenchHomePeers(b *testing.B, s store.Store, devices int) {
 		b.Fatal(err)
 	}
 	for i := 0; i < len(ids); i += 100 {
+		code := random[[32]byte]()
+		if err := s.CreateBindingCode(ctx, code, ids[i], t0.Add(time.Hour)); err != nil {
+			b.Fatal(err)
+		}
+		if _, err := s.RedeemBindingCode(ctx, code, acct.ID, t0); err != nil {
+			b.Fatal(err)
+		}
 		_, err := s.OpenSession(ctx, store.Session{ID: rand.Text(), AccountID: acct.ID, DeviceID: ids[i], ClientKey: random[store.Key](),
 			OpenedAt: t0, ExpiresAt: t0.Add(time.Hour)}, 1, uint32(devices))
 		if err != nil {

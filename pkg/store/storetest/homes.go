@@ -20,9 +20,15 @@ func (t *h) admitAt(id int64, gw string) store.Device {
 	return d
 }
 
-// sessionAt opens a session to the device opened at t0+minute.
+// sessionAt opens a session to the device opened at t0+minute, binding the
+// device to the account first when it is not.
 func (t *h) sessionAt(accountID, deviceID int64, minute int) store.Session {
 	t.Helper()
+	bound, err := t.s.IsBound(t.ctx, accountID, deviceID)
+	t.must(err, "IsBound")
+	if !bound {
+		t.bind(accountID, deviceID)
+	}
 	s, err := t.s.OpenSession(t.ctx, store.Session{
 		ID: rand.Text(), AccountID: accountID, DeviceID: deviceID, ClientKey: random[store.Key](),
 		OpenedAt: t0.Add(time.Duration(minute) * time.Minute), ExpiresAt: t0.Add(time.Hour),

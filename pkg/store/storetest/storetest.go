@@ -58,6 +58,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"Bindings/OwnersNotified", testBindingNotices},
 		{"Sessions/OpenClose", testSessions},
 		{"Sessions/Exhausted", testSessionsExhausted},
+		{"Sessions/NeedBinding", testSessionsNeedBinding},
 		{"Sessions/Invalid", testSessionsInvalid},
 		{"Sessions/AccountLimit", testSessionsLimit},
 		{"Sessions/AccountLimitConcurrent", testSessionsLimitConcurrent},
@@ -191,7 +192,15 @@ func (t *h) bind(accountID, deviceID int64) {
 	t.must(err, "RedeemBindingCode")
 }
 
+// openSession opens a session to the device, binding the device to the
+// account first when it is not.
 func (t *h) openSession(accountID, deviceID int64, first, last uint32) (store.Session, error) {
+	t.Helper()
+	bound, err := t.s.IsBound(t.ctx, accountID, deviceID)
+	t.must(err, "IsBound")
+	if !bound {
+		t.bind(accountID, deviceID)
+	}
 	return t.s.OpenSession(t.ctx, store.Session{
 		ID: rand.Text(), AccountID: accountID, DeviceID: deviceID, ClientKey: random[store.Key](),
 		OpenedAt: t0, ExpiresAt: t0.Add(time.Hour),
@@ -668,6 +677,7 @@ func testKeysUnique(t *h) {
 	a.Key = gw
 	_, err := t.s.Admit(t.ctx, a)
 	t.wantErr(err, store.ErrKeyInUse, "device pinning the gateway key")
+	t.bind(acct.ID, devs[0].ID)
 	sess := store.Session{ID: "s-gw", AccountID: acct.ID, DeviceID: devs[0].ID, ClientKey: gw, OpenedAt: t0, ExpiresAt: t0.Add(time.Hour)}
 	_, err = t.s.OpenSession(t.ctx, sess, 1, 10)
 	t.wantErr(err, store.ErrKeyInUse, "client using the gateway key")
@@ -997,6 +1007,7 @@ func testUnbind(t *h) {
 func testSessions(t *h) {
 	d := t.enroll(1)[0]
 	acct := t.account()
+	t.bind(acct.ID, d.ID)
 	in := store.Session{ID: "sess-1", AccountID: acct.ID, DeviceID: d.ID, ClientKey: random[store.Key](), OpenedAt: t0, ExpiresAt: t0.Add(time.Hour)}
 	s1, err := t.s.OpenSession(t.ctx, in, 20, 30)
 	t.must(err, "OpenSession")
@@ -1071,9 +1082,44 @@ func testSessions(t *h) {
 	}
 }
 
+// testSessionsNeedBinding: OpenSession itself refuses an account the
+// device is not bound to (never bound, or unbound since the caller
+// checked) with ErrNotFound and a revoked device with ErrRevoked, writing
+// nothing; the same session opens once the device is bound (the control).
+func testSessionsNeedBinding(t *h) {
+	devs := t.enroll(2)
+	acct := t.account()
+	sess := func(id string, deviceID int64) store.Session {
+		return store.Session{ID: id, AccountID: acct.ID, DeviceID: deviceID, ClientKey: random[store.Key](), OpenedAt: t0, ExpiresAt: t0.Add(time.Hour)}
+	}
+	refused := func(s store.Session, want error, what string) {
+		t.Helper()
+		_, err := t.s.OpenSession(t.ctx, s, 1, 10)
+		t.wantErr(err, want, what)
+		_, err = t.s.SessionByID(t.ctx, s.ID)
+		t.wantErr(err, store.ErrNotFound, "SessionByID after a refused "+what)
+		t.must(t.s.ReserveKey(t.ctx, s.ClientKey, store.OwnerGateway), "the refused session's client key is free")
+	}
+	refused(sess("never-bound", devs[0].ID), store.ErrNotFound, "OpenSession without a binding")
+	t.bind(acct.ID, devs[0].ID)
+	s1, err := t.s.OpenSession(t.ctx, sess("bound", devs[0].ID), 1, 10)
+	t.must(err, "OpenSession once bound")
+	_, err = t.s.Unbind(t.ctx, acct.ID, devs[0].ID)
+	t.must(err, "Unbind")
+	if got, err := t.s.SessionByID(t.ctx, s1.ID); err != nil || got.ClosedAt.IsZero() {
+		t.Fatalf("the session after Unbind: %+v, %v, want closed", got, err)
+	}
+	refused(sess("unbound", devs[0].ID), store.ErrNotFound, "OpenSession after Unbind")
+
+	t.bind(acct.ID, devs[1].ID)
+	t.must(t.s.RevokeDevice(t.ctx, devs[1].ID), "RevokeDevice")
+	refused(sess("revoked", devs[1].ID), store.ErrRevoked, "OpenSession to a revoked device")
+}
+
 func testSessionsExhausted(t *h) {
 	d := t.enroll(1)[0]
 	acct := t.account()
+	t.bind(acct.ID, d.ID)
 	s1, err := t.openSession(acct.ID, d.ID, 1, 2)
 	t.must(err, "OpenSession")
 	_, err = t.openSession(acct.ID, d.ID, 1, 2)
@@ -1373,7 +1419,7 @@ func pruneFixtures() map[string]*pruneFixture {
 				return err == nil
 			}
 		}},
-		store.TableSessions: {setup: setup, add: func(t *h, at time.Time) func() bool {
+		store.TableSessions: {setup: func(t *h) { setup(t); t.bind(acct.ID, dev.ID) }, add: func(t *h, at time.Time) func() bool {
 			s, err := t.openSession(acct.ID, dev.ID, 1, 1000)
 			t.must(err, "OpenSession")
 			_, err = t.s.CloseSession(t.ctx, s.ID, at)
@@ -1452,6 +1498,7 @@ func testPruneBounds(t *h) {
 func testPruneOpenSessions(t *h) {
 	d := t.enroll(1)[0]
 	acct := t.account()
+	t.bind(acct.ID, d.ID)
 	old := store.Session{ID: "old-open", AccountID: acct.ID, DeviceID: d.ID, ClientKey: random[store.Key](),
 		OpenedAt: t0.Add(-48 * time.Hour), ExpiresAt: t0.Add(-47 * time.Hour)}
 	_, err := t.s.OpenSession(t.ctx, old, 1, 10)
