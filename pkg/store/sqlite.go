@@ -564,11 +564,16 @@ func lowestFree(ctx context.Context, tx *wtx, query string, first, last uint32) 
 	return uint32(off), nil
 }
 
-// RevokeDevice marks the device revoked, unpins and releases its key and
-// deletes its tokens and binding codes. Its address offset stays reserved.
+// RevokeDevice marks the device revoked, unpins and releases its key,
+// closes its open sessions and deletes its tokens and binding codes. Its
+// address offset stays reserved.
 func (s *SQLite) RevokeDevice(ctx context.Context, id int64) error {
+	at := nanos(s.opt.now())
 	return s.write(ctx, "RevokeDevice", func(tx *wtx) error {
 		if err := unpin(ctx, tx, id, true); err != nil {
+			return err
+		}
+		if _, err := closeSessions(ctx, tx, at, `device_id = ?`, id); err != nil {
 			return err
 		}
 		for _, q := range []string{`DELETE FROM device_tokens WHERE device_id = ?`, `DELETE FROM binding_codes WHERE device_id = ?`} {

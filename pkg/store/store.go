@@ -216,7 +216,7 @@ type Store interface {
 	// are not revoked: the peers to re-add on start.
 	AdmittedDevices(ctx context.Context) ([]Device, error)
 	Admit(ctx context.Context, a Admission) (Device, error)
-	RevokeDevice(ctx context.Context, id int64) error   // sets Revoked, unpins key, deletes tokens
+	RevokeDevice(ctx context.Context, id int64) error   // sets Revoked, unpins key, closes its open sessions, deletes tokens
 	ResetDeviceKey(ctx context.Context, id int64) error // unpins key
 	DeviceByToken(ctx context.Context, hash [32]byte, now time.Time) (Device, error)
 	DeleteDeviceTokens(ctx context.Context, deviceID int64) error

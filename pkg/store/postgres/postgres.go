@@ -546,11 +546,16 @@ func admitTx(ctx context.Context, tx pgx.Tx, a store.Admission) (store.Device, e
 	return d, nil
 }
 
-// RevokeDevice marks the device revoked, unpins and releases its key and
-// deletes its tokens and binding codes. Its address offset stays reserved.
+// RevokeDevice marks the device revoked, unpins and releases its key,
+// closes its open sessions and deletes its tokens and binding codes. Its
+// address offset stays reserved.
 func (s *Store) RevokeDevice(ctx context.Context, id int64) error {
+	at := nanos(s.opt.now())
 	return s.write(ctx, "RevokeDevice", func(tx pgx.Tx) error {
 		if err := unpin(ctx, tx, id, true); err != nil {
+			return err
+		}
+		if _, err := closeSessions(ctx, tx, at, `device_id = $2`, id); err != nil {
 			return err
 		}
 		for _, q := range []string{`DELETE FROM device_tokens WHERE device_id = $1`, `DELETE FROM binding_codes WHERE device_id = $1`} {

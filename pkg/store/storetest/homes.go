@@ -244,8 +244,7 @@ func testGatewayLoads(t *h) {
 	check(map[string]store.GatewayLoad{gwA: {Devices: 2, Sessions: 2}, gwB: {Devices: 1, Sessions: 1}})
 	t.must(t.s.SetHome(t.ctx, f.a0.ID, gwC), "SetHome")
 	t.must(t.s.RevokeDevice(t.ctx, f.b0.ID), "RevokeDevice")
-	// The revocation closes no session here (sessions close with their
-	// device's erasure, unbind or account deletion): gwB keeps the
-	// session of its revoked device but no device.
-	check(map[string]store.GatewayLoad{gwA: {Devices: 1, Sessions: 1}, gwB: {Sessions: 1}, gwC: {Devices: 1, Sessions: 1}})
+	// The revocation closes the revoked device's session too: gwB holds
+	// nothing.
+	check(map[string]store.GatewayLoad{gwA: {Devices: 1, Sessions: 1}, gwC: {Devices: 1, Sessions: 1}})
 }

@@ -59,6 +59,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"Sessions/OpenClose", testSessions},
 		{"Sessions/Exhausted", testSessionsExhausted},
 		{"Sessions/NeedBinding", testSessionsNeedBinding},
+		{"Sessions/RevokeCloses", testRevokeClosesSessions},
 		{"Sessions/Invalid", testSessionsInvalid},
 		{"Sessions/AccountLimit", testSessionsLimit},
 		{"Sessions/AccountLimitConcurrent", testSessionsLimitConcurrent},
@@ -1114,6 +1115,34 @@ func testSessionsNeedBinding(t *h) {
 	t.bind(acct.ID, devs[1].ID)
 	t.must(t.s.RevokeDevice(t.ctx, devs[1].ID), "RevokeDevice")
 	refused(sess("revoked", devs[1].ID), store.ErrRevoked, "OpenSession to a revoked device")
+}
+
+// testRevokeClosesSessions: RevokeDevice closes the device's open sessions
+// in its own transaction (their client keys released, a ChangeSession
+// each), so a gateway stopped right after the revocation leaves none open;
+// another device's session stays open (the control).
+func testRevokeClosesSessions(t *h) {
+	devs := t.enroll(2)
+	d, other := t.admitAt(devs[0].ID, gwA), t.admitAt(devs[1].ID, gwA)
+	acct := t.account()
+	s1, s2, kept := t.sessionAt(acct.ID, d.ID, 1), t.sessionAt(acct.ID, d.ID, 2), t.sessionAt(acct.ID, other.ID, 3)
+	ch := t.changes()
+	m := t.newMarker()
+	t.must(t.s.RevokeDevice(t.ctx, d.ID), "RevokeDevice")
+	for _, s := range []store.Session{s1, s2} {
+		got, err := t.s.SessionByID(t.ctx, s.ID)
+		t.must(err, "SessionByID")
+		if got.ClosedAt.IsZero() {
+			t.Fatalf("session %s of the revoked device is still open", s.ID)
+		}
+		t.must(t.s.ReserveKey(t.ctx, s.ClientKey, store.OwnerGateway), "the closed session's client key is free")
+	}
+	if got, err := t.s.SessionByID(t.ctx, kept.ID); err != nil || !got.ClosedAt.IsZero() {
+		t.Fatalf("another device's session after the revocation: %+v, %v, want open", got, err)
+	}
+	t.wantPeers(gwA, []store.Device{other}, []store.Session{kept})
+	t.expectSet(ch, "RevokeDevice closing two sessions", devChange(d.ID, gwA), sessChange(s1), sessChange(s2))
+	t.expectNothingBefore(ch, m, "the revocation (nothing more)")
 }
 
 func testSessionsExhausted(t *h) {
