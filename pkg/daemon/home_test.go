@@ -10,6 +10,9 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
 
 	"github.com/planetxlabs/dasset-gateway/internal/poll"
 	"github.com/planetxlabs/dasset-gateway/pkg/agent"
@@ -260,6 +263,47 @@ func TestFleetDataPlane(t *testing.T) {
 		if !devicePeer(t, f.b, key[:]) {
 			t.Fatal("B lost the device after recording its home")
 		}
+	})
+
+	// A device token that a re-login kept in A's memory (it wrote nothing)
+	// dies with the key it was issued for: after a key reset on B and a new
+	// key pinned on B, the old key's holder can no longer act as the device
+	// on A (make binding codes, log the device out).
+	t.Run("stale token", func(t *testing.T) {
+		f := startHomeFleet(t, cluster, nil)
+		const sn = "DS-HOME-TOKEN"
+		f.a.enroll(t, [2]string{sn, "HW-" + sn})
+		oldKey := newKey(t)
+		stored := deviceLogin(t, f.a, sn, oldKey).GetDeviceToken() // the first login's, in the registry
+		old := deviceLogin(t, f.a, sn, oldKey).GetDeviceToken()    // same day, same key: kept in memory
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		auth := metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+old)
+		devA, devB := deviceClient(t, f.a), deviceClient(t, f.b)
+		if _, err := devA.CreateBindingCode(auth, &gatewayv1.CreateBindingCodeRequest{}); err != nil {
+			t.Fatalf("the old key's token before the reset: %v", err)
+		}
+		if _, err := f.b.admin.ResetDeviceKey(ctx, &gatewayv1.ResetDeviceKeyRequest{SerialNumber: sn}); err != nil {
+			t.Fatalf("reset key on B: %v", err)
+		}
+		// Between the reset and a new key: no token of the old key works.
+		authStored := metadata.AppendToOutgoingContext(ctx, "authorization", "Bearer "+stored)
+		if _, err := devB.CreateBindingCode(authStored, &gatewayv1.CreateBindingCodeRequest{}); status.Code(err) != codes.Unauthenticated {
+			t.Fatalf("the old key's stored token on B after the reset: %v, want Unauthenticated", err)
+		}
+		if _, err := devA.CreateBindingCode(auth, &gatewayv1.CreateBindingCodeRequest{}); status.Code(err) != codes.Unauthenticated {
+			t.Fatalf("the old key's token on A after the reset: %v, want Unauthenticated", err)
+		}
+		newK := newKey(t)
+		deviceLogin(t, f.b, sn, newK)
+		_, err := devA.CreateBindingCode(auth, &gatewayv1.CreateBindingCodeRequest{})
+		if status.Code(err) != codes.Unauthenticated {
+			t.Fatalf("the old key's token on A after a reset and a new key pinned on B: %v, want Unauthenticated", err)
+		}
+		if _, err := devA.Logout(auth, &gatewayv1.LogoutRequest{}); status.Code(err) != codes.Unauthenticated {
+			t.Fatalf("logout with the old key's token on A: %v, want Unauthenticated", err)
+		}
+		waitDevicePeer(t, f.b, newK, true, "the device with its new key stays a peer on B")
 	})
 
 	// A peer removed behind the gateway's back (straight on its WireGuard

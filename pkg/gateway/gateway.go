@@ -459,7 +459,7 @@ func (g *Gateway) Admit(ctx context.Context, req LoginRequest) (adm Admission, e
 		}
 	}
 	if memOnly {
-		g.memTok.put(dev.ID, hash, expires)
+		g.memTok.put(dev.ID, dev.Key, hash, expires)
 	}
 	switch {
 	case errors.Is(err, store.ErrKeyInUse):
@@ -887,13 +887,20 @@ func (g *Gateway) DeviceByToken(ctx context.Context, token string) (store.Device
 		return store.Device{}, newErr(ErrUnauthenticated, err, "malformed device token")
 	}
 	var d store.Device
-	if id, ok := g.memTok.lookup(h, g.cfg.Now()); ok {
+	if id, key, ok := g.memTok.lookup(h, g.cfg.Now()); ok {
 		d, err = g.reg.DeviceByID(ctx, id)
-		if err == nil && !d.KeyPinned {
-			err = store.ErrNotFound // key reset since: the token went with it
+		if err == nil && (!d.KeyPinned || d.Key != key) {
+			// Key reset since (here or on another gateway, perhaps with a
+			// new key pinned): the token went with the old key.
+			err = store.ErrNotFound
 		}
 	} else {
 		d, err = g.reg.DeviceByToken(ctx, h, g.cfg.Now())
+		if err == nil && !d.KeyPinned && !d.Revoked {
+			// Key reset since: the registry keeps the token until the
+			// next admission, but it went with the old key.
+			err = store.ErrNotFound
+		}
 	}
 	if errors.Is(err, store.ErrNotFound) {
 		return store.Device{}, newErr(ErrUnauthenticated, err, "unknown or expired device token")

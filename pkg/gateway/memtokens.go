@@ -16,6 +16,9 @@ import (
 // (full or read-only disk). One token per device: a new one replaces the
 // last, so the table is bounded by the number of admitted devices. They are
 // lost at restart, when the agent logs in again (Unauthenticated on Sync).
+// Each holds the key pinned when it was issued: a key reset or a new key
+// pinned on another gateway of a fleet (which cannot drop this gateway's
+// tokens) ends it.
 type memTokens struct {
 	mu       sync.Mutex
 	byHash   map[[32]byte]memToken
@@ -24,6 +27,7 @@ type memTokens struct {
 
 type memToken struct {
 	deviceID int64
+	key      store.Key // the device's pinned key at issue
 	expires  time.Time
 }
 
@@ -31,30 +35,30 @@ func newMemTokens() *memTokens {
 	return &memTokens{byHash: map[[32]byte]memToken{}, byDevice: map[int64][32]byte{}}
 }
 
-func (m *memTokens) put(deviceID int64, hash [32]byte, expires time.Time) {
+func (m *memTokens) put(deviceID int64, key store.Key, hash [32]byte, expires time.Time) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if old, ok := m.byDevice[deviceID]; ok {
 		delete(m.byHash, old)
 	}
 	m.byDevice[deviceID] = hash
-	m.byHash[hash] = memToken{deviceID: deviceID, expires: expires}
+	m.byHash[hash] = memToken{deviceID: deviceID, key: key, expires: expires}
 }
 
-// lookup returns the device of a live token.
-func (m *memTokens) lookup(hash [32]byte, now time.Time) (int64, bool) {
+// lookup returns the device of a live token and the key it was issued for.
+func (m *memTokens) lookup(hash [32]byte, now time.Time) (int64, store.Key, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	t, ok := m.byHash[hash]
 	if !ok {
-		return 0, false
+		return 0, store.Key{}, false
 	}
 	if !now.Before(t.expires) {
 		delete(m.byHash, hash)
 		delete(m.byDevice, t.deviceID)
-		return 0, false
+		return 0, store.Key{}, false
 	}
-	return t.deviceID, true
+	return t.deviceID, t.key, true
 }
 
 // drop forgets the device's token (logout, revocation, key reset, erasure).
