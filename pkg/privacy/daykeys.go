@@ -3,6 +3,7 @@ package privacy
 import (
 	"context"
 	"crypto/rand"
+	"crypto/subtle"
 	"errors"
 	"fmt"
 	"time"
@@ -171,13 +172,27 @@ func (k *Keystore) syncLocked(ctx context.Context, db SharedDayKeys) error {
 	if err := k.raiseHorizonLocked(horizon); err != nil {
 		return err
 	}
+	// A key in use stays the same object: Pseudonym reads a key after
+	// letting go of mu, so a key is cleared only when its day leaves the
+	// cache (destroyed, or gone from the database), never when it is
+	// read again unchanged.
+	for d, key := range keys {
+		if old, ok := k.dayKeys[d]; ok && subtle.ConstantTimeCompare(old[:], key[:]) == 1 {
+			clear(key[:])
+			keys[d] = old
+		}
+	}
 	for d, key := range k.dayKeys {
-		clear(key[:])
+		if keys[d] != key {
+			clear(key[:])
+		}
 		delete(k.dayKeys, d)
 	}
 	for d, key := range keys {
 		if k.horizon == "" || d >= k.horizon {
 			k.dayKeys[d] = key
+		} else {
+			clear(key[:])
 		}
 	}
 	k.synced = time.Now()

@@ -525,3 +525,43 @@ func TestSharedDayKeysRotationHalfDone(t *testing.T) {
 		t.Fatalf("b's horizon %q, want %s", h, d2.Format(time.DateOnly))
 	}
 }
+
+// A retained day's pseudonym never changes while the shared day keys are
+// re-read under it: with a refresh so short that every Pseudonym starts a
+// background re-read, concurrent callers all get the first answer (the
+// re-read used to clear the cached key in place while a caller was still
+// hashing with it).
+func TestSharedDayKeysStableUnderRefresh(t *testing.T) {
+	ctx := context.Background()
+	k := fleetKeystores(t, 0)[0]
+	if err := k.ShareDayKeys(ctx, openRegistry(t), time.Nanosecond); err != nil {
+		t.Fatal(err)
+	}
+	sn, err := privacy.ParseSerialNumber("SN-STABLE")
+	if err != nil {
+		t.Fatal(err)
+	}
+	idx := k.BlindIndex(sn)
+	day := time.Date(2030, 6, 1, 12, 0, 0, 0, time.UTC)
+	want := mustPseudonym(t, k, day, idx)
+	var wrong atomic.Int64
+	done := make(chan struct{})
+	const workers, rounds = 4, 3000
+	for range workers {
+		go func() {
+			defer func() { done <- struct{}{} }()
+			for range rounds {
+				p, err := k.Pseudonym(day, idx)
+				if err != nil || p != want {
+					wrong.Add(1)
+				}
+			}
+		}()
+	}
+	for range workers {
+		<-done
+	}
+	if n := wrong.Load(); n > 0 {
+		t.Fatalf("%d of %d pseudonyms of a retained day differed from the first while the day keys were re-read", n, workers*rounds)
+	}
+}
