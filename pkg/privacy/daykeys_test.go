@@ -277,6 +277,25 @@ func TestSharedDayKeysRegistryDown(t *testing.T) {
 	}
 }
 
+// sharingPair is two members of one fleet sharing their day keys through
+// one registry (re-read hourly: only when a test asks), and the blind index
+// of serial.
+func sharingPair(t *testing.T, serial string) (a, b *privacy.Keystore, st *store.SQLite, idx privacy.BlindIndex) {
+	t.Helper()
+	ks := fleetKeystores(t, 1)
+	st = openRegistry(t)
+	for _, k := range ks {
+		if err := k.ShareDayKeys(context.Background(), st, time.Hour); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sn, err := privacy.ParseSerialNumber(serial)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ks[0], ks[1], st, ks[0].BlindIndex(sn)
+}
+
 // TestDayKEKRotation: after a rotation of the day-key KEK (rotate on one
 // member, update the others from its fleet keys file, restart, retire the
 // previous KEK everywhere) the fleet pseudonymises as before, the registry's
@@ -285,19 +304,7 @@ func TestSharedDayKeysRegistryDown(t *testing.T) {
 // no keystore of the fleet.
 func TestDayKEKRotation(t *testing.T) {
 	ctx := context.Background()
-	ks := fleetKeystores(t, 1)
-	a, b := ks[0], ks[1]
-	st := openRegistry(t)
-	for _, k := range ks {
-		if err := k.ShareDayKeys(ctx, st, time.Hour); err != nil {
-			t.Fatal(err)
-		}
-	}
-	sn, err := privacy.ParseSerialNumber("SN-ROTATE")
-	if err != nil {
-		t.Fatal(err)
-	}
-	idx := a.BlindIndex(sn)
+	a, b, st, idx := sharingPair(t, "SN-ROTATE")
 	d1 := time.Date(2030, 7, 1, 0, 0, 0, 0, time.UTC)
 	d2 := d1.AddDate(0, 0, 1)
 	p1, p2 := mustPseudonym(t, a, d1, idx), mustPseudonym(t, b, d2, idx)
@@ -472,19 +479,7 @@ func BenchmarkPseudonym(b *testing.B) {
 // on it until it restarts.
 func TestSharedDayKeysRotationHalfDone(t *testing.T) {
 	ctx := context.Background()
-	ks := fleetKeystores(t, 1)
-	a, b := ks[0], ks[1]
-	st := openRegistry(t)
-	for _, k := range ks {
-		if err := k.ShareDayKeys(ctx, st, time.Hour); err != nil {
-			t.Fatal(err)
-		}
-	}
-	sn, err := privacy.ParseSerialNumber("SN-HALF-ROTATED")
-	if err != nil {
-		t.Fatal(err)
-	}
-	idx := a.BlindIndex(sn)
+	a, b, st, idx := sharingPair(t, "SN-HALF-ROTATED")
 	d1 := time.Date(2030, 8, 1, 0, 0, 0, 0, time.UTC)
 	d2 := d1.AddDate(0, 0, 1)
 	p1 := mustPseudonym(t, a, d1, idx)
