@@ -33,7 +33,10 @@ func TestAgentFailover(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	fleetConfig := func() config.Config {
+	// Each gateway its own keystore (the second joins from the first's
+	// fleet keys file): two processes on one keystore directory race on
+	// its files.
+	fleetConfig := func(keys string) config.Config {
 		cfg := testConfig(t, t.TempDir())
 		cfg.KeystoreDir = keys
 		cfg.Store = config.Store{Driver: config.DriverPostgres, DSN: dsn}
@@ -43,8 +46,9 @@ func TestAgentFailover(t *testing.T) {
 		}
 		return cfg
 	}
-	gws := []*testGateway{startGateway(t, fleetConfig())}
-	gws = append(gws, startGateway(t, fleetConfig()))
+	cfgA := fleetConfig(keys)
+	gws := []*testGateway{startGateway(t, cfgA)}
+	gws = append(gws, startGateway(t, fleetConfig(joinFleet(t, cfgA))))
 	const sn, hwid = "DS-FAILOVER-01", "HW-FAILOVER-01"
 	gws[0].enroll(t, [2]string{sn, hwid})
 
